@@ -1,0 +1,20 @@
+"""PathProx: a proximal step for weight-decay-regularised networks, as an Optax transform."""
+
+from pathprox_jax._src.annotations import GroupSpec as GroupSpec
+from pathprox_jax._src.annotations import PathProxGroup as PathProxGroup
+from pathprox_jax._src.annotations import group_inits as group_inits
+from pathprox_jax._src.annotations import group_metadata as group_metadata
+from pathprox_jax._src.annotations import group_spec as group_spec
+from pathprox_jax._src.annotations import with_group as with_group
+from pathprox_jax._src.balance import balance as balance
+from pathprox_jax._src.metrics import ActiveUnits as ActiveUnits
+from pathprox_jax._src.metrics import PathNorm as PathNorm
+from pathprox_jax._src.metrics import active_units as active_units
+from pathprox_jax._src.metrics import path_norm as path_norm
+from pathprox_jax._src.metrics import weight_decay_objective as weight_decay_objective
+from pathprox_jax._src.prox import prox as prox
+from pathprox_jax._src.transform import PathProxState as PathProxState
+from pathprox_jax._src.transform import pathprox as pathprox
+from pathprox_jax._src.transform import pathprox_sgd as pathprox_sgd
+
+__version__ = "0.1.0"

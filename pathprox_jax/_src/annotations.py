@@ -1,0 +1,194 @@
+"""PathProx group annotations on Flax parameters (linen boxes and NNX metadata).
+
+A *unit group* is a set of hidden units computed by one layer (role ``"in"``:
+the units are the last axis of its kernel and its bias) and read by the next
+(role ``"out"``: the units are the second-to-last axis of its kernel; its bias
+belongs to the group too). Annotations are static metadata, read back by
+:func:`group_spec` into a pytree of :class:`GroupSpec` leaves, in the spirit of
+``nn.with_partitioning`` and ``nn.get_partition_spec``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any, Literal
+
+import flax.struct
+import jax
+from flax import nnx
+from flax.core import meta
+from flax.linen import initializers
+
+Role = Literal["in", "out"]
+ROLES: tuple[Role, ...] = ("in", "out")
+NNX_METADATA_KEY = "pathprox"
+DEFAULT_KERNEL_INIT = initializers.lecun_normal()
+DEFAULT_BIAS_INIT = initializers.zeros_init()
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupSpec:
+  """The PathProx group of one parameter: a pytree *leaf* (not a NamedTuple).
+
+  Attributes:
+    group: position of the unit group in the network (forward order).
+    role: ``"in"`` for the layer computing the units, ``"out"`` for the layer
+      reading them.
+  """
+
+  group: int
+  role: Role
+
+  def __post_init__(self):
+    if isinstance(self.group, bool) or not isinstance(self.group, int) or self.group < 0:
+      raise ValueError(f"PathProx group must be an int >= 0, got {self.group!r}.")
+    if self.role not in ROLES:
+      raise ValueError(f"PathProx role must be 'in' or 'out', got {self.role!r}.")
+
+
+class PathProxGroup(flax.struct.PyTreeNode, meta.AxisMetadata):
+  """A linen parameter box carrying a :class:`GroupSpec` as static metadata.
+
+  Like ``nn.Partitioned``: the value is the pytree child, the metadata static,
+  and ``flax.core.meta.unbox`` strips it (nested boxes included).
+  """
+
+  value: Any
+  spec: GroupSpec = flax.struct.field(pytree_node=False)
+
+  def unbox(self) -> Any:
+    return self.value
+
+  def replace_boxed(self, val: Any) -> PathProxGroup:
+    return self.replace(value=val)
+
+  def add_axis(self, index: int, params: dict[str, Any]) -> PathProxGroup:
+    return self
+
+  def remove_axis(self, index: int, params: dict[str, Any]) -> PathProxGroup:
+    return self
+
+
+def with_group(init_fn: Callable[..., Any], group: int, role: Role) -> Callable[..., Any]:
+  """Wraps a linen initializer so that its parameter carries a PathProx group.
+
+  Use it for the kernel *and* the bias of a layer, with the same group and role.
+  It composes with ``nn.with_partitioning`` in either order.
+
+  Args:
+    init_fn: a Flax initializer, e.g. ``nn.initializers.lecun_normal()``.
+    group: the unit group's position in the network (0, 1, 2, ... forward).
+    role: ``"in"`` for the layer computing the units, ``"out"`` for the layer
+      reading them.
+
+  Returns:
+    An initializer returning a :class:`PathProxGroup` box.
+
+  Example:
+    >>> import flax.linen as nn
+    >>> import pathprox_jax
+    >>> layer = nn.Dense(
+    ...     16,
+    ...     kernel_init=pathprox_jax.with_group(nn.initializers.lecun_normal(), 0, "in"),
+    ...     bias_init=pathprox_jax.with_group(nn.initializers.zeros, 0, "in"))
+  """
+  spec = GroupSpec(group, role)
+
+  @functools.wraps(init_fn)
+  def wrapper(*args, **kwargs):
+    return PathProxGroup(init_fn(*args, **kwargs), spec)
+
+  return wrapper
+
+
+def group_inits(
+  group: int,
+  role: Role,
+  kernel_init: Callable[..., Any] = DEFAULT_KERNEL_INIT,
+  bias_init: Callable[..., Any] = DEFAULT_BIAS_INIT,
+) -> dict[str, Callable[..., Any]]:
+  """The ``kernel_init`` and ``bias_init`` of one linen layer in one group.
+
+  Args:
+    group: the unit group's position in the network.
+    role: ``"in"`` or ``"out"``, as in :func:`with_group`.
+    kernel_init: the kernel initializer to wrap (linen's default by default).
+    bias_init: the bias initializer to wrap (zeros by default).
+
+  Returns:
+    Keyword arguments for ``nn.Dense`` or ``nn.Conv``.
+
+  Example:
+    >>> import flax.linen as nn
+    >>> import pathprox_jax
+    >>> hidden = nn.Dense(400, **pathprox_jax.group_inits(0, "in"))
+    >>> readout = nn.Dense(10, **pathprox_jax.group_inits(0, "out"))
+  """
+  return {
+    "kernel_init": with_group(kernel_init, group, role),
+    "bias_init": with_group(bias_init, group, role),
+  }
+
+
+def group_metadata(group: int, role: Role) -> dict[str, GroupSpec]:
+  """NNX Variable metadata placing a parameter in a PathProx group.
+
+  Args:
+    group: the unit group's position in the network (0, 1, 2, ... forward).
+    role: ``"in"`` or ``"out"``, as in :func:`with_group`.
+
+  Returns:
+    A metadata dict for ``kernel_metadata=``/``bias_metadata=`` of
+    ``nnx.Linear``/``nnx.Conv``, or for ``nnx.Param(value, **metadata)``.
+
+  Example:
+    >>> from flax import nnx
+    >>> import pathprox_jax
+    >>> meta = pathprox_jax.group_metadata(0, "in")
+    >>> layer = nnx.Linear(4, 8, kernel_metadata=meta, bias_metadata=meta,
+    ...                    rngs=nnx.Rngs(0))
+  """
+  return {NNX_METADATA_KEY: GroupSpec(group, role)}
+
+
+def _spec_of(node: Any) -> GroupSpec | None:
+  """The GroupSpec of a (possibly nested) linen box or an NNX Variable."""
+  if isinstance(node, nnx.Variable):
+    return node.get_metadata().get(NNX_METADATA_KEY)
+  while isinstance(node, meta.AxisMetadata):
+    if isinstance(node, PathProxGroup):
+      return node.spec
+    node = node.value
+  return None
+
+
+def group_spec(tree: Any) -> Any:
+  """Reads PathProx annotations into a pytree of :class:`GroupSpec` or ``None``.
+
+  Args:
+    tree: boxed linen params or variables (e.g. ``model.init(...)`` or
+      ``jax.eval_shape(model.init, ...)``), or an NNX ``State`` of Variables
+      (``nnx.state(model, nnx.Param)``).
+
+  Returns:
+    A pytree with the structure of the *unboxed* params (for NNX: of the
+    state's plain arrays) whose leaves are :class:`GroupSpec` or ``None``. Map
+    it with the params first: ``jax.tree.map(f, params, spec)``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import flax.linen as nn
+    >>> import pathprox_jax
+    >>> init = pathprox_jax.with_group(nn.initializers.lecun_normal(), 0, "in")
+    >>> model = nn.Dense(3, kernel_init=init, use_bias=False)
+    >>> boxed = jax.eval_shape(model.init, jax.random.key(0), jnp.ones((1, 2)))
+    >>> pathprox_jax.group_spec(boxed["params"])
+    {'kernel': GroupSpec(group=0, role='in')}
+  """
+  return jax.tree.map(
+    _spec_of,
+    tree,
+    is_leaf=lambda x: isinstance(x, (meta.AxisMetadata, nnx.Variable)),
+  )

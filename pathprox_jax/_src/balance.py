@@ -1,0 +1,101 @@
+"""Layer balance: a function-preserving rescaling that equalises groups' path norms.
+
+For groups ``k = 0..K-1`` in forward order with path norms
+:math:`P_k = \\sum_i \\|w_i\\| \\|v_i\\|`, let :math:`G = (\\prod_k P_k)^{1/K}` and
+
+.. math::
+  \\alpha_k = \\prod_{j \\le k} G / P_j, \\qquad \\alpha_{-1} = \\alpha_{K-1} = 1.
+
+Group ``k``'s "out" kernel is scaled by :math:`\\alpha_k / \\alpha_{k-1}`, its "out"
+bias by :math:`\\alpha_k` and its "in" bias by :math:`\\alpha_{k-1}`; "in" kernels
+are unchanged. Every group's path norm becomes :math:`G`. This equals scaling
+``v_k`` and its bias by ``s``, the next group's "in" bias by ``s`` and its ``v``
+by ``1/s``, one group after another. It preserves the network function when
+group ``k``'s "out" layer feeds group ``k+1``'s "in" layer through positively
+homogeneous operations only (ReLU, max or average pooling, identity).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from pathprox_jax._src import groups as groups_lib
+
+
+def balance_scales(path_norms: jax.Array, eps: float = 1e-6) -> jax.Array:
+  """The cumulative scales :math:`\\alpha_k` of the layer balance, in f32.
+
+  Args:
+    path_norms: shape ``[K]``, each group's path norm in forward order.
+    eps: a group whose path norm is at most ``eps`` has no finite balancing
+      scale; the balance is then skipped (all scales one) for this step.
+
+  Returns:
+    :math:`\\alpha`, shape ``[K]``, with :math:`\\alpha_{K-1} = 1` exactly.
+  """
+  path_norms = path_norms.astype(jnp.float32)
+  finite = jnp.all(path_norms > eps)
+  log_p = jnp.log(jnp.where(finite, path_norms, 1.0))
+  log_alpha = jnp.cumsum(jnp.mean(log_p) - log_p)
+  alpha = jnp.exp(log_alpha).at[-1].set(1.0)
+  return jnp.where(finite, alpha, jnp.ones_like(alpha))
+
+
+def previous_scales(alpha: jax.Array) -> jax.Array:
+  """:math:`\\alpha_{k-1}` for every ``k`` (one for the first group)."""
+  return jnp.concatenate([jnp.ones((1,), alpha.dtype), alpha[:-1]])
+
+
+def balance(params: Any, groups: Any, *, eps: float = 1e-6) -> Any:
+  """Rescales the groups so that every group has the same path norm.
+
+  The network function is unchanged (see the module docstring for when).
+
+  Args:
+    params: the (unboxed) parameters.
+    groups: the spec pytree from :func:`pathprox_jax.group_spec`.
+    eps: balance is skipped when some group's path norm is at most ``eps``.
+
+  Returns:
+    The balanced parameters, with the dtypes of ``params``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import pathprox_jax
+    >>> params = {"a": {"kernel": jnp.ones((2, 3))}, "b": {"kernel": 4 * jnp.ones((3, 2))},
+    ...           "c": {"kernel": jnp.ones((2, 2))}, "d": {"kernel": jnp.ones((2, 1))}}
+    >>> G = pathprox_jax.GroupSpec
+    >>> groups = {"a": {"kernel": G(0, "in")}, "b": {"kernel": G(0, "out")},
+    ...           "c": {"kernel": G(1, "in")}, "d": {"kernel": G(1, "out")}}
+    >>> norms = pathprox_jax.path_norm(pathprox_jax.balance(params, groups), groups)
+    >>> [round(float(x), 3) for x in norms.per_group.values()]
+    [8.239, 8.239]
+  """
+  leaves, treedef = jax.tree.flatten(params)
+  layouts = groups_lib.group_layouts(params, groups)
+  if not layouts:
+    return params
+  alpha = balance_scales(
+    jnp.stack(
+      [
+        jnp.sum(
+          groups_lib.input_norms(leaves[g.in_kernel])
+          * groups_lib.output_norms(leaves[g.out_kernel])
+        )
+        for g in layouts
+      ]
+    ),
+    eps,
+  )
+  prev = previous_scales(alpha)
+  new = dict(enumerate(leaves))
+  for k, g in enumerate(layouts):
+    new[g.out_kernel] = leaves[g.out_kernel].astype(jnp.float32) * (alpha[k] / prev[k])
+    if g.out_bias is not None:
+      new[g.out_bias] = leaves[g.out_bias].astype(jnp.float32) * alpha[k]
+    if g.in_bias is not None:
+      new[g.in_bias] = leaves[g.in_bias].astype(jnp.float32) * prev[k]
+  return treedef.unflatten([new[i].astype(leaf.dtype) for i, leaf in enumerate(leaves)])
