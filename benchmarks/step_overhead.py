@@ -1,0 +1,95 @@
+"""Jitted train-step time with ``pathprox_sgd`` versus ``optax.sgd`` + weight decay.
+
+Prints the median step time of each and their ratio, for the factorised MNIST MLP
+(784-400-...-10, batch 200) and a VGG-style conv net at a small batch. The
+proximal step is O(parameters) and the train step O(batch × parameters), so
+the ratio should be close to 1.
+
+  python benchmarks/step_overhead.py [--steps 200] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import flax.linen as nn
+import jax
+import optax
+
+import pathprox_jax as pp
+from experiments import models
+
+
+def make_step(model, tx):
+  def step(params, opt_state, x, y):
+    def loss_fn(p):
+      logits = model.apply({"params": p}, x)
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  return jax.jit(step, donate_argnums=(0, 1))
+
+
+def median_step_ms(model, make_tx, x, y, steps: int, repeats: int) -> float:
+  boxed = model.init(jax.random.key(0), x[:1])["params"]
+  params = nn.meta.unbox(boxed)
+  tx = make_tx(params, pp.group_spec(boxed))
+  opt_state = tx.init(params)
+  step = make_step(model, tx)
+  params, opt_state, loss = step(params, opt_state, x, y)  # compile
+  loss.block_until_ready()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    for _ in range(steps):
+      params, opt_state, loss = step(params, opt_state, x, y)
+    loss.block_until_ready()
+    times.append((time.perf_counter() - start) / steps * 1e3)
+  return statistics.median(times)
+
+
+def compare(name, model, x, y, steps, repeats, lr=0.1, wd=1e-4):
+  def baseline(params, groups):
+    kernels = jax.tree.map(lambda p: p.ndim >= 2, params)
+    return optax.chain(optax.add_decayed_weights(wd, mask=kernels), optax.sgd(lr))
+
+  def pathprox(params, groups):
+    return pp.pathprox_sgd(lr, wd, groups)
+
+  # Interleave the two so that machine noise hits both alike.
+  sgd_ms, prox_ms = [], []
+  for _ in range(2):
+    sgd_ms.append(median_step_ms(model, baseline, x, y, steps, repeats))
+    prox_ms.append(median_step_ms(model, pathprox, x, y, steps, repeats))
+  sgd, prox = min(sgd_ms), min(prox_ms)
+  print(f"{name:<34} sgd+wd {sgd:8.3f} ms   pathprox_sgd {prox:8.3f} ms   ratio {prox / sgd:.3f}")
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--steps", type=int, default=100)
+  parser.add_argument("--repeats", type=int, default=5)
+  args = parser.parse_args()
+  print(f"devices: {jax.devices()}")
+  key = jax.random.key(1)
+  mlp = models.MLP(
+    features=(400, 400, 400, 400, 400, 10), relu=(True, False, True, False, True, False)
+  )
+  x = jax.random.normal(key, (200, 28, 28, 1))
+  y = jax.random.randint(key, (200,), 0, 10)
+  compare("factorised MLP, batch 200", mlp, x, y, args.steps, args.repeats)
+  vgg = models.VGG(channels=(16, 16, 32, 32, 64, 64, 64, 64), pool_after=(1, 3))
+  x = jax.random.normal(key, (16, 32, 32, 3))
+  y = jax.random.randint(key, (16,), 0, 10)
+  compare(
+    "VGG-style conv net (8 convs), batch 16", vgg, x, y, max(args.steps // 5, 10), args.repeats
+  )
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,1 @@
+"""One config per paper experiment: ``configs.<experiment>.get_config()``."""

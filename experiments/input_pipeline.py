@@ -1,0 +1,105 @@
+"""Splits, normalisation, augmentation and on-device batch sampling."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+# Per-channel mean and std of the training images scaled to [0, 1].
+NORMALIZATION = {
+  "mnist": ((0.1307,), (0.3081,)),
+  "fashion_mnist": ((0.2860,), (0.3530,)),
+  "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+}
+SPLIT_SEED = 42  # the fixed permutation behind the subset and the holdout split
+
+Arrays = tuple[np.ndarray, np.ndarray]
+
+
+def split(arrays: dict[str, Arrays], config: ml_collections.ConfigDict) -> dict[str, Arrays]:
+  """Train, validation and test sets from a data set's train and test splits.
+
+  A fixed permutation (NumPy, seed 42) of the training images in their raw order
+  defines both splits. ``"subset"``: the first ``train_per_class`` images of each
+  class in that order are the training set, all others the validation set.
+  ``"holdout"``: the last ``val_size`` images of the permutation are the
+  validation set, the rest the training set.
+
+  Args:
+    arrays: ``{"train": (images, labels), "test": (images, labels)}``.
+    config: the experiment config (``split``, ``train_per_class``, ``val_size``).
+
+  Returns:
+    ``{"train", "val", "test"}`` each ``(images uint8 [N, H, W, C], labels int32 [N])``.
+  """
+  images, labels = arrays["train"]
+  order = np.random.default_rng(SPLIT_SEED).permutation(len(labels))
+  if config.split == "subset":
+    rank = np.zeros(len(labels), np.int64)
+    for c in np.unique(labels):
+      in_class = order[labels[order] == c]
+      rank[in_class] = np.arange(len(in_class))
+    chosen = rank[order] < config.train_per_class
+    train_idx, val_idx = order[chosen], order[~chosen]
+  else:
+    train_idx, val_idx = (
+      order[: len(order) - config.val_size],
+      order[len(order) - config.val_size :],
+    )
+  return {
+    "train": (images[train_idx], labels[train_idx]),
+    "val": (images[val_idx], labels[val_idx]),
+    "test": arrays["test"],
+  }
+
+
+def normalize(images: jax.Array, dataset: str) -> jax.Array:
+  """uint8 images → float32 scaled to [0, 1], then per-channel standardised."""
+  mean, std = NORMALIZATION[dataset]
+  x = images.astype(jnp.float32) / 255.0
+  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+def augment(key: jax.Array, images: jax.Array, pad: int = 4) -> jax.Array:
+  """Per-image random crop (zero padding ``pad``) and horizontal flip, on device."""
+  batch, height, width, _ = images.shape
+  crop_key, flip_key = jax.random.split(key)
+  offsets = jax.random.randint(crop_key, (batch, 2), 0, 2 * pad + 1)
+  padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+
+  def crop(image, offset):
+    return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (height, width, image.shape[-1]))
+
+  cropped = jax.vmap(crop)(padded, offsets)
+  flip = jax.random.bernoulli(flip_key, 0.5, (batch, 1, 1, 1))
+  return jnp.where(flip, cropped[:, :, ::-1], cropped)
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+  """Batches in one pass over the data, the last partial batch kept."""
+  return math.ceil(num_examples / batch_size)
+
+
+def epoch_order(key: jax.Array, epoch: jax.Array, num_examples: int, batch_size: int) -> jax.Array:
+  """The epoch's shuffled example indices, padded with -1 to whole batches."""
+  order = jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
+  padding = steps_per_epoch(num_examples, batch_size) * batch_size - num_examples
+  return jnp.concatenate([order, jnp.full((padding,), -1, order.dtype)])
+
+
+def eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int):
+  """Pads a split to whole batches: ``([B, b, ...] images, [B, b] labels, [B, b] mask)``."""
+  count = steps_per_epoch(len(labels), batch_size)
+  padding = count * batch_size - len(labels)
+  mask = np.concatenate([np.ones(len(labels), bool), np.zeros(padding, bool)])
+  images = np.concatenate([images, np.zeros((padding, *images.shape[1:]), images.dtype)])
+  labels = np.concatenate([labels, np.zeros(padding, labels.dtype)])
+  return (
+    images.reshape(count, batch_size, *images.shape[1:]),
+    labels.reshape(count, batch_size),
+    mask.reshape(count, batch_size),
+  )

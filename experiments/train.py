@@ -1,0 +1,394 @@
+"""Training and evaluation of one experiment run, data-parallel over all devices.
+
+The data set lives on the devices; every step samples its batch there (a fresh
+permutation per epoch, the last partial batch kept and masked), and a whole
+stretch of steps between two evaluations runs as one compiled loop. Each device
+takes its slice of the global batch, the gradients are summed across devices
+(``psum``) and divided by the global count, and every device applies the same
+optimiser step. ``jax.shard_map`` over a ``jax.make_mesh`` is the default;
+``jax.pmap`` wraps the same per-device function.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm import tqdm
+
+import pathprox_jax as pp
+from experiments import checkpointing, data, input_pipeline, models
+
+AXIS = "data"
+
+
+class TrainState(NamedTuple):
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+class WorkdirError(ValueError):
+  """The run directory cannot be used as asked."""
+
+
+class NonFiniteLossError(RuntimeError):
+  """The training loss became NaN or infinite."""
+
+
+def create_model(config: ml_collections.ConfigDict) -> nn.Module:
+  """The experiment's model, with PathProx group annotations."""
+  if config.model == "mlp":
+    return models.MLP(features=tuple(config.features), relu=tuple(config.relu))
+  return models.VGG(channels=tuple(config.channels), pool_after=tuple(config.pool_after))
+
+
+def learning_rate_schedule(
+  config: ml_collections.ConfigDict, steps_per_epoch: int
+) -> optax.Schedule:
+  """``lr``, multiplied by ``lr_decay`` at each epoch in ``lr_milestones``."""
+  return optax.piecewise_constant_schedule(
+    config.lr, {int(epoch * steps_per_epoch): config.lr_decay for epoch in config.lr_milestones}
+  )
+
+
+def create_optimizer(
+  config: ml_collections.ConfigDict, params: Any, groups: Any, schedule: optax.Schedule
+) -> optax.GradientTransformation:
+  """PathProx (``pathprox_sgd``) or the baseline: SGD on loss + (λ/2)·Σ‖kernels‖²."""
+  if config.method == "pathprox":
+    return pp.pathprox_sgd(schedule, config.weight_decay, groups, momentum=config.momentum)
+  # The gradient of (λ/2)·‖K‖² is λ·K: the same as adding decayed weights.
+  kernels = jax.tree.map(lambda p: p.ndim >= 2, params)
+  return optax.chain(
+    optax.add_decayed_weights(config.weight_decay, mask=kernels),
+    optax.sgd(schedule, momentum=config.momentum or None),
+  )
+
+
+def make_train_steps(
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  config: ml_collections.ConfigDict,
+  num_examples: int,
+  num_devices: int,
+) -> Callable[..., tuple[TrainState, jax.Array]]:
+  """The per-device loop: runs up to ``num_steps`` steps, stopping at a non-finite loss.
+
+  Returns ``fn(state, num_steps, images, labels, key_data) -> (state, loss)``
+  to be wrapped by ``shard_map`` or ``pmap`` over axis ``"data"``;
+  ``loss`` is the last step's global mean training loss.
+  """
+  batch = config.batch_size
+  local = batch // num_devices
+  per_epoch = input_pipeline.steps_per_epoch(num_examples, batch)
+
+  def train_step(state, images, labels, aug_key, order):
+    device = jax.lax.axis_index(AXIS)
+    position = (state.step % per_epoch) * batch + device * local
+    idx = jax.lax.dynamic_slice(order, (position,), (local,))
+    valid = idx >= 0
+    x = input_pipeline.normalize(images[jnp.maximum(idx, 0)], config.dataset)
+    if config.augment:
+      step_key = jax.random.fold_in(jax.random.fold_in(aug_key, state.step), device)
+      x = input_pipeline.augment(step_key, x)
+    y = labels[jnp.maximum(idx, 0)]
+
+    def loss_sum(params):
+      logits = model.apply({"params": params}, x)
+      return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, y) * valid)
+
+    local_loss, local_grads = jax.value_and_grad(loss_sum)(state.params)
+    count = jax.lax.psum(jnp.sum(valid), AXIS)
+    grads = jax.tree.map(lambda g: jax.lax.psum(g, AXIS) / count, local_grads)
+    loss = jax.lax.psum(local_loss, AXIS) / count
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return TrainState(state.step + 1, params, opt_state), loss
+
+  def run(state, num_steps, images, labels, key_data):
+    order_key, aug_key = jax.random.split(jax.random.wrap_key_data(key_data))
+
+    def order_of(step):
+      return input_pipeline.epoch_order(order_key, step // per_epoch, num_examples, batch)
+
+    def cond(carry):
+      i, _, _, loss = carry
+      return (i < num_steps) & jnp.isfinite(loss)
+
+    def body(carry):
+      i, state, order, _ = carry
+      order = jax.lax.cond(state.step % per_epoch == 0, lambda: order_of(state.step), lambda: order)
+      state, loss = train_step(state, images, labels, aug_key, order)
+      return i + 1, state, order, loss
+
+    init = (jnp.zeros((), jnp.int32), state, order_of(state.step), jnp.zeros((), jnp.float32))
+    _, state, _, loss = jax.lax.while_loop(cond, body, init)
+    return state, loss
+
+  return run
+
+
+class Evaluator:
+  """Loss, accuracy and PathProx metrics on the train, validation and test sets."""
+
+  def __init__(self, model, config, splits, groups, mesh):
+    self.config = config
+    self.groups = groups
+    size = config.eval_batch_size
+    sharded = NamedSharding(mesh, P(None, AXIS))
+    self.splits = {
+      name: tuple(
+        _global_array(a, sharded)
+        for a in input_pipeline.eval_batches(
+          images, labels, min(size, _round_up(len(labels), mesh.size))
+        )
+      )
+      for name, (images, labels) in splits.items()
+    }
+
+    def split_sums(params, images, labels, mask):
+      def batch_sums(args):
+        x, y, m = args
+        logits = model.apply({"params": params}, input_pipeline.normalize(x, config.dataset))
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        return jnp.sum(loss * m), jnp.sum((jnp.argmax(logits, -1) == y) * m)
+
+      loss, correct = jax.lax.map(batch_sums, (images, labels, mask))
+      count = jnp.sum(mask)
+      return jnp.sum(loss) / count, jnp.sum(correct) / count
+
+    def evaluate(params, splits):
+      out = {}
+      for name, arrays in splits.items():
+        out[f"{name}_loss"], out[f"{name}_acc"] = split_sums(params, *arrays)
+      path_norm = pp.path_norm(params, groups)
+      active = pp.active_units(params, groups)
+      out["wd_objective"] = pp.weight_decay_objective(
+        out["train_loss"], params, groups, config.weight_decay
+      )
+      out["path_norm"] = path_norm.total
+      out["active_units"] = active.count
+      out["active_units_pct"] = 100 * active.fraction
+      for g in path_norm.per_group:
+        out[f"path_norm/g{g}"] = path_norm.per_group[g]
+        out[f"active_units/g{g}"] = active.per_group[g]
+        out[f"active_units_pct/g{g}"] = 100 * active.per_group_fraction[g]
+      return out
+
+    self._evaluate = jax.jit(evaluate)
+
+  def __call__(self, params) -> dict[str, float]:
+    values = jax.device_get(self._evaluate(params, self.splits))
+    return {
+      k: (int(v) if np.issubdtype(np.asarray(v).dtype, np.integer) else float(v))
+      for k, v in values.items()
+    }
+
+
+def _round_up(n: int, multiple: int) -> int:
+  return math.ceil(n / multiple) * multiple
+
+
+def _global_array(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  """A global array from data every process holds in full (single- or multi-host)."""
+  return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+def _replicated(tree: Any, mesh) -> Any:
+  sharding = NamedSharding(mesh, P())
+  return jax.tree.map(lambda a: _global_array(np.asarray(a), sharding), tree)
+
+
+def _parallel(run, mesh, parallel: str):
+  """Wraps the per-device loop for all devices; returns ``(to_device, step_fn, from_device)``."""
+  if parallel == "pmap":
+    stacked = NamedSharding(mesh, P(AXIS))
+
+    def to_device(tree):
+      return jax.tree.map(
+        lambda a: _global_array(np.broadcast_to(np.asarray(a), (mesh.size, *np.shape(a))), stacked),
+        tree,
+      )
+
+    step_fn = jax.pmap(run, axis_name=AXIS, in_axes=(0, None, 0, 0, 0), donate_argnums=(0,))
+    return to_device, step_fn, lambda tree: jax.tree.map(lambda a: a[0], tree)
+  step_fn = jax.jit(jax.shard_map(run, mesh=mesh, in_specs=P(), out_specs=P()), donate_argnums=(0,))
+  return (lambda tree: _replicated(tree, mesh)), step_fn, (lambda tree: tree)
+
+
+def _eval_points(config, start: int) -> list[int]:
+  """Steps after ``start`` at which to stop the loop: evaluations and saves."""
+  points = set(range(config.log_freq, config.total_iter, config.log_freq))
+  points |= set(range(config.save_freq, config.total_iter, config.save_freq))
+  points.add(config.total_iter)
+  return sorted(p for p in points if p > start)
+
+
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, *, resume: bool = False
+) -> dict[str, float]:
+  """Trains one run and writes ``config.json``, ``metrics.jsonl`` and checkpoints.
+
+  Args:
+    config: the experiment config (see ``configs/``).
+    workdir: the run directory.
+    resume: continue from the run's last checkpoint.
+
+  Returns:
+    The last evaluation's metrics.
+
+  Raises:
+    NonFiniteLossError: the training loss became NaN or infinite (the last good
+      checkpoint is kept).
+  """
+  start_time = time.time()
+  workdir = Path(workdir)
+  is_writer = jax.process_index() == 0
+  mesh = jax.make_mesh((jax.device_count(),), (AXIS,))
+
+  arrays = data.load_arrays(
+    config.dataset, data_dir=config.data_dir or None, raw_dir=config.raw_data_dir or None
+  )
+  splits = input_pipeline.split(arrays, config)
+  train_images, train_labels = splits["train"]
+  per_epoch = input_pipeline.steps_per_epoch(len(train_labels), config.batch_size)
+
+  model = create_model(config)
+  init_key, data_key = jax.random.split(jax.random.key(config.seed))
+  boxed = jax.jit(model.init)(init_key, jnp.asarray(train_images[:1], jnp.float32))["params"]
+  groups = pp.group_spec(boxed)
+  params = nn.meta.unbox(boxed)
+  schedule = learning_rate_schedule(config, per_epoch)
+  tx = create_optimizer(config, params, groups, schedule)
+  state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+
+  checkpoints = checkpointing.Checkpoints(workdir / "checkpoints")
+  history: list[dict[str, Any]] = []
+  if resume:
+    restored = checkpoints.restore_latest(state, data_key)
+    if restored is None:
+      print(
+        f"--resume: no checkpoint in {workdir / 'checkpoints'}; starting from step 0",
+        file=sys.stderr,
+      )
+    else:
+      state, data_key, history = restored
+  elif checkpoints.latest_step() is not None:
+    raise WorkdirError(
+      f"{workdir} already holds checkpoints; pass --resume to continue that run or choose "
+      "another --workdir"
+    )
+  metrics_log = MetricsLog(workdir / "metrics.jsonl", history, enabled=is_writer)
+  if is_writer:
+    _write_config(workdir / "config.json", config, params, groups)
+
+  run = make_train_steps(model, tx, config, len(train_labels), mesh.size)
+  to_device, train_fn, from_device = _parallel(run, mesh, config.parallel)
+  evaluator = Evaluator(model, config, splits, groups, mesh)
+  images, labels, key_data = to_device((train_images, train_labels, jax.random.key_data(data_key)))
+  device_state = to_device(state)
+  step = int(state.step)
+  elapsed_before = history[-1]["wall_time"] if history else 0.0
+
+  def log(state_on_host_order):
+    row = {
+      "step": step,
+      "method": config.method,
+      "lr": float(schedule(step)),
+      "wall_time": elapsed_before + time.time() - start_time,
+    }
+    row.update(evaluator(state_on_host_order.params))
+    metrics_log.append(row)
+    return row
+
+  last = history[-1] if history else log(from_device(device_state))
+  progress = tqdm(
+    total=config.total_iter,
+    initial=step,
+    disable=not (is_writer and config.progress),
+    dynamic_ncols=True,
+    desc=f"{config.experiment} {config.method}",
+  )
+  for point in _eval_points(config, step):
+    device_state, loss = train_fn(device_state, jnp.int32(point - step), images, labels, key_data)
+    loss = float(np.asarray(jax.device_get(loss)).reshape(-1)[0])
+    host_state = from_device(device_state)
+    reached = int(host_state.step)
+    if not math.isfinite(loss):
+      checkpoints.close()
+      raise NonFiniteLossError(
+        f"training loss became {loss} at step {reached}; stopped. The last good checkpoint "
+        f"(step {checkpoints.latest_step()}) is kept in {workdir / 'checkpoints'}; lower --lr"
+      )
+    progress.update(reached - step)
+    step = reached
+    if step % config.log_freq == 0 or step == config.total_iter:
+      last = log(host_state)
+      progress.set_postfix(
+        loss=f"{last['train_loss']:.4f}",
+        test_acc=f"{last['test_acc']:.4f}",
+        active=f"{last['active_units_pct']:.1f}%",
+      )
+    if step % config.save_freq == 0 or step == config.total_iter:
+      checkpoints.save(host_state, data_key, metrics_log.rows)
+  progress.close()
+  checkpoints.close()
+  return last
+
+
+class MetricsLog:
+  """``metrics.jsonl``: one JSON object per evaluation, rewritten from history on resume."""
+
+  def __init__(self, path: Path, history: list[dict[str, Any]], enabled: bool = True):
+    self.path = path
+    self.rows = list(history)
+    self.enabled = enabled
+    if enabled:
+      path.parent.mkdir(parents=True, exist_ok=True)
+      tmp = path.with_suffix(".jsonl.tmp")
+      tmp.write_text("".join(json.dumps(row) + "\n" for row in self.rows))
+      tmp.replace(path)
+
+  def append(self, row: dict[str, Any]) -> None:
+    self.rows.append(row)
+    if self.enabled:
+      with self.path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _write_config(path: Path, config: ml_collections.ConfigDict, params: Any, groups: Any) -> None:
+  """``config.json``: the config, the command, the library version, devices and groups."""
+  units = {}
+
+  def note_units(param, spec):
+    if spec is not None and spec.role == "in" and param.ndim >= 2:
+      units[str(spec.group)] = int(param.shape[-1])
+
+  jax.tree.map(note_units, params, groups)
+  record = config.to_dict()
+  record.update(
+    command=" ".join(["python -m experiments." + config.experiment, *sys.argv[1:]]),
+    pathprox_jax_version=pp.__version__,
+    devices=f"{jax.device_count()} x {jax.devices()[0].platform}",
+    processes=jax.process_count(),
+    groups=sorted(int(g) for g in units),
+    units=units,
+  )
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix(".json.tmp")
+  tmp.write_text(json.dumps(record, indent=2) + "\n")
+  tmp.replace(path)

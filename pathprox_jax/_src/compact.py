@@ -1,0 +1,97 @@
+"""Structured compaction: removing the units PathProx switched off.
+
+A unit ``i`` of a group computes :math:`h_i = \\sigma(w_i^\\top x + a_i)` and
+reaches the rest of the network only through its "out" weights :math:`v_i`
+(the "out" layer computes :math:`y = \\sum_i h_i v_i + c`). When :math:`v_i = 0`
+the unit contributes nothing, so deleting its column of ``w``, its entry of ``a``
+and its row of ``v`` gives a smaller network computing the same function.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from pathprox_jax._src import groups as groups_lib
+
+
+class KeptUnits(NamedTuple):
+  """The units of one group that :func:`compact` kept.
+
+  Attributes:
+    indices: the kept units' positions in the original layer, sorted (int64).
+    original_width: the group's number of units before compaction.
+  """
+
+  indices: np.ndarray
+  original_width: int
+
+  @property
+  def width(self) -> int:
+    """The group's number of units after compaction."""
+    return len(self.indices)
+
+
+def compact(params: Any, groups: Any, *, atol: float = 0.0) -> tuple[Any, dict[int, KeptUnits]]:
+  """Drops every unit whose "out" weights are (at most ``atol``) zero.
+
+  Unit ``i`` of a group is dropped when :math:`\\max_j |v_{ij}| \\le`
+  ``atol``: its column of the "in" kernel ``w`` (last axis), its entry of the
+  "in" bias and its row of the "out" kernel ``v`` (second-to-last axis) are
+  removed, for Dense and Conv kernels alike; "out" biases and ungrouped
+  parameters are unchanged.
+
+  With ``atol=0`` the result is exact: a unit with :math:`v_i = 0` adds nothing
+  downstream, whatever its input weights. A unit with :math:`w_i = 0` but
+  :math:`v_i \\ne 0` is kept, since it still adds the constant
+  :math:`\\sigma(a_i)\\, v_i`. Networks trained with PathProx have exact zeros
+  (the group soft-threshold sets :math:`v_i = 0`); networks trained otherwise
+  have none, so nothing is dropped unless ``atol > 0``. Then, for a Dense "out"
+  layer with ``out`` outputs, the output changes by at most
+
+  .. math::
+    \\|\\Delta y\\| \\le \\sum_{i\\ \\text{dropped}} |h_i|\\, \\|v_i\\|
+      \\le \\texttt{atol} \\sqrt{\\texttt{out}} \\sum_{i\\ \\text{dropped}} |h_i| .
+
+  Shapes depend on the values, so this runs eagerly on concrete arrays (it
+  reads the "out" kernels with ``np.asarray``) and cannot be traced by
+  ``jax.jit``. The same ``groups`` spec describes the smaller params, whose
+  tree structure and dtypes are those of ``params``.
+
+  Args:
+    params: the (unboxed) parameters, or an NNX ``State`` of Params (its
+      Variables are replaced by their values).
+    groups: the spec pytree from :func:`pathprox_jax.group_spec`.
+    atol: the largest absolute "out" weight of a unit that is dropped.
+
+  Returns:
+    ``(smaller_params, kept)`` with ``kept[group]`` a :class:`KeptUnits`. Build
+    the smaller model with each group's "in" layer ``kept[group].width`` wide.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import pathprox_jax
+    >>> G = pathprox_jax.GroupSpec
+    >>> params = {"w": jnp.ones((2, 3)), "v": jnp.array([[1.0], [0.0], [2.0]])}
+    >>> groups = {"w": G(0, "in"), "v": G(0, "out")}
+    >>> smaller, kept = pathprox_jax.compact(params, groups)
+    >>> smaller["w"].shape, smaller["v"].shape, kept[0].indices.tolist(), kept[0].width
+    ((2, 2), (2, 1), [0, 2], 2)
+  """
+  params = groups_lib.unwrap_variables(params)
+  leaves, treedef = jax.tree.flatten(params)
+  new = list(leaves)
+  kept = {}
+  for g in groups_lib.group_layouts(params, groups):
+    # Max, not the norm ||v_i||: squares of tiny weights underflow to zero in f32.
+    v = np.abs(np.asarray(leaves[g.out_kernel], np.float32))
+    largest = v.max(axis=tuple(a for a in range(v.ndim) if a != v.ndim - 2), initial=0.0)
+    indices = np.flatnonzero(largest > atol)
+    new[g.in_kernel] = leaves[g.in_kernel][..., indices]
+    if g.in_bias is not None:
+      new[g.in_bias] = leaves[g.in_bias][indices]
+    new[g.out_kernel] = leaves[g.out_kernel][..., indices, :]
+    kept[g.group] = KeptUnits(indices, g.units)
+  return treedef.unflatten(new), kept
