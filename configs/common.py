@@ -32,6 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_batch_size = 10_000
   config.seed = 0
   config.parallel = "shard_map"  # or "pmap"
+  config.num_devices = 0  # devices to train on (0: all)
   config.tensorboard = False
   config.progress = True
   return config

@@ -124,7 +124,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     len(config.relu) == len(config.features),
     f"--relu has {len(config.relu)} entries but --features has {len(config.features)}",
   )
-  devices = jax.device_count()
+  _check(
+    0 <= config.num_devices <= jax.device_count(),
+    f"--num-devices must be in [0, {jax.device_count()}], got {config.num_devices}",
+  )
+  devices = config.num_devices or jax.device_count()
   _check(
     config.batch_size % devices == 0,
     f"--batch-size {config.batch_size} must be a multiple of the {devices} devices",

@@ -224,9 +224,18 @@ def _parallel(run, mesh, parallel: str):
         tree,
       )
 
-    step_fn = jax.pmap(run, axis_name=AXIS, in_axes=(0, None, 0, 0, 0), donate_argnums=(0,))
+    step_fn = jax.pmap(
+      run,
+      axis_name=AXIS,
+      in_axes=(0, None, 0, 0, 0),
+      donate_argnums=(0,),
+      devices=list(mesh.devices.flat),
+    )
     return to_device, step_fn, lambda tree: jax.tree.map(lambda a: a[0], tree)
-  step_fn = jax.jit(jax.shard_map(run, mesh=mesh, in_specs=P(), out_specs=P()), donate_argnums=(0,))
+  # check_vma=False keeps gradients per device, as under pmap, so that one per-device
+  # function serves both (with it, autodiff would already psum replicated params' grads).
+  sharded = jax.shard_map(run, mesh=mesh, in_specs=P(), out_specs=P(), check_vma=False)
+  step_fn = jax.jit(sharded, donate_argnums=(0,))
   return (lambda tree: _replicated(tree, mesh)), step_fn, (lambda tree: tree)
 
 
@@ -236,6 +245,51 @@ def _eval_points(config, start: int) -> list[int]:
   points |= set(range(config.save_freq, config.total_iter, config.save_freq))
   points.add(config.total_iter)
   return sorted(p for p in points if p > start)
+
+
+class Experiment:
+  """One experiment's data, model, optimiser and compiled functions, ready to train.
+
+  Attributes:
+    config: the experiment config.
+    mesh: the devices, on axis ``"data"``.
+    groups: the model's PathProx group spec.
+    schedule: the learning-rate schedule.
+    state: the initial :class:`TrainState` (host layout).
+    data_key: the key of the data order (and augmentation).
+    evaluate: ``params -> metrics dict`` on the train, validation and test sets.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+    devices = jax.devices()[: config.num_devices or None]
+    self.mesh = jax.make_mesh((len(devices),), (AXIS,), devices=devices)
+    arrays = data.load_arrays(
+      config.dataset, data_dir=config.data_dir or None, raw_dir=config.raw_data_dir or None
+    )
+    splits = input_pipeline.split(arrays, config)
+    train_images, train_labels = splits["train"]
+    per_epoch = input_pipeline.steps_per_epoch(len(train_labels), config.batch_size)
+
+    model = create_model(config)
+    init_key, self.data_key = jax.random.split(jax.random.key(config.seed))
+    sample = jnp.asarray(train_images[:1], jnp.float32)
+    boxed = jax.jit(model.init)(init_key, sample)["params"]
+    self.groups = pp.group_spec(boxed)
+    params = nn.meta.unbox(boxed)
+    self.schedule = learning_rate_schedule(config, per_epoch)
+    tx = create_optimizer(config, params, self.groups, self.schedule)
+    self.state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+
+    run = make_train_steps(model, tx, config, len(train_labels), self.mesh.size)
+    self.to_device, self._train_fn, self.from_device = _parallel(run, self.mesh, config.parallel)
+    self._train_data = self.to_device((train_images, train_labels))
+    self.evaluate = Evaluator(model, config, splits, self.groups, self.mesh)
+
+  def train(self, device_state: Any, num_steps: int, data_key: jax.Array) -> tuple[Any, jax.Array]:
+    """Runs ``num_steps`` steps (fewer if the loss becomes non-finite) on device state."""
+    key_data = self.to_device(jax.random.key_data(data_key))
+    return self._train_fn(device_state, jnp.int32(num_steps), *self._train_data, key_data)
 
 
 def train_and_evaluate(
@@ -252,70 +306,48 @@ def train_and_evaluate(
     The last evaluation's metrics.
 
   Raises:
+    WorkdirError: ``workdir`` holds checkpoints and ``resume`` is not set.
     NonFiniteLossError: the training loss became NaN or infinite (the last good
       checkpoint is kept).
   """
   start_time = time.time()
   workdir = Path(workdir)
-  is_writer = jax.process_index() == 0
-  mesh = jax.make_mesh((jax.device_count(),), (AXIS,))
-
-  arrays = data.load_arrays(
-    config.dataset, data_dir=config.data_dir or None, raw_dir=config.raw_data_dir or None
-  )
-  splits = input_pipeline.split(arrays, config)
-  train_images, train_labels = splits["train"]
-  per_epoch = input_pipeline.steps_per_epoch(len(train_labels), config.batch_size)
-
-  model = create_model(config)
-  init_key, data_key = jax.random.split(jax.random.key(config.seed))
-  boxed = jax.jit(model.init)(init_key, jnp.asarray(train_images[:1], jnp.float32))["params"]
-  groups = pp.group_spec(boxed)
-  params = nn.meta.unbox(boxed)
-  schedule = learning_rate_schedule(config, per_epoch)
-  tx = create_optimizer(config, params, groups, schedule)
-  state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
-
   checkpoints = checkpointing.Checkpoints(workdir / "checkpoints")
-  history: list[dict[str, Any]] = []
-  if resume:
-    restored = checkpoints.restore_latest(state, data_key)
-    if restored is None:
-      print(
-        f"--resume: no checkpoint in {workdir / 'checkpoints'}; starting from step 0",
-        file=sys.stderr,
-      )
-    else:
-      state, data_key, history = restored
-  elif checkpoints.latest_step() is not None:
+  if not resume and checkpoints.latest_step() is not None:
+    checkpoints.close()
     raise WorkdirError(
       f"{workdir} already holds checkpoints; pass --resume to continue that run or choose "
       "another --workdir"
     )
+  experiment = Experiment(config)
+  state, data_key, history = experiment.state, experiment.data_key, []
+  if resume:
+    restored = checkpoints.restore_latest(state, data_key)
+    if restored is None:
+      print(f"--resume: no checkpoint in {workdir}; starting from step 0", file=sys.stderr)
+    else:
+      state, data_key, history = restored
+  is_writer = jax.process_index() == 0
   metrics_log = MetricsLog(workdir / "metrics.jsonl", history, enabled=is_writer)
   if is_writer:
-    _write_config(workdir / "config.json", config, params, groups)
+    _write_config(workdir / "config.json", config, state.params, experiment.groups)
 
-  run = make_train_steps(model, tx, config, len(train_labels), mesh.size)
-  to_device, train_fn, from_device = _parallel(run, mesh, config.parallel)
-  evaluator = Evaluator(model, config, splits, groups, mesh)
-  images, labels, key_data = to_device((train_images, train_labels, jax.random.key_data(data_key)))
-  device_state = to_device(state)
+  device_state = experiment.to_device(state)
   step = int(state.step)
   elapsed_before = history[-1]["wall_time"] if history else 0.0
 
-  def log(state_on_host_order):
+  def log(params):
     row = {
       "step": step,
       "method": config.method,
-      "lr": float(schedule(step)),
+      "lr": float(experiment.schedule(step)),
       "wall_time": elapsed_before + time.time() - start_time,
     }
-    row.update(evaluator(state_on_host_order.params))
+    row.update(experiment.evaluate(params))
     metrics_log.append(row)
     return row
 
-  last = history[-1] if history else log(from_device(device_state))
+  last = history[-1] if history else log(state.params)
   progress = tqdm(
     total=config.total_iter,
     initial=step,
@@ -324,9 +356,9 @@ def train_and_evaluate(
     desc=f"{config.experiment} {config.method}",
   )
   for point in _eval_points(config, step):
-    device_state, loss = train_fn(device_state, jnp.int32(point - step), images, labels, key_data)
+    device_state, loss = experiment.train(device_state, point - step, data_key)
     loss = float(np.asarray(jax.device_get(loss)).reshape(-1)[0])
-    host_state = from_device(device_state)
+    host_state = experiment.from_device(device_state)
     reached = int(host_state.step)
     if not math.isfinite(loss):
       checkpoints.close()
@@ -337,7 +369,7 @@ def train_and_evaluate(
     progress.update(reached - step)
     step = reached
     if step % config.log_freq == 0 or step == config.total_iter:
-      last = log(host_state)
+      last = log(host_state.params)
       progress.set_postfix(
         loss=f"{last['train_loss']:.4f}",
         test_acc=f"{last['test_acc']:.4f}",
