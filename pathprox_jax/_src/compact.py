@@ -87,7 +87,7 @@ def compact(params: Any, groups: Any, *, atol: float = 0.0) -> tuple[Any, dict[i
   for g in groups_lib.group_layouts(params, groups):
     # Max, not the norm ||v_i||: squares of tiny weights underflow to zero in f32.
     v = np.abs(np.asarray(leaves[g.out_kernel], np.float32))
-    largest = v.max(axis=tuple(a for a in range(v.ndim) if a != v.ndim - 2), initial=0.0)
+    largest = v.max(axis=tuple(a for a in range(v.ndim) if a != v.ndim - 2))
     indices = np.flatnonzero(largest > atol)
     new[g.in_kernel] = leaves[g.in_kernel][..., indices]
     if g.in_bias is not None:

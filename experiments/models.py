@@ -1,0 +1,226 @@
+"""The paper's networks with PathProx group annotations: MLPs (linen and NNX) and VGG19.
+
+Layers pair up into unit groups: layer ``2k`` computes group ``k``'s units
+(role "in") and layer ``2k + 1`` reads them (role "out"). An unpaired last
+layer is in no group and gets plain weight decay.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+import pathprox_jax as pp
+
+MLP_FEATURES = (400, 400, 400, 400, 400, 10)
+# Factorised MLP: ReLU only on each group's units, so layers 2k+1 and 2k+2 compose linearly.
+FACTORIZED_RELU = (True, False, True, False, True, False)
+ALL_RELU = (True, True, True, True, True, False)
+VGG19_CHANNELS = (64, 64, 128, 128, 256, 256, 256, 256, 512, 512, 512, 512, 512, 512, 512, 512)
+VGG19_POOL_AFTER = (1, 3, 7, 11)
+
+
+def pytorch_linear_init(fan_in: int) -> jax.nn.initializers.Initializer:
+  """PyTorch's default ``nn.Linear`` initializer, for its kernel and its bias alike.
+
+  .. math::
+    \\theta \\sim \\mathcal{U}\\big(-1/\\sqrt{\\text{fan\\_in}},\\ 1/\\sqrt{\\text{fan\\_in}}\\big)
+
+  The bias's own shape does not give the fan-in, hence the argument.
+
+  Args:
+    fan_in: the layer's number of inputs.
+
+  Returns:
+    An initializer ``(key, shape, dtype) -> array``.
+  """
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def layer_group(index: int, num_layers: int) -> pp.GroupSpec | None:
+  """The group of a layer: layers ``2k, 2k + 1`` form group ``k``; an unpaired last is in none."""
+  if num_layers % 2 and index == num_layers - 1:
+    return None
+  return pp.GroupSpec(index // 2, "out" if index % 2 else "in")
+
+
+def _linen_inits(spec: pp.GroupSpec | None, kernel_init, bias_init) -> dict[str, Any]:
+  if spec is None:
+    return {"kernel_init": kernel_init, "bias_init": bias_init}
+  return pp.group_inits(spec.group, spec.role, kernel_init, bias_init)
+
+
+def _check_mlp(features: Sequence[int], relu: Sequence[bool]) -> None:
+  if len(features) != len(relu):
+    raise ValueError(
+      f"MLP needs one relu flag per layer: got {len(features)} features {tuple(features)} "
+      f"and {len(relu)} relu flags {tuple(relu)}."
+    )
+
+
+class MLP(nn.Module):
+  """A PathProx-annotated MLP on flattened inputs, with PyTorch's default init.
+
+  Attributes:
+    features: the output width of every Dense layer; the last is the number of classes.
+    relu: whether a ReLU follows layer ``i``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import pathprox_jax as pp
+    >>> from experiments import models
+    >>> model = models.MLP(models.MLP_FEATURES, models.FACTORIZED_RELU)
+    >>> boxed = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
+    >>> pp.group_spec(boxed)["Dense_5"]["kernel"]
+    GroupSpec(group=2, role='out')
+  """
+
+  features: Sequence[int]
+  relu: Sequence[bool]
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    _check_mlp(self.features, self.relu)
+    x = x.reshape(x.shape[0], -1)
+    for i, (width, relu) in enumerate(zip(self.features, self.relu, strict=True)):
+      init = pytorch_linear_init(x.shape[-1])
+      x = nn.Dense(width, **_linen_inits(layer_group(i, len(self.features)), init, init))(x)
+      if relu:
+        x = nn.relu(x)
+    return x
+
+
+class NNXMLP(nnx.Module):
+  """:class:`MLP` in NNX: same layers, init, annotations and parameter names.
+
+  Layer ``i`` is the attribute ``Dense_{i}``, linen's automatic name, so a
+  linen params dict is a pure dict of this model's ``nnx.Param`` state.
+
+  Example:
+    >>> from flax import nnx
+    >>> import pathprox_jax as pp
+    >>> from experiments import models
+    >>> model = models.NNXMLP(784, models.MLP_FEATURES, models.ALL_RELU, rngs=nnx.Rngs(0))
+    >>> pp.group_spec(nnx.state(model, nnx.Param))["Dense_0"]["bias"]
+    GroupSpec(group=0, role='in')
+  """
+
+  def __init__(
+    self, in_features: int, features: Sequence[int], relu: Sequence[bool], *, rngs: nnx.Rngs
+  ):
+    _check_mlp(features, relu)
+    self.relu = tuple(relu)
+    for i, (fan_in, width) in enumerate(zip((in_features, *features[:-1]), features, strict=True)):
+      spec = layer_group(i, len(features))
+      metadata = {} if spec is None else pp.group_metadata(spec.group, spec.role)
+      init = pytorch_linear_init(fan_in)
+      layer = nnx.Linear(
+        fan_in,
+        width,
+        kernel_init=init,
+        bias_init=init,
+        kernel_metadata=metadata,
+        bias_metadata=metadata,
+        rngs=rngs,
+      )
+      setattr(self, f"Dense_{i}", layer)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x.reshape(x.shape[0], -1)
+    for i, relu in enumerate(self.relu):
+      x = getattr(self, f"Dense_{i}")(x)
+      if relu:
+        x = nnx.relu(x)
+    return x
+
+
+class VGG(nn.Module):
+  """VGG19 without batch norm for 32x32 images, conv pairs annotated as PathProx groups.
+
+  3x3 convs (bias, SAME padding, ReLU after each; Kaiming-normal fan-in init,
+  zero bias), 2x2 max-pools after the convs in ``pool_after``, a 2x2 average
+  pool, then an ungrouped Dense classifier (PyTorch's default init). Convs
+  ``2k`` and ``2k + 1`` form group ``k``.
+
+  Attributes:
+    channels: the output channels of every conv; an even number of convs.
+    pool_after: the conv indices followed by a 2x2 max-pool.
+    num_classes: the classifier's outputs.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from experiments import models
+    >>> shapes = jax.eval_shape(models.VGG().init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    >>> shapes["params"]["Dense_0"]["kernel"].shape
+    (512, 10)
+  """
+
+  channels: Sequence[int] = VGG19_CHANNELS
+  pool_after: Sequence[int] = VGG19_POOL_AFTER
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if len(self.channels) % 2:
+      raise ValueError(
+        f"VGG pairs its convs into PathProx groups, so it needs an even number of convs; "
+        f"got {len(self.channels)} channels {tuple(self.channels)}."
+      )
+    kaiming = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+    for i, width in enumerate(self.channels):
+      spec = layer_group(i, len(self.channels))
+      inits = pp.group_inits(spec.group, spec.role, kaiming)
+      x = nn.Conv(width, (3, 3), padding="SAME", **inits)(x)
+      x = nn.relu(x)
+      if i in self.pool_after:
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+    x = x.reshape(x.shape[0], -1)
+    init = pytorch_linear_init(x.shape[-1])
+    return nn.Dense(self.num_classes, kernel_init=init, bias_init=init)(x)
+
+
+def compacted_widths(widths: Sequence[int], kept: Mapping[int, pp.KeptUnits]) -> tuple[int, ...]:
+  """The layer widths of the model that takes :func:`pathprox_jax.compact`'s smaller params.
+
+  Group ``k``'s units are the outputs of layer ``2k`` (an MLP's ``features``, a
+  VGG's ``channels``), so that width becomes ``kept[k].width``.
+
+  Args:
+    widths: the original model's ``features`` or ``channels``.
+    kept: the second output of :func:`pathprox_jax.compact`.
+
+  Returns:
+    The new widths.
+
+  Raises:
+    ValueError: if a group's original width is not that of layer ``2k``.
+
+  Example:
+    >>> import numpy as np
+    >>> import pathprox_jax as pp
+    >>> from experiments import models
+    >>> kept = {0: pp.KeptUnits(np.array([0, 2]), 4), 1: pp.KeptUnits(np.array([1]), 4)}
+    >>> models.compacted_widths((4, 4, 4, 3), kept)
+    (2, 4, 1, 3)
+  """
+  new = list(widths)
+  for group, units in kept.items():
+    if 2 * group >= len(widths) or widths[2 * group] != units.original_width:
+      raise ValueError(
+        f"Group {group} had {units.original_width} units but layer {2 * group} of "
+        f"{tuple(widths)} is not that wide: kept is from another model."
+      )
+    new[2 * group] = units.width
+  return tuple(new)

@@ -1,0 +1,139 @@
+"""Tests for experiments.models: shapes, group annotations, init, linen/NNX agreement."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from flax.core import meta
+
+import pathprox_jax as pp
+from experiments import models
+
+G = pp.GroupSpec
+
+
+def _init(model, x):
+  return jax.jit(model.init)(jax.random.key(0), x)["params"]
+
+
+def test_paper_mlp_shapes_and_groups():
+  model = models.MLP(models.MLP_FEATURES, models.FACTORIZED_RELU)
+  boxed = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
+  shapes = jax.tree.map(lambda x: x.shape, meta.unbox(boxed))
+  fan_ins = (784, 400, 400, 400, 400, 400)
+  assert shapes == {
+    f"Dense_{i}": {"kernel": (fan_in, width), "bias": (width,)}
+    for i, (fan_in, width) in enumerate(zip(fan_ins, models.MLP_FEATURES, strict=True))
+  }
+  roles = ("in", "out")
+  assert pp.group_spec(boxed) == {
+    f"Dense_{i}": {"kernel": G(i // 2, roles[i % 2]), "bias": G(i // 2, roles[i % 2])}
+    for i in range(6)
+  }
+
+
+def test_mlp_unpaired_last_layer_is_ungrouped():
+  boxed = _init(models.MLP((5, 5, 3), (True, False, False)), jnp.ones((2, 4)))
+  groups = pp.group_spec(boxed)
+  assert groups["Dense_2"] == {"kernel": None, "bias": None}
+  assert list(pp.path_norm(meta.unbox(boxed), groups).per_group) == [0]
+
+
+@pytest.mark.parametrize("relu", [(True, False, True, False), (True, True, True, False)])
+def test_mlp_applies_relu_where_flagged(relu):
+  model = models.MLP((6, 5, 4, 3), relu)
+  x = jax.random.normal(jax.random.key(1), (3, 2, 2, 2))
+  params = meta.unbox(_init(model, x))
+  h = np.asarray(x).reshape(3, -1)
+  for i, flag in enumerate(relu):
+    layer = params[f"Dense_{i}"]
+    h = h @ np.asarray(layer["kernel"]) + np.asarray(layer["bias"])
+    h = np.maximum(h, 0) if flag else h
+  np.testing.assert_allclose(model.apply({"params": params}, x), h, rtol=1e-5, atol=1e-6)
+
+
+def test_mlp_rejects_mismatched_relu_flags():
+  with pytest.raises(ValueError, match="one relu flag per layer"):
+    _init(models.MLP((4, 3), (True,)), jnp.ones((1, 2)))
+  with pytest.raises(ValueError, match="one relu flag per layer"):
+    models.NNXMLP(2, (4, 3), (True,), rngs=nnx.Rngs(0))
+
+
+def test_mlp_pytorch_init_bounds():
+  params = meta.unbox(_init(models.MLP((300, 300, 300), (True, True, False)), jnp.ones((1, 784))))
+  for name, fan_in in (("Dense_0", 784), ("Dense_1", 300), ("Dense_2", 300)):
+    bound = 1 / math.sqrt(fan_in)
+    for kind in ("kernel", "bias"):
+      values = np.abs(np.asarray(params[name][kind]))
+      assert values.max() <= bound
+      assert values.max() > 0.95 * bound  # uniform up to the bound, not e.g. zeros
+    std = np.asarray(params[name]["kernel"]).std()
+    np.testing.assert_allclose(std, bound / math.sqrt(3), rtol=0.03)
+
+
+def test_nnx_mlp_matches_linen():
+  features, relu, in_features = (8, 7, 6, 5, 3), (True, False, True, True, False), 12
+  x = jax.random.normal(jax.random.key(2), (4, 2, 2, 3))
+  linen_model = models.MLP(features, relu)
+  boxed = _init(linen_model, x)
+  params = meta.unbox(boxed)
+
+  model = models.NNXMLP(in_features, features, relu, rngs=nnx.Rngs(3))
+  state = nnx.state(model, nnx.Param)
+  assert nnx.to_pure_dict(pp.group_spec(state)) == pp.group_spec(boxed)
+  for i, fan_in in enumerate((in_features, *features[:-1])):
+    for kind in ("kernel", "bias"):
+      assert np.abs(state[f"Dense_{i}"][kind].get_value()).max() <= 1 / math.sqrt(fan_in)
+
+  nnx.replace_by_pure_dict(state, params)
+  nnx.update(model, state)
+  np.testing.assert_allclose(model(x), linen_model.apply({"params": params}, x), atol=1e-6)
+
+
+def test_vgg19_shapes_and_groups():
+  boxed = jax.eval_shape(models.VGG().init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+  params = meta.unbox(boxed)
+  channels = models.VGG19_CHANNELS
+  for i, (c_in, c_out) in enumerate(zip((3, *channels[:-1]), channels, strict=True)):
+    assert params[f"Conv_{i}"]["kernel"].shape == (3, 3, c_in, c_out)
+  assert params["Dense_0"]["kernel"].shape == (512, 10)
+  groups = pp.group_spec(boxed)
+  roles = ("in", "out")
+  assert groups == {
+    **{
+      f"Conv_{i}": {"kernel": G(i // 2, roles[i % 2]), "bias": G(i // 2, roles[i % 2])}
+      for i in range(16)
+    },
+    "Dense_0": {"kernel": None, "bias": None},
+  }
+  per_group = jax.eval_shape(lambda p: pp.path_norm(p, groups).per_group, params)
+  assert list(per_group) == list(range(8))
+
+
+def test_vgg_forward_pools_and_init():
+  model = models.VGG(channels=(64, 64, 8, 8), pool_after=(1,), num_classes=5)
+  x = jax.random.normal(jax.random.key(4), (2, 8, 8, 3))
+  params = meta.unbox(_init(model, x))
+  # 8x8 -> max-pool 4x4 -> average pool 2x2, so the classifier reads 2 * 2 * 8 features.
+  assert params["Dense_0"]["kernel"].shape == (32, 5)
+  assert model.apply({"params": params}, x).shape == (2, 5)
+  kernel = np.asarray(params["Conv_1"]["kernel"])
+  np.testing.assert_allclose(kernel.std(), math.sqrt(2 / (9 * 64)), rtol=0.03)
+  assert abs(kernel.mean()) < 0.05 * kernel.std()
+  assert all(not np.any(params[f"Conv_{i}"]["bias"]) for i in range(4))
+
+
+def test_vgg_rejects_odd_number_of_convs():
+  with pytest.raises(ValueError, match="even number of convs"):
+    _init(models.VGG(channels=(4, 4, 4)), jnp.ones((1, 8, 8, 3)))
+
+
+def test_compacted_widths_rejects_foreign_kept():
+  kept = {1: pp.KeptUnits(np.array([0]), 5)}
+  with pytest.raises(ValueError, match="another model"):
+    models.compacted_widths((4, 4, 4, 3), kept)
+  with pytest.raises(ValueError, match="another model"):
+    models.compacted_widths((4, 3), kept)
