@@ -1,0 +1,1 @@
+"""PathProx paper experiments: models, data, training harness, plots and reports."""

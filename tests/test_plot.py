@@ -1,0 +1,235 @@
+"""Figures and report.md from run directories written by the test itself."""
+
+import contextlib
+import io
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib import image
+
+from experiments import plot
+
+REPO = Path(__file__).resolve().parents[1]
+TOTAL = 20_000
+GROUPS = (0, 1, 2)
+# The documented precision of each report column, as an absolute or relative tolerance.
+COLUMNS = {
+  "wd objective": ("wd_objective", 1, {"rel_tol": 5e-4}),
+  "path norm": ("path_norm", 1, {"rel_tol": 5e-4}),
+  "active units (%)": ("active_units_pct", 1, {"abs_tol": 0.05}),
+  "train acc (%)": ("train_acc", 100, {"abs_tol": 0.005}),
+  "test acc (%)": ("test_acc", 100, {"abs_tol": 0.005}),
+  "val acc (%)": ("val_acc", 100, {"abs_tol": 0.005}),
+}
+
+
+def metrics_row(method: str, step: int, offset: float) -> dict:
+  """A row whose values all change from one step to the next, with many digits."""
+  t = step / TOTAL
+  loss = 2.3 * math.exp(-4 * t) + 0.0123 * (1 + offset)
+  row = {
+    "step": step,
+    "method": method,
+    "lr": 0.3,
+    "wall_time": 0.01 * step,
+    "train_loss": loss,
+    "train_acc": 0.5 + 0.41237 * t,
+    "val_loss": loss * 1.1,
+    "val_acc": 0.45 + 0.40111 * t,
+    "test_loss": loss * 1.2,
+    "test_acc": 0.4 + 0.43219 * t - 0.01 * offset,
+    "wd_objective": loss + 0.0456789 * (1 + offset),
+    "path_norm": 456.789 / (1 + 3 * t) + offset,
+    "active_units": 1200 - int(600 * t),
+    "active_units_pct": 100 - 43.21 * t - offset,
+  }
+  for g in GROUPS:
+    row[f"path_norm/g{g}"] = row["path_norm"] / 3
+    row[f"active_units/g{g}"] = 400 - int(200 * t * (g + 1) / 3)
+    row[f"active_units_pct/g{g}"] = 100 - 50 * t * (g + 1) / 3
+  return row
+
+
+def write_run(path: Path, method: str, last_step: int, offset: float, tail: str = "") -> list:
+  """A run directory logged every 2,500 steps up to ``last_step``; ``tail`` is appended raw."""
+  path.mkdir(parents=True)
+  config = {
+    "experiment": "mnist_subset_mlp",
+    "method": method,
+    "total_iter": TOTAL,
+    "log_freq": 2500,
+    "command": f"python -m experiments.mnist_subset_mlp --workdir {path} --method {method}",
+    "pathprox_jax_version": "0.1.0",
+    "devices": "8 x cpu",
+    "groups": list(GROUPS),
+  }
+  (path / "config.json").write_text(json.dumps(config))
+  rows = [metrics_row(method, step, offset) for step in range(0, last_step + 1, 2500)]
+  lines = [json.dumps(row) + "\n" for row in rows]
+  (path / "metrics.jsonl").write_text("".join(lines) + tail)
+  return rows
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """A finished PathProx run, a finished weight-decay run and a PathProx run in progress."""
+  root = tmp_path_factory.mktemp("runs")
+  partial = root / "partial" / "pathprox"
+  rows = {
+    root / "cmp" / "pathprox": write_run(root / "cmp" / "pathprox", "pathprox", TOTAL, 0.0),
+    root / "cmp" / "wd": write_run(root / "cmp" / "wd", "wd", TOTAL, 1.0),
+    # A malformed line, then a last line cut off mid-write as by a run still logging.
+    partial: write_run(partial, "pathprox", 7500, 2.0, tail='{"step": oops}\n{"step": 10000, "tr'),
+  }
+  return rows
+
+
+def run_main(argv):
+  """``plot.main(argv)`` -> (exit code, stdout, stderr)."""
+  out, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    code = plot.main([str(a) for a in argv])
+  return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def produced(runs, tmp_path_factory):
+  out = tmp_path_factory.mktemp("out")
+  code, stdout, stderr = run_main([*runs, "--out", out, "--at", "6000,10000,50000"])
+  assert code == 0, stderr
+  return out, stdout, stderr
+
+
+def parse_table(report: str) -> dict:
+  """{(at, run): {column: cell}} from the report's markdown table."""
+  lines = [line for line in report.splitlines() if line.startswith("|")]
+  header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+  table = {}
+  for line in lines[2:]:
+    cells = dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True))
+    table[cells["at"], cells["run"]] = cells
+  return table
+
+
+def test_figures_are_valid_pngs_and_no_temporary_files_remain(produced):
+  out, stdout, _ = produced
+  assert sorted(p.name for p in out.iterdir()) == sorted([*plot.FIGURES, "report.md"])
+  for name in plot.FIGURES:
+    path = out / name
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert path.stat().st_size > 20_000
+    pixels = image.imread(path)
+    assert pixels.shape[1] > 800 and np.std(pixels[..., :3]) > 0.05
+    assert f"wrote {path}" in stdout
+
+
+def test_report_table_holds_the_metrics_at_each_iteration(runs, produced):
+  out, _, _ = produced
+  table = parse_table((out / "report.md").read_text())
+  complete, wd, partial = runs
+  names = {
+    complete: "PathProx (cmp/pathprox)",
+    wd: "Weight decay",
+    partial: "PathProx (partial/pathprox)",
+  }
+  # 50,000 is beyond every run's total_iter, so it has no rows.
+  assert {at for at, _ in table} == {"6000", "10000", "last"}
+  expected = {
+    # 6,000 was not logged: the last row before it (5,000) stands for it.
+    ("6000", complete): 2, ("6000", wd): 2, ("6000", partial): 2,
+    ("10000", complete): 4, ("10000", wd): 4, ("10000", partial): None,
+    ("last", complete): 8, ("last", wd): 8, ("last", partial): 3,
+  }  # fmt: skip
+  for (at, path), index in expected.items():
+    cells = table[at, names[path]]
+    assert cells["method"] == runs[path][0]["method"]
+    if index is None:  # the run in progress has not reached 10,000
+      assert set(cells.values()) - {at, names[path], "pathprox"} == {plot.MISSING}
+      continue
+    row = runs[path][index]
+    assert int(cells["step"]) == row["step"]
+    for column, (key, scale, tolerance) in COLUMNS.items():
+      assert math.isclose(float(cells[column]), scale * row[key], **tolerance), (at, path, column)
+
+
+def test_incomplete_runs_and_malformed_lines_are_reported(runs, produced):
+  out, stdout, stderr = produced
+  partial = list(runs)[2]
+  assert stdout.count("incomplete:") == 1
+  assert f"incomplete: PathProx (partial/pathprox) ({partial}): step 7500 of {TOTAL}" in stdout
+  report = (out / "report.md").read_text()
+  incomplete = report.split("## Incomplete runs")[1]
+  assert str(partial) in incomplete and "step 7500 of 20000" in incomplete
+  assert "cmp" not in incomplete
+  for path in runs:
+    assert f"python -m experiments.mnist_subset_mlp --workdir {path}" in report
+  assert "pathprox_jax 0.1.0 on 8 x cpu" in report
+  warnings = stderr.splitlines()
+  metrics = partial / "metrics.jsonl"
+  assert warnings == [
+    f"warning: {metrics}:5: skipped a malformed metrics line",
+    f"warning: {metrics}:6: skipped a malformed metrics line",
+  ]
+
+
+@pytest.mark.parametrize(
+  "broken, message",
+  [
+    ("no metrics.jsonl", "no metrics.jsonl"),
+    ("no config.json", "no config.json"),
+    ("empty", "metrics.jsonl has no rows"),
+    ("missing", "no such directory"),
+  ],
+)
+def test_not_a_run_is_a_one_line_error_and_out_is_untouched(
+  runs, produced, tmp_path, broken, message
+):
+  bad = tmp_path / "bad"
+  if broken != "missing":
+    bad.mkdir()
+  if broken in ("no metrics.jsonl", "empty"):
+    (bad / "config.json").write_text(json.dumps({"method": "wd", "total_iter": 10}))
+  if broken in ("no config.json", "empty"):
+    (bad / "metrics.jsonl").write_text("" if broken == "empty" else '{"step": 0}\n')
+  out, _, _ = produced
+  before = {p.name: p.read_bytes() for p in out.iterdir()}
+  code, stdout, stderr = run_main([list(runs)[0], bad, "--out", out])
+  assert code == 2 and stdout == ""
+  assert len(stderr.splitlines()) == 1 and str(bad) in stderr and message in stderr
+  assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_command_line_reports_a_folder_that_is_not_a_run(tmp_path):
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  result = subprocess.run(
+    [sys.executable, "-m", "experiments.plot", str(empty), "--out", str(tmp_path / "out")],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert result.returncode == 2
+  assert result.stderr.strip() == (
+    f"error: {empty} is not a run directory: no config.json and no metrics.jsonl"
+  )
+  assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_write_keeps_the_previous_file(tmp_path):
+  path = tmp_path / "report.md"
+  path.write_text("previous")
+
+  def write_half_then_fail(tmp):
+    tmp.write_text("half")
+    raise OSError("disk full")
+
+  with pytest.raises(OSError, match="disk full"):
+    plot._write_atomically(path, write_half_then_fail)
+  assert [p.name for p in tmp_path.iterdir()] == ["report.md"]
+  assert path.read_text() == "previous"
