@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -143,7 +144,9 @@ def main(experiment: str, argv: Sequence[str] | None = None) -> int:
     jax.distributed.initialize()  # multi-host: before anything touches the devices
   try:
     config, workdir, resume = parse_args(experiment, argv)
-    train.train_and_evaluate(config, workdir, resume=resume)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = shlex.join(["python", "-m", f"experiments.{experiment}", *map(str, argv)])
+    train.train_and_evaluate(config, workdir, resume=resume, command=command)
   except (ConfigError, data.DatasetUnavailableError, train.WorkdirError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -293,7 +293,7 @@ class Experiment:
 
 
 def train_and_evaluate(
-  config: ml_collections.ConfigDict, workdir: str, *, resume: bool = False
+  config: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, command: str = ""
 ) -> dict[str, float]:
   """Trains one run and writes ``config.json``, ``metrics.jsonl`` and checkpoints.
 
@@ -301,6 +301,7 @@ def train_and_evaluate(
     config: the experiment config (see ``configs/``).
     workdir: the run directory.
     resume: continue from the run's last checkpoint.
+    command: the command line that started the run, recorded in ``config.json``.
 
   Returns:
     The last evaluation's metrics.
@@ -330,7 +331,7 @@ def train_and_evaluate(
   is_writer = jax.process_index() == 0
   metrics_log = MetricsLog(workdir / "metrics.jsonl", history, enabled=is_writer)
   if is_writer:
-    _write_config(workdir / "config.json", config, state.params, experiment.groups)
+    _write_config(workdir / "config.json", config, state.params, experiment.groups, command)
 
   device_state = experiment.to_device(state)
   step = int(state.step)
@@ -402,7 +403,9 @@ class MetricsLog:
         f.write(json.dumps(row) + "\n")
 
 
-def _write_config(path: Path, config: ml_collections.ConfigDict, params: Any, groups: Any) -> None:
+def _write_config(
+  path: Path, config: ml_collections.ConfigDict, params: Any, groups: Any, command: str
+) -> None:
   """``config.json``: the config, the command, the library version, devices and groups."""
   units = {}
 
@@ -413,7 +416,7 @@ def _write_config(path: Path, config: ml_collections.ConfigDict, params: Any, gr
   jax.tree.map(note_units, params, groups)
   record = config.to_dict()
   record.update(
-    command=" ".join(["python -m experiments." + config.experiment, *sys.argv[1:]]),
+    command=command,
     pathprox_jax_version=pp.__version__,
     devices=f"{jax.device_count()} x {jax.devices()[0].platform}",
     processes=jax.process_count(),
