@@ -190,8 +190,10 @@ class Evaluator:
       return out
 
     self._evaluate = jax.jit(evaluate)
+    self._replicated = NamedSharding(mesh, P())
 
   def __call__(self, params) -> dict[str, float]:
+    params = jax.device_put(params, self._replicated)  # pmap hands over one device's copy
     values = jax.device_get(self._evaluate(params, self.splits))
     return {
       k: (int(v) if np.issubdtype(np.asarray(v).dtype, np.integer) else float(v))
@@ -263,7 +265,9 @@ class Experiment:
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
     devices = jax.devices()[: config.num_devices or None]
-    self.mesh = jax.make_mesh((len(devices),), (AXIS,), devices=devices)
+    self.mesh = jax.make_mesh(
+      (len(devices),), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
+    )
     arrays = data.load_arrays(
       config.dataset, data_dir=config.data_dir or None, raw_dir=config.raw_data_dir or None
     )

@@ -17,7 +17,7 @@ from experiments import checkpointing, cli, compare, input_pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_MLP = ["--features", "32,32,32,32,32,10", "--train-per-class", "20", "--batch-size", "40",
-            "--eval-batch-size", "200", "--progress", "false"]  # fmt: skip
+            "--eval-batch-size", "200", "--lr", "0.05", "--progress", "false"]  # fmt: skip
 
 
 def flags(raw_dir, tmp_path, **overrides):
@@ -51,7 +51,7 @@ def test_run_writes_config_and_metrics(raw_mnist, tmp_path):
               "active_units_pct", "path_norm/g0", "active_units/g2", "active_units_pct/g1"}  # fmt: skip
   assert expected <= set(rows[-1])
   assert rows[-1]["train_loss"] < rows[0]["train_loss"]
-  assert rows[-1]["lr"] == 0.3
+  assert rows[-1]["lr"] == 0.05
   group_norms = sum(rows[-1][f"path_norm/g{k}"] for k in range(3))
   np.testing.assert_allclose(rows[-1]["path_norm"], group_norms, rtol=1e-5)
   config = json.loads((workdir / "config.json").read_text())
