@@ -26,9 +26,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.momentum = 0.0
   config.weight_decay = 1e-4
   config.batch_size = 200  # global batch, split over all devices
-  config.total_iter = 1000
-  config.log_freq = 100
-  config.save_freq = 1000
+  config.total_iter = 50_000
+  config.log_freq = 1000
+  config.save_freq = 10_000
   config.eval_batch_size = 10_000
   config.seed = 0
   config.parallel = "shard_map"  # or "pmap"

@@ -9,16 +9,8 @@ def get_config() -> ml_collections.ConfigDict:
   """lr 0.1, λ 1e-4, batch 200, 50k iterations, eval every 1k (the paper's settings)."""
   config = common.get_config()
   config.experiment = "mnist_mlp"
-  config.dataset = "mnist"
   config.split = "holdout"
   config.val_size = 5000
-  config.model = "mlp"
-  config.features = (400, 400, 400, 400, 400, 10)
   config.relu = (True, True, True, True, True, False)
   config.lr = 0.1
-  config.weight_decay = 1e-4
-  config.batch_size = 200
-  config.total_iter = 50_000
-  config.log_freq = 1000
-  config.save_freq = 10_000
   return config

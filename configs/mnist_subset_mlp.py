@@ -9,16 +9,9 @@ def get_config() -> ml_collections.ConfigDict:
   """lr 0.3, λ 1e-4, batch 200, 100k iterations, eval every 1k (the paper's settings)."""
   config = common.get_config()
   config.experiment = "mnist_subset_mlp"
-  config.dataset = "mnist"
   config.split = "subset"
   config.train_per_class = 100
-  config.model = "mlp"
-  config.features = (400, 400, 400, 400, 400, 10)
-  config.relu = (True, False, True, False, True, False)
+  config.relu = (True, False, True, False, True, False)  # linear bottleneck in every group
   config.lr = 0.3
-  config.weight_decay = 1e-4
-  config.batch_size = 200
   config.total_iter = 100_000
-  config.log_freq = 1000
-  config.save_freq = 10_000
   return config

@@ -48,7 +48,8 @@ def test_run_writes_config_and_metrics(raw_mnist, tmp_path):
   assert [r["step"] for r in rows] == [0, 10, 20]
   expected = {"step", "method", "lr", "wall_time", "train_loss", "train_acc", "val_loss",
               "val_acc", "test_loss", "test_acc", "wd_objective", "path_norm", "active_units",
-              "active_units_pct", "path_norm/g0", "active_units/g2", "active_units_pct/g1"}  # fmt: skip
+              "active_units_pct", "path_norm/g0", "active_units/g2",
+              "active_units_pct/g1"}  # fmt: skip
   assert expected <= set(rows[-1])
   assert rows[-1]["train_loss"] < rows[0]["train_loss"]
   assert rows[-1]["lr"] == 0.05
@@ -101,8 +102,8 @@ def test_killed_run_resumes_to_identical_parameters(raw_mnist, tmp_path):
   deadline = time.time() + 120
   checkpoints = workdir / "checkpoints"
   while time.time() < deadline and process.poll() is None:
-    saved = [p for p in checkpoints.glob("[0-9]*") if p.name.isdigit()] if checkpoints.exists() else []
-    if any(int(p.name) >= 200 for p in saved):
+    saved = [int(p.name) for p in checkpoints.glob("*") if p.name.isdigit()]
+    if any(step >= 200 for step in saved):
       break
     time.sleep(0.05)
   assert process.poll() is None, "the run ended before it could be killed"
@@ -168,9 +169,7 @@ def test_subset_and_holdout_splits():
   labels = np.arange(1000) % 10
   images = np.arange(1000, dtype=np.uint8)[:, None, None, None]
   arrays = {"train": (images, labels), "test": (images[:10], labels[:10])}
-  config = ml_collections.ConfigDict(
-    {"split": "subset", "train_per_class": 7, "val_size": 100}
-  )
+  config = ml_collections.ConfigDict({"split": "subset", "train_per_class": 7, "val_size": 100})
   splits = input_pipeline.split(arrays, config)
   assert np.bincount(splits["train"][1]).tolist() == [7] * 10
   assert len(splits["val"][1]) == 930

@@ -64,10 +64,20 @@ class PathProxGroup(flax.struct.PyTreeNode, meta.AxisMetadata):
   def replace_boxed(self, val: Any) -> PathProxGroup:
     return self.replace(value=val)
 
+  def get_partition_spec(self) -> jax.sharding.PartitionSpec | None:
+    # ``nn.get_partition_spec`` stops at the outermost box: look through this one, so a
+    # grouped parameter keeps the sharding of an inner ``nn.with_partitioning`` (or is
+    # replicated, ``P()``, like any unannotated array).
+    return meta.get_partition_spec(self.value)
+
   def add_axis(self, index: int, params: dict[str, Any]) -> PathProxGroup:
+    if isinstance(self.value, meta.AxisMetadata):  # e.g. an inner nn.with_partitioning box
+      return self.replace(value=self.value.add_axis(index, params))
     return self
 
   def remove_axis(self, index: int, params: dict[str, Any]) -> PathProxGroup:
+    if isinstance(self.value, meta.AxisMetadata):
+      return self.replace(value=self.value.remove_axis(index, params))
     return self
 
 

@@ -55,7 +55,7 @@ def balance(params: Any, groups: Any, *, eps: float = 1e-6) -> Any:
   The network function is unchanged (see the module docstring for when).
 
   Args:
-    params: the (unboxed) parameters.
+    params: the (unboxed) parameters, or an NNX ``State`` of them.
     groups: the spec pytree from :func:`pathprox_jax.group_spec`.
     eps: balance is skipped when some group's path norm is at most ``eps``.
 
@@ -74,6 +74,7 @@ def balance(params: Any, groups: Any, *, eps: float = 1e-6) -> Any:
     >>> [round(float(x), 3) for x in norms.per_group.values()]
     [8.239, 8.239]
   """
+  params = groups_lib.unwrap_variables(params)
   leaves, treedef = jax.tree.flatten(params)
   layouts = groups_lib.group_layouts(params, groups)
   if not layouts:

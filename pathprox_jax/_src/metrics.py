@@ -28,6 +28,7 @@ class ActiveUnits(NamedTuple):
 
 def _unit_path_norms(params: Any, groups: Any) -> dict[int, jax.Array]:
   """``{group: ||w_i|| ||v_i|| per unit}`` (weights only, f32)."""
+  params = groups_lib.unwrap_variables(params)
   leaves = jax.tree.leaves(params)
   return {
     g.group: groups_lib.input_norms(leaves[g.in_kernel])
@@ -42,7 +43,7 @@ def path_norm(params: Any, groups: Any) -> PathNorm:
   Biases are not included, as in the paper's reports.
 
   Args:
-    params: the (unboxed) parameters.
+    params: the (unboxed) parameters, or an NNX ``State`` of them.
     groups: the spec pytree from :func:`pathprox_jax.group_spec`.
 
   Returns:
@@ -57,7 +58,7 @@ def active_units(params: Any, groups: Any) -> ActiveUnits:
   """Counts the units that are switched on: :math:`\\|w_i\\| \\|v_i\\| > 0` exactly.
 
   Args:
-    params: the (unboxed) parameters.
+    params: the (unboxed) parameters, or an NNX ``State`` of them.
     groups: the spec pytree from :func:`pathprox_jax.group_spec`.
 
   Returns:
@@ -91,13 +92,14 @@ def weight_decay_objective(
 
   Args:
     loss: the data loss :math:`L`.
-    params: the (unboxed) parameters.
+    params: the (unboxed) parameters, or an NNX ``State`` of them.
     groups: the spec pytree from :func:`pathprox_jax.group_spec`.
     weight_decay: :math:`\\lambda`.
 
   Returns:
     The objective, a float32 scalar.
   """
+  params = groups_lib.unwrap_variables(params)
   paths = path_norm(params, groups).total
   decayed = jax.tree.leaves(
     jax.tree.map(

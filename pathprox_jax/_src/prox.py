@@ -89,7 +89,7 @@ def prox(
   """Applies the PathProx proximal step (balance, normalise, soft-threshold) to params.
 
   Args:
-    params: the (unboxed) parameters.
+    params: the (unboxed) parameters, or an NNX ``State`` of them.
     groups: the spec pytree from :func:`pathprox_jax.group_spec`.
     threshold: :math:`\\tau = \\lambda \\gamma_t`.
     balance: apply the layer balance first (ignored with ``regularize_bias``).
@@ -110,6 +110,7 @@ def prox(
     >>> new["w"].tolist(), new["v"].tolist()
     ([[1.0, 1.0]], [[1.899999976158142], [0.0]])
   """
+  params = groups_lib.unwrap_variables(params)
   leaves, treedef = jax.tree.flatten(params)
   layouts = groups_lib.group_layouts(params, groups)
   new = prox_leaves(

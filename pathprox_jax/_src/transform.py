@@ -121,7 +121,13 @@ def _decayed_mask(groups: Any, regularize_bias: bool):
       return param.ndim >= 2 or regularize_bias
     return regularize_bias and spec.role == "out" and param.ndim == 1
 
-  return lambda params: jax.tree.map(is_decayed, groups_lib.unwrap_variables(params), groups)
+  def mask(params):
+    params = groups_lib.unwrap_variables(params)
+    # Runs before pathprox's own init in the chain: fail with its clear message, not tree.map's.
+    groups_lib.spec_leaves(params, groups)
+    return jax.tree.map(is_decayed, params, groups)
+
+  return mask
 
 
 def pathprox_sgd(

@@ -1,0 +1,260 @@
+"""PathProx as an Optax transform: function-preserving balance, base-optimiser equivalence,
+linen/NNX parity, dead units, dtypes, tracing, scan and sharding."""
+
+from collections.abc import Sequence
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from flax.core import meta
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import pathprox_jax as pp
+
+WIDTH = 32  # the hidden width (the paper's 400), divisible by the 8 fake devices
+IN, OUT = ("in", "out")
+
+
+class MLP(nn.Module):
+  """Dense layers; ``relu[i]`` after layer i; ``groups[i]`` is (group, role) or None."""
+
+  features: Sequence[int]
+  relu: Sequence[bool]
+  groups: Sequence[tuple[int, str] | None]
+
+  @nn.compact
+  def __call__(self, x):
+    x = x.reshape(x.shape[0], -1)
+    for features, relu, group in zip(self.features, self.relu, self.groups, strict=True):
+      x = nn.Dense(features, **(pp.group_inits(*group) if group else {}))(x)
+      x = nn.relu(x) if relu else x
+    return x
+
+
+class ConvNet(nn.Module):
+  """Two groups of two convolutions each, max-pooling between and after them, dense head."""
+
+  @nn.compact
+  def __call__(self, x):
+    for group in (0, 1):
+      x = nn.relu(nn.Conv(4 + group, (3, 3), **pp.group_inits(group, IN))(x))
+      x = nn.relu(nn.Conv(6 - group, (3, 3), **pp.group_inits(group, OUT))(x))
+      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    return nn.Dense(3)(x.reshape(x.shape[0], -1))
+
+
+THREE_GROUPS = ((0, IN), (0, OUT), (1, IN), (1, OUT), (2, IN), (2, OUT))
+# The paper's factorised MLP: each hidden ReLU layer is followed by a linear bottleneck layer.
+FACTORISED = MLP((WIDTH, 12, WIDTH, 12, WIDTH, 10), (True, False) * 2 + (True, False), THREE_GROUPS)
+ALL_RELU = MLP((WIDTH, 12, WIDTH, 12, WIDTH, 10), (True,) * 5 + (False,), THREE_GROUPS)
+SMALL = MLP((WIDTH, 6, 3), (True, True, False), ((0, IN), (0, OUT), None))
+
+
+def init(model, x, seed=0):
+  """Random float32 params (nonzero biases) and the groups, without compiling ``model.init``."""
+  boxed = jax.eval_shape(model.init, jax.random.key(0), x)["params"]
+  rng = np.random.default_rng(seed)
+
+  def sample(leaf):
+    scale = 0.1 if len(leaf.shape) == 1 else 1 / np.sqrt(np.prod(leaf.shape[:-1]))
+    return jnp.asarray(scale * rng.standard_normal(leaf.shape), jnp.float32)
+
+  return jax.tree.map(sample, meta.unbox(boxed)), pp.group_spec(boxed)
+
+
+def sgd_step(tx):
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state, updates
+
+  return step
+
+
+@pytest.mark.parametrize(
+  "model, x_shape",
+  [(FACTORISED, (4, 20)), (ALL_RELU, (4, 20)), (ConvNet(), (2, 8, 8, 3))],
+  ids=["factorised-mlp", "relu-mlp", "conv-maxpool"],
+)
+def test_balance_preserves_function_and_equalises_path_norms(model, x_shape):
+  x = jax.random.normal(jax.random.key(1), x_shape)
+  params, groups = init(model, x)
+  # Unbalance the groups strongly (the random biases are nonzero: the balance must scale them).
+  first_out = next(k for k in params if k.endswith("_1"))
+  params[first_out]["kernel"] = params[first_out]["kernel"] * 7.0
+  before = pp.path_norm(params, groups).per_group
+  assert max(before.values()) > 2 * min(before.values())
+
+  balanced = jax.jit(lambda p: pp.balance(p, groups))(params)
+  after = np.array(list(pp.path_norm(balanced, groups).per_group.values()))
+  np.testing.assert_allclose(after, after[0], rtol=1e-5)
+  np.testing.assert_allclose(np.prod(after), np.prod(list(before.values())), rtol=1e-4)
+  apply = jax.jit(model.apply)
+  np.testing.assert_allclose(
+    apply({"params": balanced}, x), apply({"params": params}, x), rtol=1e-5, atol=1e-5
+  )
+
+
+@pytest.mark.parametrize("momentum, nesterov", [(0.0, False), (0.9, False), (0.9, True)])
+def test_ungrouped_updates_equal_base_optimiser(momentum, nesterov):
+  x = jnp.ones((2, 20))
+  params, groups = init(SMALL, x)
+  base = optax.sgd(0.1, momentum=momentum, nesterov=nesterov)
+  with_prox = optax.chain(base, pp.pathprox(0.1, 0.5, groups))
+  grads = jax.tree.map(lambda p: jnp.cos(p * 3.0), params)
+  base_updates, _ = base.update(grads, base.init(params), params)
+  updates, _ = with_prox.update(grads, with_prox.init(params), params)
+  chex.assert_trees_all_equal(updates["Dense_2"], base_updates["Dense_2"])
+  assert not np.allclose(updates["Dense_0"]["kernel"], base_updates["Dense_0"]["kernel"])
+
+  # Without weight decay and groups the whole recipe is SGD, bit for bit, over steps.
+  none = jax.tree.map(lambda _: None, params)
+  tx = pp.pathprox_sgd(0.1, 0.0, none, momentum=momentum, nesterov=nesterov)
+  step, base_step = jax.jit(sgd_step(tx)), jax.jit(sgd_step(base))
+  p, s, q, t = params, tx.init(params), params, base.init(params)
+  for _ in range(3):
+    p, s, _ = step(p, s, grads)
+    q, t, _ = base_step(q, t, grads)
+  chex.assert_trees_all_equal(p, q)
+
+
+def test_linen_and_nnx_models_take_the_same_step():
+  class NnxMLP(nnx.Module):
+    def __init__(self, rngs):
+      meta_in, meta_out = pp.group_metadata(0, IN), pp.group_metadata(0, OUT)
+      self.Dense_0 = nnx.Linear(
+        20, WIDTH, kernel_metadata=meta_in, bias_metadata=meta_in, rngs=rngs
+      )
+      self.Dense_1 = nnx.Linear(
+        WIDTH, 6, kernel_metadata=meta_out, bias_metadata=meta_out, rngs=rngs
+      )
+      self.Dense_2 = nnx.Linear(6, 3, rngs=rngs)
+
+    def __call__(self, x):
+      return self.Dense_2(nnx.relu(self.Dense_1(nnx.relu(self.Dense_0(x)))))
+
+  x = jax.random.normal(jax.random.key(1), (4, 20))
+  y = jax.random.normal(jax.random.key(2), (4, 3))
+  params, groups = init(SMALL, x)
+  model = NnxMLP(nnx.Rngs(0))
+  state = nnx.state(model, nnx.Param)
+  assert nnx.to_pure_dict(pp.group_spec(state)) == groups
+  nnx.replace_by_pure_dict(state, params)
+  nnx.update(model, state)
+
+  def make_tx(groups):
+    return pp.pathprox_sgd(0.1, 0.05, groups, momentum=0.9)
+
+  tx = make_tx(groups)
+  opt_state = tx.init(params)
+  optimizer = nnx.Optimizer(model, make_tx(pp.group_spec(state)), wrt=nnx.Param)
+
+  @jax.jit
+  def linen_step(params, opt_state):
+    grads = jax.grad(lambda p: jnp.mean((SMALL.apply({"params": p}, x) - y) ** 2))(params)
+    return sgd_step(tx)(params, opt_state, grads)[:2]
+
+  @nnx.jit
+  def nnx_step(model, optimizer):
+    optimizer.update(model, nnx.grad(lambda m: jnp.mean((m(x) - y) ** 2))(model))
+
+  for _ in range(2):
+    params, opt_state = linen_step(params, opt_state)
+    nnx_step(model, optimizer)
+  chex.assert_trees_all_close(
+    nnx.to_pure_dict(nnx.state(model, nnx.Param)), params, rtol=1e-6, atol=1e-7
+  )
+
+
+def test_dead_units_and_dead_groups_stay_finite():
+  x = jnp.ones((2, 20))
+  params, groups = init(FACTORISED, x)
+  params["Dense_0"]["kernel"] = params["Dense_0"]["kernel"].at[:, 0].set(0.0)  # no input
+  params["Dense_1"]["kernel"] = params["Dense_1"]["kernel"].at[1].set(0.0)  # no output
+  params["Dense_2"]["kernel"] = jnp.zeros_like(params["Dense_2"]["kernel"])  # a dead group
+  params["Dense_3"]["kernel"] = jnp.zeros_like(params["Dense_3"]["kernel"])
+
+  norms = pp.path_norm(params, groups)
+  assert float(norms.per_group[1]) == 0.0 and np.isfinite(norms.total)
+  active = pp.active_units(params, groups)
+  assert [int(active.per_group[k]) for k in range(3)] == [WIDTH - 2, 0, WIDTH]
+  # A group with path norm zero has no balancing scale: the balance is skipped.
+  no_balance = pp.prox(params, groups, 0.01, balance=False)
+  chex.assert_trees_all_equal(pp.prox(params, groups, 0.01), no_balance)
+  chex.assert_trees_all_equal(pp.balance(params, groups), params)
+  chex.assert_tree_all_finite(no_balance)
+  chex.assert_tree_all_finite(pp.prox(params, groups, 0.0))  # 0 / 0 in the threshold
+
+  tx = pp.pathprox_sgd(0.1, 0.01, groups, momentum=0.9)
+  step, state = jax.jit(sgd_step(tx)), tx.init(params)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  for _ in range(2):
+    params, state, updates = step(params, state, zeros)
+  chex.assert_tree_all_finite((params, state, updates))
+  assert int(pp.active_units(params, groups).per_group[1]) == 0
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_dtype_is_preserved(dtype):
+  x = jnp.ones((2, 20))
+  params, groups = init(SMALL, x)
+  params = jax.tree.map(lambda p: p.astype(dtype), params)
+  tx = pp.pathprox_sgd(0.1, 0.01, groups, momentum=0.9)
+  new, _, updates = jax.jit(sgd_step(tx))(params, tx.init(params), params)
+  dtypes = jax.tree.map(lambda p: p.dtype, params)
+  assert jax.tree.map(lambda u: u.dtype, updates) == dtypes
+  assert jax.tree.map(lambda p: p.dtype, new) == dtypes
+  for metric in (pp.path_norm(new, groups).total, pp.active_units(new, groups).fraction):
+    assert np.isfinite(metric)
+
+
+def test_no_recompilation_and_scan_equals_loop():
+  x = jnp.ones((2, 20))
+  params, groups = init(SMALL, x)
+  tx = pp.pathprox_sgd(optax.exponential_decay(0.2, 1, 0.7), 0.3, groups, momentum=0.9)
+  grads = [jax.tree.map(lambda p, i=i: jnp.sin(p + i), params) for i in range(3)]
+
+  def step(params, state, grad):
+    return sgd_step(tx)(params, state, grad)[:2]
+
+  # Every step after the first reuses the first trace: the state's types and shapes are stable.
+  jitted = jax.jit(chex.assert_max_traces(step, n=1))
+  p, s = params, tx.init(params)
+  for grad in grads:
+    p, s = jax.block_until_ready(jitted(p, s, grad))
+
+  stacked = jax.tree.map(lambda *g: jnp.stack(g), *grads)
+  scan = jax.jit(lambda carry, xs: jax.lax.scan(lambda c, g: (step(*c, g), None), carry, xs)[0])
+  chex.assert_trees_all_close(
+    scan((params, tx.init(params)), stacked), (p, s), rtol=1e-6, atol=1e-7
+  )
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["replicated", "sharded"])
+def test_sharded_step_equals_single_device_step(sharded):
+  mesh = jax.make_mesh((8,), ("d",))
+  x = jnp.ones((2, 20))
+  params, groups = init(FACTORISED, x)
+  tx = pp.pathprox_sgd(0.1, 0.3, groups, momentum=0.9)
+  state = tx.init(params)
+  grads = jax.tree.map(lambda p: jnp.cos(3.0 * p), params)
+
+  def sharding(leaf):
+    """Shards the hidden-unit axis (the last or second-to-last axis of width WIDTH)."""
+    spec = [None] * leaf.ndim
+    if sharded and leaf.ndim and WIDTH in leaf.shape[-2:]:
+      spec[leaf.ndim - 1 if leaf.shape[-1] == WIDTH else leaf.ndim - 2] = "d"
+    return NamedSharding(mesh, P(*spec))
+
+  step = jax.jit(sgd_step(tx))
+  expected = step(params, state, grads)
+  placed = jax.tree.map(lambda a: jax.device_put(a, sharding(a)), (params, state, grads))
+  if sharded:
+    assert placed[0]["Dense_0"]["kernel"].sharding.spec == P(None, "d")
+  got = jax.block_until_ready(step(*placed))
+  chex.assert_trees_all_close(got, expected, rtol=1e-6, atol=1e-6)
