@@ -33,6 +33,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
   config.parallel = "shard_map"  # or "pmap"
   config.num_devices = 0  # devices to train on (0: all)
-  config.tensorboard = False
+  config.tensorboard = False  # also write TensorBoard scalars to <workdir>/tensorboard
   config.progress = True
   return config

@@ -30,7 +30,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 import pathprox_jax as pp
-from experiments import checkpointing, data, input_pipeline, models
+from experiments import checkpointing, data, input_pipeline, metrics_writer, models
 
 AXIS = "data"
 
@@ -333,7 +333,12 @@ def train_and_evaluate(
     else:
       state, data_key, history = restored
   is_writer = jax.process_index() == 0
-  metrics_log = MetricsLog(workdir / "metrics.jsonl", history, enabled=is_writer)
+  metrics_log = metrics_writer.MetricsWriter(
+    workdir / "metrics.jsonl",
+    history,
+    enabled=is_writer,
+    tensorboard_dir=workdir / "tensorboard" if config.tensorboard else None,
+  )
   if is_writer:
     _write_config(workdir / "config.json", config, state.params, experiment.groups, command)
 
@@ -383,28 +388,9 @@ def train_and_evaluate(
     if step % config.save_freq == 0 or step == config.total_iter:
       checkpoints.save(host_state, data_key, metrics_log.rows)
   progress.close()
+  metrics_log.close()
   checkpoints.close()
   return last
-
-
-class MetricsLog:
-  """``metrics.jsonl``: one JSON object per evaluation, rewritten from history on resume."""
-
-  def __init__(self, path: Path, history: list[dict[str, Any]], enabled: bool = True):
-    self.path = path
-    self.rows = list(history)
-    self.enabled = enabled
-    if enabled:
-      path.parent.mkdir(parents=True, exist_ok=True)
-      tmp = path.with_suffix(".jsonl.tmp")
-      tmp.write_text("".join(json.dumps(row) + "\n" for row in self.rows))
-      tmp.replace(path)
-
-  def append(self, row: dict[str, Any]) -> None:
-    self.rows.append(row)
-    if self.enabled:
-      with self.path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
 
 
 def _write_config(

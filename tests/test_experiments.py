@@ -43,9 +43,11 @@ def assert_rows_close(a, b, rtol):
 
 def test_run_writes_config_and_metrics(raw_mnist, tmp_path):
   workdir = tmp_path / "run"
-  assert cli.main("mnist_subset_mlp", flags(raw_mnist, tmp_path, workdir=workdir)) == 0
+  argv = flags(raw_mnist, tmp_path, workdir=workdir, tensorboard="true")
+  assert cli.main("mnist_subset_mlp", argv) == 0
   rows = read_rows(workdir)
   assert [r["step"] for r in rows] == [0, 10, 20]
+  assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
   expected = {"step", "method", "lr", "wall_time", "train_loss", "train_acc", "val_loss",
               "val_acc", "test_loss", "test_acc", "wd_objective", "path_norm", "active_units",
               "active_units_pct", "path_norm/g0", "active_units/g2",
