@@ -30,7 +30,11 @@ class ConfigError(ValueError):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-  """argparse with one-line errors (``error: ...``) and exit code 2."""
+  """argparse with one-line errors (``error: ...``, exit code 2) and docstrings kept as written."""
+
+  def __init__(self, *args, **kwargs):
+    kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+    super().__init__(*args, **kwargs)
 
   def error(self, message: str):
     raise ConfigError(message)

@@ -255,6 +255,7 @@ class Experiment:
   Attributes:
     config: the experiment config.
     mesh: the devices, on axis ``"data"``.
+    splits: ``{"train", "val", "test"}``: ``(uint8 images, int32 labels)`` on the host.
     groups: the model's PathProx group spec.
     schedule: the learning-rate schedule.
     state: the initial :class:`TrainState` (host layout).
@@ -271,7 +272,7 @@ class Experiment:
     arrays = data.load_arrays(
       config.dataset, data_dir=config.data_dir or None, raw_dir=config.raw_data_dir or None
     )
-    splits = input_pipeline.split(arrays, config)
+    self.splits = splits = input_pipeline.split(arrays, config)
     train_images, train_labels = splits["train"]
     per_epoch = input_pipeline.steps_per_epoch(len(train_labels), config.batch_size)
 

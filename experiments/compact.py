@@ -1,0 +1,370 @@
+"""Compacts a run: drops the units PathProx switched off, checks, saves and benchmarks.
+
+``python -m experiments.compact RUN_DIR [--out DIR] [--atol 0.0] [--repeats N]``
+restores the run's latest checkpoint, removes every unit whose "out" weights
+are zero (at most ``--atol``) with :func:`pathprox_jax.compact`, checks on the
+run's test set that the smaller model computes the same logits (to
+1e-5 * max(1, max |logit|): only the order of f32 sums changes) and the same
+accuracy, writes it to ``DIR`` (default ``RUN_DIR/compact``), and prints the
+parameters, FLOPs per example and inference throughput of both models. With
+``--atol`` > 0, units with small nonzero out weights go too: the output
+differences are then reported, not enforced.
+
+``DIR`` holds ``params/`` (an orbax checkpoint of the smaller params),
+``config.json`` (the run's config with the new ``features`` or ``channels``)
+and ``compact.json`` (the kept units of each group, and the check's figures)::
+
+  config = ml_collections.ConfigDict(json.loads((DIR / "config.json").read_text()))
+  params = orbax.checkpoint.StandardCheckpointer().restore((DIR / "params").absolute())
+  x = input_pipeline.normalize(images, config.dataset)
+  logits = train.create_model(config).apply({"params": params}, x)
+
+Exit codes: 0 done; 1 the smaller model's outputs differ, or a group has no
+units left; 2 bad input (not a run, an output folder that is not a previous
+compact output, bad flags).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+import pathprox_jax as pp
+from experiments import checkpointing, cli, data, input_pipeline, models, train
+
+MARKER = "compact.json"  # present in, and only in, this command's output folders
+OUTPUT_TOLERANCE = 1e-5
+BENCHMARK_BATCHES = (1, 1000)
+
+
+class UsageError(ValueError):
+  """The run folder or the output folder cannot be used."""
+
+
+class Run(NamedTuple):
+  """A run's config, latest parameters and test set.
+
+  Attributes:
+    config: the run's config (the config keys of its ``config.json``).
+    params: the parameters of the latest checkpoint.
+    groups: the model's PathProx group spec.
+    step: the latest checkpoint's step.
+    test_images: the run's test images, uint8 ``[N, H, W, C]``.
+    test_labels: their labels, ``[N]``.
+  """
+
+  config: ml_collections.ConfigDict
+  params: Any
+  groups: Any
+  step: int
+  test_images: np.ndarray
+  test_labels: np.ndarray
+
+
+class Check(NamedTuple):
+  """How the compact model's test-set outputs compare with the sparse model's."""
+
+  max_abs_diff: float
+  tolerance: float
+  sparse_acc: float
+  compact_acc: float
+
+  @property
+  def ok(self) -> bool:
+    return self.max_abs_diff <= self.tolerance and self.sparse_acc == self.compact_acc
+
+
+def read_config(path: Path) -> ml_collections.ConfigDict:
+  """The config of a run from its ``config.json``.
+
+  The experiment's config keys take the run's values; the keys the harness adds
+  to ``config.json`` (command, devices, groups, ...) are no config keys and drop out.
+
+  Raises:
+    UsageError: ``path`` is not a run's ``config.json``.
+  """
+  try:
+    record = json.loads(path.read_text())
+    config = cli.load_config(record["experiment"])
+  except (ValueError, KeyError, TypeError) as e:  # ConfigError and JSONDecodeError included
+    raise UsageError(f"{path} is not a run's config.json ({type(e).__name__}: {e})") from e
+  for key in config:
+    if key in record:
+      config[key] = tuple(record[key]) if isinstance(record[key], list) else record[key]
+  return config
+
+
+def load_run(directory: Path) -> Run:
+  """Restores the latest checkpoint of the run in ``directory``, on one device.
+
+  Raises:
+    UsageError: ``directory`` has no ``config.json`` or no checkpoint.
+    data.DatasetUnavailableError: the run's data set cannot be loaded here.
+  """
+  config_file, checkpoint_dir = directory / "config.json", directory / "checkpoints"
+  if not config_file.is_file():
+    raise UsageError(f"{directory} is not a run folder: it has no config.json")
+  # Checked before Checkpoints(), whose manager would create the folder.
+  if not checkpoint_dir.is_dir():
+    raise UsageError(f"{directory} has no checkpoint to compact: no checkpoints/ folder")
+  checkpoints = checkpointing.Checkpoints(checkpoint_dir)
+  try:
+    if checkpoints.latest_step() is None:
+      raise UsageError(f"{directory} has no checkpoint to compact: checkpoints/ is empty")
+    config = read_config(config_file)
+    one_device = config.copy_and_resolve_references()
+    one_device.num_devices = 1
+    experiment = train.Experiment(one_device)
+    state, _, _ = checkpoints.restore_latest(experiment.state, experiment.data_key)
+  finally:
+    checkpoints.close()
+  images, labels = experiment.splits["test"]
+  return Run(config, state.params, experiment.groups, int(state.step), images, labels)
+
+
+def widths_key(config: ml_collections.ConfigDict) -> str:
+  """The config key of the layer widths that compaction changes."""
+  return "features" if config.model == "mlp" else "channels"
+
+
+def logits_on_test_set(model, params: Any, run: Run) -> np.ndarray:
+  """The model's logits on the run's test set, ``[N, classes]``, at full f32 precision."""
+
+  @jax.jit
+  def logits(params, images):
+    return model.apply({"params": params}, input_pipeline.normalize(images, run.config.dataset))
+
+  size = min(run.config.eval_batch_size, len(run.test_labels))
+  batches, _, mask = input_pipeline.eval_batches(run.test_images, run.test_labels, size)
+  # Accelerators may multiply f32 in lower precision (TF32) by default, which would
+  # hide or fake differences of the order of the tolerance.
+  with jax.default_matmul_precision("highest"):
+    out = np.concatenate([np.asarray(logits(params, batch)) for batch in batches])
+  return out[mask.reshape(-1)]
+
+
+def check_outputs(sparse: np.ndarray, compact: np.ndarray, labels: np.ndarray) -> Check:
+  """Compares two models' logits on the same examples, whose labels are ``labels``.
+
+  The tolerance is :math:`10^{-5} \\max(1, \\max |y_\\text{sparse}|)`: removing
+  units whose out weights are exact zeros changes only the order of the f32 sums,
+  so the differences grow with the logits' size.
+  """
+  return Check(
+    max_abs_diff=float(np.max(np.abs(sparse - compact))),
+    tolerance=OUTPUT_TOLERANCE * max(1.0, float(np.max(np.abs(sparse)))),
+    sparse_acc=float(np.mean(sparse.argmax(-1) == labels)),
+    compact_acc=float(np.mean(compact.argmax(-1) == labels)),
+  )
+
+
+class Benchmark(NamedTuple):
+  """A model's size and inference speed.
+
+  Attributes:
+    parameters: the number of scalars in its params.
+    flops: FLOPs per example, from XLA's cost analysis of the jitted apply at
+      batch 1 (None where the backend gives none).
+    ms_per_call: batch size -> median wall time of one jitted call, in ms.
+  """
+
+  parameters: int
+  flops: float | None
+  ms_per_call: dict[int, float]
+
+
+def benchmark(model, params: Any, x: np.ndarray, repeats: int) -> Benchmark:
+  """Counts, compiles and times ``model`` at each of :data:`BENCHMARK_BATCHES`.
+
+  Args:
+    model: the linen model.
+    params: its parameters.
+    x: model inputs, repeated to fill each batch.
+    repeats: timed calls per batch size (after one warm-up call).
+
+  Returns:
+    The :class:`Benchmark`.
+  """
+  params = jax.device_put(params)
+  variables = {"params": params}
+  flops, ms = None, {}
+  for batch in BENCHMARK_BATCHES:
+    inputs = jax.device_put(np.resize(x, (batch, *x.shape[1:])))
+    compiled = jax.jit(model.apply).lower(variables, inputs).compile()
+    if batch == 1:
+      flops = xla_flops(compiled)
+    jax.block_until_ready(compiled(variables, inputs))
+    times = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      jax.block_until_ready(compiled(variables, inputs))
+      times.append(time.perf_counter() - start)
+    ms[batch] = 1e3 * statistics.median(times)
+  parameters = sum(int(np.size(p)) for p in jax.tree.leaves(params))
+  return Benchmark(parameters, flops, ms)
+
+
+def xla_flops(compiled: jax.stages.Compiled) -> float | None:
+  """The FLOPs XLA's cost analysis counts for one call, or None if it gives none."""
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, list):  # older jax: one dict per program
+    analysis = analysis[0] if analysis else None
+  return analysis.get("flops") if analysis else None
+
+
+def check_output_folder(out: Path) -> None:
+  """Raises :class:`UsageError` unless ``out`` is absent, empty or a previous compact output."""
+  if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / MARKER).is_file())):
+    raise UsageError(
+      f"{out} exists and is not a previous compact output (no {MARKER}); "
+      "remove it or choose another --out"
+    )
+
+
+def write_output(out: Path, config: ml_collections.ConfigDict, params: Any, record: dict) -> None:
+  """Writes ``params/``, ``config.json`` and ``compact.json``, replacing a previous output."""
+  # Written next to ``out`` and renamed at the end, so that an interrupted write
+  # never leaves a folder that looks like a complete compact output.
+  staging = out.absolute().parent / f".{out.name}.partial-{os.getpid()}"
+  shutil.rmtree(staging, ignore_errors=True)
+  staging.mkdir(parents=True)
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      checkpointer.save(staging / "params", params)
+      checkpointer.wait_until_finished()
+    (staging / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    (staging / MARKER).write_text(json.dumps(record, indent=2) + "\n")
+    if out.exists():
+      shutil.rmtree(out)
+    staging.rename(out)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _row(name: str, sparse: float | None, compact: float | None, spec: str) -> str:
+  def cell(v):
+    return f"{'n/a':>14}" if v is None else f"{v:>14{spec}}"
+
+  ratio = f"{compact / sparse:>10.3f}" if sparse and compact is not None else f"{'n/a':>10}"
+  return f"{name:<30}{cell(sparse)}{cell(compact)}{ratio}"
+
+
+def print_table(sparse: Benchmark, compact: Benchmark, repeats: int) -> None:
+  """Prints both models' size and speed side by side, with the ratio compact / sparse."""
+  print(f"{'':<30}{'sparse':>14}{'compact':>14}{'ratio':>10}")
+  print(_row("parameters", sparse.parameters, compact.parameters, ",d"))
+  print(_row("FLOPs / example (XLA)", sparse.flops, compact.flops, ",.0f"))
+  for batch in BENCHMARK_BATCHES:
+    before, after = sparse.ms_per_call[batch], compact.ms_per_call[batch]
+    print(_row(f"batch {batch:,}: ms / call", before, after, ".3f"))
+    print(_row(f"batch {batch:,}: examples / s", 1e3 * batch / before, 1e3 * batch / after, ",.0f"))
+  print(
+    "FLOPs: XLA's cost analysis of the jitted apply at batch 1. Times: median of "
+    f"{repeats} jitted calls (after a warm-up) on {jax.devices()[0].device_kind}."
+  )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Compacts one run from the command line; returns the exit code."""
+  parser = cli.ArgumentParser(
+    prog="python -m experiments.compact",
+    description=__doc__,
+  )
+  parser.add_argument("run_dir", help="a run folder (config.json and checkpoints/)")
+  parser.add_argument("--out", help="output folder (default: RUN_DIR/compact)")
+  parser.add_argument(
+    "--atol", type=float, default=0.0, help="drop units whose |out weights| are all <= ATOL"
+  )
+  parser.add_argument("--repeats", type=int, default=20, help="timed calls per benchmark")
+  try:
+    args = parser.parse_args(argv)
+    if args.atol < 0 or args.repeats < 1:
+      raise cli.ConfigError("--atol must be >= 0 and --repeats >= 1")
+    run_dir = Path(args.run_dir)
+    out = Path(args.out) if args.out else run_dir / "compact"
+    check_output_folder(out)
+    run = load_run(run_dir)
+  except (cli.ConfigError, UsageError, data.DatasetUnavailableError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+
+  config = run.config
+  print(
+    f"run {run_dir}: {config.experiment}, {config.method}, "
+    f"checkpoint at step {run.step} of {config.total_iter}"
+  )
+  small, kept = pp.compact(run.params, run.groups, atol=args.atol)
+  print(
+    f"kept units (--atol {args.atol:g}): "
+    + ", ".join(f"group {g} {k.width}/{k.original_width}" for g, k in kept.items())
+  )
+  empty = [g for g, k in kept.items() if k.width == 0]
+  if empty:
+    print(
+      f"error: group {empty[0]} has no units left, so the network's output does not depend "
+      "on its input; there is no smaller network to save",
+      file=sys.stderr,
+    )
+    return 1
+  key = widths_key(config)
+  small_config = config.copy_and_resolve_references()
+  small_config[key] = models.compacted_widths(config[key], kept)
+  print(f"{key}: {tuple(config[key])} -> {small_config[key]}")
+  model, small_model = train.create_model(config), train.create_model(small_config)
+
+  check = check_outputs(
+    logits_on_test_set(model, run.params, run),
+    logits_on_test_set(small_model, small, run),
+    run.test_labels,
+  )
+  figures = (
+    f"max |logit difference| {check.max_abs_diff:.3g} (tolerance {check.tolerance:.3g}), "
+    f"accuracy {check.sparse_acc:.4f} -> {check.compact_acc:.4f}"
+  )
+  print(f"test set ({len(run.test_labels)} examples): {figures}")
+  if not check.ok:
+    if args.atol == 0:
+      print(
+        f"error: the compact model's test outputs differ from the sparse model's ({figures}); "
+        "nothing written",
+        file=sys.stderr,
+      )
+      return 1
+    print(f"outputs changed: --atol {args.atol:g} also dropped units with nonzero out weights")
+
+  x = input_pipeline.normalize(run.test_images[: max(BENCHMARK_BATCHES)], config.dataset)
+  sparse = benchmark(model, run.params, x, args.repeats)
+  compact = benchmark(small_model, small, x, args.repeats)
+  record = {
+    "run_dir": str(run_dir.absolute()),
+    "step": run.step,
+    "atol": args.atol,
+    "widths_key": key,
+    "original_widths": list(config[key]),
+    "widths": list(small_config[key]),
+    "kept": {str(g): k.indices.tolist() for g, k in kept.items()},
+    "original_units": {str(g): k.original_width for g, k in kept.items()},
+    "check": check._asdict(),
+    "parameters": {"sparse": sparse.parameters, "compact": compact.parameters},
+    "flops_per_example": {"sparse": sparse.flops, "compact": compact.flops},
+  }
+  write_output(out, small_config, small, record)
+  print_table(sparse, compact, args.repeats)
+  print(f"wrote {out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
