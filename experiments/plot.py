@@ -292,6 +292,7 @@ def write_report(
   out_dir: str | os.PathLike[str],
   at: Sequence[int] = DEFAULT_AT,
   title: str = "",
+  notes: str = "",
 ) -> Path:
   """Writes ``report.md``: the metrics table, the runs' commands and which are incomplete.
 
@@ -308,6 +309,8 @@ def write_report(
       are linked.
     at: the iterations to tabulate.
     title: the report's heading; default: the experiments' names.
+    notes: markdown placed after the table as a "Findings" section (the
+      reader's interpretation of the numbers).
 
   Returns:
     The path of ``report.md``.
@@ -334,6 +337,8 @@ def write_report(
     "iteration; otherwise the row logged there, else the last one before it.",
     "",
   ]
+  if notes.strip():
+    lines += ["## Findings", "", notes.strip(), ""]
   lines += [f"![{name}]({name})" for name in FIGURES if (out_dir / name).exists()]
   lines += ["", "## Runs", ""]
   for run, name in zip(runs, names, strict=True):
@@ -403,11 +408,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     "--at", default=",".join(map(str, DEFAULT_AT)), help="iterations to tabulate (comma-separated)"
   )
   parser.add_argument("--title", default="", help="figure and report title")
+  parser.add_argument("--notes", help="markdown file with findings to put in report.md")
   try:
     args = parser.parse_args(argv)
     at = _parse_at(args.at)
+    notes = Path(args.notes).read_text(encoding="utf-8") if args.notes else ""
     runs = [load_run(path) for path in args.run_dirs]
-    paths = [*plot_runs(runs, args.out, args.title), write_report(runs, args.out, at, args.title)]
+    paths = [
+      *plot_runs(runs, args.out, args.title),
+      write_report(runs, args.out, at, args.title, notes),
+    ]
   except (cli.ConfigError, NotARunError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -100,7 +100,10 @@ def run_main(argv):
 @pytest.fixture(scope="module")
 def produced(runs, tmp_path_factory):
   out = tmp_path_factory.mktemp("out")
-  code, stdout, stderr = run_main([*runs, "--out", out, "--at", "6000,10000,50000"])
+  notes = tmp_path_factory.mktemp("notes") / "findings.md"
+  notes.write_text("PathProx switched off most units.\n")
+  argv = [*runs, "--out", out, "--at", "6000,10000,50000", "--notes", notes]
+  code, stdout, stderr = run_main(argv)
   assert code == 0, stderr
   return out, stdout, stderr
 
@@ -155,6 +158,13 @@ def test_report_table_holds_the_metrics_at_each_iteration(runs, produced):
     assert int(cells["step"]) == row["step"]
     for column, (key, scale, tolerance) in COLUMNS.items():
       assert math.isclose(float(cells[column]), scale * row[key], **tolerance), (at, path, column)
+
+
+def test_notes_become_the_findings_section(produced):
+  out, _, _ = produced
+  report = (out / "report.md").read_text()
+  assert "## Findings\n\nPathProx switched off most units.\n" in report
+  assert report.index("## Findings") > report.index("| last |")
 
 
 def test_incomplete_runs_and_malformed_lines_are_reported(runs, produced):
