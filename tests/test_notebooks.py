@@ -3,8 +3,9 @@
 Every notebook has a cell tagged ``parameters`` (papermill's convention) defining at least
 ``INSTALL``, ``RAW_DIR`` and ``DATA_DIR``. The test inserts a cell after it that sets
 ``INSTALL = False``, points the data at the local raw MNIST files and a fresh TFDS data_dir,
-puts the repository root on ``sys.path`` and shrinks the run. A new notebook is one more
-entry in ``NOTEBOOKS``.
+puts the repository root on ``sys.path``, sets ``WORKDIR`` to a fresh temporary folder (for
+notebooks that write run directories) and shrinks the run. A new notebook is one more entry
+in ``NOTEBOOKS``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ NOTEBOOKS = [
     "quickstart.ipynb",
     {"TRAIN_SIZE": 1000, "STEPS": 30, "EVAL_EVERY": 10, "BATCH": 100, "NNX_STEPS": 5},
     id="quickstart",
+  ),
+  pytest.param(
+    "colab_tpu_mnist.ipynb",
+    {"TOTAL_ITER": 40, "LOG_FREQ": 20, "BATCH": 200},
+    id="colab_tpu_mnist",
   ),
 ]
 
@@ -88,8 +94,13 @@ def data_dir(tmp_path_factory) -> pathlib.Path:
   reason=f"the real MNIST files are not in {REAL_MNIST}",
 )
 @pytest.mark.parametrize("name, settings", NOTEBOOKS)
-def test_notebook_runs(name, settings, data_dir, record_property, capsys):
-  parameters = {"INSTALL": False, "RAW_DIR": str(REAL_MNIST), "DATA_DIR": str(data_dir)}
+def test_notebook_runs(name, settings, data_dir, tmp_path, record_property, capsys):
+  parameters = {
+    "INSTALL": False,
+    "RAW_DIR": str(REAL_MNIST),
+    "DATA_DIR": str(data_dir),
+    "WORKDIR": str(tmp_path / "runs"),
+  }
   seconds = run_notebook(NOTEBOOK_DIR / name, {**parameters, **settings})
   record_property("notebook_seconds", seconds)
   with capsys.disabled():
