@@ -27,7 +27,7 @@ def main():
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--method", default="pathprox")
   parser.add_argument("--data-dir", default="")
-  parser.add_argument("--run-iters", type=int, default=3000, help="iterations of the timed run")
+  parser.add_argument("--run-iters", type=int, default=10_000, help="iterations of the timed run")
   args = parser.parse_args()
   config = cli.load_config("mnist_subset_mlp")
   config.method, config.data_dir = args.method, args.data_dir

@@ -44,7 +44,8 @@ def unwrap_variables(tree: Any) -> Any:
 
 def spec_leaves(params: Any, groups: Any) -> list[GroupSpec | None]:
   """Flattens ``groups`` up to the structure of ``params``, with a clear error."""
-  params_paths = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)}
+  paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+  params_paths = set(paths)
   group_paths = {
     jax.tree_util.keystr(p)
     for p, _ in jax.tree_util.tree_leaves_with_path(
@@ -62,18 +63,13 @@ def spec_leaves(params: Any, groups: Any) -> list[GroupSpec | None]:
     )
   treedef = jax.tree.structure(params)
   leaves = treedef.flatten_up_to(groups)
-  for path, spec in zip(params_paths_in_order(params), leaves, strict=True):
+  for path, spec in zip(paths, leaves, strict=True):
     if spec is not None and not isinstance(spec, GroupSpec):
       raise ValueError(
         f"PathProx groups leaf at {path} is {spec!r}; expected a GroupSpec or None "
         "(use pathprox_jax.group_spec())."
       )
   return leaves
-
-
-def params_paths_in_order(params: Any) -> list[str]:
-  """The key path of every params leaf, in flattening order."""
-  return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
 
 
 def _describe(path: str, leaf: Any) -> str:
