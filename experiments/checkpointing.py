@@ -10,6 +10,16 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 
+def latest_step(directory: Path) -> int | None:
+  """The step of the latest checkpoint in ``directory`` (None: none, or no such folder)."""
+  if not Path(directory).is_dir():
+    return None
+  manager = ocp.CheckpointManager(Path(directory).absolute())
+  step = manager.latest_step()
+  manager.close()
+  return step
+
+
 class Checkpoints:
   """Saves every ``save_freq`` steps and at the end; restores against an abstract target.
 

@@ -318,14 +318,13 @@ def train_and_evaluate(
   """
   start_time = time.time()
   workdir = Path(workdir)
-  checkpoints = checkpointing.Checkpoints(workdir / "checkpoints")
-  if not resume and checkpoints.latest_step() is not None:
-    checkpoints.close()
+  if not resume and checkpointing.latest_step(workdir / "checkpoints") is not None:
     raise WorkdirError(
       f"{workdir} already holds checkpoints; pass --resume to continue that run or choose "
       "another --workdir"
     )
-  experiment = Experiment(config)
+  experiment = Experiment(config)  # before any file is written: bad data fails here
+  checkpoints = checkpointing.Checkpoints(workdir / "checkpoints")
   state, data_key, history = experiment.state, experiment.data_key, []
   if resume:
     restored = checkpoints.restore_latest(state, data_key)

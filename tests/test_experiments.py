@@ -219,3 +219,13 @@ def test_real_mnist_subset_short_run(tmp_path):
   assert [r["step"] for r in rows] == [0, 50, 100]
   assert rows[-1]["train_acc"] > 0.9 and rows[-1]["test_acc"] > 0.7
   assert rows[-1]["active_units_pct"] <= 100.0
+
+
+def test_missing_data_set_is_a_one_line_error_and_writes_nothing(tmp_path, monkeypatch, capsys):
+  monkeypatch.setenv("PATHPROX_DATA_URL", "http://127.0.0.1:9")  # nothing listens there
+  monkeypatch.delenv("PATHPROX_RAW_DATA_DIR", raising=False)
+  argv = ["--data-dir", str(tmp_path / "tfds"), "--workdir", str(tmp_path / "run")]
+  assert cli.main("mnist_mlp", argv) == 2
+  err = capsys.readouterr().err.strip().splitlines()[-1]
+  assert err.startswith("error: data set 'mnist' is not prepared") and "--raw-data-dir" in err
+  assert not (tmp_path / "run").exists()
