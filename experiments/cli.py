@@ -144,7 +144,7 @@ def main(experiment: str, argv: Sequence[str] | None = None) -> int:
   """Runs one experiment from the command line; returns the exit code."""
   from experiments import data, train
 
-  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+  if os.environ.get("JAX_COORDINATOR_ADDRESS") and not jax.distributed.is_initialized():
     jax.distributed.initialize()  # multi-host: before anything touches the devices
   try:
     config, workdir, resume = parse_args(experiment, argv)

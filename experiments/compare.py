@@ -12,6 +12,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+import jax
+
 from experiments import cli, plot
 
 
@@ -34,6 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if code:
       return code
     runs.append(run_dir)
+  if jax.process_index() != 0:  # on several hosts only process 0 writes
+    return 0
   return plot.main([*runs, "--out", args.workdir])
 
 
