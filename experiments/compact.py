@@ -53,7 +53,7 @@ class UsageError(ValueError):
   """The run folder or the output folder cannot be used."""
 
 
-class Run(NamedTuple):
+class TrainedRun(NamedTuple):
   """A run's config, latest parameters and test set.
 
   Attributes:
@@ -106,7 +106,7 @@ def read_config(path: Path) -> ml_collections.ConfigDict:
   return config
 
 
-def load_run(directory: Path) -> Run:
+def restore_run(directory: Path) -> TrainedRun:
   """Restores the latest checkpoint of the run in ``directory``, on one device.
 
   Raises:
@@ -131,7 +131,7 @@ def load_run(directory: Path) -> Run:
   finally:
     checkpoints.close()
   images, labels = experiment.splits["test"]
-  return Run(config, state.params, experiment.groups, int(state.step), images, labels)
+  return TrainedRun(config, state.params, experiment.groups, int(state.step), images, labels)
 
 
 def widths_key(config: ml_collections.ConfigDict) -> str:
@@ -139,7 +139,7 @@ def widths_key(config: ml_collections.ConfigDict) -> str:
   return "features" if config.model == "mlp" else "channels"
 
 
-def logits_on_test_set(model, params: Any, run: Run) -> np.ndarray:
+def logits_on_test_set(model, params: Any, run: TrainedRun) -> np.ndarray:
   """The model's logits on the run's test set, ``[N, classes]``, at full f32 precision."""
 
   @jax.jit
@@ -295,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_dir = Path(args.run_dir)
     out = Path(args.out) if args.out else run_dir / "compact"
     check_output_folder(out)
-    run = load_run(run_dir)
+    run = restore_run(run_dir)
   except (cli.ConfigError, UsageError, data.DatasetUnavailableError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
