@@ -35,12 +35,13 @@ def main():
   print(f"devices: {experiment.mesh.size} x {jax.devices()[0].platform}, method {config.method}")
 
   state = experiment.to_device(experiment.state)
-  state, loss = experiment.train(state, args.steps, experiment.data_key)  # compile and warm up
+  key = experiment.device_key(experiment.data_key)
+  state, loss = experiment.train(state, args.steps, key)  # compile and warm up
   loss.block_until_ready()
   step_ms = []
   for _ in range(args.repeats):
     start = time.perf_counter()
-    state, loss = experiment.train(state, args.steps, experiment.data_key)
+    state, loss = experiment.train(state, args.steps, key)
     loss.block_until_ready()
     step_ms.append((time.perf_counter() - start) / args.steps * 1e3)
 

@@ -291,10 +291,13 @@ class Experiment:
     self._train_data = self.to_device((train_images, train_labels))
     self.evaluate = Evaluator(model, config, splits, self.groups, self.mesh)
 
-  def train(self, device_state: Any, num_steps: int, data_key: jax.Array) -> tuple[Any, jax.Array]:
+  def device_key(self, data_key: jax.Array) -> Any:
+    """The data key laid out for :meth:`train` (put on the devices once per run)."""
+    return self.to_device(jax.random.key_data(data_key))
+
+  def train(self, device_state: Any, num_steps: int, device_key: Any) -> tuple[Any, jax.Array]:
     """Runs ``num_steps`` steps (fewer if the loss becomes non-finite) on device state."""
-    key_data = self.to_device(jax.random.key_data(data_key))
-    return self._train_fn(device_state, jnp.int32(num_steps), *self._train_data, key_data)
+    return self._train_fn(device_state, jnp.int32(num_steps), *self._train_data, device_key)
 
 
 def train_and_evaluate(
@@ -365,19 +368,20 @@ def train_and_evaluate(
     dynamic_ncols=True,
     desc=f"{config.experiment} {config.method}",
   )
+  device_key = experiment.device_key(data_key)
   for point in _eval_points(config, step):
-    device_state, loss = experiment.train(device_state, point - step, data_key)
-    loss = float(np.asarray(jax.device_get(loss)).reshape(-1)[0])
-    host_state = experiment.from_device(device_state)
-    reached = int(host_state.step)
+    device_state, loss = experiment.train(device_state, point - step, device_key)
+    loss = float(np.asarray(jax.device_get(loss)).reshape(-1)[0])  # the one sync per stretch
     if not math.isfinite(loss):
+      reached = int(experiment.from_device(device_state).step)
       checkpoints.close()
       raise NonFiniteLossError(
         f"training loss became {loss} at step {reached}; stopped. The last good checkpoint "
         f"(step {checkpoints.latest_step()}) is kept in {workdir / 'checkpoints'}; lower --lr"
       )
-    progress.update(reached - step)
-    step = reached
+    progress.update(point - step)
+    step = point
+    host_state = experiment.from_device(device_state)  # every point is an evaluation or a save
     if step % config.log_freq == 0 or step == config.total_iter:
       last = log(host_state.params)
       progress.set_postfix(
