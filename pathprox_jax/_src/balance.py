@@ -79,18 +79,8 @@ def balance(params: Any, groups: Any, *, eps: float = 1e-6) -> Any:
   layouts = groups_lib.group_layouts(params, groups)
   if not layouts:
     return params
-  alpha = balance_scales(
-    jnp.stack(
-      [
-        jnp.sum(
-          groups_lib.input_norms(leaves[g.in_kernel])
-          * groups_lib.output_norms(leaves[g.out_kernel])
-        )
-        for g in layouts
-      ]
-    ),
-    eps,
-  )
+  path_norms = jnp.stack([jnp.sum(groups_lib.unit_path_norms(leaves, g)) for g in layouts])
+  alpha = balance_scales(path_norms, eps)
   prev = previous_scales(alpha)
   new = dict(enumerate(leaves))
   for k, g in enumerate(layouts):

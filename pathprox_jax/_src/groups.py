@@ -204,6 +204,11 @@ def output_norms(v: jax.Array) -> jax.Array:
   return jnp.sqrt(jnp.sum(v * v, axis=axes))
 
 
+def unit_path_norms(leaves: Any, group: GroupLayout) -> jax.Array:
+  """Each unit's path norm ``||w_i|| ||v_i||`` (weights only, f32)."""
+  return input_norms(leaves[group.in_kernel]) * output_norms(leaves[group.out_kernel])
+
+
 def scale_outputs(v: jax.Array, scale: jax.Array) -> jax.Array:
   """Multiplies each unit's row of an "out" kernel (axis -2) by ``scale[i]``, in f32."""
   return v.astype(jnp.float32) * scale[:, None]

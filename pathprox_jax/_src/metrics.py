@@ -31,9 +31,7 @@ def _unit_path_norms(params: Any, groups: Any) -> dict[int, jax.Array]:
   params = groups_lib.unwrap_variables(params)
   leaves = jax.tree.leaves(params)
   return {
-    g.group: groups_lib.input_norms(leaves[g.in_kernel])
-    * groups_lib.output_norms(leaves[g.out_kernel])
-    for g in groups_lib.group_layouts(params, groups)
+    g.group: groups_lib.unit_path_norms(leaves, g) for g in groups_lib.group_layouts(params, groups)
   }
 
 
