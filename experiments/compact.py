@@ -27,8 +27,6 @@ compact output, bad flags).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import statistics
 import sys
 import time
@@ -36,13 +34,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 
 import pathprox_jax as pp
-from experiments import checkpointing, cli, data, input_pipeline, models, train
+from experiments import checkpointing, cli, data, input_pipeline, models, run_folder, train
 
 MARKER = "compact.json"  # present in, and only in, this command's output folders
 OUTPUT_TOLERANCE = 1e-5
@@ -86,34 +87,32 @@ class Check(NamedTuple):
     return self.max_abs_diff <= self.tolerance and self.sparse_acc == self.compact_acc
 
 
-def read_config(path: Path) -> ml_collections.ConfigDict:
-  """The config of a run from its ``config.json``.
+def abstract_state(config: ml_collections.ConfigDict) -> tuple[train.TrainState, Any]:
+  """The shapes and dtypes of a run's training state, and its model's group spec.
 
-  The experiment's config keys take the run's values; the keys the harness adds
-  to ``config.json`` (command, devices, groups, ...) are no config keys and drop out.
-
-  Raises:
-    UsageError: ``path`` is not a run's ``config.json``.
+  Built with ``jax.eval_shape``: nothing is allocated and no data is read. The
+  learning-rate schedule is a constant one here: the schedule's values do not
+  change the optimiser state's shapes (a schedule rather than a float does).
   """
-  try:
-    record = json.loads(path.read_text())
-    config = cli.load_config(record["experiment"])
-  except (ValueError, KeyError, TypeError) as e:  # ConfigError and JSONDecodeError included
-    raise UsageError(f"{path} is not a run's config.json ({type(e).__name__}: {e})") from e
-  for key in config:
-    if key in record:
-      config[key] = tuple(record[key]) if isinstance(record[key], list) else record[key]
-  return config
+  model = train.create_model(config)
+  image = jax.ShapeDtypeStruct((1, *data.BUILDERS[config.dataset].IMAGE_SHAPE), jnp.float32)
+  boxed = jax.eval_shape(model.init, jax.random.key(0), image)["params"]
+  groups = pp.group_spec(boxed)
+  params = nn.meta.unbox(boxed)
+  tx = train.create_optimizer(config, params, groups, optax.constant_schedule(config.lr))
+  step = jax.ShapeDtypeStruct((), jnp.int32)
+  return train.TrainState(step, params, jax.eval_shape(tx.init, params)), groups
 
 
 def restore_run(directory: Path) -> TrainedRun:
-  """Restores the latest checkpoint of the run in ``directory``, on one device.
+  """Restores the latest checkpoint of the run in ``directory``, then reads its test set.
 
   Raises:
     UsageError: ``directory`` has no ``config.json`` or no checkpoint.
+    run_folder.NotARunError: its ``config.json`` is malformed.
     data.DatasetUnavailableError: the run's data set cannot be loaded here.
   """
-  config_file, checkpoint_dir = directory / "config.json", directory / "checkpoints"
+  config_file, checkpoint_dir = directory / run_folder.CONFIG, directory / "checkpoints"
   if not config_file.is_file():
     raise UsageError(f"{directory} is not a run folder: it has no config.json")
   # Checked before Checkpoints(), whose manager would create the folder.
@@ -123,15 +122,18 @@ def restore_run(directory: Path) -> TrainedRun:
   try:
     if checkpoints.latest_step() is None:
       raise UsageError(f"{directory} has no checkpoint to compact: checkpoints/ is empty")
-    config = read_config(config_file)
-    one_device = config.copy_and_resolve_references()
-    one_device.num_devices = 1
-    experiment = train.Experiment(one_device)
-    state, _, _ = checkpoints.restore_latest(experiment.state, experiment.data_key)
+    config = run_folder.read_config(config_file)
+    template, groups = abstract_state(config)
+    state, _, _ = checkpoints.restore_latest(template, jax.random.key(0))
   finally:
     checkpoints.close()
-  images, labels = experiment.splits["test"]
-  return TrainedRun(config, state.params, experiment.groups, int(state.step), images, labels)
+  images, labels = data.load_arrays(
+    config.dataset,
+    data_dir=config.data_dir or None,
+    raw_dir=config.raw_data_dir or None,
+    splits=("test",),
+  )["test"]
+  return TrainedRun(config, state.params, groups, int(state.step), images, labels)
 
 
 def widths_key(config: ml_collections.ConfigDict) -> str:
@@ -234,23 +236,22 @@ def check_output_folder(out: Path) -> None:
 
 
 def write_output(out: Path, config: ml_collections.ConfigDict, params: Any, record: dict) -> None:
-  """Writes ``params/``, ``config.json`` and ``compact.json``, replacing a previous output."""
-  # Written next to ``out`` and renamed at the end, so that an interrupted write
-  # never leaves a folder that looks like a complete compact output.
-  staging = out.absolute().parent / f".{out.name}.partial-{os.getpid()}"
-  shutil.rmtree(staging, ignore_errors=True)
-  staging.mkdir(parents=True)
-  try:
+  """Writes ``params/``, ``config.json`` and ``compact.json``, replacing a previous output.
+
+  The folder is written under a temporary name and renamed at the end, so that
+  an interrupted write never leaves a folder that looks like a complete output.
+  """
+
+  def write(folder: Path) -> None:
+    folder.mkdir()
     with ocp.StandardCheckpointer() as checkpointer:
-      checkpointer.save(staging / "params", params)
+      checkpointer.save(folder.absolute() / "params", params)
       checkpointer.wait_until_finished()
-    (staging / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    (staging / MARKER).write_text(json.dumps(record, indent=2) + "\n")
-    if out.exists():
-      shutil.rmtree(out)
-    staging.rename(out)
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
+    (folder / run_folder.CONFIG).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    (folder / MARKER).write_text(json.dumps(record, indent=2) + "\n")
+
+  out.absolute().parent.mkdir(parents=True, exist_ok=True)
+  run_folder.write_atomic(out, write)
 
 
 def _row(name: str, sparse: float | None, compact: float | None, spec: str) -> str:
@@ -296,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out) if args.out else run_dir / "compact"
     check_output_folder(out)
     run = restore_run(run_dir)
-  except (cli.ConfigError, UsageError, data.DatasetUnavailableError) as e:
+  except (cli.ConfigError, UsageError, run_folder.NotARunError, data.DatasetUnavailableError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
 

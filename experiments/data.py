@@ -338,9 +338,13 @@ def _to_arrays(source: Sequence[dict[str, Any]]) -> Arrays:
 
 
 def load_arrays(
-  name: str, *, data_dir: str | None = None, raw_dir: str | None = None
+  name: str,
+  *,
+  data_dir: str | None = None,
+  raw_dir: str | None = None,
+  splits: Sequence[str] = SPLITS,
 ) -> dict[str, Arrays]:
-  """A data set's train and test splits as NumPy arrays, prepared first if needed.
+  """A data set's splits as NumPy arrays, prepared first if needed.
 
   Preparation happens once per ``data_dir``; later calls only read the
   ``array_record`` files back (about a second for MNIST's 60000 training images).
@@ -351,9 +355,10 @@ def load_arrays(
       ``~/tensorflow_datasets``, as for TFDS).
     raw_dir: folder of the raw files to prepare from (``None``:
       ``$PATHPROX_RAW_DATA_DIR``); without them they are downloaded.
+    splits: the splits to read (preparation makes all of them).
 
   Returns:
-    ``{"train": (images, labels), "test": (images, labels)}``: images uint8
+    ``{"train": (images, labels), "test": (images, labels)}`` (the ``splits``): images uint8
     ``[N, H, W, C]``, labels int32 ``[N]``, in the raw files' order.
 
   Raises:
@@ -367,4 +372,4 @@ def load_arrays(
   """
   dataset = builder(name, data_dir=data_dir, raw_dir=raw_dir)
   dataset.download_and_prepare()  # a no-op when already prepared
-  return {split: _to_arrays(dataset.as_data_source(split)) for split in SPLITS}
+  return {split: _to_arrays(dataset.as_data_source(split)) for split in splits}

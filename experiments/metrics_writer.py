@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from experiments import run_folder
+
 
 class MetricsWriter:
   """Appends one JSON object per evaluation to ``metrics.jsonl``.
@@ -37,9 +39,8 @@ class MetricsWriter:
     if not enabled:
       return
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in self.rows))
-    tmp.replace(path)
+    text = "".join(json.dumps(row) + "\n" for row in self.rows)
+    run_folder.write_atomic(path, lambda tmp: tmp.write_text(text))
     if tensorboard_dir is not None:
       from tensorboardX import SummaryWriter
 

@@ -19,8 +19,6 @@ one-line error, exit code 2, before anything is written.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import os
 import re
@@ -34,7 +32,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
-from experiments import cli
+from experiments import cli, run_folder
 
 METHOD_NAMES = {"pathprox": "PathProx", "wd": "Weight decay"}
 DEFAULT_AT = (5000, 10000, 20000)
@@ -45,106 +43,7 @@ _GROUP_KEY = re.compile(r"active_units_pct/g(\d+)$")
 _GROUP_STYLES = ((0, (5, 2)), (0, (1, 1.5)), (0, (6, 2, 1, 2)), (0, (2, 2)), (0, (9, 2, 1, 2)))
 
 
-class NotARunError(ValueError):
-  """A folder lacks ``config.json`` or a non-empty ``metrics.jsonl``."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-  """One run directory: its config and its metric rows, sorted by step.
-
-  Attributes:
-    path: the run directory.
-    config: ``config.json``.
-    rows: the well-formed rows of ``metrics.jsonl`` (at least one).
-  """
-
-  path: Path
-  config: dict[str, Any]
-  rows: list[dict[str, Any]]
-
-  @property
-  def method(self) -> str:
-    """``"pathprox"`` or ``"wd"`` (the config's, else the metrics')."""
-    return str(self.config.get("method") or self.rows[-1].get("method", "unknown"))
-
-  @property
-  def total_iter(self) -> int:
-    return int(self.config["total_iter"])
-
-  @property
-  def last_step(self) -> int:
-    return self.rows[-1]["step"]
-
-  @property
-  def complete(self) -> bool:
-    """Whether the run logged its final step (``step == total_iter``)."""
-    return self.last_step >= self.total_iter
-
-  def row_at(self, step: int) -> dict[str, Any] | None:
-    """The row logged at ``step``, else the last one before it; ``None`` if not reached."""
-    if self.last_step < step:
-      return None
-    return [row for row in self.rows if row["step"] <= step][-1]
-
-
-def load_run(path: str | os.PathLike[str]) -> Run:
-  """Reads a run directory, tolerating a run that is still writing its metrics.
-
-  A line of ``metrics.jsonl`` that is not a JSON object with an integer ``step``
-  (such as a last line cut off mid-write) is skipped with a warning on stderr
-  naming ``file:line``.
-
-  Args:
-    path: a directory written by ``experiments.train``.
-
-  Returns:
-    The :class:`Run`.
-
-  Raises:
-    NotARunError: ``path`` is not a directory, or lacks ``config.json`` (or its
-      ``total_iter``) or a ``metrics.jsonl`` with at least one row.
-
-  Example:
-    >>> run = load_run("runs/cmp/pathprox")  # doctest: +SKIP
-    >>> run.last_step, run.complete  # doctest: +SKIP
-    (20000, True)
-  """
-  path = Path(path)
-  if not path.is_dir():
-    raise NotARunError(f"{path} is not a run directory: no such directory")
-  missing = [name for name in ("config.json", "metrics.jsonl") if not (path / name).is_file()]
-  if missing:
-    raise NotARunError(f"{path} is not a run directory: no {' and no '.join(missing)}")
-  try:
-    config = json.loads((path / "config.json").read_text())
-  except json.JSONDecodeError as e:
-    raise NotARunError(f"{path} is not a run directory: config.json is not JSON ({e})") from None
-  if not isinstance(config, dict) or "total_iter" not in config:
-    raise NotARunError(f"{path} is not a run directory: config.json has no total_iter")
-  rows = _read_rows(path / "metrics.jsonl")
-  if not rows:
-    raise NotARunError(f"{path} is not a run directory: metrics.jsonl has no rows")
-  return Run(path, config, sorted(rows, key=lambda row: row["step"]))
-
-
-def _read_rows(path: Path) -> list[dict[str, Any]]:
-  rows = []
-  for number, line in enumerate(path.read_text().splitlines(), start=1):
-    if not line.strip():
-      continue
-    try:
-      row = json.loads(line)
-    except json.JSONDecodeError:
-      row = None
-    if isinstance(row, dict) and isinstance(row.get("step"), int):
-      rows.append(row)
-    else:
-      print(f"warning: {path}:{number}: skipped a malformed metrics line", file=sys.stderr)
-  return rows
-
-
-def labels(runs: Sequence[Run]) -> list[str]:
+def labels(runs: Sequence[run_folder.Run]) -> list[str]:
   """Legend names: the method, plus the shortest distinct path tail when methods repeat.
 
   Example: runs ``a/pathprox``, ``b/pathprox`` and ``b/wd`` are named
@@ -174,7 +73,9 @@ class _Curve(NamedTuple):
   scale: float = 1.0
 
 
-def plot_runs(runs: Sequence[Run], out_dir: str | os.PathLike[str], title: str = "") -> list[Path]:
+def plot_runs(
+  runs: Sequence[run_folder.Run], out_dir: str | os.PathLike[str], title: str = ""
+) -> list[Path]:
   """Draws ``objective.png``, ``active_units.png`` and ``accuracy.png``, one colour per run.
 
   Args:
@@ -225,13 +126,20 @@ def plot_runs(runs: Sequence[Run], out_dir: str | os.PathLike[str], title: str =
   paths = []
   for name in FIGURES:
     path = out_dir / name
-    _write_atomically(path, lambda tmp, fig=figures[name]: fig.savefig(tmp, format="png", dpi=150))
+    run_folder.write_atomic(
+      path, lambda tmp, fig=figures[name]: fig.savefig(tmp, format="png", dpi=150)
+    )
     paths.append(path)
   return paths
 
 
 def _draw(
-  runs: Sequence[Run], curves: Sequence[_Curve], ylabel: str, title: str, *, log_y: bool = False
+  runs: Sequence[run_folder.Run],
+  curves: Sequence[_Curve],
+  ylabel: str,
+  title: str,
+  *,
+  log_y: bool = False,
 ) -> Figure:
   """One axes: each run in its colour, each curve in its line style, legends on the right."""
   fig = Figure(figsize=(8.0, 4.2), layout="constrained")
@@ -271,7 +179,7 @@ def _number(value: Any) -> float:
   return float(value) if isinstance(value, (int, float)) else math.nan
 
 
-def _default_title(runs: Sequence[Run]) -> str:
+def _default_title(runs: Sequence[run_folder.Run]) -> str:
   return ", ".join(dict.fromkeys(str(run.config.get("experiment", "runs")) for run in runs))
 
 
@@ -288,7 +196,7 @@ _COLUMNS: tuple[tuple[str, str, Callable[[float], str]], ...] = (
 
 
 def write_report(
-  runs: Sequence[Run],
+  runs: Sequence[run_folder.Run],
   out_dir: str | os.PathLike[str],
   at: Sequence[int] = DEFAULT_AT,
   title: str = "",
@@ -362,11 +270,11 @@ def write_report(
   lines += incomplete or ["None: every run reached its total_iter."]
   path = out_dir / "report.md"
   text = "\n".join(lines) + "\n"
-  _write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+  run_folder.write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
   return path
 
 
-def _any_row_has(runs: Sequence[Run], key: str) -> bool:
+def _any_row_has(runs: Sequence[run_folder.Run], key: str) -> bool:
   return any(key in row for run in runs for row in run.rows)
 
 
@@ -375,18 +283,8 @@ def _cell(row: dict[str, Any] | None, key: str, fmt: Callable[[float], str]) -> 
   return fmt(float(value)) if isinstance(value, (int, float)) else MISSING
 
 
-def _incomplete_line(run: Run, name: str) -> str:
+def _incomplete_line(run: run_folder.Run, name: str) -> str:
   return f"{name} ({run.path}): step {run.last_step} of {run.total_iter}"
-
-
-def _write_atomically(path: Path, write: Callable[[Path], Any]) -> None:
-  """Writes through a temporary file and a rename: readers see the old or the new file."""
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  try:
-    write(tmp)
-    os.replace(tmp, path)
-  finally:
-    tmp.unlink(missing_ok=True)
 
 
 def _parse_at(text: str) -> tuple[int, ...]:
@@ -413,12 +311,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     at = _parse_at(args.at)
     notes = Path(args.notes).read_text(encoding="utf-8") if args.notes else ""
-    runs = [load_run(path) for path in args.run_dirs]
+    runs = [run_folder.load_run(path) for path in args.run_dirs]
     paths = [
       *plot_runs(runs, args.out, args.title),
       write_report(runs, args.out, at, args.title, notes),
     ]
-  except (cli.ConfigError, NotARunError, OSError) as e:
+  except (cli.ConfigError, run_folder.NotARunError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   for path in paths:

@@ -11,7 +11,6 @@ optimiser step. ``jax.shard_map`` over a ``jax.make_mesh`` is the default;
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -30,7 +29,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 import pathprox_jax as pp
-from experiments import checkpointing, data, input_pipeline, metrics_writer, models
+from experiments import checkpointing, data, input_pipeline, metrics_writer, models, run_folder
 
 AXIS = "data"
 
@@ -418,6 +417,4 @@ def _write_config(
     units=units,
   )
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix(".json.tmp")
-  tmp.write_text(json.dumps(record, indent=2) + "\n")
-  tmp.replace(path)
+  run_folder.write_json(path, record)

@@ -187,3 +187,55 @@ def test_config_of_no_known_experiment_is_a_one_line_error(mlp_run, tmp_path, ca
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and "config.json is not a run's config.json" in err
   assert "unknown experiment 'imagenet_vit'" in err
+
+
+def test_restore_needs_no_experiment_and_reads_only_the_test_set(mlp_run, monkeypatch):
+  def no_experiment(config):
+    raise AssertionError("compact built a train.Experiment")
+
+  read = []
+  load_arrays = compact.data.load_arrays
+
+  def recorded(name, **kwargs):
+    read.append(tuple(kwargs["splits"]))
+    return load_arrays(name, **kwargs)
+
+  monkeypatch.setattr(train, "Experiment", no_experiment)
+  monkeypatch.setattr(compact.data, "load_arrays", recorded)
+  run = compact.restore_run(mlp_run)
+  assert read == [("test",)]
+  assert run.step == 100 and len(run.test_labels) == 100
+  expected = latest_params(mlp_run)
+  jax.tree.map(np.testing.assert_array_equal, run.params, expected)
+
+
+@pytest.mark.parametrize(
+  "key, value, message",
+  [
+    ("lr", "fast", "lr is 'fast', expected float"),
+    ("features", [32, "wide", 32, 32, 32, 10], "features is 'wide', expected int"),
+    ("progress", 1, "progress is 1, expected bool"),
+    ("relu", True, "relu is True, expected list"),
+  ],
+)
+def test_config_value_of_the_wrong_type_is_a_one_line_error(
+  mlp_run, tmp_path, capsys, key, value, message
+):
+  shutil.copytree(mlp_run / "checkpoints", tmp_path / "checkpoints")
+  record = json.loads((mlp_run / "config.json").read_text())
+  (tmp_path / "config.json").write_text(json.dumps({**record, key: value}))
+  before = sorted(p.name for p in tmp_path.iterdir())
+  assert compact.main([str(tmp_path)]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "config.json is not a run's config.json" in err
+  assert message in err
+  assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_config_that_is_not_utf8_is_a_one_line_error(mlp_run, tmp_path, capsys):
+  shutil.copytree(mlp_run / "checkpoints", tmp_path / "checkpoints")
+  (tmp_path / "config.json").write_bytes(b'{"experiment": "mnist_subset_mlp\xff"}')
+  assert compact.main([str(tmp_path)]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "config.json is not UTF-8 text (byte 0xff" in err
+  assert not (tmp_path / "compact").exists()

@@ -73,36 +73,6 @@ def test_links_resolve(page):
   assert broken_links(page) == []
 
 
-def test_broken_links_are_found(tmp_path):
-  page = tmp_path / "page.md"
-  page.write_text(
-    "# A `pp.x` title\n[ok](#a-ppx-title) [bad](#nowhere) [file](page.md) [gone](gone.md)\n"
-    "```python\n# not a heading\n```\n[code](#not-a-heading) [web](https://example.com)\n"
-  )
-  assert broken_links(page) == ["#nowhere", "gone.md", "#not-a-heading"]
-
-
-def test_guide_has_code():
-  assert REPO_ROOT / "docs" / "guide.md" in pages_with_code()
-
-
 @pytest.mark.parametrize("page", pages_with_code(), ids=lambda p: str(p.relative_to(REPO_ROOT)))
 def test_page_runs(page):
   run_page(page)
-
-
-def test_python_blocks_skip_other_languages():
-  text = "intro\n```python\na = 1\n```\n```bash\nexit 1\n```\n\n```python\nb = a\n```\n"
-  assert python_blocks(text) == [(3, "a = 1\n"), (10, "b = a\n")]
-
-
-def test_failure_names_the_page_line(tmp_path, monkeypatch):
-  monkeypatch.setattr(f"{__name__}.REPO_ROOT", tmp_path)
-  page = tmp_path / "page.md"
-  page.write_text("# title\n\n```python\nx = 1\n```\n\ntext\n```python\ny = x\nz = 1 / 0\n```\n")
-  with pytest.raises(pytest.fail.Exception) as failure:
-    run_page(page)
-  message = str(failure.value)
-  assert "page.md: the python block at line 9 failed" in message
-  assert 'page.md", line 10' in message  # the traceback points at the page's own line
-  assert "ZeroDivisionError" in message

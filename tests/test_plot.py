@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from matplotlib import image
 
-from experiments import plot
+from experiments import plot, run_folder
 
 REPO = Path(__file__).resolve().parents[1]
 TOTAL = 20_000
@@ -240,6 +240,21 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path):
     raise OSError("disk full")
 
   with pytest.raises(OSError, match="disk full"):
-    plot._write_atomically(path, write_half_then_fail)
+    run_folder.write_atomic(path, write_half_then_fail)
   assert [p.name for p in tmp_path.iterdir()] == ["report.md"]
   assert path.read_text() == "previous"
+
+
+def test_metrics_that_are_not_utf8_are_a_one_line_error_and_nothing_is_written(runs, tmp_path):
+  bad = tmp_path / "bad"
+  write_run(bad, "wd", 5000, 0.0, tail='{"step": 7500, "note": "caf\xe9"}\n')
+  text = (bad / "metrics.jsonl").read_text()
+  (bad / "metrics.jsonl").write_bytes(text.encode("latin-1"))  # é as the single byte 0xe9
+  out = tmp_path / "out"
+  code, stdout, stderr = run_main([list(runs)[0], bad, "--out", out])
+  assert code == 2 and stdout == ""
+  assert stderr.splitlines() == [
+    f"error: {bad / 'metrics.jsonl'} is not UTF-8 text (byte 0xe9 at offset "
+    f"{text.index(chr(0xE9))}): the file is damaged; restore it or remove the run"
+  ]
+  assert not out.exists()

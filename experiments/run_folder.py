@@ -1,0 +1,234 @@
+"""A run folder on disk: reading its ``config.json`` and ``metrics.jsonl``, writing atomically.
+
+A run folder (``experiments.train`` writes it) holds ``config.json`` (the
+experiment's config keys plus the harness's records: command, devices, groups),
+``metrics.jsonl`` (one JSON object per evaluation) and ``checkpoints/``.
+``experiments.plot`` and ``experiments.compact`` read it through this module;
+every command that writes a file or folder other commands read goes through
+:func:`write_atomic`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from experiments import cli
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+
+
+class NotARunError(ValueError):
+  """A folder is not a run folder, or one of its files is unreadable or malformed."""
+
+
+def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], Any]) -> None:
+  """Writes ``path`` (a file or a folder) through a temporary name and a rename.
+
+  ``write(tmp)`` creates the new content at ``tmp``, beside ``path``. Readers see
+  the old content or the new, never a part; if ``write`` fails, the old content
+  stays and the temporary is removed. A folder replaces a folder: the old one is
+  moved aside first and deleted once the new one is in place.
+
+  Args:
+    path: the file or folder to write.
+    write: creates the content at the path it is given.
+
+  Example:
+    >>> write_atomic("runs/a/report.md", lambda tmp: tmp.write_text("# a"))  # doctest: +SKIP
+  """
+  path = Path(path)
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+  old = path.with_name(f".{path.name}.{os.getpid()}.old")
+  try:
+    write(tmp)
+    if tmp.is_dir() and path.is_dir():
+      path.rename(old)  # os.replace cannot replace a folder that is not empty
+    os.replace(tmp, path)
+  finally:
+    for leftover in (tmp, old):
+      if leftover.is_dir():
+        shutil.rmtree(leftover)
+      else:
+        leftover.unlink(missing_ok=True)
+
+
+def write_json(path: str | os.PathLike[str], record: Any) -> None:
+  """Writes ``record`` as indented JSON through :func:`write_atomic`."""
+  write_atomic(path, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+
+
+def read_text(path: Path) -> str:
+  """A run file's text; raises :class:`NotARunError` if it is not UTF-8 or unreadable."""
+  try:
+    return path.read_bytes().decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise NotARunError(
+      f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}): the file "
+      "is damaged; restore it or remove the run"
+    ) from None
+  except OSError as e:
+    raise NotARunError(f"{path} cannot be read: {e.strerror}") from None
+
+
+def read_record(path: Path) -> dict[str, Any]:
+  """A run's ``config.json`` as a dict, as written (config keys and the harness's records)."""
+  try:
+    record = json.loads(read_text(path))
+  except json.JSONDecodeError as e:
+    raise NotARunError(f"{path} is not a run's config.json: not JSON ({e})") from None
+  if not isinstance(record, dict):
+    raise NotARunError(f"{path} is not a run's config.json: not a JSON object")
+  return record
+
+
+def _typed(key: str, default: Any, value: Any) -> Any:
+  """``value`` in the type of the config's ``default``, else a ``TypeError`` naming ``key``."""
+  if isinstance(default, (tuple, list)):
+    if not isinstance(value, list):
+      raise TypeError(f"{key} is {value!r}, expected list")
+    return tuple(_typed(key, default[0], item) for item in value) if default else tuple(value)
+  number = isinstance(value, (int, float)) and not isinstance(value, bool)
+  if isinstance(default, bool):
+    ok = isinstance(value, bool)
+  elif isinstance(default, float):
+    ok = number
+  elif isinstance(default, int):
+    ok = number and isinstance(value, int)
+  else:
+    ok = isinstance(value, type(default))
+  if not ok:
+    raise TypeError(f"{key} is {value!r}, expected {type(default).__name__}")
+  return float(value) if isinstance(default, float) else value
+
+
+def read_config(path: Path) -> ml_collections.ConfigDict:
+  """The experiment config recorded in a run's ``config.json``.
+
+  The experiment's config (``configs/<experiment>.py``) takes the recorded value
+  of each of its keys, checked against the type of its default (a float key
+  accepts an integer). Keys the harness adds (command, devices, groups, ...) are
+  no config keys and drop out; a key the file lacks keeps its default.
+
+  Args:
+    path: the ``config.json`` file.
+
+  Returns:
+    The config.
+
+  Raises:
+    NotARunError: the file is not JSON, names no known experiment, or holds a
+      value of the wrong type (the message names the key).
+  """
+  record = read_record(path)
+  try:
+    config = cli.load_config(record["experiment"])
+    for key, default in config.items():
+      if key in record:
+        config[key] = _typed(key, default, record[key])
+  except (ValueError, KeyError, TypeError) as e:  # ConfigError included
+    raise NotARunError(f"{path} is not a run's config.json ({type(e).__name__}: {e})") from None
+  return config
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One run folder: its config and its metric rows, sorted by step.
+
+  Attributes:
+    path: the run folder.
+    config: ``config.json``, as written.
+    rows: the well-formed rows of ``metrics.jsonl`` (at least one).
+  """
+
+  path: Path
+  config: dict[str, Any]
+  rows: list[dict[str, Any]]
+
+  @property
+  def method(self) -> str:
+    """``"pathprox"`` or ``"wd"`` (the config's, else the metrics')."""
+    return str(self.config.get("method") or self.rows[-1].get("method", "unknown"))
+
+  @property
+  def total_iter(self) -> int:
+    return int(self.config["total_iter"])
+
+  @property
+  def last_step(self) -> int:
+    return self.rows[-1]["step"]
+
+  @property
+  def complete(self) -> bool:
+    """Whether the run logged its final step (``step == total_iter``)."""
+    return self.last_step >= self.total_iter
+
+  def row_at(self, step: int) -> dict[str, Any] | None:
+    """The row logged at ``step``, else the last one before it; ``None`` if not reached."""
+    if self.last_step < step:
+      return None
+    return [row for row in self.rows if row["step"] <= step][-1]
+
+
+def load_run(path: str | os.PathLike[str]) -> Run:
+  """Reads a run folder, tolerating a run that is still writing its metrics.
+
+  A line of ``metrics.jsonl`` that is not a JSON object with an integer ``step``
+  (such as a last line cut off mid-write) is skipped with a warning on stderr
+  naming ``file:line``.
+
+  Args:
+    path: a folder written by ``experiments.train``.
+
+  Returns:
+    The :class:`Run`.
+
+  Raises:
+    NotARunError: ``path`` is not a folder, lacks ``config.json`` (or its
+      ``total_iter``) or a ``metrics.jsonl`` with at least one row, or one of
+      them is not UTF-8 text.
+
+  Example:
+    >>> run = load_run("runs/cmp/pathprox")  # doctest: +SKIP
+    >>> run.last_step, run.complete  # doctest: +SKIP
+    (20000, True)
+  """
+  path = Path(path)
+  if not path.is_dir():
+    raise NotARunError(f"{path} is not a run directory: no such directory")
+  missing = [name for name in (CONFIG, METRICS) if not (path / name).is_file()]
+  if missing:
+    raise NotARunError(f"{path} is not a run directory: no {' and no '.join(missing)}")
+  config = read_record(path / CONFIG)
+  if "total_iter" not in config:
+    raise NotARunError(f"{path} is not a run directory: config.json has no total_iter")
+  rows = read_rows(path / METRICS)
+  if not rows:
+    raise NotARunError(f"{path} is not a run directory: metrics.jsonl has no rows")
+  return Run(path, config, sorted(rows, key=lambda row: row["step"]))
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+  """The rows of a ``metrics.jsonl``; malformed lines are skipped with a warning on stderr."""
+  rows = []
+  for number, line in enumerate(read_text(path).splitlines(), start=1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError:
+      row = None
+    if isinstance(row, dict) and isinstance(row.get("step"), int):
+      rows.append(row)
+    else:
+      print(f"warning: {path}:{number}: skipped a malformed metrics line", file=sys.stderr)
+  return rows
