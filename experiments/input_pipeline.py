@@ -6,7 +6,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 # Per-channel mean and std of the training images scaled to [0, 1].
@@ -20,36 +19,37 @@ SPLIT_SEED = 42  # the fixed permutation behind the subset and the holdout split
 Arrays = tuple[np.ndarray, np.ndarray]
 
 
-def split(arrays: dict[str, Arrays], config: ml_collections.ConfigDict) -> dict[str, Arrays]:
+def split(
+  arrays: dict[str, Arrays], kind: str, *, val_size: int, train_per_class: int
+) -> dict[str, Arrays]:
   """Train, validation and test sets from a data set's train and test splits.
 
   A fixed permutation (NumPy, seed 42) of the training images in their raw order
-  defines both splits. ``"subset"``: the first ``train_per_class`` images of each
-  class in that order are the training set, all others the validation set.
-  ``"holdout"``: the last ``val_size`` images of the permutation are the
-  validation set, the rest the training set.
+  defines both kinds of split.
 
   Args:
     arrays: ``{"train": (images, labels), "test": (images, labels)}``.
-    config: the experiment config (``split``, ``train_per_class``, ``val_size``).
+    kind: ``"subset"``: the first ``train_per_class`` images of each class in
+      that order are the training set, all others the validation set.
+      ``"holdout"``: the last ``val_size`` images of the permutation are the
+      validation set, the rest the training set.
+    val_size: the validation set's size, for ``"holdout"``.
+    train_per_class: the training images per class, for ``"subset"``.
 
   Returns:
     ``{"train", "val", "test"}`` each ``(images uint8 [N, H, W, C], labels int32 [N])``.
   """
   images, labels = arrays["train"]
   order = np.random.default_rng(SPLIT_SEED).permutation(len(labels))
-  if config.split == "subset":
+  if kind == "subset":
     rank = np.zeros(len(labels), np.int64)
     for c in np.unique(labels):
       in_class = order[labels[order] == c]
       rank[in_class] = np.arange(len(in_class))
-    chosen = rank[order] < config.train_per_class
+    chosen = rank[order] < train_per_class
     train_idx, val_idx = order[chosen], order[~chosen]
   else:
-    train_idx, val_idx = (
-      order[: len(order) - config.val_size],
-      order[len(order) - config.val_size :],
-    )
+    train_idx, val_idx = order[: len(order) - val_size], order[len(order) - val_size :]
   return {
     "train": (images[train_idx], labels[train_idx]),
     "val": (images[val_idx], labels[val_idx]),
@@ -65,7 +65,11 @@ def normalize(images: jax.Array, dataset: str) -> jax.Array:
 
 
 def augment(key: jax.Array, images: jax.Array, pad: int = 4) -> jax.Array:
-  """Per-image random crop (zero padding ``pad``) and horizontal flip, on device."""
+  """Per-image random crop (padding ``pad`` with zeros) and horizontal flip, on device.
+
+  Zero padding is black only for raw images (uint8 or in [0, 1]): augment before
+  :func:`normalize`, as :func:`train_inputs` does.
+  """
   batch, height, width, _ = images.shape
   crop_key, flip_key = jax.random.split(key)
   offsets = jax.random.randint(crop_key, (batch, 2), 0, 2 * pad + 1)
@@ -77,6 +81,26 @@ def augment(key: jax.Array, images: jax.Array, pad: int = 4) -> jax.Array:
   cropped = jax.vmap(crop)(padded, offsets)
   flip = jax.random.bernoulli(flip_key, 0.5, (batch, 1, 1, 1))
   return jnp.where(flip, cropped[:, :, ::-1], cropped)
+
+
+def train_inputs(images: jax.Array, dataset: str, key: jax.Array | None = None) -> jax.Array:
+  """A training batch's model inputs: augmented with ``key`` (if given), then normalised.
+
+  The crop pads with black, as the paper's code does (PyTorch's ``RandomCrop``
+  before ``Normalize``); padding after normalising would pad with the mean colour.
+  Evaluation (the train, validation and test metrics) uses clean images.
+
+  Args:
+    images: uint8 images ``[B, H, W, C]``.
+    dataset: the data set's name (its normalisation constants).
+    key: the augmentation's random key; ``None``: no augmentation.
+
+  Returns:
+    float32 ``[B, H, W, C]``.
+  """
+  if key is not None:
+    images = augment(key, images)
+  return normalize(images, dataset)
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:

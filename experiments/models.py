@@ -18,13 +18,6 @@ from flax import nnx
 
 import pathprox_jax as pp
 
-MLP_FEATURES = (400, 400, 400, 400, 400, 10)
-# Factorised MLP: ReLU only on each group's units, so layers 2k+1 and 2k+2 compose linearly.
-FACTORIZED_RELU = (True, False, True, False, True, False)
-ALL_RELU = (True, True, True, True, True, False)
-VGG19_CHANNELS = (64, 64, 128, 128, 256, 256, 256, 256, 512, 512, 512, 512, 512, 512, 512, 512)
-VGG19_POOL_AFTER = (1, 3, 7, 11)
-
 
 def pytorch_linear_init(fan_in: int) -> jax.nn.initializers.Initializer:
   """PyTorch's default ``nn.Linear`` initializer, for its kernel and its bias alike.
@@ -80,7 +73,7 @@ class MLP(nn.Module):
     >>> import jax, jax.numpy as jnp
     >>> import pathprox_jax as pp
     >>> from experiments import models
-    >>> model = models.MLP(models.MLP_FEATURES, models.FACTORIZED_RELU)
+    >>> model = models.MLP((400, 400, 400, 400, 400, 10), (True, False) * 3)
     >>> boxed = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
     >>> pp.group_spec(boxed)["Dense_5"]["kernel"]
     GroupSpec(group=2, role='out')
@@ -111,7 +104,7 @@ class NNXMLP(nnx.Module):
     >>> from flax import nnx
     >>> import pathprox_jax as pp
     >>> from experiments import models
-    >>> model = models.NNXMLP(784, models.MLP_FEATURES, models.ALL_RELU, rngs=nnx.Rngs(0))
+    >>> model = models.NNXMLP(784, (400, 400, 10), (True, True, False), rngs=nnx.Rngs(0))
     >>> pp.group_spec(nnx.state(model, nnx.Param))["Dense_0"]["bias"]
     GroupSpec(group=0, role='in')
   """
@@ -146,12 +139,13 @@ class NNXMLP(nnx.Module):
 
 
 class VGG(nn.Module):
-  """VGG19 without batch norm for 32x32 images, conv pairs annotated as PathProx groups.
+  """VGG without batch norm for 32x32 images, conv pairs annotated as PathProx groups.
 
-  3x3 convs (bias, SAME padding, ReLU after each; Kaiming-normal fan-in init,
-  zero bias), 2x2 max-pools after the convs in ``pool_after``, a 2x2 average
-  pool, then an ungrouped Dense classifier (PyTorch's default init). Convs
-  ``2k`` and ``2k + 1`` form group ``k``.
+  3x3 convs (bias, SAME padding, ReLU after each), 2x2 max-pools after the convs
+  in ``pool_after``, a 2x2 average pool, then an ungrouped Dense classifier.
+  Every layer, the classifier included, is initialised as in the paper's code:
+  Kaiming-normal kernels (fan-in, gain √2) and zero biases. Convs ``2k`` and
+  ``2k + 1`` form group ``k``. VGG19's widths are in ``configs/common.py``.
 
   Attributes:
     channels: the output channels of every conv; an even number of convs.
@@ -161,13 +155,14 @@ class VGG(nn.Module):
   Example:
     >>> import jax, jax.numpy as jnp
     >>> from experiments import models
-    >>> shapes = jax.eval_shape(models.VGG().init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    >>> model = models.VGG(channels=(64, 64, 128, 128), pool_after=(1, 3))
+    >>> shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
     >>> shapes["params"]["Dense_0"]["kernel"].shape
-    (512, 10)
+    (2048, 10)
   """
 
-  channels: Sequence[int] = VGG19_CHANNELS
-  pool_after: Sequence[int] = VGG19_POOL_AFTER
+  channels: Sequence[int]
+  pool_after: Sequence[int]
   num_classes: int = 10
 
   @nn.compact
@@ -187,8 +182,7 @@ class VGG(nn.Module):
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
     x = nn.avg_pool(x, (2, 2), strides=(2, 2))
     x = x.reshape(x.shape[0], -1)
-    init = pytorch_linear_init(x.shape[-1])
-    return nn.Dense(self.num_classes, kernel_init=init, bias_init=init)(x)
+    return nn.Dense(self.num_classes, kernel_init=kaiming, bias_init=nn.initializers.zeros)(x)
 
 
 def compacted_widths(widths: Sequence[int], kept: Mapping[int, pp.KeptUnits]) -> tuple[int, ...]:

@@ -67,13 +67,22 @@ def learning_rate_schedule(
 def create_optimizer(
   config: ml_collections.ConfigDict, params: Any, groups: Any, schedule: optax.Schedule
 ) -> optax.GradientTransformation:
-  """PathProx (``pathprox_sgd``) or the baseline: SGD on loss + (λ/2)·Σ‖kernels‖²."""
+  """PathProx (``pathprox_sgd``) or the baseline: SGD on loss + (λ/2)·Σ‖kernels‖².
+
+  With ``regularize_bias`` the baseline decays every parameter, biases included.
+  """
   if config.method == "pathprox":
-    return pp.pathprox_sgd(schedule, config.weight_decay, groups, momentum=config.momentum)
+    return pp.pathprox_sgd(
+      schedule,
+      config.weight_decay,
+      groups,
+      momentum=config.momentum,
+      regularize_bias=config.regularize_bias,
+    )
   # The gradient of (λ/2)·‖K‖² is λ·K: the same as adding decayed weights.
-  kernels = jax.tree.map(lambda p: p.ndim >= 2, params)
+  decayed = None if config.regularize_bias else jax.tree.map(lambda p: p.ndim >= 2, params)
   return optax.chain(
-    optax.add_decayed_weights(config.weight_decay, mask=kernels),
+    optax.add_decayed_weights(config.weight_decay, mask=decayed),
     optax.sgd(schedule, momentum=config.momentum or None),
   )
 
@@ -100,10 +109,10 @@ def make_train_steps(
     position = (state.step % per_epoch) * batch + device * local
     idx = jax.lax.dynamic_slice(order, (position,), (local,))
     valid = idx >= 0
-    x = input_pipeline.normalize(images[jnp.maximum(idx, 0)], config.dataset)
+    step_key = None
     if config.augment:
       step_key = jax.random.fold_in(jax.random.fold_in(aug_key, state.step), device)
-      x = input_pipeline.augment(step_key, x)
+    x = input_pipeline.train_inputs(images[jnp.maximum(idx, 0)], config.dataset, step_key)
     y = labels[jnp.maximum(idx, 0)]
 
     def loss_sum(params):
@@ -271,7 +280,9 @@ class Experiment:
     arrays = data.load_arrays(
       config.dataset, data_dir=config.data_dir or None, raw_dir=config.raw_data_dir or None
     )
-    self.splits = splits = input_pipeline.split(arrays, config)
+    self.splits = splits = input_pipeline.split(
+      arrays, config.split, val_size=config.val_size, train_per_class=config.train_per_class
+    )
     train_images, train_labels = splits["train"]
     per_epoch = input_pipeline.steps_per_epoch(len(train_labels), config.batch_size)
 

@@ -8,7 +8,6 @@ import sys
 import time
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 from conftest import REAL_MNIST
@@ -165,26 +164,6 @@ def test_cli_exit_code_and_existing_run_untouched(raw_mnist, tmp_path):
   assert result.returncode == 2
   assert "already holds checkpoints; pass --resume" in result.stderr
   assert (workdir / "metrics.jsonl").read_bytes() == before
-
-
-def test_subset_and_holdout_splits():
-  labels = np.arange(1000) % 10
-  images = np.arange(1000, dtype=np.uint8)[:, None, None, None]
-  arrays = {"train": (images, labels), "test": (images[:10], labels[:10])}
-  config = ml_collections.ConfigDict({"split": "subset", "train_per_class": 7, "val_size": 100})
-  splits = input_pipeline.split(arrays, config)
-  assert np.bincount(splits["train"][1]).tolist() == [7] * 10
-  assert len(splits["val"][1]) == 930
-  order = np.random.default_rng(42).permutation(1000)
-  first = [i for i in order if labels[i] == 3][:7]
-  assert sorted(splits["train"][0][splits["train"][1] == 3, 0, 0, 0].tolist()) == sorted(
-    np.uint8(first).tolist()
-  )
-  config.split = "holdout"
-  splits = input_pipeline.split(arrays, config)
-  assert len(splits["train"][1]) == 900 and len(splits["val"][1]) == 100
-  both = np.concatenate([splits["train"][0][:, 0, 0, 0], splits["val"][0][:, 0, 0, 0]])
-  assert sorted(both.tolist()) == sorted(images[:, 0, 0, 0].tolist())
 
 
 def test_epoch_order_visits_every_example_once_and_keeps_the_last_batch():

@@ -10,9 +10,12 @@ from flax import nnx
 from flax.core import meta
 
 import pathprox_jax as pp
+from configs import cifar_vgg, mnist_subset_mlp
 from experiments import models
 
 G = pp.GroupSpec
+MLP_CONFIG = mnist_subset_mlp.get_config()
+VGG_CONFIG = cifar_vgg.get_config()
 
 
 def _init(model, x):
@@ -20,13 +23,13 @@ def _init(model, x):
 
 
 def test_paper_mlp_shapes_and_groups():
-  model = models.MLP(models.MLP_FEATURES, models.FACTORIZED_RELU)
+  model = models.MLP(MLP_CONFIG.features, MLP_CONFIG.relu)
   boxed = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
   shapes = jax.tree.map(lambda x: x.shape, meta.unbox(boxed))
   fan_ins = (784, 400, 400, 400, 400, 400)
   assert shapes == {
     f"Dense_{i}": {"kernel": (fan_in, width), "bias": (width,)}
-    for i, (fan_in, width) in enumerate(zip(fan_ins, models.MLP_FEATURES, strict=True))
+    for i, (fan_in, width) in enumerate(zip(fan_ins, MLP_CONFIG.features, strict=True))
   }
   roles = ("in", "out")
   assert pp.group_spec(boxed) == {
@@ -94,9 +97,10 @@ def test_nnx_mlp_matches_linen():
 
 
 def test_vgg19_shapes_and_groups():
-  boxed = jax.eval_shape(models.VGG().init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+  model = models.VGG(VGG_CONFIG.channels, VGG_CONFIG.pool_after)
+  boxed = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
   params = meta.unbox(boxed)
-  channels = models.VGG19_CHANNELS
+  channels = VGG_CONFIG.channels
   for i, (c_in, c_out) in enumerate(zip((3, *channels[:-1]), channels, strict=True)):
     assert params[f"Conv_{i}"]["kernel"].shape == (3, 3, c_in, c_out)
   assert params["Dense_0"]["kernel"].shape == (512, 10)
@@ -126,9 +130,21 @@ def test_vgg_forward_pools_and_init():
   assert all(not np.any(params[f"Conv_{i}"]["bias"]) for i in range(4))
 
 
+def test_vgg_classifier_is_kaiming_normal_with_zero_bias_like_the_paper():
+  model = models.VGG(channels=(8, 8), pool_after=(), num_classes=200)
+  params = meta.unbox(_init(model, jnp.ones((1, 8, 8, 3))))
+  kernel = np.asarray(params["Dense_0"]["kernel"])
+  assert kernel.shape == (128, 200)  # 4 * 4 * 8 features after the average pool
+  np.testing.assert_allclose(kernel.std(), math.sqrt(2 / 128), rtol=0.03)  # PyTorch's: 0.051
+  assert abs(kernel.mean()) < 0.05 * kernel.std()
+  # Normal, not uniform: some draws lie beyond 3 std (a uniform stays within √3 std).
+  assert np.abs(kernel).max() > 3 * kernel.std()
+  assert not np.any(params["Dense_0"]["bias"])
+
+
 def test_vgg_rejects_odd_number_of_convs():
   with pytest.raises(ValueError, match="even number of convs"):
-    _init(models.VGG(channels=(4, 4, 4)), jnp.ones((1, 8, 8, 3)))
+    _init(models.VGG(channels=(4, 4, 4), pool_after=()), jnp.ones((1, 8, 8, 3)))
 
 
 def test_compacted_widths_rejects_foreign_kept():
