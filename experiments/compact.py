@@ -132,6 +132,7 @@ def restore_run(directory: Path) -> TrainedRun:
     data_dir=config.data_dir or None,
     raw_dir=config.raw_data_dir or None,
     splits=("test",),
+    allow_unofficial=config.allow_unofficial_data,
   )["test"]
   return TrainedRun(config, state.params, groups, int(state.step), images, labels)
 

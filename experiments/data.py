@@ -12,9 +12,22 @@ A builder prepares its data set from the raw files of the original release, foun
 2. downloaded from the official address (``url``, else ``$PATHPROX_DATA_URL``,
    else the builder's ``URL``) and checked against the builder's ``SHA256``.
 
-Prepared data in the TFDS ``data_dir`` is reused without any raw files, also by
-``tfds.data_source("pathprox_mnist", data_dir=...)``. Examples keep the order of
-the raw files.
+Before anything is prepared, the raw files are identified by their content: the
+digest of each file's decompressed bytes (so a recompressed copy of an official
+file passes). The rule:
+
+* files whose content is another known data set's release are always refused
+  (MNIST's digits are never prepared as Fashion-MNIST);
+* files whose content is no official release (generated, edited or damaged
+  data) are refused unless ``allow_unofficial`` (``--allow-unofficial-data``);
+* labels must lie in ``[0, number of classes)``.
+
+The prepared data records the digests of the raw content it came from, and
+:func:`load_arrays` refuses prepared data whose record is not the official
+release of the requested data set (unless ``allow_unofficial``). Prepared data
+in the TFDS ``data_dir`` is reused without any raw files, also by
+``tfds.data_source("pathprox_mnist", data_dir=...)`` (which does not check the
+record). Examples keep the order of the raw files.
 """
 
 from __future__ import annotations
@@ -41,34 +54,55 @@ Arrays = tuple[np.ndarray, np.ndarray]
 
 
 class DatasetUnavailableError(ValueError):
-  """A data set is not prepared and its raw files are missing, malformed or corrupted."""
+  """A data set cannot be prepared or read: raw files missing, malformed or not the data set's."""
 
 
 class RawFilesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """A TFDS builder of an image classification data set from its original raw files.
 
-  Subclasses set the class constants and read the raw files in :meth:`_read_raw`.
+  Subclasses set the class constants, decompress the raw files in
+  :meth:`_decompress` and parse their content in :meth:`_parse`.
 
   Args:
     raw_dir: folder holding the raw files (``None``: ``$PATHPROX_RAW_DATA_DIR``).
     url: base address to download the raw files from (``None``:
       ``$PATHPROX_DATA_URL``, else ``URL``).
+    allow_unofficial: accept raw content that is no official release
+      (generated or edited data), and prepared data made from it.
     **kwargs: the arguments of ``tfds.core.GeneratorBasedBuilder`` (``data_dir``, ...).
   """
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+    "1.0.0": "Initial release.",
+    "1.1.0": "Records the digests of the raw content; refuses another data set's files.",
+  }
   URL: str  # official base address of the raw files
   SHA256: Mapping[str, str]  # sha256 of each raw file served at URL, by file name
+  CONTENT_HASH = "sha256"  # the hashlib algorithm of CONTENT
+  CONTENT: Mapping[str, str]  # digest of each official raw member's decompressed bytes
   IMAGE_SHAPE: tuple[int, int, int]
   CLASS_NAMES: tuple[str, ...]
   HOMEPAGE: str
 
-  def __init__(self, *, raw_dir: str | None = None, url: str | None = None, **kwargs: Any):
+  def __init__(
+    self,
+    *,
+    raw_dir: str | None = None,
+    url: str | None = None,
+    allow_unofficial: bool = False,
+    **kwargs: Any,
+  ):
     kwargs.setdefault("file_format", "array_record")
     super().__init__(**kwargs)
     self._raw_dir = raw_dir or os.environ.get(RAW_DIR_ENV)
     self._url = url or os.environ.get(URL_ENV) or self.URL
+    self._allow_unofficial = allow_unofficial
+
+  @property
+  def dataset(self) -> str:
+    """The data set's experiments name (``"mnist"`` for ``pathprox_mnist``)."""
+    return self.name.removeprefix("pathprox_")
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -84,19 +118,86 @@ class RawFilesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       homepage=self.HOMEPAGE,
       # The raw order is the order the experiments' fixed splits are defined on.
       disable_shuffling=True,
+      # {"raw_content": {member: digest}, "content_hash": algorithm}, see check_prepared.
+      metadata=tfds.core.MetadataDict(),
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
-    arrays = self._read_raw(self._raw_files(pathlib.Path(dl_manager.download_dir) / self.name))
+    files = self._raw_files(pathlib.Path(dl_manager.download_dir) / self.name)
+    contents = self._decompress(files)
+    digests = {
+      member: hashlib.new(self.CONTENT_HASH, content).hexdigest()
+      for member, content in contents.items()
+    }
+    self._check_identity(digests, ", ".join(sorted({str(p.parent) for p in files.values()})))
+    arrays = self._parse(contents)
+    for split, (_, labels) in arrays.items():
+      self._check_labels(split, labels)
+    self.info.metadata.update(raw_content=digests, content_hash=self.CONTENT_HASH)
     return {split: self._generate_examples(*arrays[split]) for split in SPLITS}
+
+  def _check_identity(self, digests: Mapping[str, str], where: str) -> None:
+    """Refuses another data set's raw files, and unofficial ones unless allowed."""
+    for member, digest in digests.items():
+      for other, builder in BUILDERS.items():
+        known = builder.CONTENT_HASH == self.CONTENT_HASH and builder.CONTENT.get(member)
+        if other != self.dataset and known == digest:
+          raise DatasetUnavailableError(
+            f"the raw files in {where} are {other}, not {self.dataset}: the content of "
+            f"{member} is {other}'s official file ({self.CONTENT_HASH} of the decompressed "
+            f"bytes); pass the folder of the {self.dataset} files as --raw-data-dir"
+          )
+    unofficial = [member for member, digest in digests.items() if self.CONTENT[member] != digest]
+    if unofficial and not self._allow_unofficial:
+      raise DatasetUnavailableError(
+        f"the raw files in {where} are not the official {self.dataset} release: the content "
+        f"of {', '.join(unofficial)} differs ({self.CONTENT_HASH} of the decompressed bytes). "
+        "Use the official files (a recompressed copy is fine), or pass "
+        "--allow-unofficial-data true to prepare generated or edited data"
+      )
+
+  def _check_labels(self, split: str, labels: np.ndarray) -> None:
+    bad = (labels < 0) | (labels >= len(self.CLASS_NAMES))
+    if bad.any():
+      index = int(np.argmax(bad))
+      raise DatasetUnavailableError(
+        f"the raw {split} labels of {self.dataset} hold {int(labels[index])} at example "
+        f"{index}, outside 0..{len(self.CLASS_NAMES) - 1}: the raw files are damaged or "
+        "not this data set"
+      )
+
+  def check_prepared(self) -> None:
+    """Refuses prepared data not made from this data set's official raw content.
+
+    Prepared data from unofficial content passes with ``allow_unofficial``.
+
+    Raises:
+      DatasetUnavailableError: the prepared data's record says otherwise.
+    """
+    recorded = (self.info.metadata or {}).get("raw_content")
+    if recorded == dict(self.CONTENT) or (recorded is not None and self._allow_unofficial):
+      return
+    if recorded is None:
+      what = "records no raw content it was prepared from"
+    else:
+      what = f"was prepared from raw files that are not the official {self.dataset} release"
+    raise DatasetUnavailableError(
+      f"the prepared data set {self.dataset} in {self.data_dir} {what}: pass "
+      f"--allow-unofficial-data true to use it anyway, or delete {self.data_dir} to prepare "
+      "it again from the official raw files"
+    )
 
   def _generate_examples(self, images: np.ndarray, labels: np.ndarray) -> Iterator:
     for index, (image, label) in enumerate(zip(images, labels, strict=True)):
       yield index, {"image": image, "label": label}
 
   @abc.abstractmethod
-  def _read_raw(self, files: Mapping[str, pathlib.Path]) -> dict[str, Arrays]:
-    """``{split: (images, labels)}`` from the raw files, by file name."""
+  def _decompress(self, files: Mapping[str, pathlib.Path]) -> dict[str, bytes]:
+    """The decompressed bytes of each raw member (the keys of ``CONTENT``)."""
+
+  @abc.abstractmethod
+  def _parse(self, contents: Mapping[str, bytes]) -> dict[str, Arrays]:
+    """``{split: (images, labels)}`` from the decompressed members."""
 
   def _find_raw(self, raw_dir: pathlib.Path) -> dict[str, pathlib.Path] | None:
     """The raw files in ``raw_dir`` by file name, or ``None`` if any is missing."""
@@ -158,20 +259,23 @@ def _download(url: str, path: pathlib.Path, sha256: str) -> pathlib.Path:
   return path
 
 
-def _read_idx(path: pathlib.Path) -> np.ndarray:
-  """A gzipped IDX file (the MNIST format) of unsigned bytes as an array."""
+def _gunzip(path: pathlib.Path) -> bytes:
   try:
     with gzip.open(path, "rb") as f:
-      content = f.read()
+      return f.read()
   except (OSError, EOFError) as e:
     raise DatasetUnavailableError(f"{path} is not a gzip file: {e}") from e
+
+
+def _parse_idx(name: str, content: bytes) -> np.ndarray:
+  """The content of an IDX file (the MNIST format) of unsigned bytes as an array."""
   # Header: two zero bytes, 0x08 (unsigned bytes), the number of dimensions, big-endian sizes.
   ndim = content[3] if len(content) > 3 and content[:3] == b"\x00\x00\x08" else 0
   if ndim and len(content) >= 4 + 4 * ndim:
     shape = tuple(int(size) for size in np.frombuffer(content, ">u4", count=ndim, offset=4))
     if len(content) == 4 + 4 * ndim + np.prod(shape):
       return np.frombuffer(content, np.uint8, offset=4 + 4 * ndim).reshape(shape)
-  raise DatasetUnavailableError(f"{path} is not an IDX file of unsigned bytes")
+  raise DatasetUnavailableError(f"{name} is not an IDX file of unsigned bytes")
 
 
 class IdxBuilder(RawFilesBuilder, skip_registration=True):
@@ -183,10 +287,14 @@ class IdxBuilder(RawFilesBuilder, skip_registration=True):
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
   }
 
-  def _read_raw(self, files: Mapping[str, pathlib.Path]) -> dict[str, Arrays]:
+  def _decompress(self, files: Mapping[str, pathlib.Path]) -> dict[str, bytes]:
+    return {name: _gunzip(path) for name, path in files.items()}
+
+  def _parse(self, contents: Mapping[str, bytes]) -> dict[str, Arrays]:
     arrays = {}
     for split, (images_file, labels_file) in self.FILES.items():
-      images, labels = _read_idx(files[images_file]), _read_idx(files[labels_file])
+      images = _parse_idx(images_file, contents[images_file])
+      labels = _parse_idx(labels_file, contents[labels_file])
       if images.shape[1:] != self.IMAGE_SHAPE[:2] or labels.shape != images.shape[:1]:
         raise DatasetUnavailableError(
           f"{images_file} {images.shape} and {labels_file} {labels.shape} are not "
@@ -216,6 +324,21 @@ class PathproxMnist(IdxBuilder):
       "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"
     ),
   }
+  # sha256 of the decompressed files, the same for the files at URL and for any recompressed copy.
+  CONTENT = {
+    "train-images-idx3-ubyte.gz": (
+      "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"
+    ),
+    "train-labels-idx1-ubyte.gz": (
+      "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"
+    ),
+    "t10k-images-idx3-ubyte.gz": (
+      "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"
+    ),
+    "t10k-labels-idx1-ubyte.gz": (
+      "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"
+    ),
+  }
   CLASS_NAMES = tuple(str(digit) for digit in range(10))
   HOMEPAGE = "http://yann.lecun.com/exdb/mnist/"
 
@@ -240,6 +363,20 @@ class PathproxFashionMnist(IdxBuilder):
       "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"
     ),
   }
+  CONTENT = {  # sha256 of the decompressed files
+    "train-images-idx3-ubyte.gz": (
+      "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"
+    ),
+    "train-labels-idx1-ubyte.gz": (
+      "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"
+    ),
+    "t10k-images-idx3-ubyte.gz": (
+      "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"
+    ),
+    "t10k-labels-idx1-ubyte.gz": (
+      "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"
+    ),
+  }
   CLASS_NAMES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -261,6 +398,17 @@ class PathproxCifar10(RawFilesBuilder):
   # As published by torchvision (torchvision/prototype/datasets/_builtin/cifar.py);
   # TFDS registers only the binary release.
   SHA256 = {ARCHIVE: "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"}
+  # md5 of each batch as extracted from the archive: the only digests published for them
+  # (torchvision/datasets/cifar.py), which also identify the extracted folder's files.
+  CONTENT_HASH = "md5"
+  CONTENT = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+  }
   IMAGE_SHAPE = (32, 32, 3)
   CLASS_NAMES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -275,30 +423,40 @@ class PathproxCifar10(RawFilesBuilder):
   def _raw_files_description(self) -> str:
     return f"{self.ARCHIVE} (or its extracted folder {self.FOLDER}/)"
 
-  def _read_raw(self, files: Mapping[str, pathlib.Path]) -> dict[str, Arrays]:
-    # Pickles run code when loaded: these are the user's own or sha256-verified files.
+  def _decompress(self, files: Mapping[str, pathlib.Path]) -> dict[str, bytes]:
     raw = files[self.ARCHIVE]
+    wanted = {name for names in self.BATCHES.values() for name in names}
     if raw.is_dir():
-      batches = {
-        path.name: pickle.loads(path.read_bytes(), encoding="bytes")
-        for path in raw.glob("*_batch*")
-      }
+      batches = {name: (raw / name).read_bytes() for name in wanted if (raw / name).is_file()}
     else:
-      with tarfile.open(raw, "r|gz") as archive:  # one sequential pass over the archive
-        batches = {
-          pathlib.PurePosixPath(member.name).name: pickle.load(
-            archive.extractfile(member), encoding="bytes"
-          )
-          for member in archive
-          if pathlib.PurePosixPath(member.name).match(f"{self.FOLDER}/*_batch*")
-        }
+      try:
+        with tarfile.open(raw, "r|gz") as archive:  # one sequential pass over the archive
+          batches = {
+            path.name: archive.extractfile(member).read()
+            for member in archive
+            if (path := pathlib.PurePosixPath(member.name)).parent.name == self.FOLDER
+            and path.name in wanted
+          }
+      except (tarfile.TarError, OSError, EOFError) as e:
+        raise DatasetUnavailableError(f"{raw} is not a gzipped tar archive: {e}") from e
+    missing = sorted(wanted - set(batches))
+    if missing:
+      raise DatasetUnavailableError(f"{raw} lacks the CIFAR-10 batches {', '.join(missing)}")
+    return batches
+
+  def _parse(self, contents: Mapping[str, bytes]) -> dict[str, Arrays]:
+    # Pickles run code when loaded: these are official (by content) or the user's own files.
+    batches = {}
+    for name, content in contents.items():
+      try:
+        batch = pickle.loads(content, encoding="bytes")
+        batches[name] = np.asarray(batch[b"data"], np.uint8), np.asarray(batch[b"labels"])
+      except (pickle.UnpicklingError, EOFError, TypeError, KeyError, ValueError) as e:
+        raise DatasetUnavailableError(f"{name} is not a CIFAR-10 batch: {e!r}") from e
     arrays = {}
     for split, names in self.BATCHES.items():
-      missing = [name for name in names if name not in batches]
-      if missing:
-        raise DatasetUnavailableError(f"{raw} lacks the CIFAR-10 batches {', '.join(missing)}")
-      images = np.concatenate([batches[name][b"data"] for name in names])
-      labels = np.concatenate([batches[name][b"labels"] for name in names])
+      images = np.concatenate([batches[name][0] for name in names])
+      labels = np.concatenate([batches[name][1] for name in names])
       # Each row holds the red, green and blue 32x32 planes in turn.
       arrays[split] = images.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
     return arrays
@@ -343,6 +501,7 @@ def load_arrays(
   data_dir: str | None = None,
   raw_dir: str | None = None,
   splits: Sequence[str] = SPLITS,
+  allow_unofficial: bool = False,
 ) -> dict[str, Arrays]:
   """A data set's splits as NumPy arrays, prepared first if needed.
 
@@ -356,6 +515,9 @@ def load_arrays(
     raw_dir: folder of the raw files to prepare from (``None``:
       ``$PATHPROX_RAW_DATA_DIR``); without them they are downloaded.
     splits: the splits to read (preparation makes all of them).
+    allow_unofficial: accept raw files, and prepared data made from raw files,
+      that are no official release of the data set (generated or edited data).
+      Another known data set's files are refused even so.
 
   Returns:
     ``{"train": (images, labels), "test": (images, labels)}`` (the ``splits``): images uint8
@@ -363,13 +525,37 @@ def load_arrays(
 
   Raises:
     ValueError: ``name`` is not a known data set.
-    DatasetUnavailableError: the data set is not prepared and cannot be obtained.
+    DatasetUnavailableError: the data set is not prepared and cannot be obtained,
+      its raw files or prepared data are not the data set's official release (and
+      ``allow_unofficial`` is not set), or its prepared files are damaged.
 
   Example:
     >>> arrays = load_arrays("mnist", raw_dir="/data/mnist")  # doctest: +SKIP
     >>> arrays["train"][0].shape  # doctest: +SKIP
     (60000, 28, 28, 1)
   """
-  dataset = builder(name, data_dir=data_dir, raw_dir=raw_dir)
+  dataset = builder(name, data_dir=data_dir, raw_dir=raw_dir, allow_unofficial=allow_unofficial)
   dataset.download_and_prepare()  # a no-op when already prepared
-  return {split: _to_arrays(dataset.as_data_source(split)) for split in splits}
+  dataset.check_prepared()
+  return {split: _read_prepared(dataset, split) for split in splits}
+
+
+def _read_prepared(dataset: RawFilesBuilder, split: str) -> Arrays:
+  """A prepared split's arrays; a damaged file is a :class:`DatasetUnavailableError`."""
+  try:
+    images, labels = _to_arrays(dataset.as_data_source(split))
+  # array_record and the decoders raise any of these on a damaged file.
+  except (OSError, RuntimeError, ValueError, TypeError, KeyError) as e:
+    raise DatasetUnavailableError(
+      f"the prepared {split} split of {dataset.dataset} in {dataset.data_dir} is damaged "
+      f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); delete "
+      f"{dataset.data_dir} to prepare it again"
+    ) from e
+  expected = dataset.info.splits[split].num_examples
+  if len(labels) != expected:
+    raise DatasetUnavailableError(
+      f"the prepared {split} split of {dataset.dataset} in {dataset.data_dir} holds "
+      f"{len(labels)} examples, not the {expected} it was prepared with: it is damaged; "
+      f"delete {dataset.data_dir} to prepare it again"
+    )
+  return images, labels

@@ -278,7 +278,10 @@ class Experiment:
       (len(devices),), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
     )
     arrays = data.load_arrays(
-      config.dataset, data_dir=config.data_dir or None, raw_dir=config.raw_data_dir or None
+      config.dataset,
+      data_dir=config.data_dir or None,
+      raw_dir=config.raw_data_dir or None,
+      allow_unofficial=config.allow_unofficial_data,
     )
     self.splits = splits = input_pipeline.split(
       arrays, config.split, val_size=config.val_size, train_per_class=config.train_per_class

@@ -14,7 +14,8 @@ import pathprox_jax as pp
 from experiments import checkpointing, cli, compact, train
 
 TINY_MLP = ["--features", "32,32,32,32,32,10", "--train-per-class", "20", "--batch-size", "40",
-            "--eval-batch-size", "200", "--progress", "false"]  # fmt: skip
+            "--eval-batch-size", "200", "--progress", "false",
+            "--allow-unofficial-data", "true"]  # fmt: skip
 
 
 def read_output(out):
@@ -132,6 +133,7 @@ def test_group_without_units_is_an_error(mlp_run, tmp_path, capsys):
 
 def test_vgg_run_with_zeroed_units_compacts(raw_cifar, tmp_path, capsys):
   argv = ["--workdir", str(tmp_path / "run"), "--raw-data-dir", str(raw_cifar),
+          "--allow-unofficial-data", "true",
           "--data-dir", str(tmp_path / "tfds"), "--channels", "8,8,8,8", "--pool-after", "1,3",
           "--val-size", "20", "--batch-size", "16", "--total-iter", "2", "--log-freq", "2",
           "--save-freq", "2", "--eval-batch-size", "40", "--num-devices", "1",

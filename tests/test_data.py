@@ -18,6 +18,7 @@ from experiments import data
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 UNREACHABLE_URL = "http://127.0.0.1:1/"  # connection refused: no test touches the internet
+REAL_FASHION_MNIST = pathlib.Path("/usr/share/datasets/fashion-mnist")  # Debian's package
 
 
 @pytest.fixture(autouse=True)
@@ -96,7 +97,7 @@ def test_real_mnist_prepared_once_then_reused(tmp_path):
 def test_fashion_mnist_from_raw_dir_env(tmp_path, monkeypatch):
   expected = write_idx_files(tmp_path / "raw")
   monkeypatch.setenv(data.RAW_DIR_ENV, str(tmp_path / "raw"))
-  arrays = data.load_arrays("fashion_mnist", data_dir=str(tmp_path / "tfds"))
+  arrays = data.load_arrays("fashion_mnist", data_dir=str(tmp_path / "tfds"), allow_unofficial=True)
   assert_arrays_equal(arrays, expected)
   # A registered TFDS builder: TFDS's own reader finds the prepared data by name.
   source = tfds.data_source("pathprox_fashion_mnist", data_dir=tmp_path / "tfds", split="test")
@@ -133,7 +134,9 @@ def test_cifar10_from_pickle_batches(tmp_path, packed):
       for name in ["test_batch", "data_batch_4", "batches.meta", "data_batch_1", "data_batch_2",
                    "data_batch_3", "data_batch_5"]:  # fmt: skip
         archive.add(folder / name, arcname=f"cifar-10-batches-py/{name}")
-  arrays = data.load_arrays("cifar10", data_dir=str(tmp_path / "tfds"), raw_dir=str(raw_dir))
+  arrays = data.load_arrays(
+    "cifar10", data_dir=str(tmp_path / "tfds"), raw_dir=str(raw_dir), allow_unofficial=True
+  )
   assert_arrays_equal(arrays, expected)
 
 
@@ -143,7 +146,7 @@ def test_download_verified_by_file_name(tmp_path, http_server, monkeypatch):
   sha256s = {name: sha256(served / name) for name in data.PathproxMnist.SHA256}
   monkeypatch.setattr(data.PathproxMnist, "SHA256", sha256s)
   monkeypatch.setenv(data.URL_ENV, url)
-  arrays = data.load_arrays("mnist", data_dir=str(tmp_path / "tfds"))
+  arrays = data.load_arrays("mnist", data_dir=str(tmp_path / "tfds"), allow_unofficial=True)
   assert_arrays_equal(arrays, expected)
   downloads = tmp_path / "tfds" / "downloads" / "pathprox_mnist"
   assert sorted(p.name for p in downloads.iterdir()) == sorted(sha256s)
@@ -181,13 +184,154 @@ def test_malformed_raw_files_are_a_clear_error(tmp_path):
   with gzip.open(tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz", "wb") as f:
     f.write(b"not an IDX file")
   with pytest.raises(data.DatasetUnavailableError, match="t10k-images-idx3-ubyte.gz"):
-    data.load_arrays("mnist", data_dir=str(tmp_path / "tfds"), raw_dir=str(tmp_path / "mnist"))
+    data.load_arrays(
+      "mnist",
+      data_dir=str(tmp_path / "tfds"),
+      raw_dir=str(tmp_path / "mnist"),
+      allow_unofficial=True,
+    )
   write_cifar_folder(tmp_path / "cifar" / "cifar-10-batches-py")
   (tmp_path / "cifar" / "cifar-10-batches-py" / "data_batch_3").unlink()
   with pytest.raises(data.DatasetUnavailableError, match="lacks the CIFAR-10 batches data_batch_3"):
-    data.load_arrays("cifar10", data_dir=str(tmp_path / "tfds"), raw_dir=str(tmp_path / "cifar"))
+    data.load_arrays(
+      "cifar10",
+      data_dir=str(tmp_path / "tfds"),
+      raw_dir=str(tmp_path / "cifar"),
+      allow_unofficial=True,
+    )
 
 
 def test_unknown_data_set_names_the_known_ones():
   with pytest.raises(ValueError, match="mnist, fashion_mnist, cifar10"):
     data.load_arrays("imagenet")
+
+
+def digests_of(directory: pathlib.Path) -> dict[str, str]:
+  """sha256 of each IDX file's decompressed bytes, by file name."""
+  return {
+    name: hashlib.sha256(gzip.decompress((directory / name).read_bytes())).hexdigest()
+    for name in data.IdxBuilder.FILES["train"] + data.IdxBuilder.FILES["test"]
+  }
+
+
+def recompress(source: pathlib.Path, target: pathlib.Path, level: int) -> None:
+  target.mkdir(parents=True)
+  for path in source.iterdir():
+    content = gzip.decompress(path.read_bytes())
+    (target / path.name).write_bytes(gzip.compress(content, compresslevel=level))
+
+
+def test_raw_files_are_identified_by_their_decompressed_content(tmp_path, monkeypatch):
+  expected = write_idx_files(tmp_path / "official")
+  monkeypatch.setattr(data.PathproxMnist, "CONTENT", digests_of(tmp_path / "official"))
+  recompress(tmp_path / "official", tmp_path / "copy", level=1)
+  copy = tmp_path / "copy" / "train-images-idx3-ubyte.gz"
+  assert copy.read_bytes() != (tmp_path / "official" / copy.name).read_bytes()
+  arrays = data.load_arrays("mnist", data_dir=str(tmp_path / "tfds"), raw_dir=str(copy.parent))
+  assert_arrays_equal(arrays, expected)
+  recorded = data.builder("mnist", data_dir=str(tmp_path / "tfds")).info.metadata
+  assert recorded["raw_content"] == data.PathproxMnist.CONTENT
+
+  # One label changed: no longer the official release, whatever the file name.
+  labels = expected["test"][1].copy()
+  labels[0] = (labels[0] + 1) % 10
+  write_idx(tmp_path / "official" / "t10k-labels-idx1-ubyte.gz", labels)
+  with pytest.raises(data.DatasetUnavailableError) as error:
+    data.load_arrays("mnist", data_dir=str(tmp_path / "other"), raw_dir=str(tmp_path / "official"))
+  assert str(error.value) == (
+    f"the raw files in {tmp_path / 'official'} are not the official mnist release: the content "
+    "of t10k-labels-idx1-ubyte.gz differs (sha256 of the decompressed bytes). Use the official "
+    "files (a recompressed copy is fine), or pass --allow-unofficial-data true to prepare "
+    "generated or edited data"
+  )
+  assert not data.builder("mnist", data_dir=str(tmp_path / "other")).is_prepared()
+
+
+@pytest.mark.parametrize("allow_unofficial", [False, True])
+def test_another_data_sets_files_are_refused_even_when_unofficial_is_allowed(
+  tmp_path, monkeypatch, allow_unofficial
+):
+  write_idx_files(tmp_path / "digits")
+  monkeypatch.setattr(data.PathproxMnist, "CONTENT", digests_of(tmp_path / "digits"))
+  with pytest.raises(data.DatasetUnavailableError) as error:
+    data.load_arrays(
+      "fashion_mnist",
+      data_dir=str(tmp_path / "tfds"),
+      raw_dir=str(tmp_path / "digits"),
+      allow_unofficial=allow_unofficial,
+    )
+  assert str(error.value).startswith(
+    f"the raw files in {tmp_path / 'digits'} are mnist, not fashion_mnist: the content of "
+  )
+  assert not data.builder("fashion_mnist", data_dir=str(tmp_path / "tfds")).is_prepared()
+
+
+@pytest.mark.skipif(not REAL_FASHION_MNIST.exists(), reason=f"no {REAL_FASHION_MNIST}")
+def test_real_fashion_mnist_is_recognised_and_never_prepared_as_mnist(tmp_path):
+  with pytest.raises(data.DatasetUnavailableError, match="are fashion_mnist, not mnist"):
+    data.load_arrays(
+      "mnist", data_dir=str(tmp_path), raw_dir=str(REAL_FASHION_MNIST), allow_unofficial=True
+    )
+  # Debian's copy differs from the served files in its gzip headers, not in content.
+  assert digests_of(REAL_FASHION_MNIST) == data.PathproxFashionMnist.CONTENT
+
+
+def test_prepared_data_from_unofficial_files_needs_the_same_permission(tmp_path):
+  write_idx_files(tmp_path / "raw")
+  tfds_dir = str(tmp_path / "tfds")
+  data.load_arrays("mnist", data_dir=tfds_dir, raw_dir=str(tmp_path / "raw"), allow_unofficial=True)
+  with pytest.raises(data.DatasetUnavailableError) as error:
+    data.load_arrays("mnist", data_dir=tfds_dir)  # no raw files needed: it is prepared
+  prepared = data.builder("mnist", data_dir=tfds_dir).data_dir
+  assert str(error.value) == (
+    f"the prepared data set mnist in {prepared} was prepared from raw files that are not the "
+    f"official mnist release: pass --allow-unofficial-data true to use it anyway, or delete "
+    f"{prepared} to prepare it again from the official raw files"
+  )
+  assert data.load_arrays("mnist", data_dir=tfds_dir, allow_unofficial=True)["test"][0].shape == (
+    12,
+    28,
+    28,
+    1,
+  )
+
+
+def cli_error(argv: list[str], tmp_path: pathlib.Path, capsys) -> str:
+  """The one line a tiny mnist_subset_mlp run prints when it exits 2, having written nothing."""
+  from experiments import cli
+
+  workdir = tmp_path / "run"
+  argv = [*argv, "--workdir", str(workdir), "--data-dir", str(tmp_path / "tfds"),
+          "--allow-unofficial-data", "true", "--train-per-class", "1",
+          "--progress", "false"]  # fmt: skip
+  assert cli.main("mnist_subset_mlp", argv) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert not workdir.exists()
+  return err[-1]
+
+
+def test_raw_label_out_of_range_is_a_one_line_error(tmp_path, capsys):
+  write_idx_files(tmp_path / "raw")
+  labels = np.arange(30, dtype=np.uint8) % 10
+  labels[7] = 10
+  write_idx(tmp_path / "raw" / "train-labels-idx1-ubyte.gz", labels)
+  err = cli_error(["--raw-data-dir", str(tmp_path / "raw")], tmp_path, capsys)
+  assert err == (
+    "error: the raw train labels of mnist hold 10 at example 7, outside 0..9: the raw files "
+    "are damaged or not this data set"
+  )
+  assert not data.builder("mnist", data_dir=str(tmp_path / "tfds")).is_prepared()
+
+
+def test_truncated_prepared_file_is_a_one_line_error(tmp_path, capsys):
+  write_idx_files(tmp_path / "raw")
+  tfds_dir = str(tmp_path / "tfds")
+  data.load_arrays("mnist", data_dir=tfds_dir, raw_dir=str(tmp_path / "raw"), allow_unofficial=True)
+  (record,) = (tmp_path / "tfds").rglob("pathprox_mnist-train.array_record*")
+  content = record.read_bytes()
+  record.write_bytes(content[: len(content) // 2])
+  err = cli_error([], tmp_path, capsys)
+  prepared = data.builder("mnist", data_dir=tfds_dir).data_dir
+  assert err.startswith(f"error: the prepared train split of mnist in {prepared} is damaged (")
+  assert err.endswith(f"; delete {prepared} to prepare it again")
+  assert record.read_bytes() == content[: len(content) // 2]

@@ -21,8 +21,9 @@ TINY_MLP = ["--features", "32,32,32,32,32,10", "--train-per-class", "20", "--bat
 
 def flags(raw_dir, tmp_path, **overrides):
   """Command-line flags of a tiny mnist_subset_mlp run."""
-  values = {"raw-data-dir": raw_dir, "data-dir": tmp_path / "tfds", "total-iter": 20,
-            "log-freq": 10, "save-freq": 10}  # fmt: skip
+  values = {"raw-data-dir": raw_dir, "allow-unofficial-data": "true",
+            "data-dir": tmp_path / "tfds", "total-iter": 20, "log-freq": 10,
+            "save-freq": 10}  # fmt: skip
   values.update({k.replace("_", "-"): v for k, v in overrides.items()})
   return TINY_MLP + [f for k, v in values.items() for f in (f"--{k}", str(v))]
 
@@ -176,6 +177,7 @@ def test_epoch_order_visits_every_example_once_and_keeps_the_last_batch():
 
 def test_cifar_vgg_comparison_smoke(raw_cifar, tmp_path):
   argv = ["cifar_vgg", "--workdir", str(tmp_path / "cmp"), "--raw-data-dir", str(raw_cifar),
+          "--allow-unofficial-data", "true",
           "--data-dir", str(tmp_path / "tfds"), "--channels", "8,8,8,8", "--pool-after", "1,3",
           "--val-size", "20", "--batch-size", "16", "--total-iter", "4", "--log-freq", "2",
           "--save-freq", "4", "--eval-batch-size", "40", "--progress", "false"]  # fmt: skip
