@@ -2,7 +2,9 @@
 
 ``python -m experiments.plot RUN_DIR [RUN_DIR ...] --out DIR [--at 5000,10000,20000]
 [--title TEXT]`` reads each run's ``config.json`` and ``metrics.jsonl`` and writes
-into ``DIR``:
+into ``DIR`` the files below. A ``RUN_DIR`` may also be a sweep folder, whose run
+folders are named ``seed<s>`` (or ``wd<λ>-seed<s>``): each weight decay's runs
+are drawn as their mean with a min–max band, and tabulated as "mean (min–max)".
 
 * ``objective.png``: the weight-decay objective against the iteration (log scale),
   each run's training loss dashed in the same colour;
@@ -19,6 +21,7 @@ one-line error, exit code 2, before anything is written.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -30,6 +33,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
 from experiments import cli, run_folder
@@ -43,17 +47,92 @@ _GROUP_KEY = re.compile(r"active_units_pct/g(\d+)$")
 _GROUP_STYLES = ((0, (5, 2)), (0, (1, 1.5)), (0, (6, 2, 1, 2)), (0, (2, 2)), (0, (9, 2, 1, 2)))
 
 
-def labels(runs: Sequence[run_folder.Run]) -> list[str]:
-  """Legend names: the method, plus the shortest distinct path tail when methods repeat.
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """One legend entry and table row: a run, or a sweep's runs that differ only in their seed.
 
-  Example: runs ``a/pathprox``, ``b/pathprox`` and ``b/wd`` are named
-  ``PathProx (a/pathprox)``, ``PathProx (b/pathprox)`` and ``Weight decay``.
+  A sweep (several runs) is drawn as its runs' mean with a min–max band and
+  tabulated as "mean (min–max)", at the steps every run logged.
+
+  Attributes:
+    path: the run folder, or the sweep folder.
+    runs: the run, or the sweep's runs in seed order.
+    weight_decay: the sweep members' ``wd<λ>`` name prefix (``""``: none).
   """
-  names = [METHOD_NAMES.get(run.method, run.method) for run in runs]
+
+  path: Path
+  runs: tuple[run_folder.Run, ...]
+  weight_decay: str = ""
+
+  @property
+  def method(self) -> str:
+    return self.runs[0].method
+
+  @property
+  def config(self) -> dict[str, Any]:
+    return self.runs[0].config
+
+  @property
+  def total_iter(self) -> int:
+    return min(run.total_iter for run in self.runs)
+
+  @property
+  def last_step(self) -> int:
+    """The last step every run logged (for a sweep still running, the slowest run's)."""
+    return min(run.last_step for run in self.runs)
+
+  @property
+  def complete(self) -> bool:
+    return all(run.complete for run in self.runs)
+
+  def rows_at(self, step: int) -> list[dict[str, Any]] | None:
+    """Each run's row at ``step`` (see :meth:`run_folder.Run.row_at`); ``None`` if one lacks it."""
+    rows = [run.row_at(step) for run in self.runs]
+    return None if any(row is None for row in rows) else rows
+
+  def curve(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(steps, values [runs, steps])`` of a metric at the steps every run logged."""
+    steps = sorted(set.intersection(*({row["step"] for row in run.rows} for run in self.runs)))
+    by_step = [{row["step"]: _number(row.get(key)) for row in run.rows} for run in self.runs]
+    return np.array(steps), np.array([[values[s] for s in steps] for values in by_step])
+
+
+def load_entries(path: str | os.PathLike[str]) -> list[Entry]:
+  """A run folder as one entry, or a sweep folder as one entry per weight decay.
+
+  A sweep folder holds run folders named ``seed<s>`` or ``wd<λ>-seed<s>``
+  (:func:`run_folder.member_name`).
+
+  Raises:
+    run_folder.NotARunError: ``path`` is neither, or a run in it is malformed.
+  """
+  members = run_folder.sweep_members(path)
+  if not members:
+    return [Entry(Path(path), (run_folder.load_run(path),))]
+  return [
+    Entry(Path(path), tuple(run_folder.load_run(member) for member in paths), weight_decay)
+    for weight_decay, paths in members.items()
+  ]
+
+
+def labels(entries: Sequence[Entry]) -> list[str]:
+  """Legend names: the method (and λ for a sweep over it), told apart when they repeat.
+
+  A name that repeats gets the shortest distinct path tail; a sweep gets its
+  number of seeds. Example: runs ``a/pathprox``, ``b/pathprox`` and ``b/wd`` are
+  named ``PathProx (a/pathprox)``, ``PathProx (b/pathprox)`` and ``Weight decay``;
+  a 5-seed sweep ``PathProx (5 seeds)``.
+  """
+  names = [
+    METHOD_NAMES.get(e.method, e.method) + (f" λ={e.weight_decay}" if e.weight_decay else "")
+    for e in entries
+  ]
   result = []
-  for run, name in zip(runs, names, strict=True):
-    twins = [runs[i].path for i, other in enumerate(names) if other == name]
-    result.append(name if len(twins) == 1 else f"{name} ({_distinct_tail(run.path, twins)})")
+  for entry, name in zip(entries, names, strict=True):
+    twins = [entries[i].path for i, other in enumerate(names) if other == name]
+    extras = [] if len(twins) == 1 else [_distinct_tail(entry.path, twins)]
+    extras += [f"{len(entry.runs)} seeds"] if len(entry.runs) > 1 else []
+    result.append(f"{name} ({', '.join(extras)})" if extras else name)
   return result
 
 
@@ -71,15 +150,16 @@ class _Curve(NamedTuple):
   linestyle: Any
   linewidth: float
   scale: float = 1.0
+  band: bool = False  # a sweep's min–max band around its mean
 
 
 def plot_runs(
-  runs: Sequence[run_folder.Run], out_dir: str | os.PathLike[str], title: str = ""
+  entries: Sequence[Entry], out_dir: str | os.PathLike[str], title: str = ""
 ) -> list[Path]:
-  """Draws ``objective.png``, ``active_units.png`` and ``accuracy.png``, one colour per run.
+  """Draws ``objective.png``, ``active_units.png`` and ``accuracy.png``, one colour per entry.
 
   Args:
-    runs: the runs to compare.
+    entries: the runs and sweeps to compare (:func:`load_entries`).
     out_dir: the folder to write to (created if needed).
     title: the figures' title; default: the experiments' names.
 
@@ -88,15 +168,22 @@ def plot_runs(
   """
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  title = title or _default_title(runs)
+  title = title or _default_title(entries)
   groups = sorted(
-    {int(m[1]) for run in runs for row in run.rows for key in row if (m := _GROUP_KEY.match(key))}
+    {
+      int(m[1])
+      for entry in entries
+      for run in entry.runs
+      for row in run.rows
+      for key in row
+      if (m := _GROUP_KEY.match(key))
+    }
   )
   figures = {
     "objective.png": _draw(
-      runs,
+      entries,
       [
-        _Curve("wd_objective", "weight-decay objective", "-", 1.8),
+        _Curve("wd_objective", "weight-decay objective", "-", 1.8, band=True),
         _Curve("train_loss", "train loss", "--", 1.2),
       ],
       "objective",
@@ -104,8 +191,8 @@ def plot_runs(
       log_y=True,
     ),
     "active_units.png": _draw(
-      runs,
-      [_Curve("active_units_pct", "all groups", "-", 1.8)]
+      entries,
+      [_Curve("active_units_pct", "all groups", "-", 1.8, band=True)]
       + [
         _Curve(f"active_units_pct/g{k}", f"group {k}", _GROUP_STYLES[i % len(_GROUP_STYLES)], 0.9)
         for i, k in enumerate(groups)
@@ -114,9 +201,9 @@ def plot_runs(
       title,
     ),
     "accuracy.png": _draw(
-      runs,
+      entries,
       [
-        _Curve("test_acc", "test", "-", 1.8, scale=100),
+        _Curve("test_acc", "test", "-", 1.8, scale=100, band=True),
         _Curve("train_acc", "train", "--", 1.2, scale=100),
       ],
       "accuracy (%)",
@@ -134,24 +221,33 @@ def plot_runs(
 
 
 def _draw(
-  runs: Sequence[run_folder.Run],
+  entries: Sequence[Entry],
   curves: Sequence[_Curve],
   ylabel: str,
   title: str,
   *,
   log_y: bool = False,
 ) -> Figure:
-  """One axes: each run in its colour, each curve in its line style, legends on the right."""
+  """One axes: each entry in its colour, each curve in its line style, legends on the right."""
   fig = Figure(figsize=(8.0, 4.2), layout="constrained")
   ax = fig.add_subplot()
   run_handles = []
-  for i, (run, name) in enumerate(zip(runs, labels(runs), strict=True)):
+  for i, (entry, name) in enumerate(zip(entries, labels(entries), strict=True)):
     color = f"C{i % 10}"
-    steps = np.array([row["step"] for row in run.rows])
     for curve in curves:
-      values = np.array([_number(row.get(curve.key)) for row in run.rows]) * curve.scale
-      if not np.isnan(values).all():
-        ax.plot(steps, values, color=color, linestyle=curve.linestyle, linewidth=curve.linewidth)
+      steps, values = entry.curve(curve.key)
+      values = values * curve.scale
+      if np.isnan(values).all():
+        continue
+      ax.plot(
+        steps,
+        values.mean(axis=0),
+        color=color,
+        linestyle=curve.linestyle,
+        linewidth=curve.linewidth,
+      )
+      if curve.band and len(values) > 1:
+        ax.fill_between(steps, values.min(0), values.max(0), color=color, alpha=0.2, lw=0)
     run_handles.append(Line2D([], [], color=color, linewidth=1.8, label=name))
   if log_y:
     ax.set_yscale("log")
@@ -167,6 +263,8 @@ def _draw(
     Line2D([], [], color="0.35", linestyle=c.linestyle, linewidth=c.linewidth, label=c.label)
     for c in curves
   ]
+  if any(len(entry.runs) > 1 for entry in entries) and any(c.band for c in curves):
+    style_handles.append(Patch(color="0.35", alpha=0.2, label="min–max over seeds"))
   fig.legend(handles=style_handles, loc="outside right lower")
   return fig
 
@@ -179,8 +277,8 @@ def _number(value: Any) -> float:
   return float(value) if isinstance(value, (int, float)) else math.nan
 
 
-def _default_title(runs: Sequence[run_folder.Run]) -> str:
-  return ", ".join(dict.fromkeys(str(run.config.get("experiment", "runs")) for run in runs))
+def _default_title(entries: Sequence[Entry]) -> str:
+  return ", ".join(dict.fromkeys(str(e.config.get("experiment", "runs")) for e in entries))
 
 
 # (header, metrics key, format): losses and norms to 4 significant digits, active
@@ -196,7 +294,7 @@ _COLUMNS: tuple[tuple[str, str, Callable[[float], str]], ...] = (
 
 
 def write_report(
-  runs: Sequence[run_folder.Run],
+  entries: Sequence[Entry],
   out_dir: str | os.PathLike[str],
   at: Sequence[int] = DEFAULT_AT,
   title: str = "",
@@ -212,7 +310,7 @@ def write_report(
   accuracies (%) to 2 decimals.
 
   Args:
-    runs: the runs to compare.
+    entries: the runs and sweeps to compare (:func:`load_entries`).
     out_dir: the folder to write to (created if needed); figures already there
       are linked.
     at: the iterations to tabulate.
@@ -225,47 +323,50 @@ def write_report(
   """
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  names = labels(runs)
-  columns = [c for c in _COLUMNS if c[1] != "val_acc" or _any_row_has(runs, "val_acc")]
-  targets = [step for step in at if any(step <= run.total_iter for run in runs)]
-  lines = [f"# {title or _default_title(runs)}", ""]
+  names = labels(entries)
+  columns = [c for c in _COLUMNS if c[1] != "val_acc" or _any_row_has(entries, "val_acc")]
+  targets = [step for step in at if any(step <= entry.total_iter for entry in entries)]
+  lines = [f"# {title or _default_title(entries)}", ""]
   header = ["at", "run", "method", "step", *(c[0] for c in columns)]
   lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for target in [*targets, None]:
-    for run, name in zip(runs, names, strict=True):
-      row = run.rows[-1] if target is None else run.row_at(target)
-      cells = ["last" if target is None else str(target), name, run.method]
-      cells.append(MISSING if row is None else str(row["step"]))
-      cells += [_cell(row, key, fmt) for _, key, fmt in columns]
+    for entry, name in zip(entries, names, strict=True):
+      rows = entry.rows_at(entry.last_step if target is None else target)
+      cells = ["last" if target is None else str(target), name, entry.method]
+      cells.append(MISSING if rows is None else str(min(row["step"] for row in rows)))
+      cells += [_cell(rows, key, fmt) for _, key, fmt in columns]
       lines.append("| " + " | ".join(cells) + " |")
   lines += [
     "",
     f"Precision: wd objective and path norm to 4 significant digits, active units to "
     f"1 decimal, accuracies (%) to 2 decimals. {MISSING}: the run has not reached that "
-    "iteration; otherwise the row logged there, else the last one before it.",
+    "iteration; otherwise the row logged there, else the last one before it. A sweep's "
+    "cells are the mean (min–max) of its runs.",
     "",
   ]
   if notes.strip():
     lines += ["## Findings", "", notes.strip(), ""]
   lines += [f"![{name}]({name})" for name in FIGURES if (out_dir / name).exists()]
   lines += ["", "## Runs", ""]
-  for run, name in zip(runs, names, strict=True):
-    config = run.config
+  for entry, name in zip(entries, names, strict=True):
+    config = entry.config
     lines += [
-      f"- **{name}** (`{run.path}`): step {run.last_step} of {run.total_iter}"
-      f"{'' if run.complete else ' (incomplete)'}; pathprox_jax "
+      f"- **{name}** (`{entry.path}`): step {entry.last_step} of {entry.total_iter}"
+      f"{'' if entry.complete else ' (incomplete)'}; pathprox_jax "
       f"{config.get('pathprox_jax_version', '?')} on {config.get('devices', '?')}",
       "",
       "  ```",
-      f"  {config.get('command', '(no command recorded)')}",
+      *dict.fromkeys(
+        f"  {run.config.get('command', '(no command recorded)')}" for run in entry.runs
+      ),
       "  ```",
       "",
     ]
   lines += ["## Incomplete runs", ""]
   incomplete = [
-    f"- {_incomplete_line(run, name)}"
-    for run, name in zip(runs, names, strict=True)
-    if not run.complete
+    f"- {_incomplete_line(entry, name)}"
+    for entry, name in zip(entries, names, strict=True)
+    if not entry.complete
   ]
   lines += incomplete or ["None: every run reached its total_iter."]
   path = out_dir / "report.md"
@@ -274,17 +375,22 @@ def write_report(
   return path
 
 
-def _any_row_has(runs: Sequence[run_folder.Run], key: str) -> bool:
-  return any(key in row for run in runs for row in run.rows)
+def _any_row_has(entries: Sequence[Entry], key: str) -> bool:
+  return any(key in row for entry in entries for run in entry.runs for row in run.rows)
 
 
-def _cell(row: dict[str, Any] | None, key: str, fmt: Callable[[float], str]) -> str:
-  value = None if row is None else row.get(key)
-  return fmt(float(value)) if isinstance(value, (int, float)) else MISSING
+def _cell(rows: list[dict[str, Any]] | None, key: str, fmt: Callable[[float], str]) -> str:
+  """A row's value, or the mean (min–max) of a sweep's rows; ``—`` if none has it."""
+  values = [float(row[key]) for row in rows or () if isinstance(row.get(key), (int, float))]
+  if not values:
+    return MISSING
+  if len(values) == 1:
+    return fmt(values[0])
+  return f"{fmt(sum(values) / len(values))} ({fmt(min(values))}–{fmt(max(values))})"
 
 
-def _incomplete_line(run: run_folder.Run, name: str) -> str:
-  return f"{name} ({run.path}): step {run.last_step} of {run.total_iter}"
+def _incomplete_line(entry: Entry, name: str) -> str:
+  return f"{name} ({entry.path}): step {entry.last_step} of {entry.total_iter}"
 
 
 def _parse_at(text: str) -> tuple[int, ...]:
@@ -311,19 +417,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     at = _parse_at(args.at)
     notes = Path(args.notes).read_text(encoding="utf-8") if args.notes else ""
-    runs = [run_folder.load_run(path) for path in args.run_dirs]
+    entries = [entry for path in args.run_dirs for entry in load_entries(path)]
     paths = [
-      *plot_runs(runs, args.out, args.title),
-      write_report(runs, args.out, at, args.title, notes),
+      *plot_runs(entries, args.out, args.title),
+      write_report(entries, args.out, at, args.title, notes),
     ]
   except (cli.ConfigError, run_folder.NotARunError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   for path in paths:
     print(f"wrote {path}")
-  for run, name in zip(runs, labels(runs), strict=True):
-    if not run.complete:
-      print(f"incomplete: {_incomplete_line(run, name)}")
+  for entry, name in zip(entries, labels(entries), strict=True):
+    if not entry.complete:
+      print(f"incomplete: {_incomplete_line(entry, name)}")
   return 0
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import sys
 from collections.abc import Callable
@@ -25,6 +26,8 @@ from experiments import cli
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
+# A sweep member's folder name: seed<s>, or wd<λ>-seed<s> when λ varies too.
+_MEMBER = re.compile(r"(?:wd(?P<weight_decay>[0-9.]+(?:e[+-]?[0-9]+)?)-)?seed(?P<seed>[0-9]+)")
 
 
 class NotARunError(ValueError):
@@ -232,3 +235,30 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     else:
       print(f"warning: {path}:{number}: skipped a malformed metrics line", file=sys.stderr)
   return rows
+
+
+def member_name(seed: int, weight_decay: float | None = None) -> str:
+  """A sweep member's run folder name: ``seed<s>``, or ``wd<λ>-seed<s>`` when λ varies too.
+
+  Example:
+    >>> member_name(3), member_name(0, 1e-4)
+    ('seed3', 'wd0.0001-seed0')
+  """
+  return f"seed{seed}" if weight_decay is None else f"wd{weight_decay:g}-seed{seed}"
+
+
+def sweep_members(path: str | os.PathLike[str]) -> dict[str, list[Path]]:
+  """A sweep folder's member run folders, by their ``wd<λ>`` prefix (``""``: none), by seed.
+
+  Returns ``{}`` when ``path`` is a run folder itself or holds no member folders.
+  """
+  path = Path(path)
+  if not path.is_dir() or (path / CONFIG).exists():
+    return {}
+  members: dict[str, list[tuple[int, Path]]] = {}
+  for child in path.iterdir():
+    if child.is_dir() and (match := _MEMBER.fullmatch(child.name)):
+      prefix = match["weight_decay"] or ""
+      members.setdefault(prefix, []).append((int(match["seed"]), child))
+  by_weight_decay = sorted(members.items(), key=lambda item: float(item[0] or 0))
+  return {prefix: [p for _, p in sorted(found)] for prefix, found in by_weight_decay}

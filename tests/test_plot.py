@@ -4,6 +4,7 @@ import contextlib
 import io
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -258,3 +259,60 @@ def test_metrics_that_are_not_utf8_are_a_one_line_error_and_nothing_is_written(r
     f"{text.index(chr(0xE9))}): the file is damaged; restore it or remove the run"
   ]
   assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+  """A 3-seed PathProx sweep over two weight decays, and a folder of 2 seeds of one λ."""
+  root = tmp_path_factory.mktemp("sweeps")
+  rows = {}
+  for wd in (1e-4, 3e-4):
+    for seed, offset in ((0, 0.0), (1, 1.0), (2, 2.0)):
+      name = run_folder.member_name(seed, wd)
+      rows[name] = write_run(root / "lambdas" / name, "pathprox", TOTAL, offset + 10 * wd / 1e-4)
+  for seed in (3, 10):  # seed order is numeric: seed3 before seed10
+    rows[f"seed{seed}"] = write_run(root / "seeds" / f"seed{seed}", "wd", TOTAL, seed / 10)
+  (root / "seeds" / "notes").mkdir()  # no member: ignored
+  return root, rows
+
+
+def test_sweep_is_drawn_as_its_mean_with_a_band_and_tabulated_with_its_spread(sweep, tmp_path):
+  root, rows = sweep
+  entries = plot.load_entries(root / "lambdas") + plot.load_entries(root / "seeds")
+  assert [e.weight_decay for e in entries] == ["0.0001", "0.0003", ""]
+  assert [[run.path.name for run in e.runs] for e in entries][2] == ["seed3", "seed10"]
+  assert plot.labels(entries) == [
+    "PathProx λ=0.0001 (3 seeds)", "PathProx λ=0.0003 (3 seeds)", "Weight decay (2 seeds)",
+  ]  # fmt: skip
+  steps, values = entries[0].curve("path_norm")
+  members = ["wd0.0001-seed0", "wd0.0001-seed1", "wd0.0001-seed2"]
+  assert steps.tolist() == [row["step"] for row in rows[members[0]]]
+  np.testing.assert_array_equal(values, [[r["path_norm"] for r in rows[m]] for m in members])
+
+  out = tmp_path / "out"
+  code, stdout, stderr = run_main([root / "lambdas", root / "seeds", "--out", out])
+  assert code == 0, stderr
+  table = parse_table((out / "report.md").read_text())
+  cell = table["10000", "PathProx λ=0.0003 (3 seeds)"]["path norm"]
+  at_10k = [rows[f"wd0.0003-seed{s}"][4]["path_norm"] for s in range(3)]
+  mean, low, high = (float(v) for v in re.fullmatch(r"(\S+) \((\S+)–(\S+)\)", cell).groups())
+  for shown, value in ((mean, sum(at_10k) / 3), (low, min(at_10k)), (high, max(at_10k))):
+    assert math.isclose(shown, value, rel_tol=5e-4)
+  assert table["last", "Weight decay (2 seeds)"]["step"] == str(TOTAL)
+  assert sorted(p.name for p in out.iterdir()) == sorted([*plot.FIGURES, "report.md"])
+
+
+def test_band_spans_the_runs_min_and_max(sweep):
+  root, _ = sweep
+  (entry,) = plot.load_entries(root / "seeds")
+  figure = plot._draw([entry], [plot._Curve("test_acc", "test", "-", 1.8, band=True)], "", "")
+  (band,) = figure.axes[0].collections
+  steps, values = entry.curve("test_acc")
+  vertices = band.get_paths()[0].vertices
+  assert (vertices[:, 0].min(), vertices[:, 0].max()) == (steps[0], steps[-1])
+  assert math.isclose(vertices[:, 1].min(), values.min())
+  assert math.isclose(vertices[:, 1].max(), values.max())
+  (line,) = figure.axes[0].lines
+  np.testing.assert_allclose(line.get_ydata(), values.mean(0))
+  styles = [text.get_text() for text in figure.legends[1].get_texts()]
+  assert styles == ["test", "min–max over seeds"]
