@@ -335,3 +335,17 @@ def test_truncated_prepared_file_is_a_one_line_error(tmp_path, capsys):
   assert err.startswith(f"error: the prepared train split of mnist in {prepared} is damaged (")
   assert err.endswith(f"; delete {prepared} to prepare it again")
   assert record.read_bytes() == content[: len(content) // 2]
+
+
+def test_cifar10_batches_are_identified_by_their_md5(tmp_path, monkeypatch):
+  folder = tmp_path / "raw" / "cifar-10-batches-py"
+  write_cifar_folder(folder)
+  with pytest.raises(data.DatasetUnavailableError, match=r"differs \(md5 of the decompressed"):
+    data.load_arrays("cifar10", data_dir=str(tmp_path / "a"), raw_dir=str(folder.parent))
+  md5s = {
+    name: hashlib.md5((folder / name).read_bytes()).hexdigest()
+    for name in data.PathproxCifar10.CONTENT
+  }
+  monkeypatch.setattr(data.PathproxCifar10, "CONTENT", md5s)
+  arrays = data.load_arrays("cifar10", data_dir=str(tmp_path / "b"), raw_dir=str(folder.parent))
+  assert len(arrays["train"][1]) == 20
