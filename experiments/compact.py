@@ -108,7 +108,8 @@ def restore_run(directory: Path) -> TrainedRun:
   """Restores the latest checkpoint of the run in ``directory``, then reads its test set.
 
   Raises:
-    UsageError: ``directory`` has no ``config.json`` or no checkpoint.
+    UsageError: ``directory`` has no ``config.json`` or no checkpoint, or its
+      checkpoint does not fit the model and method its ``config.json`` records.
     run_folder.NotARunError: its ``config.json`` is malformed.
     data.DatasetUnavailableError: the run's data set cannot be loaded here.
   """
@@ -124,7 +125,13 @@ def restore_run(directory: Path) -> TrainedRun:
       raise UsageError(f"{directory} has no checkpoint to compact: checkpoints/ is empty")
     config = run_folder.read_config(config_file)
     template, groups = abstract_state(config)
-    state, _, _ = checkpoints.restore_latest(template, jax.random.key(0))
+    try:
+      state, _, _ = checkpoints.restore_latest(template, jax.random.key(0))
+    except ValueError as e:  # orbax: the saved tree's structure or shapes differ
+      raise UsageError(
+        f"{directory}: the latest checkpoint does not fit the model and method in its "
+        f"config.json ({str(e).splitlines()[0]})"
+      ) from e
   finally:
     checkpoints.close()
   images, labels = data.load_arrays(

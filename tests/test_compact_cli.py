@@ -241,3 +241,17 @@ def test_config_that_is_not_utf8_is_a_one_line_error(mlp_run, tmp_path, capsys):
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and "config.json is not UTF-8 text (byte 0xff" in err
   assert not (tmp_path / "compact").exists()
+
+
+@pytest.mark.parametrize("key, value", [("features", [16, 32, 32, 32, 32, 10]), ("method", "wd")])
+def test_checkpoint_that_does_not_fit_the_config_is_a_one_line_error(
+  mlp_run, tmp_path, capsys, key, value
+):
+  shutil.copytree(mlp_run / "checkpoints", tmp_path / "checkpoints")
+  record = json.loads((mlp_run / "config.json").read_text())
+  (tmp_path / "config.json").write_text(json.dumps({**record, key: value}))
+  assert compact.main([str(tmp_path)]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1
+  assert "the latest checkpoint does not fit the model and method in its config.json" in err
+  assert not (tmp_path / "compact").exists()
