@@ -1,45 +1,44 @@
 """Defaults shared by every experiment; each config overrides what differs, nothing else.
 
-The defaults are the paper's full-MNIST run: the six-layer MLP with 400-unit
-hidden layers, ReLU after every layer but the last, and VGG19's convs for the
-CIFAR-10 run. Every key is a command-line flag (``--batch-size 200``); its
-comment is its ``--help`` text.
+The defaults are the paper's full-MNIST run (the six-layer MLP with 400-unit
+hidden layers, ReLU after every layer but the last) and, for ``model="vgg"``,
+VGG19's convs. The comment after each key is its description in ``--help``.
 """
 
 import ml_collections
 
 
 def get_config() -> ml_collections.ConfigDict:
-  """Keys every experiment accepts, at their defaults."""
+  """Keys every experiment accepts (each is a command-line flag: ``--batch-size 200``)."""
   config = ml_collections.ConfigDict()
-  config.experiment = ""  # the config's name (configs/<experiment>.py)
+  config.experiment = ""  # the config's name (set by each config, not a flag)
   config.method = "pathprox"  # "pathprox" (pathprox_sgd) or "wd" (SGD on loss + λ/2 ||kernels||²)
   config.dataset = "mnist"  # "mnist", "fashion_mnist" or "cifar10"
   config.data_dir = ""  # TFDS data_dir for prepared data ("": TFDS's default)
   config.raw_data_dir = ""  # raw files to prepare from offline ("": $PATHPROX_RAW_DATA_DIR)
   config.allow_unofficial_data = False  # prepare from raw files that are no official release
   config.split = "holdout"  # "holdout": last val_size of a seed-42 permutation; "subset"
-  config.val_size = 5000  # split="holdout": images held out of the training set for validation
+  config.val_size = 5000  # split="holdout": images held out of training for validation
   config.train_per_class = 100  # split="subset": images per class in the training set
   config.augment = False  # random crop (black padding 4) and flip of training batches only
   config.model = "mlp"  # "mlp" (features, relu) or "vgg" (channels, pool_after)
-  config.features = (400, 400, 400, 400, 400, 10)  # mlp: output width of each Dense layer
-  config.relu = (True, True, True, True, True, False)  # mlp: whether a ReLU follows each layer
-  config.channels = (64, 64, 128, 128, 256, 256, 256, 256) + (512,) * 8  # vgg: each conv's width
-  config.pool_after = (1, 3, 7, 11)  # vgg: convs followed by a 2x2 max-pool
-  config.lr = 0.1  # SGD learning rate
+  config.features = (400, 400, 400, 400, 400, 10)  # MLP: output width of each Dense layer
+  config.relu = (True, True, True, True, True, False)  # MLP: ReLU after each layer or not
+  config.channels = (64, 64, 128, 128, 256, 256, 256, 256) + (512,) * 8  # VGG: each conv's width
+  config.pool_after = (1, 3, 7, 11)  # VGG: indices of the convs followed by a 2x2 max-pool
+  config.lr = 0.1  # learning rate of SGD
   config.lr_milestones = ()  # epochs at which the learning rate is multiplied by lr_decay
-  config.lr_decay = 0.1  # learning-rate factor at each of lr_milestones
+  config.lr_decay = 0.1  # factor applied to the learning rate at each milestone
   config.momentum = 0.0  # SGD momentum (0: plain SGD)
-  config.weight_decay = 1e-4  # λ, for both methods
+  config.weight_decay = 1e-4  # λ: PathProx's threshold scale, or the baseline's weight decay
   config.regularize_bias = False  # penalise biases too (pathprox: ||[w_i, b_i]||; wd: decay them)
   config.batch_size = 200  # global batch, split over all devices
-  config.total_iter = 50_000  # training steps
+  config.total_iter = 50_000  # training steps (may be raised on --resume)
   config.log_freq = 1000  # steps between evaluations (a row of metrics.jsonl)
-  config.save_freq = 10_000  # steps between checkpoints
-  config.eval_batch_size = 10_000  # evaluation batch (memory, not results)
-  config.seed = 0  # initialisation and data order
-  config.parallel = "shard_map"  # or "pmap"
+  config.save_freq = 10_000  # steps between checkpoints (also saved at the end)
+  config.eval_batch_size = 10_000  # examples per evaluation batch
+  config.seed = 0  # initialisation and data-order seed
+  config.parallel = "shard_map"  # data parallelism: "shard_map" or "pmap"
   config.num_devices = 0  # devices to train on (0: all)
   config.tensorboard = False  # also write TensorBoard scalars to <workdir>/tensorboard
   config.progress = True  # show a progress bar
