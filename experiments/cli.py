@@ -133,25 +133,33 @@ def validate(config: ml_collections.ConfigDict) -> None:
     0 <= config.num_devices <= jax.device_count(),
     f"--num-devices must be in [0, {jax.device_count()}], got {config.num_devices}",
   )
-  devices = config.num_devices or jax.device_count()
+  processes = jax.process_count()
   _check(
-    config.batch_size % devices == 0,
-    f"--batch-size {config.batch_size} must be a multiple of the {devices} devices",
+    config.num_devices % processes == 0,
+    f"--num-devices {config.num_devices} must be a multiple of the {processes} processes",
+  )
+  _check(
+    config.parallel != "pmap" or processes == 1,
+    f"--parallel pmap runs on one process, not {processes}: use --parallel shard_map",
   )
 
 
 def main(experiment: str, argv: Sequence[str] | None = None) -> int:
   """Runs one experiment from the command line; returns the exit code."""
-  from experiments import data, train
+  from experiments import data, distributed, train
 
-  if os.environ.get("JAX_COORDINATOR_ADDRESS") and not jax.distributed.is_initialized():
-    jax.distributed.initialize()  # multi-host: before anything touches the devices
   try:
+    distributed.initialize()  # multi-host: before anything touches the devices
     config, workdir, resume = parse_args(experiment, argv)
     argv = sys.argv[1:] if argv is None else list(argv)
     command = shlex.join(["python", "-m", f"experiments.{experiment}", *map(str, argv)])
     train.train_and_evaluate(config, workdir, resume=resume, command=command)
-  except (ConfigError, data.DatasetUnavailableError, train.WorkdirError) as e:
+  except (
+    ConfigError,
+    distributed.LaunchError,
+    data.DatasetUnavailableError,
+    train.WorkdirError,
+  ) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   except train.NonFiniteLossError as e:

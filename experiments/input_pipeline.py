@@ -127,3 +127,20 @@ def eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int):
     labels.reshape(count, batch_size),
     mask.reshape(count, batch_size),
   )
+
+
+def device_batch(
+  order: jax.Array, step: jax.Array, device: jax.Array, batch_size: int, num_devices: int
+) -> jax.Array:
+  """Device ``device``'s slice of step ``step``'s batch in an epoch ``order``, padded with -1.
+
+  The step's batch (``order[s·b : (s+1)·b]``, ``s`` the step within the epoch) is cut
+  into ``num_devices`` consecutive slices of ``ceil(b / num_devices)`` indices; when
+  ``b`` does not divide, the last slices are filled up with -1 (masked out), so the
+  devices together take every index of the batch exactly once.
+  """
+  local = -(-batch_size // num_devices)
+  start = (step % (len(order) // batch_size)) * batch_size
+  batch = jax.lax.dynamic_slice(order, (start,), (batch_size,))
+  padded = jnp.pad(batch, (0, local * num_devices - batch_size), constant_values=-1)
+  return jax.lax.dynamic_slice(padded, (device * local,), (local,))

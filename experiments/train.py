@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
@@ -96,18 +97,20 @@ def make_train_steps(
 ) -> Callable[..., tuple[TrainState, jax.Array]]:
   """The per-device loop: runs up to ``num_steps`` steps, stopping at a non-finite loss.
 
+  Each device takes its slice of every global batch (:func:`input_pipeline.device_batch`:
+  a batch that does not divide by ``num_devices`` is padded with masked entries), so
+  the step is the same whatever the number of devices and processes.
+
   Returns ``fn(state, num_steps, images, labels, key_data) -> (state, loss)``
   to be wrapped by ``shard_map`` or ``pmap`` over axis ``"data"``;
   ``loss`` is the last step's global mean training loss.
   """
   batch = config.batch_size
-  local = batch // num_devices
   per_epoch = input_pipeline.steps_per_epoch(num_examples, batch)
 
   def train_step(state, images, labels, aug_key, order):
     device = jax.lax.axis_index(AXIS)
-    position = (state.step % per_epoch) * batch + device * local
-    idx = jax.lax.dynamic_slice(order, (position,), (local,))
+    idx = input_pipeline.device_batch(order, state.step, device, batch, num_devices)
     valid = idx >= 0
     step_key = None
     if config.augment:
@@ -219,14 +222,36 @@ def _global_array(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
 
 
 def _replicated(tree: Any, mesh) -> Any:
+  """``tree`` as global arrays replicated over ``mesh``, from values every process holds."""
   sharding = NamedSharding(mesh, P())
   return jax.tree.map(lambda a: _global_array(np.asarray(a), sharding), tree)
 
 
+def _mesh(num_devices: int) -> jax.sharding.Mesh:
+  """``num_devices`` devices (0: all) on axis ``"data"``, the same number from every process."""
+  per_process = num_devices // jax.process_count() or jax.local_device_count()
+  devices = [
+    d
+    for p in range(jax.process_count())
+    for d in [d for d in jax.devices() if d.process_index == p][:per_process]
+  ]
+  return jax.make_mesh(
+    (len(devices),), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
+  )
+
+
 def _parallel(run, mesh, parallel: str):
-  """Wraps the per-device loop for all devices; returns ``(to_device, step_fn, from_device)``."""
+  """Wraps the per-device loop for all devices; returns ``(to_device, step_fn, from_device)``.
+
+  ``to_device`` turns the run state's layout (global arrays replicated over ``mesh``,
+  which Orbax saves and restores from every process) into fresh arrays in the step's
+  layout, which the step may donate; ``from_device`` turns them back. Under
+  ``shard_map`` both layouts are the same; under ``pmap`` (one process only) the step
+  takes one stacked copy per device.
+  """
   if parallel == "pmap":
     stacked = NamedSharding(mesh, P(AXIS))
+    replicated = NamedSharding(mesh, P())
 
     def to_device(tree):
       return jax.tree.map(
@@ -241,12 +266,16 @@ def _parallel(run, mesh, parallel: str):
       donate_argnums=(0,),
       devices=list(mesh.devices.flat),
     )
-    return to_device, step_fn, lambda tree: jax.tree.map(lambda a: a[0], tree)
+    return (
+      to_device,
+      step_fn,
+      lambda tree: jax.tree.map(lambda a: jax.device_put(a[0], replicated), tree),
+    )
   # check_vma=False keeps gradients per device, as under pmap, so that one per-device
   # function serves both (with it, autodiff would already psum replicated params' grads).
   sharded = jax.shard_map(run, mesh=mesh, in_specs=P(), out_specs=P(), check_vma=False)
   step_fn = jax.jit(sharded, donate_argnums=(0,))
-  return (lambda tree: _replicated(tree, mesh)), step_fn, (lambda tree: tree)
+  return (lambda tree: jax.tree.map(jnp.copy, tree)), step_fn, (lambda tree: tree)
 
 
 def _eval_points(config, start: int) -> list[int]:
@@ -255,6 +284,28 @@ def _eval_points(config, start: int) -> list[int]:
   points |= set(range(config.save_freq, config.total_iter, config.save_freq))
   points.add(config.total_iter)
   return sorted(p for p in points if p > start)
+
+
+def _load_arrays(config: ml_collections.ConfigDict) -> dict[str, input_pipeline.Arrays]:
+  """The data set's arrays; with several processes, process 0 prepares it first.
+
+  The processes may share ``data_dir`` (one machine, a network file system), and two of
+  them preparing the same TFDS data set at once would race.
+  """
+
+  def load():
+    return data.load_arrays(
+      config.dataset,
+      data_dir=config.data_dir or None,
+      raw_dir=config.raw_data_dir or None,
+      allow_unofficial=config.allow_unofficial_data,
+    )
+
+  if jax.process_count() == 1:
+    return load()
+  arrays = load() if jax.process_index() == 0 else None
+  multihost_utils.sync_global_devices("data set prepared")
+  return arrays or load()
 
 
 class Experiment:
@@ -266,23 +317,15 @@ class Experiment:
     splits: ``{"train", "val", "test"}``: ``(uint8 images, int32 labels)`` on the host.
     groups: the model's PathProx group spec.
     schedule: the learning-rate schedule.
-    state: the initial :class:`TrainState` (host layout).
-    data_key: the key of the data order (and augmentation).
+    state: the initial :class:`TrainState`, replicated over ``mesh``.
+    data_key: the key of the data order (and augmentation), replicated over ``mesh``.
     evaluate: ``params -> metrics dict`` on the train, validation and test sets.
   """
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
-    devices = jax.devices()[: config.num_devices or None]
-    self.mesh = jax.make_mesh(
-      (len(devices),), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
-    )
-    arrays = data.load_arrays(
-      config.dataset,
-      data_dir=config.data_dir or None,
-      raw_dir=config.raw_data_dir or None,
-      allow_unofficial=config.allow_unofficial_data,
-    )
+    self.mesh = _mesh(config.num_devices)
+    arrays = _load_arrays(config)
     self.splits = splits = input_pipeline.split(
       arrays, config.split, val_size=config.val_size, train_per_class=config.train_per_class
     )
@@ -290,18 +333,20 @@ class Experiment:
     per_epoch = input_pipeline.steps_per_epoch(len(train_labels), config.batch_size)
 
     model = create_model(config)
-    init_key, self.data_key = jax.random.split(jax.random.key(config.seed))
+    init_key, data_key = jax.random.split(jax.random.key(config.seed))
+    self.data_key = jax.random.wrap_key_data(_replicated(jax.random.key_data(data_key), self.mesh))
     sample = jnp.asarray(train_images[:1], jnp.float32)
     boxed = jax.jit(model.init)(init_key, sample)["params"]
     self.groups = pp.group_spec(boxed)
     params = nn.meta.unbox(boxed)
     self.schedule = learning_rate_schedule(config, per_epoch)
     tx = create_optimizer(config, params, self.groups, self.schedule)
-    self.state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+    state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+    self.state = _replicated(state, self.mesh)
 
     run = make_train_steps(model, tx, config, len(train_labels), self.mesh.size)
     self.to_device, self._train_fn, self.from_device = _parallel(run, self.mesh, config.parallel)
-    self._train_data = self.to_device((train_images, train_labels))
+    self._train_data = self.to_device(_replicated((train_images, train_labels), self.mesh))
     self.evaluate = Evaluator(model, config, splits, self.groups, self.mesh)
 
   def device_key(self, data_key: jax.Array) -> Any:

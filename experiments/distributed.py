@@ -1,0 +1,111 @@
+"""Joining a multi-process (multi-host) JAX job, before anything touches the devices.
+
+Every process runs the same command. The job is described by the environment:
+
+- ``JAX_COORDINATOR_ADDRESS`` (``host:port`` of process 0), ``JAX_NUM_PROCESSES`` and
+  ``JAX_PROCESS_ID``: read here and passed to :func:`jax.distributed.initialize` (JAX 0.10
+  itself reads only the address). Any one left unset is auto-detected by JAX, if it can.
+- With none of them set, JAX's own cluster detection decides (a Cloud TPU VM, a SLURM job
+  step, Open MPI): in such a cluster ``jax.distributed.initialize()`` is called with no
+  arguments; on a plain machine nothing is called and the run is single-process.
+- ``JAX_INITIALIZATION_TIMEOUT`` (seconds, default 300): how long a process waits for all
+  its peers. A process that cannot reach them prints one line and exits with code 1 within
+  that time (JAX itself would abort with a C++ stack trace).
+
+On CPU the processes talk through the gloo collectives (``jax_cpu_collectives_implementation``
+unless ``JAX_CPU_COLLECTIVES_IMPLEMENTATION`` chooses another).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+import jax
+
+ADDRESS, NUM_PROCESSES, PROCESS_ID = (
+  "JAX_COORDINATOR_ADDRESS",
+  "JAX_NUM_PROCESSES",
+  "JAX_PROCESS_ID",
+)
+TIMEOUT = "JAX_INITIALIZATION_TIMEOUT"
+DEFAULT_TIMEOUT_S = 300  # JAX's own default
+# JAX's own deadline comes this much after ours: it only backs up the one-line exit.
+BACKSTOP_S = 30
+
+
+class LaunchError(ValueError):
+  """The multi-process environment variables are not usable."""
+
+
+def _int_variable(name: str, minimum: int) -> int | None:
+  text = os.environ.get(name)
+  if text is None:
+    return None
+  try:
+    value = int(text)
+  except ValueError:
+    value = minimum - 1
+  if value < minimum:
+    raise LaunchError(f"{name}={text!r}: expected an integer >= {minimum}")
+  return value
+
+
+def _cluster_detected() -> bool:
+  """Whether ``jax.distributed.initialize()`` without arguments would find a cluster.
+
+  JAX has no public way to ask; this is the check its auto-detection starts with.
+  """
+  from jax._src.clusters import ClusterEnv
+
+  return any(
+    env.is_env_present() for env in ClusterEnv._cluster_types if not env.opt_in_only_method
+  )
+
+
+def initialize() -> None:
+  """Joins the multi-process job the environment describes; a no-op on a plain machine.
+
+  Raises:
+    LaunchError: a variable is malformed, or JAX cannot complete the job's description.
+  """
+  if jax.distributed.is_initialized():
+    return
+  address = os.environ.get(ADDRESS)
+  num_processes = _int_variable(NUM_PROCESSES, 1)
+  process_id = _int_variable(PROCESS_ID, 0)
+  timeout = _int_variable(TIMEOUT, 1) or DEFAULT_TIMEOUT_S
+  if (address, num_processes, process_id) == (None, None, None) and not _cluster_detected():
+    return
+  if num_processes is not None and process_id is not None and process_id >= num_processes:
+    raise LaunchError(f"{PROCESS_ID}={process_id} must be below {NUM_PROCESSES}={num_processes}")
+  if "JAX_CPU_COLLECTIVES_IMPLEMENTATION" not in os.environ:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  who = f"process {process_id} of {num_processes}" if process_id is not None else "this process"
+  watchdog = threading.Timer(timeout, _give_up, (who, address, timeout))
+  watchdog.daemon = True
+  watchdog.start()
+  try:
+    jax.distributed.initialize(
+      address, num_processes, process_id, initialization_timeout=timeout + BACKSTOP_S
+    )
+  except ValueError as e:  # JAX could not detect what the environment left unset
+    raise LaunchError(
+      f"cannot join the multi-process job: {e}; set {ADDRESS}, {NUM_PROCESSES} and {PROCESS_ID}"
+    ) from None
+  finally:
+    watchdog.cancel()
+
+
+def _give_up(who: str, address: str | None, timeout: int) -> None:
+  """Ends the process with one line: JAX's connect blocks, and failing it aborts noisily."""
+  print(
+    f"error: {who} could not reach its peers at {address or 'the detected coordinator'} "
+    f"within {timeout} s ({TIMEOUT}); start the same command on every process, "
+    f"with {PROCESS_ID} = 0 .. {NUM_PROCESSES}-1 and the address of process 0",
+    file=sys.stderr,
+    flush=True,
+  )
+  sys.stdout.flush()
+  os._exit(1)

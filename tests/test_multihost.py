@@ -1,0 +1,193 @@
+"""Multi-process training on this machine: 2 processes x 2 CPU devices through the real CLI.
+
+Each process is a real JAX multi-controller process (``jax.distributed`` with gloo on
+127.0.0.1), started the way the README says. The runs are shared between tests
+(module-scoped fixtures): they are the slowest tests of the suite.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from test_experiments import REPO, assert_rows_close, flags, read_rows
+
+from experiments import cli, input_pipeline
+
+STEPS = 300
+RUN = {"total_iter": STEPS, "log_freq": 100, "save_freq": 100, "lr": 0.02}
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def start(argv, processes, devices_per_process, **env):
+  """Starts the same CLI command as ``processes`` processes; returns the Popen objects."""
+  port = free_port()
+  started = []
+  for index in range(processes):
+    job = {}
+    if processes > 1:
+      job = {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+             "JAX_NUM_PROCESSES": str(processes), "JAX_PROCESS_ID": str(index)}  # fmt: skip
+    process_env = {**os.environ, **job, **env}
+    process_env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices_per_process}"
+    command = [sys.executable, "-m", "experiments.mnist_subset_mlp", *map(str, argv)]
+    started.append(
+      subprocess.Popen(
+        command,
+        cwd=REPO,
+        env=process_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+      )  # fmt: skip
+    )
+  return started
+
+
+def finish(processes, timeout=600):
+  """Waits for every process; returns ``[(exit code, stderr)]``."""
+  return [(p.wait(timeout), p.communicate()[1]) for p in processes]
+
+
+def run(argv, processes, devices_per_process):
+  """Runs the command to its end; returns the wall time, after checking that all exit 0."""
+  begin = time.perf_counter()
+  results = finish(start(argv, processes, devices_per_process))
+  for code, err in results:
+    assert code == 0, err
+  return time.perf_counter() - begin
+
+
+def saved_state(workdir, step):
+  """A checkpoint's state as NumPy arrays, whatever topology saved it."""
+  path = workdir / "checkpoints" / str(step) / "state"
+  checkpointer = ocp.PyTreeCheckpointer()
+  tree = checkpointer.metadata(path).item_metadata.tree
+  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  return checkpointer.restore(path, restore_args=as_numpy)
+
+
+@pytest.fixture(scope="module")
+def argv(raw_mnist, tmp_path_factory):
+  return flags(raw_mnist, tmp_path_factory.mktemp("multihost"), **RUN)
+
+
+@pytest.fixture(scope="module")
+def one_process(argv, tmp_path_factory):
+  """1 process x 4 devices (it also prepares the TFDS data set the others read)."""
+  workdir = tmp_path_factory.mktemp("one_process") / "run"
+  run(argv + ["--workdir", workdir], processes=1, devices_per_process=4)
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def two_processes(argv, one_process, tmp_path_factory):
+  """2 processes x 2 devices, the same command on both."""
+  workdir = tmp_path_factory.mktemp("two_processes") / "run"
+  run(argv + ["--workdir", workdir], processes=2, devices_per_process=2)
+  return workdir
+
+
+def test_two_processes_equal_one_process_with_as_many_devices(one_process, two_processes):
+  rows = read_rows(two_processes)
+  assert [r["step"] for r in rows] == list(range(0, STEPS + 1, 100))  # one writer: no repeats
+  assert_rows_close(rows, read_rows(one_process), rtol=1e-5)
+  assert rows[-1]["train_loss"] < 0.5 * rows[0]["train_loss"]
+  assert sorted(p.name for p in (two_processes / "checkpoints").iterdir()) == ["100", "200", "300"]
+
+
+def test_killed_processes_resume_to_bitwise_identical_parameters(argv, two_processes, tmp_path):
+  workdir = tmp_path / "killed"
+  processes = start(argv + ["--workdir", workdir], processes=2, devices_per_process=2)
+  checkpoints, deadline = workdir / "checkpoints", time.time() + 300
+  while not (checkpoints / "100").is_dir():  # Orbax renames a step's folder once complete
+    assert time.time() < deadline and all(p.poll() is None for p in processes), finish(processes)
+    time.sleep(0.05)
+  assert all(p.poll() is None for p in processes), "a process ended before it could be killed"
+  for p in processes:
+    p.send_signal(signal.SIGKILL)
+  finish(processes)
+  assert read_rows(workdir)[-1]["step"] < STEPS
+
+  run(argv + ["--workdir", workdir, "--resume"], processes=2, devices_per_process=2)
+  assert [r["step"] for r in read_rows(workdir)] == list(range(0, STEPS + 1, 100))
+  resumed, uninterrupted = saved_state(workdir, STEPS), saved_state(two_processes, STEPS)
+  assert int(resumed["step"]) == STEPS
+  jax.tree.map(np.testing.assert_array_equal, resumed, uninterrupted)
+
+
+@pytest.mark.parametrize("process_id", [0, 1])
+def test_a_process_alone_fails_with_one_line_within_the_timeout(argv, tmp_path, process_id):
+  timeout = 5
+  alone = {
+    "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{free_port()}",
+    "JAX_NUM_PROCESSES": "2",
+    "JAX_PROCESS_ID": str(process_id),
+    "JAX_INITIALIZATION_TIMEOUT": str(timeout),
+  }
+  (process,) = start(argv + ["--workdir", tmp_path / "run"], 1, 2, **alone)
+  ((code, err),) = finish([process], timeout=60)  # raises if it hangs
+  assert code != 0
+  lines = err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: "), err
+  assert f"process {process_id} of 2 could not reach its peers" in lines[0]
+  assert f"within {timeout} s" in lines[0]
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+  "batch_size, num_devices, processes",
+  [(40, 4, 2), (40, 3, 1), (200, 3, 1), (7, 8, 2), (1, 2, 2), (50, 6, 3)],
+)
+def test_the_processes_parts_make_up_the_global_batch(batch_size, num_devices, processes):
+  num_examples = 3 * batch_size + 1
+  order = input_pipeline.epoch_order(jax.random.key(0), 0, num_examples, batch_size)
+  per_process = num_devices // processes
+  for step in range(input_pipeline.steps_per_epoch(num_examples, batch_size)):
+    parts = [
+      np.concatenate([
+        np.asarray(input_pipeline.device_batch(order, step, d, batch_size, num_devices))
+        for d in range(p * per_process, (p + 1) * per_process)
+      ])
+      for p in range(processes)
+    ]  # fmt: skip
+    union = np.concatenate(parts)
+    global_batch = np.asarray(order[step * batch_size : (step + 1) * batch_size])
+    np.testing.assert_array_equal(union[union >= 0], global_batch[global_batch >= 0])
+    assert (union >= 0).sum() == (global_batch >= 0).sum()  # each index taken once
+
+
+def test_a_batch_that_does_not_divide_by_the_devices_equals_one_device(raw_mnist, tmp_path):
+  rows = {}
+  for n in (1, 3):
+    workdir = tmp_path / f"d{n}"
+    argv = flags(raw_mnist, tmp_path, workdir=workdir, num_devices=n, batch_size=50,
+                 eval_batch_size=198)  # fmt: skip
+    assert cli.main("mnist_subset_mlp", argv) == 0
+    rows[n] = read_rows(workdir)
+  assert_rows_close(rows[1], rows[3], rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+  "argv, message",
+  [
+    (["--parallel", "pmap"], "--parallel pmap runs on one process, not 2"),
+    (["--num-devices", "3"], "--num-devices 3 must be a multiple of the 2 processes"),
+  ],
+)
+def test_layouts_two_processes_cannot_run_are_refused(argv, message, monkeypatch, capsys):
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  assert cli.main("mnist_subset_mlp", argv) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and message in err
