@@ -7,6 +7,10 @@ takes its slice of the global batch, the gradients are summed across devices
 (``psum``) and divided by the global count, and every device applies the same
 optimiser step. ``jax.shard_map`` over a ``jax.make_mesh`` is the default;
 ``jax.pmap`` wraps the same per-device function.
+
+With several processes (:mod:`experiments.distributed`) the mesh spans the devices of
+all of them, and the run state is made of global arrays replicated over the mesh, so
+every process holds it whole and Orbax checkpoints it from all of them.
 """
 
 from __future__ import annotations
@@ -230,11 +234,10 @@ def _replicated(tree: Any, mesh) -> Any:
 def _mesh(num_devices: int) -> jax.sharding.Mesh:
   """``num_devices`` devices (0: all) on axis ``"data"``, the same number from every process."""
   per_process = num_devices // jax.process_count() or jax.local_device_count()
-  devices = [
-    d
-    for p in range(jax.process_count())
-    for d in [d for d in jax.devices() if d.process_index == p][:per_process]
+  by_process = [
+    [d for d in jax.devices() if d.process_index == p] for p in range(jax.process_count())
   ]
+  devices = [d for local in by_process for d in local[:per_process]]
   return jax.make_mesh(
     (len(devices),), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
   )
@@ -243,9 +246,9 @@ def _mesh(num_devices: int) -> jax.sharding.Mesh:
 def _parallel(run, mesh, parallel: str):
   """Wraps the per-device loop for all devices; returns ``(to_device, step_fn, from_device)``.
 
-  ``to_device`` turns the run state's layout (global arrays replicated over ``mesh``,
-  which Orbax saves and restores from every process) into fresh arrays in the step's
-  layout, which the step may donate; ``from_device`` turns them back. Under
+  ``to_device`` turns host values or the run state's layout (global arrays replicated
+  over ``mesh``, which Orbax saves and restores from every process) into fresh arrays in
+  the step's layout, which the step may donate; ``from_device`` turns them back. Under
   ``shard_map`` both layouts are the same; under ``pmap`` (one process only) the step
   takes one stacked copy per device.
   """
@@ -275,7 +278,7 @@ def _parallel(run, mesh, parallel: str):
   # function serves both (with it, autodiff would already psum replicated params' grads).
   sharded = jax.shard_map(run, mesh=mesh, in_specs=P(), out_specs=P(), check_vma=False)
   step_fn = jax.jit(sharded, donate_argnums=(0,))
-  return (lambda tree: jax.tree.map(jnp.copy, tree)), step_fn, (lambda tree: tree)
+  return (lambda tree: _replicated(tree, mesh)), step_fn, (lambda tree: tree)
 
 
 def _eval_points(config, start: int) -> list[int]:
@@ -346,7 +349,7 @@ class Experiment:
 
     run = make_train_steps(model, tx, config, len(train_labels), self.mesh.size)
     self.to_device, self._train_fn, self.from_device = _parallel(run, self.mesh, config.parallel)
-    self._train_data = self.to_device(_replicated((train_images, train_labels), self.mesh))
+    self._train_data = self.to_device((train_images, train_labels))
     self.evaluate = Evaluator(model, config, splits, self.groups, self.mesh)
 
   def device_key(self, data_key: jax.Array) -> Any:
