@@ -40,16 +40,13 @@ class LaunchError(ValueError):
 
 
 def _int_variable(name: str, minimum: int) -> int | None:
+  """The integer in environment variable ``name`` (None if unset)."""
   text = os.environ.get(name)
   if text is None:
     return None
-  try:
-    value = int(text)
-  except ValueError:
-    value = minimum - 1
-  if value < minimum:
+  if not text.strip().isdigit() or int(text) < minimum:
     raise LaunchError(f"{name}={text!r}: expected an integer >= {minimum}")
-  return value
+  return int(text)
 
 
 def _cluster_detected() -> bool:
@@ -82,7 +79,8 @@ def initialize() -> None:
     raise LaunchError(f"{PROCESS_ID}={process_id} must be below {NUM_PROCESSES}={num_processes}")
   if "JAX_CPU_COLLECTIVES_IMPLEMENTATION" not in os.environ:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  who = f"process {process_id} of {num_processes}" if process_id is not None else "this process"
+  known = None not in (process_id, num_processes)
+  who = f"process {process_id} of {num_processes}" if known else "this process"
   watchdog = threading.Timer(timeout, _give_up, (who, address, timeout))
   watchdog.daemon = True
   watchdog.start()

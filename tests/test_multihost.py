@@ -191,3 +191,19 @@ def test_layouts_two_processes_cannot_run_are_refused(argv, message, monkeypatch
   assert cli.main("mnist_subset_mlp", argv) == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and message in err
+
+
+@pytest.mark.parametrize(
+  "variables, message",
+  [
+    ({"JAX_NUM_PROCESSES": "two"}, "JAX_NUM_PROCESSES='two': expected an integer >= 1"),
+    ({"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "2"}, "JAX_PROCESS_ID=2 must be below"),
+    ({"JAX_PROCESS_ID": "0", "JAX_INITIALIZATION_TIMEOUT": "0"}, "expected an integer >= 1"),
+  ],
+)
+def test_bad_launch_variables_are_a_one_line_error(variables, message, monkeypatch, capsys):
+  for name, value in variables.items():
+    monkeypatch.setenv(name, value)
+  assert cli.main("mnist_subset_mlp", []) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and err.startswith("error: ") and message in err
