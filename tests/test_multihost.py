@@ -30,8 +30,8 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def start(argv, processes, devices_per_process, **env):
-  """Starts the same CLI command as ``processes`` processes; returns the Popen objects."""
+def start(argv, processes, devices_per_process, command=None, **env):
+  """Starts the same command (default: the CLI with ``argv``) as ``processes`` processes."""
   port = free_port()
   started = []
   for index in range(processes):
@@ -41,10 +41,9 @@ def start(argv, processes, devices_per_process, **env):
              "JAX_NUM_PROCESSES": str(processes), "JAX_PROCESS_ID": str(index)}  # fmt: skip
     process_env = {**os.environ, **job, **env}
     process_env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices_per_process}"
-    command = [sys.executable, "-m", "experiments.mnist_subset_mlp", *map(str, argv)]
     started.append(
       subprocess.Popen(
-        command,
+        command or [sys.executable, "-m", "experiments.mnist_subset_mlp", *map(str, argv)],
         cwd=REPO,
         env=process_env,
         stdout=subprocess.DEVNULL,
@@ -144,6 +143,39 @@ def test_a_process_alone_fails_with_one_line_within_the_timeout(argv, tmp_path, 
   assert f"process {process_id} of 2 could not reach its peers" in lines[0]
   assert f"within {timeout} s" in lines[0]
   assert not (tmp_path / "run").exists()
+
+
+# Each process writes the batch indices its own devices take at steps 0..4 (shard_map over
+# the training mesh, as the step does): ``[step, its part]``.
+PARTS = """
+import sys
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import PartitionSpec as P
+from experiments import distributed, input_pipeline, train
+distributed.initialize()
+mesh = train._mesh(0)
+order = train._replicated(input_pipeline.epoch_order(jax.random.key(0), 0, 30, 7), mesh)
+def parts(order):
+  device = jax.lax.axis_index(train.AXIS)
+  steps = [input_pipeline.device_batch(order, s, device, 7, mesh.size) for s in range(5)]
+  return jnp.stack(steps)[None]
+out = jax.jit(jax.shard_map(parts, mesh=mesh, in_specs=P(), out_specs=P(train.AXIS)))(order)
+mine = np.concatenate([np.asarray(s.data) for s in out.addressable_shards])
+np.save(f"{sys.argv[1]}/p{jax.process_index()}.npy", mine.transpose(1, 0, 2).reshape(5, -1))
+"""
+
+
+def test_two_processes_take_disjoint_parts_that_make_up_the_global_batch(tmp_path):
+  command = [sys.executable, "-c", PARTS, str(tmp_path)]
+  for code, err in finish(start([], 2, 2, command=command), timeout=300):
+    assert code == 0, err
+  parts = [np.load(tmp_path / f"p{p}.npy") for p in (0, 1)]
+  order = np.asarray(input_pipeline.epoch_order(jax.random.key(0), 0, 30, 7))
+  for step in range(5):
+    global_batch = order[step * 7 : (step + 1) * 7]  # what one process alone takes
+    assert parts[0][step].size == parts[1][step].size == 4  # 2 devices x ceil(7 / 4)
+    union = np.concatenate([parts[0][step], parts[1][step]])
+    np.testing.assert_array_equal(union[union >= 0], global_batch[global_batch >= 0])
 
 
 @pytest.mark.parametrize(
