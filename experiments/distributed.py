@@ -5,9 +5,10 @@ Every process runs the same command. The job is described by the environment:
 - ``JAX_COORDINATOR_ADDRESS`` (``host:port`` of process 0), ``JAX_NUM_PROCESSES`` and
   ``JAX_PROCESS_ID``: read here and passed to :func:`jax.distributed.initialize` (JAX 0.10
   itself reads only the address). Any one left unset is auto-detected by JAX, if it can.
-- With none of them set, JAX's own cluster detection decides (a Cloud TPU VM, a SLURM job
-  step, Open MPI): in such a cluster ``jax.distributed.initialize()`` is called with no
-  arguments; on a plain machine nothing is called and the run is single-process.
+- With none of them set, JAX's own cluster detection decides (a Cloud TPU pod slice, a
+  SLURM job step, Open MPI): when it finds several processes ``jax.distributed.initialize()``
+  is called with no arguments; on a plain machine or a single host nothing is called and
+  the run is single-process.
 - ``JAX_INITIALIZATION_TIMEOUT`` (seconds, default 300): how long a process waits for all
   its peers. A process that cannot reach them prints one line and exits with code 1 within
   that time (JAX itself would abort with a C++ stack trace).
@@ -49,16 +50,18 @@ def _int_variable(name: str, minimum: int) -> int | None:
   return int(text)
 
 
-def _cluster_detected() -> bool:
-  """Whether ``jax.distributed.initialize()`` without arguments would find a cluster.
+def detected_processes() -> int:
+  """How many processes JAX's own cluster detection finds (1: no cluster, or a single host).
 
-  JAX has no public way to ask; this is the check its auto-detection starts with.
+  JAX has no public way to ask; these are the checks ``jax.distributed.initialize()``
+  runs when it is given no arguments.
   """
   from jax._src.clusters import ClusterEnv
 
-  return any(
-    env.is_env_present() for env in ClusterEnv._cluster_types if not env.opt_in_only_method
-  )
+  for env in ClusterEnv._cluster_types:
+    if not env.opt_in_only_method and env.is_env_present():
+      return env.get_process_count()
+  return 1
 
 
 def initialize() -> None:
@@ -73,7 +76,7 @@ def initialize() -> None:
   num_processes = _int_variable(NUM_PROCESSES, 1)
   process_id = _int_variable(PROCESS_ID, 0)
   timeout = _int_variable(TIMEOUT, 1) or DEFAULT_TIMEOUT_S
-  if (address, num_processes, process_id) == (None, None, None) and not _cluster_detected():
+  if (address, num_processes, process_id) == (None, None, None) and detected_processes() == 1:
     return
   if num_processes is not None and process_id is not None and process_id >= num_processes:
     raise LaunchError(f"{PROCESS_ID}={process_id} must be below {NUM_PROCESSES}={num_processes}")

@@ -18,7 +18,7 @@ import orbax.checkpoint as ocp
 import pytest
 from test_experiments import REPO, assert_rows_close, flags, read_rows
 
-from experiments import cli, input_pipeline
+from experiments import cli, distributed, input_pipeline
 
 STEPS = 300
 RUN = {"total_iter": STEPS, "log_freq": 100, "save_freq": 100, "lr": 0.02}
@@ -126,23 +126,42 @@ def test_killed_processes_resume_to_bitwise_identical_parameters(argv, two_proce
   jax.tree.map(np.testing.assert_array_equal, resumed, uninterrupted)
 
 
-@pytest.mark.parametrize("process_id", [0, 1])
-def test_a_process_alone_fails_with_one_line_within_the_timeout(argv, tmp_path, process_id):
+# SLURM's variables as ``srun --ntasks=2`` sets them for task 1 (JAX finds the job in them).
+SLURM_TASK_1 = {"SLURM_JOB_ID": "77", "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": "2",
+                "SLURM_PROCID": "1", "SLURM_LOCALID": "0"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+  "launch, who",
+  [("process 0", "process 0 of 2"), ("process 1", "process 1 of 2"), ("slurm", "this process")],
+)
+def test_a_process_alone_fails_with_one_line_within_the_timeout(argv, tmp_path, launch, who):
   timeout = 5
-  alone = {
-    "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{free_port()}",
-    "JAX_NUM_PROCESSES": "2",
-    "JAX_PROCESS_ID": str(process_id),
-    "JAX_INITIALIZATION_TIMEOUT": str(timeout),
-  }
-  (process,) = start(argv + ["--workdir", tmp_path / "run"], 1, 2, **alone)
+  if launch == "slurm":  # nothing set but SLURM's variables: JAX's auto-detection is used
+    alone = SLURM_TASK_1
+  else:
+    alone = {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{free_port()}", "JAX_NUM_PROCESSES": "2",
+             "JAX_PROCESS_ID": launch[-1]}  # fmt: skip
+  workdir = tmp_path / "run"
+  (process,) = start(argv + ["--workdir", workdir], 1, 2, JAX_INITIALIZATION_TIMEOUT=str(timeout),
+                     **alone)  # fmt: skip
   ((code, err),) = finish([process], timeout=60)  # raises if it hangs
   assert code != 0
   lines = err.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: "), err
-  assert f"process {process_id} of 2 could not reach its peers" in lines[0]
-  assert f"within {timeout} s" in lines[0]
-  assert not (tmp_path / "run").exists()
+  assert f"{who} could not reach its peers" in lines[0] and f"within {timeout} s" in lines[0]
+  assert not workdir.exists()
+
+
+def test_jax_cluster_detection_counts_the_processes(monkeypatch):
+  for name in SLURM_TASK_1:
+    monkeypatch.delenv(name, raising=False)
+  assert distributed.detected_processes() == 1  # this machine: no cluster
+  for name, value in SLURM_TASK_1.items():
+    monkeypatch.setenv(name, value)
+  assert distributed.detected_processes() == 2
+  monkeypatch.setenv("SLURM_NTASKS", "1")
+  assert distributed.detected_processes() == 1  # a single task: nothing to join
 
 
 # Each process writes the batch indices its own devices take at steps 0..4 (shard_map over
