@@ -293,7 +293,8 @@ def _load_arrays(config: ml_collections.ConfigDict) -> dict[str, input_pipeline.
   """The data set's arrays; with several processes, process 0 prepares it first.
 
   The processes may share ``data_dir`` (one machine, a network file system), and two of
-  them preparing the same TFDS data set at once would race.
+  them preparing the same TFDS data set at once would race. If process 0 cannot load it,
+  every process raises, rather than waiting for it forever.
   """
 
   def load():
@@ -306,8 +307,16 @@ def _load_arrays(config: ml_collections.ConfigDict) -> dict[str, input_pipeline.
 
   if jax.process_count() == 1:
     return load()
-  arrays = load() if jax.process_index() == 0 else None
-  multihost_utils.sync_global_devices("data set prepared")
+  arrays, error = None, None
+  if jax.process_index() == 0:
+    try:
+      arrays = load()
+    except data.DatasetUnavailableError as e:
+      error = e
+  if multihost_utils.broadcast_one_to_all(np.int32(error is not None)):  # also a barrier
+    raise error or data.DatasetUnavailableError(
+      "process 0 could not load the data set (see its error)"
+    )
   return arrays or load()
 
 
