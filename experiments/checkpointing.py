@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+
+
+class NoReadableCheckpointError(ValueError):
+  """Every checkpoint of a run failed to restore or to pass the checks."""
 
 
 def latest_step(directory: Path) -> int | None:
@@ -20,28 +26,68 @@ def latest_step(directory: Path) -> int | None:
   return step
 
 
+def all_finite(tree: Any) -> bool:
+  """Whether every floating-point leaf of ``tree`` is finite."""
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  return all(bool(jnp.all(jnp.isfinite(x))) for x in leaves)
+
+
+def _quiet_closed_event_loops(unraisable) -> None:
+  """``sys.unraisablehook`` without Orbax's echoes of a failed restore.
+
+  When a restore fails, TensorStore's callbacks still arrive for the restore's finished
+  event loop and each prints a "RuntimeError: Event loop is closed" traceback; the failure
+  itself is already reported. Everything else goes to the default hook.
+  """
+  error = unraisable.exc_value
+  if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+    sys.__unraisablehook__(unraisable)
+
+
+def _first_line(error: Exception) -> str:
+  text = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {text[0][:100] if text else ''}"
+
+
+def _problem(restored: Any, abstract: Any) -> str | None:
+  """What is wrong with a restored tree against its template (structure, shapes, values)."""
+  got, want = jax.tree.structure(restored), jax.tree.structure(abstract)
+  if got != want:
+    return f"its structure {got} is not the run's {want}"
+  paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(abstract)]
+  for path, a, b in zip(paths, jax.tree.leaves(restored), jax.tree.leaves(abstract), strict=True):
+    if a.shape != b.shape or a.dtype != b.dtype:
+      return f"{path} is {a.dtype}{list(a.shape)}, expected {b.dtype}{list(b.shape)}"
+  if not all_finite(restored):
+    return "it holds non-finite values"
+  return None
+
+
 class Checkpoints:
   """Saves every ``save_freq`` steps and at the end; restores against an abstract target.
 
   Saves are asynchronous; :meth:`close` waits for them. Parameters that are not
-  all finite are never saved, so the last checkpoint is always a good one.
+  all finite are never saved, so every checkpoint written is a good one; restoring
+  also checks each checkpoint (structure, shapes, finite values) and falls back to
+  the newest one that passes.
+
+  Attributes:
+    unreadable: ``(step, why)`` of the checkpoints the last restore skipped.
   """
 
   def __init__(self, directory: Path, max_to_keep: int = 3):
+    self.directory = Path(directory).absolute()
     self.manager = ocp.CheckpointManager(
-      Path(directory).absolute(),
-      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+      self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
     )
+    self.unreadable: list[tuple[int, str]] = []
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
   def save(self, state: Any, data_key: jax.Array, history: list[dict[str, Any]]) -> bool:
     """Saves ``state`` (a TrainState) unless a parameter is non-finite; returns whether it did."""
-    finite = jax.tree.reduce(
-      lambda ok, p: ok & jnp.all(jnp.isfinite(p)), state.params, jnp.bool_(True)
-    )
-    if not bool(finite):
+    if not all_finite(state.params):
       return False
     self.manager.save(
       int(state.step),
@@ -54,22 +100,53 @@ class Checkpoints:
     return True
 
   def restore_latest(self, template: Any, data_key: jax.Array):
-    """``(state, data_key, history)`` from the latest checkpoint, or None if there is none."""
-    step = self.manager.latest_step()
-    if step is None:
-      return None
+    """``(state, data_key, history)`` from the newest checkpoint that passes the checks.
+
+    Checkpoints that fail to restore or hold the wrong structure, shapes or
+    non-finite values are skipped and listed in :attr:`unreadable`.
+
+    Returns:
+      The restored triple, or None if there is no checkpoint at all.
+
+    Raises:
+      NoReadableCheckpointError: there are checkpoints, but none passes.
+    """
+    self.unreadable = []
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
     key_template = {"key": ocp.utils.to_shape_dtype_struct(jax.random.key_data(data_key))}
-    restored = self.manager.restore(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract),
-        data_key=ocp.args.StandardRestore(key_template),
-        history=ocp.args.JsonRestore(),
-      ),
-    )
-    key = jax.random.wrap_key_data(restored.data_key["key"])
-    return restored.state, key, list(restored.history)
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        restored = self.manager.restore(
+          step,
+          args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract),
+            data_key=ocp.args.StandardRestore(key_template),
+            history=ocp.args.JsonRestore(),
+          ),
+        )
+        problem = _problem((restored.state, restored.data_key), (abstract, key_template))
+        if problem is None and not isinstance(restored.history, list):
+          problem = "its metrics history is not a list"
+      except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise many kinds on bad files
+        problem = _first_line(e)
+        sys.unraisablehook = _quiet_closed_event_loops
+      if problem is None:
+        key = jax.random.wrap_key_data(restored.data_key["key"])
+        return restored.state, key, list(restored.history)
+      self.unreadable.append((step, problem))
+    if self.unreadable:
+      details = "; ".join(f"step {step}: {why}" for step, why in self.unreadable)
+      raise NoReadableCheckpointError(f"no readable checkpoint in {self.directory} ({details})")
+    return None
+
+  def set_aside(self, steps: list[int], folder: Path) -> None:
+    """Moves the checkpoints of ``steps`` into ``folder`` (kept, but out of the run's way).
+
+    Call ``manager.reload()`` afterwards (on every process), so that saves go on.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    for step in steps:
+      shutil.move(str(self.directory / str(step)), str(folder / str(step)))
 
   def close(self) -> None:
     self.manager.wait_until_finished()

@@ -118,9 +118,10 @@ def read_config(path: Path) -> ml_collections.ConfigDict:
   """The experiment config recorded in a run's ``config.json``.
 
   The experiment's config (``configs/<experiment>.py``) takes the recorded value
-  of each of its keys, checked against the type of its default (a float key
-  accepts an integer). Keys the harness adds (command, devices, groups, ...) are
-  no config keys and drop out; a key the file lacks keeps its default.
+  of each of its keys, with the changes of each resume (``resumes``) applied,
+  checked against the type of its default (a float key accepts an integer). Keys
+  the harness adds (command, devices, groups, ...) are no config keys and drop
+  out; a key the file lacks keeps its default.
 
   Args:
     path: the ``config.json`` file.
@@ -135,6 +136,8 @@ def read_config(path: Path) -> ml_collections.ConfigDict:
   record = read_record(path)
   try:
     config = cli.load_config(record["experiment"])
+    for resume in record.get("resumes", []):  # keys a resumed run changed (e.g. total_iter)
+      record.update(resume["changed"])
     for key, default in config.items():
       if key in record:
         config[key] = _typed(key, default, record[key])

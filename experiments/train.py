@@ -15,6 +15,7 @@ every process holds it whole and Orbax checkpoints it from all of them.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -34,7 +35,15 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 import pathprox_jax as pp
-from experiments import checkpointing, data, input_pipeline, metrics_writer, models, run_folder
+from experiments import (
+  checkpointing,
+  data,
+  input_pipeline,
+  metrics_writer,
+  models,
+  run_folder,
+  workdir_lock,
+)
 
 AXIS = "data"
 
@@ -371,121 +380,278 @@ class Experiment:
 
 
 def train_and_evaluate(
-  config: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, command: str = ""
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  resume: bool = False,
+  command: str = "",
+  stop_requested: Callable[[], int | None] | None = None,
 ) -> dict[str, float]:
   """Trains one run and writes ``config.json``, ``metrics.jsonl`` and checkpoints.
 
+  The run holds ``workdir``'s lock throughout (one writer per run directory). A
+  checkpoint is written only from a state whose last training loss and parameters
+  are finite; a non-finite loss, in a step or in an evaluation, ends the run.
+
   Args:
-    config: the experiment config (see ``configs/``).
+    config: the experiment config (see ``configs/``), validated.
     workdir: the run directory.
-    resume: continue from the run's last checkpoint.
-    command: the command line that started the run, recorded in ``config.json``.
+    resume: continue from the run's newest readable checkpoint (``config`` must be
+      the run's own, see :func:`experiments.cli.resumed_config`).
+    command: the command line, recorded in ``config.json`` (appended on resume).
+    stop_requested: polled between stretches of steps; a signal number stops the run
+      with a checkpoint at the step reached (:class:`Interrupted`).
 
   Returns:
     The last evaluation's metrics.
 
   Raises:
-    WorkdirError: ``workdir`` holds checkpoints and ``resume`` is not set.
+    WorkdirError: ``workdir`` is in use, holds a run and ``resume`` is not set, or holds
+      no readable checkpoint, or ``config.total_iter`` is below its checkpoint's step.
     NonFiniteLossError: the training loss became NaN or infinite (the last good
       checkpoint is kept).
+    Interrupted: ``stop_requested`` returned a signal; a checkpoint was saved.
   """
-  start_time = time.time()
   workdir = Path(workdir)
-  if not resume and checkpointing.latest_step(workdir / "checkpoints") is not None:
+  lock = workdir_lock.WorkdirLock(workdir, jax.process_index())
+  error = None
+  try:
+    lock.acquire()
+    _check_workdir_state(workdir, config, resume)
+  except (workdir_lock.WorkdirInUseError, WorkdirError) as e:
+    error = e
+  try:  # every process refuses together, so that none waits for the others forever
+    if _any_process(error is not None):
+      raise WorkdirError(str(error or "another process of this job refused the run directory"))
+    return _train(config, workdir, resume, command, stop_requested or (lambda: None))
+  finally:
+    lock.release()
+
+
+def _check_workdir_state(workdir: Path, config: ml_collections.ConfigDict, resume: bool) -> None:
+  """Refuses to overwrite a run, or to resume one to before its checkpoint."""
+  checkpoints = workdir / "checkpoints"
+  saved = sorted(int(p.name) for p in checkpoints.glob("*") if p.name.isdigit())
+  if not resume:
+    held = [name for name, there in (("checkpoints", saved), ("metrics.jsonl",
+            (workdir / "metrics.jsonl").exists())) if there]  # fmt: skip
+    if held:
+      raise WorkdirError(
+        f"{workdir} already holds {' and '.join(held)}; pass --resume to continue that run or "
+        "choose another --workdir"
+      )
+  elif saved and config.total_iter < saved[-1]:
     raise WorkdirError(
-      f"{workdir} already holds checkpoints; pass --resume to continue that run or choose "
-      "another --workdir"
+      f"--total-iter {config.total_iter} is below step {saved[-1]} of the checkpoint in "
+      f"{checkpoints}; pass --total-iter {saved[-1]} or more"
     )
+
+
+def _any_process(flag: bool) -> bool:
+  """Whether ``flag`` is set on any process of the job (every process gets the same answer)."""
+  return bool(_max_over_processes(int(flag))[0])
+
+
+def _max_over_processes(*values: int) -> list[int]:
+  """Each value's maximum over all processes (a collective: every process must call it)."""
+  if jax.process_count() == 1:
+    return list(values)
+  from jax.experimental import multihost_utils
+
+  gathered = multihost_utils.process_allgather(np.asarray(values, np.int64))
+  return [int(v) for v in np.max(np.asarray(gathered), axis=0)]
+
+
+class Interrupted(Exception):  # noqa: N818 - not an error: the run stopped as asked
+  """The run stopped on a signal at ``step``, with a checkpoint saved there."""
+
+  def __init__(self, step: int, signum: int):
+    super().__init__(f"interrupted at step {step}")
+    self.step, self.signum = step, signum
+
+
+STRETCH_SECONDS = 1.0  # compiled stretches last about this long: the loop checks for signals
+
+
+def _train(config, workdir: Path, resume: bool, command: str, stop_requested) -> dict[str, float]:
+  """The run itself, with the workdir locked (see :func:`train_and_evaluate`)."""
+  start_time = time.time()
   experiment = Experiment(config)  # before any file is written: bad data fails here
-  checkpoints = checkpointing.Checkpoints(workdir / "checkpoints")
-  state, data_key, history = experiment.state, experiment.data_key, []
-  if resume:
+  with contextlib.ExitStack() as cleanup:  # closes what was opened, however the run ends
+    checkpoints = checkpointing.Checkpoints(workdir / "checkpoints")
+    cleanup.callback(checkpoints.close)
+    is_writer = jax.process_index() == 0
+    state, data_key, history = experiment.state, experiment.data_key, []
+    if resume:
+      restored = _restore(checkpoints, state, data_key, workdir, is_writer)
+      if restored is None:
+        print(f"--resume: no checkpoint in {workdir}; starting from step 0", file=sys.stderr)
+      else:
+        state, data_key, history = restored
+    metrics_log = metrics_writer.MetricsWriter(
+      workdir / "metrics.jsonl",
+      history,
+      enabled=is_writer,
+      tensorboard_dir=workdir / "tensorboard" if config.tensorboard else None,
+    )
+    cleanup.callback(metrics_log.close)
+    if is_writer:
+      resumed_from = int(state.step) if resume else None
+      _write_config(
+        workdir / "config.json", config, state.params, experiment.groups, command, resumed_from
+      )
+
+    device_state = experiment.to_device(state)
+    step = int(state.step)
+    elapsed_before = history[-1]["wall_time"] if history else 0.0
+
+    def diverged(what: str, at: int) -> NonFiniteLossError:
+      checkpoints.manager.wait_until_finished()
+      good = checkpoints.latest_step()
+      kept = (
+        f"the last good checkpoint (step {good}) is kept in {workdir / 'checkpoints'}"
+        if good is not None
+        else "no checkpoint was saved"
+      )
+      return NonFiniteLossError(
+        f"{what} at step {at}; stopped, and {kept}. Start a new run (another --workdir) with a "
+        "lower --lr"
+      )
+
+    def log(params):
+      row = {
+        "step": step,
+        "method": config.method,
+        "lr": float(experiment.schedule(step)),
+        "wall_time": elapsed_before + time.time() - start_time,
+      }
+      row.update(experiment.evaluate(params))
+      metrics_log.append(row)
+      if not math.isfinite(row["train_loss"]):
+        raise diverged(f"the evaluated training loss is {row['train_loss']}", step)
+      return row
+
+    def save(host_state) -> None:
+      if not checkpoints.save(host_state, data_key, metrics_log.rows):
+        raise diverged("the parameters became non-finite", step)
+
+    progress = tqdm(
+      total=config.total_iter,
+      initial=step,
+      disable=not (is_writer and config.progress),
+      dynamic_ncols=True,
+      desc=f"{config.experiment} {config.method}",
+    )
+    cleanup.callback(progress.close)
+    last = history[-1] if history else log(state.params)
+    device_key = experiment.device_key(data_key)
+    stretch = 1  # steps per compiled call, grown to about STRETCH_SECONDS
+    for point in _eval_points(config, step):
+      while step < point:
+        num_steps = min(stretch, point - step)
+        began = time.time()
+        device_state, loss = experiment.train(device_state, num_steps, device_key)
+        loss = float(np.asarray(jax.device_get(loss)).reshape(-1)[0])  # the one sync per stretch
+        if not math.isfinite(loss):
+          reached = int(experiment.from_device(device_state).step)
+          raise diverged(f"the training loss became {loss}", reached)
+        progress.update(num_steps)
+        step += num_steps
+        seconds = max(time.time() - began, 1e-3)
+        signum, stretch = _max_over_processes(
+          stop_requested() or 0, -max(1, int(num_steps * STRETCH_SECONDS / seconds))
+        )
+        stretch = -stretch  # the shortest proposal, so every process runs the same stretches
+        if signum:
+          break
+      host_state = experiment.from_device(device_state)  # every point is an evaluation or a save
+      if step == point and (step % config.log_freq == 0 or step == config.total_iter):
+        last = log(host_state.params)
+        progress.set_postfix(
+          loss=f"{last['train_loss']:.4f}",
+          test_acc=f"{last['test_acc']:.4f}",
+          active=f"{last['active_units_pct']:.1f}%",
+        )
+      if signum or step % config.save_freq == 0 or step == config.total_iter:
+        save(host_state)
+      if signum and step < config.total_iter:
+        raise Interrupted(step, signum)
+    return last
+
+
+def _restore(checkpoints, state, data_key, workdir: Path, is_writer: bool):
+  """The newest readable checkpoint; unreadable newer ones are set aside, with one warning."""
+  try:
     restored = checkpoints.restore_latest(state, data_key)
-    if restored is None:
-      print(f"--resume: no checkpoint in {workdir}; starting from step 0", file=sys.stderr)
-    else:
-      state, data_key, history = restored
-  is_writer = jax.process_index() == 0
-  metrics_log = metrics_writer.MetricsWriter(
-    workdir / "metrics.jsonl",
-    history,
-    enabled=is_writer,
-    tensorboard_dir=workdir / "tensorboard" if config.tensorboard else None,
-  )
-  if is_writer:
-    _write_config(workdir / "config.json", config, state.params, experiment.groups, command)
+  except checkpointing.NoReadableCheckpointError as e:
+    raise WorkdirError(f"{e}; start a new run in another --workdir") from None
+  step = -1 if restored is None else int(restored[0].step)
+  highest, lowest = _max_over_processes(step, -step)
+  if highest != -lowest:  # a file only some processes read was damaged
+    raise WorkdirError(
+      f"the processes of this job restored different checkpoints ({-lowest} to {highest}) "
+      f"from {checkpoints.directory}; move the newer ones aside and resume"
+    )
+  if checkpoints.unreadable:
+    steps = [s for s, _ in checkpoints.unreadable]
+    aside = workdir / "checkpoints-unreadable"
+    if is_writer:
+      checkpoints.set_aside(steps, aside)
+    _sync_processes("unreadable checkpoints set aside")
+    checkpoints.manager.reload()  # the saves to come must not wait for those steps
+    print(
+      f"warning: checkpoint {', '.join(map(str, steps))} in {checkpoints.directory} is "
+      f"unreadable ({checkpoints.unreadable[0][1]}); moved to {aside}; resuming from step {step}",
+      file=sys.stderr,
+    )
+  return restored
 
-  device_state = experiment.to_device(state)
-  step = int(state.step)
-  elapsed_before = history[-1]["wall_time"] if history else 0.0
 
-  def log(params):
-    row = {
-      "step": step,
-      "method": config.method,
-      "lr": float(experiment.schedule(step)),
-      "wall_time": elapsed_before + time.time() - start_time,
-    }
-    row.update(experiment.evaluate(params))
-    metrics_log.append(row)
-    return row
+def _sync_processes(name: str) -> None:
+  """Waits for every process of the job to get here."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
 
-  last = history[-1] if history else log(state.params)
-  progress = tqdm(
-    total=config.total_iter,
-    initial=step,
-    disable=not (is_writer and config.progress),
-    dynamic_ncols=True,
-    desc=f"{config.experiment} {config.method}",
-  )
-  device_key = experiment.device_key(data_key)
-  for point in _eval_points(config, step):
-    device_state, loss = experiment.train(device_state, point - step, device_key)
-    loss = float(np.asarray(jax.device_get(loss)).reshape(-1)[0])  # the one sync per stretch
-    if not math.isfinite(loss):
-      reached = int(experiment.from_device(device_state).step)
-      checkpoints.close()
-      raise NonFiniteLossError(
-        f"training loss became {loss} at step {reached}; stopped. The last good checkpoint "
-        f"(step {checkpoints.latest_step()}) is kept in {workdir / 'checkpoints'}; lower --lr"
-      )
-    progress.update(point - step)
-    step = point
-    host_state = experiment.from_device(device_state)  # every point is an evaluation or a save
-    if step % config.log_freq == 0 or step == config.total_iter:
-      last = log(host_state.params)
-      progress.set_postfix(
-        loss=f"{last['train_loss']:.4f}",
-        test_acc=f"{last['test_acc']:.4f}",
-        active=f"{last['active_units_pct']:.1f}%",
-      )
-    if step % config.save_freq == 0 or step == config.total_iter:
-      checkpoints.save(host_state, data_key, metrics_log.rows)
-  progress.close()
-  metrics_log.close()
-  checkpoints.close()
-  return last
+    multihost_utils.sync_global_devices(name)
 
 
 def _write_config(
-  path: Path, config: ml_collections.ConfigDict, params: Any, groups: Any, command: str
+  path: Path,
+  config: ml_collections.ConfigDict,
+  params: Any,
+  groups: Any,
+  command: str,
+  resumed_from: int | None = None,
 ) -> None:
-  """``config.json``: the config, the command, the library version, devices and groups."""
-  units = {}
+  """``config.json``: the config, the command, the library version, devices and groups.
 
-  def note_units(param, spec):
-    if spec is not None and spec.role == "in" and param.ndim >= 2:
-      units[str(spec.group)] = int(param.shape[-1])
+  A resumed run (``resumed_from``: the step) keeps the record it started with and appends
+  ``{"command", "step", "changed"}`` to its ``resumes``: the command, the step it resumed
+  from, and the config keys it changed (only those that cannot change the trajectory).
+  """
+  record = None
+  if resumed_from is not None and path.exists():
+    record = run_folder.read_record(path)  # cli.resumed_config has read it already
+    before = run_folder.read_config(path)
+    changed = {k: v for k, v in config.to_dict().items() if config[k] != before[k]}
+    resume = {"command": command, "step": resumed_from, "changed": changed}
+    record.setdefault("resumes", []).append(resume)
+  if record is None:
+    units = {}
 
-  jax.tree.map(note_units, params, groups)
-  record = config.to_dict()
-  record.update(
-    command=command,
-    pathprox_jax_version=pp.__version__,
-    devices=f"{jax.device_count()} x {jax.devices()[0].platform}",
-    processes=jax.process_count(),
-    groups=sorted(int(g) for g in units),
-    units=units,
-  )
+    def note_units(param, spec):
+      if spec is not None and spec.role == "in" and param.ndim >= 2:
+        units[str(spec.group)] = int(param.shape[-1])
+
+    jax.tree.map(note_units, params, groups)
+    record = config.to_dict()
+    record.update(
+      command=command,
+      pathprox_jax_version=pp.__version__,
+      devices=f"{jax.device_count()} x {jax.devices()[0].platform}",
+      processes=jax.process_count(),
+      groups=sorted(int(g) for g in units),
+      units=units,
+    )
   path.parent.mkdir(parents=True, exist_ok=True)
   run_folder.write_json(path, record)

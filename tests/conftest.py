@@ -1,4 +1,9 @@
-"""Test session set-up: eight fake CPU devices, and small generated raw data sets."""
+"""Test session set-up: eight fake CPU devices, small generated raw data sets, real MNIST.
+
+Real MNIST (the four raw IDX files) is found through ``$PATHPROX_RAW_DATA_DIR`` first,
+then in ``../shared/data/mnist`` next to the repository. Tests that need it take the
+``real_mnist`` fixture: they skip without it, but under ``CI=true`` they fail.
+"""
 
 import os
 
@@ -7,6 +12,7 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 
 import gzip  # noqa: E402
+import json  # noqa: E402
 import pathlib  # noqa: E402
 import pickle  # noqa: E402
 import struct  # noqa: E402
@@ -14,7 +20,33 @@ import struct  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-REAL_MNIST = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+               "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")  # fmt: skip
+
+
+def find_real_mnist() -> pathlib.Path:
+  """``$PATHPROX_RAW_DATA_DIR`` if set, else ``../shared/data/mnist`` beside the repository."""
+  if os.environ.get("PATHPROX_RAW_DATA_DIR"):
+    return pathlib.Path(os.environ["PATHPROX_RAW_DATA_DIR"])
+  return pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+
+
+def has_mnist_files(directory: pathlib.Path) -> bool:
+  return all((directory / name).is_file() for name in MNIST_FILES)
+
+
+REAL_MNIST = find_real_mnist()
+
+
+@pytest.fixture
+def real_mnist() -> pathlib.Path:
+  """The real MNIST raw files' folder; skips without it, fails without it under ``CI=true``."""
+  if not has_mnist_files(REAL_MNIST):
+    message = f"real MNIST not found in {REAL_MNIST} (set PATHPROX_RAW_DATA_DIR)"
+    if os.environ.get("CI", "").lower() == "true":
+      pytest.fail(f"CI=true: {message}")
+    pytest.skip(message)
+  return REAL_MNIST
 
 
 def write_idx(path: pathlib.Path, array: np.ndarray) -> None:
@@ -66,3 +98,23 @@ def raw_mnist(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def raw_cifar(tmp_path_factory) -> pathlib.Path:
   return make_cifar_batches(tmp_path_factory.mktemp("raw_cifar"))
+
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY_MLP = ["--features", "32,32,32,32,32,10", "--train-per-class", "20", "--batch-size", "40",
+            "--eval-batch-size", "200", "--lr", "0.05", "--progress", "false"]  # fmt: skip
+
+
+def flags(raw_dir, tmp_path, **overrides) -> list[str]:
+  """Command-line flags of a tiny mnist_subset_mlp run (5 steps per epoch)."""
+  values = {"raw-data-dir": raw_dir, "allow-unofficial-data": "true",
+            "data-dir": tmp_path / "tfds", "total-iter": 20, "log-freq": 10,
+            "save-freq": 10}  # fmt: skip
+  values.update({k.replace("_", "-"): v for k, v in overrides.items()})
+  return TINY_MLP + [f for k, v in values.items() for f in (f"--{k}", str(v))]
+
+
+def read_rows(workdir) -> list[dict]:
+  """A run's ``metrics.jsonl`` rows."""
+  with open(pathlib.Path(workdir) / "metrics.jsonl") as f:
+    return [json.loads(line) for line in f]

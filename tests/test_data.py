@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from conftest import REAL_MNIST, write_idx
+from conftest import write_idx
 
 from experiments import data
 
@@ -75,17 +75,16 @@ def http_server(tmp_path):
   server.server_close()
 
 
-@pytest.mark.skipif(not REAL_MNIST.exists(), reason=f"real MNIST not found at {REAL_MNIST}")
-def test_real_mnist_prepared_once_then_reused(tmp_path):
-  arrays = data.load_arrays("mnist", data_dir=str(tmp_path / "tfds"), raw_dir=str(REAL_MNIST))
+def test_real_mnist_prepared_once_then_reused(real_mnist, tmp_path):
+  arrays = data.load_arrays("mnist", data_dir=str(tmp_path / "tfds"), raw_dir=str(real_mnist))
   (train_images, train_labels), (test_images, test_labels) = arrays["train"], arrays["test"]
   assert train_images.shape == (60000, 28, 28, 1) and test_images.shape == (10000, 28, 28, 1)
   assert train_labels.shape == (60000,) and test_labels.shape == (10000,)
   assert train_images.dtype == np.uint8 and train_labels.dtype == np.int32
   assert np.bincount(train_labels).tolist() == MNIST_TRAIN_COUNTS
-  with gzip.open(REAL_MNIST / "train-labels-idx1-ubyte.gz") as f:
+  with gzip.open(real_mnist / "train-labels-idx1-ubyte.gz") as f:
     np.testing.assert_array_equal(train_labels, np.frombuffer(f.read(), np.uint8, offset=8))
-  with gzip.open(REAL_MNIST / "t10k-images-idx3-ubyte.gz") as f:
+  with gzip.open(real_mnist / "t10k-images-idx3-ubyte.gz") as f:
     idx_test_images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(10000, 28, 28, 1)
   np.testing.assert_array_equal(test_images, idx_test_images)
 

@@ -1,7 +1,6 @@
 """The experiment harness end to end, on generated raw data (and real MNIST when present)."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -10,27 +9,9 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import REAL_MNIST
+from conftest import REPO, flags, read_rows
 
 from experiments import checkpointing, cli, compare, input_pipeline
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_MLP = ["--features", "32,32,32,32,32,10", "--train-per-class", "20", "--batch-size", "40",
-            "--eval-batch-size", "200", "--lr", "0.05", "--progress", "false"]  # fmt: skip
-
-
-def flags(raw_dir, tmp_path, **overrides):
-  """Command-line flags of a tiny mnist_subset_mlp run."""
-  values = {"raw-data-dir": raw_dir, "allow-unofficial-data": "true",
-            "data-dir": tmp_path / "tfds", "total-iter": 20, "log-freq": 10,
-            "save-freq": 10}  # fmt: skip
-  values.update({k.replace("_", "-"): v for k, v in overrides.items()})
-  return TINY_MLP + [f for k, v in values.items() for f in (f"--{k}", str(v))]
-
-
-def read_rows(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
 
 
 def assert_rows_close(a, b, rtol):
@@ -41,10 +22,14 @@ def assert_rows_close(a, b, rtol):
         np.testing.assert_allclose(ra[key], rb[key], rtol=rtol, atol=1e-7, err_msg=key)
 
 
-def test_run_writes_config_and_metrics(raw_mnist, tmp_path):
+def test_run_writes_config_and_metrics(raw_mnist, tmp_path, monkeypatch, capsys):
   workdir = tmp_path / "run"
   argv = flags(raw_mnist, tmp_path, workdir=workdir, tensorboard="true")
+  i = argv.index("--raw-data-dir")
+  del argv[i : i + 2]
+  monkeypatch.setenv("PATHPROX_RAW_DATA_DIR", str(raw_mnist))
   assert cli.main("mnist_subset_mlp", argv) == 0
+  assert capsys.readouterr().out.startswith(f"run directory: {workdir}\n")
   rows = read_rows(workdir)
   assert [r["step"] for r in rows] == [0, 10, 20]
   assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
@@ -62,6 +47,9 @@ def test_run_writes_config_and_metrics(raw_mnist, tmp_path):
   assert config["groups"] == [0, 1, 2] and config["units"] == {"0": 32, "1": 32, "2": 32}
   assert config["devices"] == "8 x cpu"
   assert "--total-iter 20" in config["command"]
+  assert config["raw_data_dir"] == str(raw_mnist)  # the effective one, here from the environment
+  assert sorted(p.name for p in workdir.iterdir()) == [
+    "checkpoints", "config.json", "metrics.jsonl", "tensorboard"]  # fmt: skip
 
 
 def test_one_and_eight_devices_agree(raw_mnist, tmp_path):
@@ -93,65 +81,116 @@ def restore_params(workdir):
   return step, state
 
 
-def test_killed_run_resumes_to_identical_parameters(raw_mnist, tmp_path):
-  argv = flags(raw_mnist, tmp_path, total_iter=600, log_freq=100, save_freq=100)
-  reference = tmp_path / "uninterrupted"
-  assert cli.main("mnist_subset_mlp", argv + ["--workdir", str(reference)]) == 0
-
-  workdir = tmp_path / "killed"
+def start_run(argv, workdir):
+  """A run in a subprocess (the real command line), its stderr to ``workdir``'s sibling file."""
   command = [sys.executable, "-m", "experiments.mnist_subset_mlp", *argv, "--workdir", workdir]
-  process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-  deadline = time.time() + 120
-  checkpoints = workdir / "checkpoints"
-  while time.time() < deadline and process.poll() is None:
-    saved = [int(p.name) for p in checkpoints.glob("*") if p.name.isdigit()]
-    if any(step >= 200 for step in saved):
-      break
-    time.sleep(0.05)
-  assert process.poll() is None, "the run ended before it could be killed"
-  process.send_signal(signal.SIGKILL)
-  process.wait()
-  killed_at = read_rows(workdir)[-1]["step"]
-  assert killed_at < 600
+  err = open(f"{workdir}.err", "w")  # noqa: SIM115 - the subprocess writes it until it ends
+  return subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
 
-  assert cli.main("mnist_subset_mlp", argv + ["--workdir", str(workdir), "--resume"]) == 0
-  resumed, uninterrupted = read_rows(workdir), read_rows(reference)
-  assert [r["step"] for r in resumed] == list(range(0, 601, 100))
-  for a, b in zip(resumed, uninterrupted, strict=True):
-    assert {k: v for k, v in a.items() if k != "wall_time"} == {
-      k: v for k, v in b.items() if k != "wall_time"
-    }
+
+def wait_for_checkpoint(process, workdir, step):
+  """Waits until ``workdir`` holds a finished checkpoint at ``step`` or later (the run goes on)."""
+  checkpoints = workdir / "checkpoints"
+  while process.poll() is None:
+    saved = [int(p.name) for p in checkpoints.glob("*") if p.name.isdigit()]
+    if any(s >= step and (checkpoints / str(s) / "commit_success.txt").exists() for s in saved):
+      return
+    time.sleep(0.05)  # polling the file system, not a guess at the run's speed
+  raise AssertionError(f"the run ended (exit {process.returncode}): {workdir}.err")
+
+
+def wait_for_rows(process, workdir, count):
+  """Waits until the running ``process`` has written ``count`` rows of ``metrics.jsonl``."""
+  path = workdir / "metrics.jsonl"
+  while process.poll() is None:
+    if path.exists() and path.read_text().count("\n") >= count:
+      return
+    time.sleep(0.05)  # polling the file system, not a guess at the run's speed
+  raise AssertionError(f"the run ended (exit {process.returncode}): {workdir}.err")
+
+
+def assert_same_run(workdir, reference):
+  """Same metrics rows (but wall time) and bitwise equal final checkpoints."""
+  strip = [{k: v for k, v in r.items() if k != "wall_time"} for r in read_rows(workdir)]
+  assert strip == [{k: v for k, v in r.items() if k != "wall_time"} for r in read_rows(reference)]
   step_a, state_a = restore_params(workdir)
   step_b, state_b = restore_params(reference)
-  assert step_a == step_b == 600
+  assert step_a == step_b
   jax.tree.map(np.testing.assert_array_equal, state_a, state_b)
 
 
-def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(raw_mnist, tmp_path, capsys):
-  workdir = tmp_path / "run"
-  assert cli.main("mnist_subset_mlp", flags(raw_mnist, tmp_path, workdir=workdir)) == 0
-  argv = flags(raw_mnist, tmp_path, workdir=workdir, total_iter=40, lr=1e12)
-  assert cli.main("mnist_subset_mlp", argv + ["--resume"]) == 1
-  message = capsys.readouterr().err.strip()
-  assert "training loss became" in message and "step 20" in message
-  assert checkpointing.Checkpoints(workdir / "checkpoints").latest_step() == 20
+def test_killed_run_holds_its_lock_then_resumes_to_identical_parameters(
+  raw_mnist, tmp_path, capsys
+):
+  # The killed run is set to run far longer than the test waits: it is always killed mid-run.
+  argv = flags(raw_mnist, tmp_path, total_iter=10**6, log_freq=100, save_freq=100)
+  workdir = tmp_path / "killed"
+  process = start_run(argv, workdir)
+  wait_for_checkpoint(process, workdir, 200)
+  assert cli.main("mnist_subset_mlp", argv + ["--workdir", str(workdir), "--resume"]) == 2
+  assert f"is in use by another run (pid {process.pid} on " in capsys.readouterr().err
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+
+  saved = checkpointing.latest_step(workdir / "checkpoints")
+  end = ["--total-iter", str(saved + 150)]  # allowed on resume: ends the run sooner
+  assert cli.main("mnist_subset_mlp", argv + end + ["--workdir", str(workdir), "--resume"]) == 0
+  reference = tmp_path / "uninterrupted"
+  assert cli.main("mnist_subset_mlp", argv + end + ["--workdir", str(reference)]) == 0
+  assert [r["step"] for r in read_rows(workdir)][-2:] == [saved + 100, saved + 150]
+  assert_same_run(workdir, reference)
 
 
 @pytest.mark.parametrize(
-  "argv, message",
+  "experiment, argv, message",
   [
-    (["--bogus", "1"], "unrecognized arguments: --bogus"),
-    (["--batch-size", "abc"], "--batch-size: 'abc' is not a valid int"),
-    (["--dataset", "imagenet"], "unknown data set 'imagenet'"),
-    (["--method", "adam"], "--method must be one of"),
-    (["--lr", "-1"], "--lr must be positive"),
+    ("mnist_subset_mlp", ["--bogus", "1"], "unrecognized arguments: --bogus"),
+    ("mnist_subset_mlp", ["--experiment", "x"], "unrecognized arguments: --experiment"),
+    ("mnist_subset_mlp", ["--batch-size", "abc"], "--batch-size: 'abc' is not a valid int"),
+    ("mnist_subset_mlp", ["--dataset", "imagenet"], "unknown data set 'imagenet'"),
+    ("mnist_subset_mlp", ["--method", "adam"], "--method must be one of"),
+    (
+      "mnist_subset_mlp",
+      ["--num-devices", "3", "--parallel", "pmap", "--batch-size", "x"],
+      "--batch-size: 'x' is not a valid int",
+    ),
+    ("mnist_subset_mlp", ["--lr", "-1"], "--lr must be a finite number > 0, got -1.0"),
+    ("mnist_subset_mlp", ["--lr", "inf"], "--lr must be a finite number > 0, got inf"),
+    ("mnist_subset_mlp", ["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+    ("mnist_subset_mlp", ["--lr-decay", "-1"], "--lr-decay must be a finite number > 0"),
+    ("mnist_subset_mlp", ["--weight-decay", "nan"], "--weight-decay must be a finite number >= 0"),
+    ("mnist_subset_mlp", ["--momentum", "1"], "--momentum must be in [0, 1)"),
+    ("mnist_subset_mlp", ["--features", "64,0,64,64,64,10"], "--features must be widths >= 1"),
+    ("mnist_subset_mlp", ["--features", "64,-3,64,64,64,10"], "--features must be widths >= 1"),
+    ("mnist_subset_mlp", ["--features", "32,32,32,32,32,5"], "must be >= the 10 classes"),
+    ("mnist_subset_mlp", ["--relu", "true"], "--relu has 1 entries but --features has 6"),
+    ("mnist_subset_mlp", ["--train-per-class", "0"], "--train-per-class must be in [1, 5420]"),
+    ("mnist_subset_mlp", ["--train-per-class", "7000"], "--train-per-class must be in [1, 5420]"),
+    ("mnist_subset_mlp", ["--val-size", "10"], "--val-size applies only to --split holdout"),
+    ("mnist_subset_mlp", ["--channels", "8,8"], "--channels applies only to --model vgg"),
+    ("mnist_mlp", ["--val-size", "0"], "--val-size must be in [1, 59999] for mnist"),
+    ("mnist_mlp", ["--val-size", "60000"], "--val-size must be in [1, 59999] for mnist"),
+    ("mnist_mlp", ["--num-devices", "9"], "--num-devices must be in [0, 8]"),
+    ("cifar_vgg", ["--channels", "8,8,8"], "--channels must list an even number of convs"),
+    ("cifar_vgg", ["--pool-after", "1,16"], "--pool-after must be conv indices in [0, 15]"),
+    ("cifar_vgg", ["--features", "8,10"], "--features applies only to --model mlp"),
   ],
 )
-def test_bad_input_is_a_one_line_error(argv, message, capsys, tmp_path):
-  assert cli.main("mnist_subset_mlp", argv + ["--workdir", str(tmp_path / "r")]) == 2
+def test_bad_input_is_a_one_line_error(experiment, argv, message, capsys, tmp_path):
+  assert cli.main(experiment, argv + ["--workdir", str(tmp_path / "r")]) == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and err.startswith("error: ") and message in err
-  assert not (tmp_path / "r").exists()
+  assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("where, message", [("file", "is a file"), ("file/run", "is not writable")])
+def test_unusable_workdir_is_a_one_line_error(where, message, tmp_path, capsys):
+  (tmp_path / "file").write_text("not a folder")
+  assert cli.main("mnist_subset_mlp", ["--workdir", str(tmp_path / where)]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and message in err
+  assert [p.name for p in tmp_path.iterdir()] == ["file"]
+  assert (tmp_path / "file").read_text() == "not a folder"
 
 
 def test_cli_exit_code_and_existing_run_untouched(raw_mnist, tmp_path):
@@ -162,7 +201,7 @@ def test_cli_exit_code_and_existing_run_untouched(raw_mnist, tmp_path):
              *flags(raw_mnist, tmp_path, workdir=workdir)]  # fmt: skip
   result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 2
-  assert "already holds checkpoints; pass --resume" in result.stderr
+  assert "already holds checkpoints and metrics.jsonl; pass --resume" in result.stderr
   assert (workdir / "metrics.jsonl").read_bytes() == before
 
 
@@ -189,9 +228,8 @@ def test_cifar_vgg_comparison_smoke(raw_cifar, tmp_path):
   assert (tmp_path / "cmp" / "objective.png").exists()
 
 
-@pytest.mark.skipif(not REAL_MNIST.exists(), reason=f"real MNIST not found at {REAL_MNIST}")
-def test_real_mnist_subset_short_run(tmp_path):
-  argv = ["--raw-data-dir", str(REAL_MNIST), "--data-dir", str(tmp_path / "tfds"),
+def test_real_mnist_subset_short_run(real_mnist, tmp_path):
+  argv = ["--raw-data-dir", str(real_mnist), "--data-dir", str(tmp_path / "tfds"),
           "--workdir", str(tmp_path / "run"), "--total-iter", "100", "--log-freq", "50",
           "--save-freq", "100", "--progress", "false"]  # fmt: skip
   assert cli.main("mnist_subset_mlp", argv) == 0

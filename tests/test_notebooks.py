@@ -22,13 +22,6 @@ from nbclient.exceptions import CellExecutionError
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 # Outside the repository: ../shared/data/mnist in CI, read-only.
-REAL_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist"
-MNIST_FILES = (
-  "train-images-idx3-ubyte.gz",
-  "train-labels-idx1-ubyte.gz",
-  "t10k-images-idx3-ubyte.gz",
-  "t10k-labels-idx1-ubyte.gz",
-)
 CELL_TIMEOUT_S = 600
 
 # (notebook, its small CPU settings on top of INSTALL, RAW_DIR and DATA_DIR)
@@ -89,15 +82,11 @@ def data_dir(tmp_path_factory) -> pathlib.Path:
   return tmp_path_factory.mktemp("tensorflow_datasets")
 
 
-@pytest.mark.skipif(
-  not all((REAL_MNIST / name).exists() for name in MNIST_FILES),
-  reason=f"the real MNIST files are not in {REAL_MNIST}",
-)
 @pytest.mark.parametrize("name, settings", NOTEBOOKS)
-def test_notebook_runs(name, settings, data_dir, tmp_path, record_property, capsys):
+def test_notebook_runs(name, settings, real_mnist, data_dir, tmp_path, record_property, capsys):
   parameters = {
     "INSTALL": False,
-    "RAW_DIR": str(REAL_MNIST),
+    "RAW_DIR": str(real_mnist),
     "DATA_DIR": str(data_dir),
     "WORKDIR": str(tmp_path / "runs"),
   }
