@@ -42,6 +42,7 @@ RESUMABLE_KEYS = frozenset(
     "eval_batch_size",
     "data_dir",
     "raw_data_dir",
+    "allow_unofficial_data",
     "progress",
     "tensorboard",
   )  # fmt: skip
