@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import shutil
 import sys
 from pathlib import Path
@@ -32,16 +33,26 @@ def all_finite(tree: Any) -> bool:
   return all(bool(jnp.all(jnp.isfinite(x))) for x in leaves)
 
 
-def _quiet_closed_event_loops(unraisable) -> None:
-  """``sys.unraisablehook`` without Orbax's echoes of a failed restore.
+def _drop_echoes_of_failed_restores() -> None:
+  """Makes ``sys.unraisablehook`` drop what a failed Orbax restore leaves behind.
 
-  When a restore fails, TensorStore's callbacks still arrive for the restore's finished
-  event loop and each prints a "RuntimeError: Event loop is closed" traceback; the failure
-  itself is already reported. Everything else goes to the default hook.
+  When a restore fails, its abandoned coroutines and TensorStore's late callbacks
+  (for the restore's finished event loop) each print a traceback ("Event loop is
+  closed"); the failure itself is already reported. Anything else goes on to the
+  hook installed before.
   """
-  error = unraisable.exc_value
-  if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
-    sys.__unraisablehook__(unraisable)
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_restore_echoes", False):
+    return
+
+  def hook(unraisable) -> None:
+    error = unraisable.exc_value
+    closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+    if not (closed_loop or inspect.iscoroutine(unraisable.object)):
+      previous(unraisable)
+
+  hook.drops_restore_echoes = True
+  sys.unraisablehook = hook
 
 
 def _first_line(error: Exception) -> str:
@@ -129,7 +140,7 @@ class Checkpoints:
           problem = "its metrics history is not a list"
       except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise many kinds on bad files
         problem = _first_line(e)
-        sys.unraisablehook = _quiet_closed_event_loops
+        _drop_echoes_of_failed_restores()
       if problem is None:
         key = jax.random.wrap_key_data(restored.data_key["key"])
         return restored.state, key, list(restored.history)
