@@ -1,6 +1,7 @@
 """PathProx: a proximal step for weight-decay-regularised networks, as an Optax transform."""
 
 from pathprox_jax._src.annotations import GroupSpec as GroupSpec
+from pathprox_jax._src.annotations import GroupSpecTree as GroupSpecTree
 from pathprox_jax._src.annotations import PathProxGroup as PathProxGroup
 from pathprox_jax._src.annotations import group_inits as group_inits
 from pathprox_jax._src.annotations import group_metadata as group_metadata
@@ -14,7 +15,12 @@ from pathprox_jax._src.metrics import PathNorm as PathNorm
 from pathprox_jax._src.metrics import active_units as active_units
 from pathprox_jax._src.metrics import path_norm as path_norm
 from pathprox_jax._src.metrics import weight_decay_objective as weight_decay_objective
+from pathprox_jax._src.params import is_kernel as is_kernel
+from pathprox_jax._src.params import kernel_mask as kernel_mask
 from pathprox_jax._src.prox import prox as prox
+from pathprox_jax._src.rules import PathRule as PathRule
+from pathprox_jax._src.rules import attention_head_rules as attention_head_rules
+from pathprox_jax._src.rules import group_spec_from_paths as group_spec_from_paths
 from pathprox_jax._src.transform import PathProxState as PathProxState
 from pathprox_jax._src.transform import pathprox as pathprox
 from pathprox_jax._src.transform import pathprox_sgd as pathprox_sgd

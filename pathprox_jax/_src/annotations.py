@@ -1,9 +1,13 @@
 """PathProx group annotations on Flax parameters (linen boxes and NNX metadata).
 
 A *unit group* is a set of hidden units computed by one layer (role ``"in"``:
-the units are the last axis of its kernel and its bias) and read by the next
-(role ``"out"``: the units are the second-to-last axis of its kernel; its bias
-belongs to the group too). Annotations are static metadata, read back by
+by default the units are the last axis of its kernel and its bias) and read by
+the next (role ``"out"``: by default the units are the second-to-last axis of
+its kernel; its bias belongs to the group too). ``unit_axis`` places the units
+on another axis (attention heads). Role ``"follow"`` marks parameters that are
+not regularised by PathProx but whose unit slices go with the group's units
+when :func:`pathprox_jax.compact` removes them (the query and key of a head, the
+gate of a SwiGLU neuron). Annotations are static metadata, read back by
 :func:`group_spec` into a pytree of :class:`GroupSpec` leaves, in the spirit of
 ``nn.with_partitioning`` and ``nn.get_partition_spec``.
 """
@@ -12,8 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
-from typing import Any, Literal
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal, TypeAlias, Union
 
 import flax.struct
 import jax
@@ -21,31 +25,69 @@ from flax import nnx
 from flax.core import meta
 from flax.linen import initializers
 
-Role = Literal["in", "out"]
-ROLES: tuple[Role, ...] = ("in", "out")
+Role = Literal["in", "out", "follow"]
+ROLES: tuple[Role, ...] = ("in", "out", "follow")
 NNX_METADATA_KEY = "pathprox"
 DEFAULT_KERNEL_INIT = initializers.lecun_normal()
 DEFAULT_BIAS_INIT = initializers.zeros_init()
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class GroupSpec:
   """The PathProx group of one parameter: a pytree *leaf* (not a NamedTuple).
 
   Attributes:
     group: position of the unit group in the network (forward order).
     role: ``"in"`` for the layer computing the units, ``"out"`` for the layer
-      reading them.
+      reading them, ``"follow"`` for a parameter whose unit slices are removed
+      with dead units by :func:`pathprox_jax.compact` but which PathProx
+      otherwise treats as ungrouped (ordinary weight decay).
+    unit_axis: the axis of this parameter that indexes the units: unit ``j``
+      is the slice at index ``j`` along it, and its norm runs over all the
+      other axes. ``None`` infers the Dense/Conv layout: the last axis of an
+      "in" (or "follow") kernel and of a bias, the second-to-last axis of an
+      "out" kernel. An "out" bias is never split into units. For Flax
+      attention heads: value kernel ``[d_model, heads, head_dim]`` "in" with
+      ``unit_axis=1``, value bias ``[heads, head_dim]`` "in" with
+      ``unit_axis=0``, out kernel ``[heads, head_dim, d_model]`` "out" with
+      ``unit_axis=0`` (see :func:`pathprox_jax.attention_head_rules`).
   """
 
   group: int
   role: Role
+  unit_axis: int | None = None
 
   def __post_init__(self):
-    if isinstance(self.group, bool) or not isinstance(self.group, int) or self.group < 0:
+    if not _is_int(self.group) or self.group < 0:
       raise ValueError(f"PathProx group must be an int >= 0, got {self.group!r}.")
     if self.role not in ROLES:
-      raise ValueError(f"PathProx role must be 'in' or 'out', got {self.role!r}.")
+      raise ValueError(
+        f"PathProx role must be 'in' or 'out', got {self.role!r} (or 'follow', for a "
+        "parameter whose unit slices follow the group's units)."
+      )
+    if self.unit_axis is not None and not _is_int(self.unit_axis):
+      raise ValueError(f"PathProx unit_axis must be an int or None, got {self.unit_axis!r}.")
+
+  def __repr__(self) -> str:
+    axis = "" if self.unit_axis is None else f", unit_axis={self.unit_axis}"
+    return f"GroupSpec(group={self.group}, role={self.role!r}{axis})"
+
+
+def regularized_by_pathprox(spec: GroupSpec | None) -> bool:
+  """Whether the prox regularises a parameter: "in" and "out" yes; "follow" and ``None`` no."""
+  return spec is not None and spec.role != "follow"
+
+
+def _is_int(x: Any) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool)
+
+
+GroupSpecTree: TypeAlias = Union[  # noqa: UP007 (a recursive alias needs string references)
+  GroupSpec, None, Mapping[Any, "GroupSpecTree"], Iterable["GroupSpecTree"]
+]
+"""A pytree of :class:`GroupSpec` or ``None`` leaves with the structure of the params (an NNX
+``State`` for NNX models), as :func:`group_spec` and :func:`pathprox_jax.group_spec_from_paths`
+build it."""
 
 
 class PathProxGroup(flax.struct.PyTreeNode, meta.AxisMetadata):
@@ -81,7 +123,9 @@ class PathProxGroup(flax.struct.PyTreeNode, meta.AxisMetadata):
     return self
 
 
-def with_group(init_fn: Callable[..., Any], group: int, role: Role) -> Callable[..., Any]:
+def with_group(
+  init_fn: Callable[..., Any], group: int, role: Role, unit_axis: int | None = None
+) -> Callable[..., Any]:
   """Wraps a linen initializer so that its parameter carries a PathProx group.
 
   Use it for the kernel *and* the bias of a layer, with the same group and role.
@@ -91,7 +135,8 @@ def with_group(init_fn: Callable[..., Any], group: int, role: Role) -> Callable[
     init_fn: a Flax initializer, e.g. ``nn.initializers.lecun_normal()``.
     group: the unit group's position in the network (0, 1, 2, ... forward).
     role: ``"in"`` for the layer computing the units, ``"out"`` for the layer
-      reading them.
+      reading them (or ``"follow"``, see :class:`GroupSpec`).
+    unit_axis: the parameter's axis of units (``None``: Dense/Conv layout).
 
   Returns:
     An initializer returning a :class:`PathProxGroup` box.
@@ -104,7 +149,7 @@ def with_group(init_fn: Callable[..., Any], group: int, role: Role) -> Callable[
     ...     kernel_init=pathprox_jax.with_group(nn.initializers.lecun_normal(), 0, "in"),
     ...     bias_init=pathprox_jax.with_group(nn.initializers.zeros, 0, "in"))
   """
-  spec = GroupSpec(group, role)
+  spec = GroupSpec(group, role, unit_axis)
 
   @functools.wraps(init_fn)
   def wrapper(*args, **kwargs):
@@ -118,6 +163,7 @@ def group_inits(
   role: Role,
   kernel_init: Callable[..., Any] = DEFAULT_KERNEL_INIT,
   bias_init: Callable[..., Any] = DEFAULT_BIAS_INIT,
+  unit_axis: int | None = None,
 ) -> dict[str, Callable[..., Any]]:
   """The ``kernel_init`` and ``bias_init`` of one linen layer in one group.
 
@@ -126,9 +172,11 @@ def group_inits(
     role: ``"in"`` or ``"out"``, as in :func:`with_group`.
     kernel_init: the kernel initializer to wrap (linen's default by default).
     bias_init: the bias initializer to wrap (zeros by default).
+    unit_axis: the kernel's axis of units (``None``: Dense/Conv layout). The
+      bias's spec has none: its unit axis is the kernel's, counted from the end.
 
   Returns:
-    Keyword arguments for ``nn.Dense`` or ``nn.Conv``.
+    Keyword arguments for ``nn.Dense``, ``nn.Conv`` or ``nn.DenseGeneral``.
 
   Example:
     >>> import flax.linen as nn
@@ -137,17 +185,20 @@ def group_inits(
     >>> readout = nn.Dense(10, **pathprox_jax.group_inits(0, "out"))
   """
   return {
-    "kernel_init": with_group(kernel_init, group, role),
+    "kernel_init": with_group(kernel_init, group, role, unit_axis),
     "bias_init": with_group(bias_init, group, role),
   }
 
 
-def group_metadata(group: int, role: Role) -> dict[str, GroupSpec]:
+def group_metadata(group: int, role: Role, unit_axis: int | None = None) -> dict[str, GroupSpec]:
   """NNX Variable metadata placing a parameter in a PathProx group.
 
   Args:
     group: the unit group's position in the network (0, 1, 2, ... forward).
     role: ``"in"`` or ``"out"``, as in :func:`with_group`.
+    unit_axis: the parameter's axis of units (``None``: Dense/Conv layout, or
+      for a bias the kernel's unit axis counted from the end). Give a kernel
+      with ``unit_axis`` set and its bias separate dicts.
 
   Returns:
     A metadata dict for ``kernel_metadata=``/``bias_metadata=`` of
@@ -160,7 +211,7 @@ def group_metadata(group: int, role: Role) -> dict[str, GroupSpec]:
     >>> layer = nnx.Linear(4, 8, kernel_metadata=meta, bias_metadata=meta,
     ...                    rngs=nnx.Rngs(0))
   """
-  return {NNX_METADATA_KEY: GroupSpec(group, role)}
+  return {NNX_METADATA_KEY: GroupSpec(group, role, unit_axis)}
 
 
 def _spec_of(node: Any) -> GroupSpec | None:
@@ -174,7 +225,7 @@ def _spec_of(node: Any) -> GroupSpec | None:
   return None
 
 
-def group_spec(tree: Any) -> Any:
+def group_spec(tree: Any) -> GroupSpecTree:
   """Reads PathProx annotations into a pytree of :class:`GroupSpec` or ``None``.
 
   Args:
@@ -187,6 +238,10 @@ def group_spec(tree: Any) -> Any:
     state's plain arrays) whose leaves are :class:`GroupSpec` or ``None``. Map
     it with the params first: ``jax.tree.map(f, params, spec)``.
 
+  Raises:
+    ValueError: if ``tree`` holds no annotation at all (unboxed params carry
+      none: without this error PathProx would silently become plain SGD).
+
   Example:
     >>> import jax, jax.numpy as jnp
     >>> import flax.linen as nn
@@ -197,8 +252,16 @@ def group_spec(tree: Any) -> Any:
     >>> pathprox_jax.group_spec(boxed["params"])
     {'kernel': GroupSpec(group=0, role='in')}
   """
-  return jax.tree.map(
+  specs = jax.tree.map(
     _spec_of,
     tree,
     is_leaf=lambda x: isinstance(x, (meta.AxisMetadata, nnx.Variable)),
   )
+  if not jax.tree.leaves(specs):  # None is an empty subtree: no GroupSpec leaf at all
+    raise ValueError(
+      "pathprox_jax.group_spec found no PathProx group annotation in the tree: pass the boxed "
+      "params of model.init or jax.eval_shape(model.init, ...) (before nn.meta.unbox) or "
+      "nnx.state(model, nnx.Param), built with group_inits/with_group/group_metadata; or "
+      "attach groups by parameter path with pathprox_jax.group_spec_from_paths."
+    )
+  return specs

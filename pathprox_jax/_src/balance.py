@@ -13,16 +13,28 @@ are unchanged. Every group's path norm becomes :math:`G`. This equals scaling
 by ``1/s``, one group after another. It preserves the network function when
 group ``k``'s "out" layer feeds group ``k+1``'s "in" layer through positively
 homogeneous operations only (ReLU, max or average pooling, identity).
+
+**The chain rule.** The groups must form one chain: an MLP or a VGG-style stack
+of Dense/Conv groups. A residual connection breaks the chain (the scale of group
+``k``'s output would reach the residual stream), and so do attention heads and
+"follow" parameters (a gate or a query reads the rescaled input through a
+non-homogeneous function). The balance therefore refuses any group that is not
+in the Dense/Conv layout or has followers: a transformer's spec with heads needs
+``balance=False``. A transformer whose only groups are Dense FFN neurons cannot
+be told from an MLP by its parameters: pass ``balance=False`` yourself.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from pathprox_jax._src import groups as groups_lib
+from pathprox_jax._src import unit_norms
+from pathprox_jax._src.annotations import GroupSpecTree
 
 
 def balance_scales(path_norms: jax.Array, eps: float = 1e-6) -> jax.Array:
@@ -49,7 +61,51 @@ def previous_scales(alpha: jax.Array) -> jax.Array:
   return jnp.concatenate([jnp.ones((1,), alpha.dtype), alpha[:-1]])
 
 
-def balance(params: Any, groups: Any, *, eps: float = 1e-6) -> Any:
+def check_chain(layouts: Sequence[groups_lib.GroupLayout]) -> None:
+  """Refuses to balance groups that do not form a Dense/Conv chain (the module's chain rule)."""
+  for g in layouts:
+    if not g.plain:
+      raise ValueError(
+        f"PathProx layer balance rescales group k+1 through group k's output, which only "
+        f"holds along a chain of Dense/Conv groups; group {g.group} has "
+        f"{'followers' if g.followers else 'units on a non-Dense/Conv axis'} (attention heads "
+        "or gated units, i.e. a transformer with residual blocks): pass balance=False."
+      )
+
+
+def balance_leaves(
+  leaves: Sequence[jax.Array] | Mapping[int, jax.Array],
+  layouts: Sequence[groups_lib.GroupLayout],
+  eps: float = 1e-6,
+) -> dict[int, jax.Array]:
+  """The layer balance on flat leaves; returns the changed leaves in float32.
+
+  Args:
+    leaves: the flat parameter leaves (or a mapping holding at least the
+      grouped ones), indexed as in ``layouts``.
+    layouts: the groups, in forward order.
+    eps: the balance is skipped when some group's path norm is at most ``eps``.
+
+  Returns:
+    ``{leaf index: new value}`` for the "out" kernels and the biases it scales.
+  """
+  check_chain(layouts)
+  if not layouts:
+    return {}
+  path_norms = jnp.stack([jnp.sum(unit_norms.unit_path_norms(leaves, g)) for g in layouts])
+  alpha = balance_scales(path_norms, eps)
+  prev = previous_scales(alpha)
+  new = {}
+  for k, g in enumerate(layouts):
+    new[g.out_kernel] = leaves[g.out_kernel].astype(jnp.float32) * (alpha[k] / prev[k])
+    if g.out_bias is not None:
+      new[g.out_bias] = leaves[g.out_bias].astype(jnp.float32) * alpha[k]
+    if g.in_bias is not None:
+      new[g.in_bias] = leaves[g.in_bias].astype(jnp.float32) * prev[k]
+  return new
+
+
+def balance(params: Any, groups: GroupSpecTree, *, eps: float = 1e-6) -> Any:
   """Rescales the groups so that every group has the same path norm.
 
   The network function is unchanged (see the module docstring for when).
@@ -61,6 +117,10 @@ def balance(params: Any, groups: Any, *, eps: float = 1e-6) -> Any:
 
   Returns:
     The balanced parameters, with the dtypes of ``params``.
+
+  Raises:
+    ValueError: if a group is not in the Dense/Conv layout or has followers
+      (attention heads, gates: see the chain rule in the module docstring).
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -74,19 +134,6 @@ def balance(params: Any, groups: Any, *, eps: float = 1e-6) -> Any:
     >>> [round(float(x), 3) for x in norms.per_group.values()]
     [8.239, 8.239]
   """
-  params = groups_lib.unwrap_variables(params)
-  leaves, treedef = jax.tree.flatten(params)
-  layouts = groups_lib.group_layouts(params, groups)
-  if not layouts:
-    return params
-  path_norms = jnp.stack([jnp.sum(groups_lib.unit_path_norms(leaves, g)) for g in layouts])
-  alpha = balance_scales(path_norms, eps)
-  prev = previous_scales(alpha)
-  new = dict(enumerate(leaves))
-  for k, g in enumerate(layouts):
-    new[g.out_kernel] = leaves[g.out_kernel].astype(jnp.float32) * (alpha[k] / prev[k])
-    if g.out_bias is not None:
-      new[g.out_bias] = leaves[g.out_bias].astype(jnp.float32) * alpha[k]
-    if g.in_bias is not None:
-      new[g.in_bias] = leaves[g.in_bias].astype(jnp.float32) * prev[k]
-  return treedef.unflatten([new[i].astype(leaf.dtype) for i, leaf in enumerate(leaves)])
+  return groups_lib.update_grouped(
+    params, groups, lambda leaves, layouts: balance_leaves(leaves, layouts, eps)
+  )

@@ -4,7 +4,10 @@ A unit ``i`` of a group computes :math:`h_i = \\sigma(w_i^\\top x + a_i)` and
 reaches the rest of the network only through its "out" weights :math:`v_i`
 (the "out" layer computes :math:`y = \\sum_i h_i v_i + c`). When :math:`v_i = 0`
 the unit contributes nothing, so deleting its column of ``w``, its entry of ``a``
-and its row of ``v`` gives a smaller network computing the same function.
+and its row of ``v`` gives a smaller network computing the same function. The
+same holds for any unit layout: an attention head ``h`` with :math:`O_h = 0`
+contributes nothing, so its slices of the value, query and key projections
+(the query and key are its "follow" parameters) and of the out projection go.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import jax
 import numpy as np
 
 from pathprox_jax._src import groups as groups_lib
+from pathprox_jax._src import params as params_lib
+from pathprox_jax._src.annotations import GroupSpecTree
 
 
 class KeptUnits(NamedTuple):
@@ -34,14 +39,19 @@ class KeptUnits(NamedTuple):
     return len(self.indices)
 
 
-def compact(params: Any, groups: Any, *, atol: float = 0.0) -> tuple[Any, dict[int, KeptUnits]]:
+def compact(
+  params: Any, groups: GroupSpecTree, *, atol: float = 0.0
+) -> tuple[Any, dict[int, KeptUnits]]:
   """Drops every unit whose "out" weights are (at most ``atol``) zero.
 
   Unit ``i`` of a group is dropped when :math:`\\max_j |v_{ij}| \\le`
-  ``atol``: its column of the "in" kernel ``w`` (last axis), its entry of the
-  "in" bias and its row of the "out" kernel ``v`` (second-to-last axis) are
-  removed, for Dense and Conv kernels alike; "out" biases and ungrouped
-  parameters are unchanged.
+  ``atol``: its slice of the "in" kernel ``w`` (for Dense and Conv: its
+  column, the last axis), of the "in" bias and of the "out" kernel ``v`` (for
+  Dense and Conv: its row, the second-to-last axis) are removed, and its slices
+  of the group's "follow" parameters (an attention head's query and key, a
+  SwiGLU neuron's gate); "out" biases and ungrouped parameters are unchanged.
+  For attention heads, build the smaller model with ``num_heads`` the kept
+  count (and ``qkv_features`` that count times the head dimension).
 
   With ``atol=0`` the result is exact: a unit with :math:`v_i = 0` adds nothing
   downstream, whatever its input weights. A unit with :math:`w_i = 0` but
@@ -71,8 +81,7 @@ def compact(params: Any, groups: Any, *, atol: float = 0.0) -> tuple[Any, dict[i
     the smaller model with each group's "in" layer ``kept[group].width`` wide.
 
   Example:
-    >>> import jax.numpy as jnp
-    >>> import pathprox_jax
+    >>>     >>> import pathprox_jax
     >>> G = pathprox_jax.GroupSpec
     >>> params = {"w": jnp.ones((2, 3)), "v": jnp.array([[1.0], [0.0], [2.0]])}
     >>> groups = {"w": G(0, "in"), "v": G(0, "out")}
@@ -80,18 +89,19 @@ def compact(params: Any, groups: Any, *, atol: float = 0.0) -> tuple[Any, dict[i
     >>> smaller["w"].shape, smaller["v"].shape, kept[0].indices.tolist(), kept[0].width
     ((2, 2), (2, 1), [0, 2], 2)
   """
-  params = groups_lib.unwrap_variables(params)
+  params = params_lib.unwrap_variables(params)
   leaves, treedef = jax.tree.flatten(params)
   new = list(leaves)
   kept = {}
   for g in groups_lib.group_layouts(params, groups):
     # Max, not the norm ||v_i||: squares of tiny weights underflow to zero in f32.
     v = np.abs(np.asarray(leaves[g.out_kernel], np.float32))
-    largest = v.max(axis=tuple(a for a in range(v.ndim) if a != v.ndim - 2))
+    largest = v.max(axis=tuple(a for a in range(v.ndim) if a != g.out_axis))
     indices = np.flatnonzero(largest > atol)
-    new[g.in_kernel] = leaves[g.in_kernel][..., indices]
+    sliced = [(g.in_kernel, g.in_axis), (g.out_kernel, g.out_axis), *g.followers]
     if g.in_bias is not None:
-      new[g.in_bias] = leaves[g.in_bias][indices]
-    new[g.out_kernel] = leaves[g.out_kernel][..., indices, :]
+      sliced.append((g.in_bias, g.in_bias_axis))
+    for i, axis in sliced:
+      new[i] = leaves[i][(slice(None),) * axis + (indices,)]
     kept[g.group] = KeptUnits(indices, g.units)
   return treedef.unflatten(new), kept

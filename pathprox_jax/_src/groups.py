@@ -1,48 +1,52 @@
 """Where each unit group lives in a params pytree, validated once per trace.
 
-A group's *layout* names the flat-leaf positions of its four parameters: the
-"in" kernel ``w`` (units on its last axis) and bias ``a``, and the "out" kernel
-``v`` (units on its second-to-last axis) and bias ``c``. Kernels are the grouped
-parameters with two or more dimensions (Dense ``[in, out]``, Conv
-``[kh, kw, in, out]``), biases the one-dimensional ones; a bias pairs with the
-kernel of the same module (the same parent path).
+A group's *layout* names the flat-leaf positions of its parameters and their unit
+axes: the "in" kernel ``w`` and bias ``a``, the "out" kernel ``v`` and bias ``c``
+(not split into units), and any "follow" parameters. Kernels and biases are told
+apart by the kernel rule (:func:`pathprox_jax.is_kernel`); a bias pairs with the
+kernel of the same module (the same parent path), and its unit axis is the
+kernel's counted from the end unless its spec gives one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
-from pathprox_jax._src.annotations import GroupSpec, Role
+from pathprox_jax._src import params as params_lib
+from pathprox_jax._src.annotations import GroupSpec, GroupSpecTree, Role
 
 
 @dataclasses.dataclass(frozen=True)
 class GroupLayout:
-  """Flat-leaf indices of one group's parameters (``None``: no such bias)."""
+  """Flat-leaf indices of one group's parameters and their (non-negative) unit axes.
+
+  ``in_bias``/``out_bias`` are ``None`` when the layer has no bias; ``followers``
+  holds ``(leaf index, unit axis)`` of the "follow" parameters; ``plain`` says
+  the group has the Dense/Conv layout (units on the last axis of ``w``, the
+  second-to-last of ``v``) and no followers: the layer balance chains only such
+  groups.
+  """
 
   group: int
   units: int
   in_kernel: int
+  in_axis: int
   in_bias: int | None
+  in_bias_axis: int | None
   out_kernel: int
+  out_axis: int
   out_bias: int | None
+  followers: tuple[tuple[int, int], ...]
+  plain: bool
 
 
-def unwrap_variables(tree: Any) -> Any:
-  """Replaces NNX Variables by their values (``nnx.Optimizer`` passes Variables to init)."""
-  return jax.tree.map(
-    lambda x: x.get_value() if isinstance(x, nnx.Variable) else x,
-    tree,
-    is_leaf=lambda x: isinstance(x, nnx.Variable),
-  )
-
-
-def spec_leaves(params: Any, groups: Any) -> list[GroupSpec | None]:
+def spec_leaves(params: Any, groups: GroupSpecTree) -> list[GroupSpec | None]:
   """Flattens ``groups`` up to the structure of ``params``, with a clear error."""
   paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
   params_paths = set(paths)
@@ -72,11 +76,55 @@ def spec_leaves(params: Any, groups: Any) -> list[GroupSpec | None]:
   return leaves
 
 
-def _describe(path: str, leaf: Any) -> str:
-  return f"{path} {tuple(leaf.shape)}"
+@dataclasses.dataclass(frozen=True)
+class _Params:
+  """The flat params with what validation reads: paths (as text), parent modules, kernel rule."""
+
+  paths: list[str]
+  parents: list[tuple[Any, ...]]
+  leaves: list[Any]
+  kernel: list[bool]
+
+  def describe(self, i: int) -> str:
+    return f"{self.paths[i]} {tuple(self.leaves[i].shape)}"
 
 
-def group_layouts(params: Any, groups: Any) -> tuple[GroupLayout, ...]:
+def _explicit_axis(p: _Params, i: int, spec: GroupSpec) -> int | None:
+  """The spec's unit axis of leaf ``i``, made non-negative (``None`` if not given)."""
+  if spec.unit_axis is None:
+    return None
+  ndim = p.leaves[i].ndim
+  if not -ndim <= spec.unit_axis < ndim:
+    raise ValueError(
+      f"PathProx: {p.describe(i)} has unit_axis={spec.unit_axis}, out of range for "
+      f"{ndim} dimensions."
+    )
+  return spec.unit_axis % ndim
+
+
+def _kernel_axis(p: _Params, i: int, spec: GroupSpec) -> int:
+  """A kernel's unit axis: explicit, or the Dense/Conv layout's for its role."""
+  axis = _explicit_axis(p, i, spec)
+  if axis is None:
+    axis = p.leaves[i].ndim - (2 if spec.role == "out" else 1)
+  return axis
+
+
+def _bias_axis(p: _Params, bias: int, spec: GroupSpec, kernel: int, kernel_axis: int) -> int:
+  """A bias's unit axis (explicit, or the kernel's counted from the end), checked for shape."""
+  b, k = p.leaves[bias], p.leaves[kernel]
+  inferred = kernel_axis - k.ndim + b.ndim
+  axis = _explicit_axis(p, bias, spec)
+  if b.shape != k.shape[k.ndim - b.ndim :] or inferred < 0 or axis not in (None, inferred):
+    raise ValueError(
+      f"PathProx group {spec.group}: bias {p.describe(bias)} does not match kernel "
+      f"{p.describe(kernel)} with units on axis {kernel_axis} (a bias has the kernel's trailing "
+      "shape and its unit axis counted from the end)."
+    )
+  return inferred
+
+
+def group_layouts(params: Any, groups: GroupSpecTree) -> tuple[GroupLayout, ...]:
   """Validates the group annotations against ``params`` and locates each group.
 
   Args:
@@ -89,126 +137,163 @@ def group_layouts(params: Any, groups: Any) -> tuple[GroupLayout, ...]:
   Raises:
     ValueError: naming the offending parameter paths and shapes when the spec
       does not match the params, a grouped parameter is not floating point or
-      is a scalar, a group lacks a side or has more than one kernel per role,
-      the two sides' unit counts differ, or a grouped kernel's bias in the same
-      module is outside the group (or a grouped bias has no grouped kernel).
+      is a scalar, a unit axis is out of range, a group lacks a side or has
+      more than one kernel per role, the unit counts differ, a bias does not
+      fit its kernel, or a grouped kernel's bias in the same module is outside
+      the group (or a grouped bias has no grouped kernel).
   """
   specs = spec_leaves(params, groups)
   keyed = jax.tree_util.tree_leaves_with_path(params)
-  paths = [jax.tree_util.keystr(p) for p, _ in keyed]
-  parents = [tuple(p[:-1]) for p, _ in keyed]
-  leaves = [leaf for _, leaf in keyed]
+  p = _Params(
+    paths=[jax.tree_util.keystr(path) for path, _ in keyed],
+    parents=[tuple(path[:-1]) for path, _ in keyed],
+    leaves=[leaf for _, leaf in keyed],
+    kernel=[params_lib.is_kernel(path, leaf) for path, leaf in keyed],
+  )
 
   kernels: dict[tuple[int, Role], list[int]] = defaultdict(list)
   biases: dict[tuple[int, Role], list[int]] = defaultdict(list)
   for i, spec in enumerate(specs):
     if spec is None:
       continue
-    leaf = leaves[i]
+    leaf = p.leaves[i]
     if not jnp.issubdtype(leaf.dtype, jnp.floating):
       raise ValueError(
-        f"PathProx grouped parameter {_describe(paths[i], leaf)} has dtype {leaf.dtype}; "
+        f"PathProx grouped parameter {p.describe(i)} has dtype {leaf.dtype}; "
         "grouped parameters must be floating point."
       )
     if leaf.ndim == 0:
       raise ValueError(
-        f"PathProx grouped parameter {paths[i]} is a scalar; only kernels (2+ dims) "
-        "and biases (1 dim) can be grouped."
+        f"PathProx grouped parameter {p.paths[i]} is a scalar; only kernels (2+ dims) "
+        "and biases can be grouped."
       )
-    (kernels if leaf.ndim >= 2 else biases)[(spec.group, spec.role)].append(i)
+    (kernels if p.kernel[i] else biases)[(spec.group, spec.role)].append(i)
 
-  kernel_parents = {parents[i]: key for key, idx in kernels.items() for i in idx}
+  kernel_parents = {p.parents[i]: key for key, idx in kernels.items() for i in idx}
   for i, spec in enumerate(specs):
-    owner = kernel_parents.get(parents[i])
-    if spec is None and owner is not None and leaves[i].ndim == 1:
+    owner = kernel_parents.get(p.parents[i])
+    if spec is None and owner is not None and not p.kernel[i] and p.leaves[i].ndim:
       raise ValueError(
-        f"PathProx: bias {_describe(paths[i], leaves[i])} is in the same module as a "
+        f"PathProx: bias {p.describe(i)} is in the same module as a "
         f"kernel of group {owner[0]} role '{owner[1]}' but is not in the group; annotate "
         "it with the same group and role."
       )
 
   layouts = []
   for group in sorted({g for g, _ in kernels} | {g for g, _ in biases}):
-    sides = {}
-    for role in ("in", "out"):
-      sides[role] = _side(
-        group, role, kernels[(group, role)], biases[(group, role)], paths, parents, leaves
-      )
-    missing = [role for role, side in sides.items() if side is None]
-    if missing:
-      present = [r for r in ("in", "out") if r not in missing]
-      raise ValueError(
-        f"PathProx group {group} has an '{present[0]}' side "
-        f"({', '.join(_describe(paths[i], leaves[i]) for i in kernels[(group, present[0])])}) "
-        f"but no '{missing[0]}' side; annotate the layer "
-        f"{'reading' if missing[0] == 'out' else 'computing'} its units."
-      )
-    (w, a), (v, c) = sides["in"], sides["out"]
-    units_in, units_out = leaves[w].shape[-1], leaves[v].shape[-2]
-    if units_in != units_out:
-      raise ValueError(
-        f"PathProx group {group}: 'in' kernel {_describe(paths[w], leaves[w])} has "
-        f"{units_in} units (last axis) but 'out' kernel {_describe(paths[v], leaves[v])} "
-        f"has {units_out} (second-to-last axis)."
-      )
-    for bias, kernel, axis in ((a, w, -1), (c, v, -1)):
-      if bias is not None and leaves[bias].shape != (leaves[kernel].shape[axis],):
-        raise ValueError(
-          f"PathProx group {group}: bias {_describe(paths[bias], leaves[bias])} does not "
-          f"match kernel {_describe(paths[kernel], leaves[kernel])}."
-        )
-    layouts.append(GroupLayout(group, units_in, w, a, v, c))
+    layouts.append(_layout(group, kernels, biases, specs, p))
   return tuple(layouts)
 
 
-def _side(group, role, kernel_idx, bias_idx, paths, parents, leaves):
-  """The (kernel, bias) leaf indices of one side of a group, or None if absent."""
-  if len(kernel_idx) > 1:
-    raise ValueError(
-      f"PathProx group {group} has {len(kernel_idx)} kernels with role '{role}': "
-      f"{', '.join(_describe(paths[i], leaves[i]) for i in kernel_idx)}; each role "
-      "takes exactly one kernel."
-    )
-  if not kernel_idx:
-    if bias_idx:
+def _layout(group, kernels, biases, specs, p: _Params) -> GroupLayout:
+  """Locates and checks one group."""
+  for role in ("in", "out"):
+    if len(kernels[(group, role)]) > 1:
       raise ValueError(
-        f"PathProx group {group} role '{role}' has bias "
-        f"{_describe(paths[bias_idx[0]], leaves[bias_idx[0]])} but no kernel in its module."
+        f"PathProx group {group} has {len(kernels[(group, role)])} kernels with role '{role}': "
+        f"{', '.join(p.describe(i) for i in kernels[(group, role)])}; each role "
+        "takes exactly one kernel."
       )
-    return None
-  (kernel,) = kernel_idx
-  for i in bias_idx:
-    if parents[i] != parents[kernel]:
-      raise ValueError(
-        f"PathProx group {group} role '{role}': bias {_describe(paths[i], leaves[i])} is "
-        f"not in the module of its kernel {_describe(paths[kernel], leaves[kernel])}."
-      )
-  if len(bias_idx) > 1:
-    raise ValueError(
-      f"PathProx group {group} role '{role}' has more than one bias: "
-      f"{', '.join(_describe(paths[i], leaves[i]) for i in bias_idx)}."
+  pairs = {role: _pair_biases(group, role, kernels, biases, p) for role in ("in", "out", "follow")}
+  missing = [role for role in ("in", "out") if not kernels[(group, role)]]
+  if missing:
+    present = next(
+      (r for r in ("in", "out", "follow") if r not in missing and kernels[(group, r)]), None
     )
-  return kernel, (bias_idx[0] if bias_idx else None)
+    raise ValueError(
+      f"PathProx group {group} has an '{present}' side "
+      f"({', '.join(p.describe(i) for i in kernels[(group, present)])}) "
+      f"but no '{missing[0]}' side; annotate the layer "
+      f"{'reading' if missing[0] == 'out' else 'computing'} its units."
+    )
+  (w,), (v,) = kernels[(group, "in")], kernels[(group, "out")]
+  in_axis = _kernel_axis(p, w, specs[w])
+  out_axis = _kernel_axis(p, v, specs[v])
+  units = p.leaves[w].shape[in_axis]
+  sides = [(w, in_axis, "in")] + [
+    (k, _kernel_axis(p, k, specs[k]), "follow") for k in kernels[(group, "follow")]
+  ]
+  for kernel, axis, role in [*sides[1:], (v, out_axis, "out")]:
+    if p.leaves[kernel].shape[axis] != units:
+      raise ValueError(
+        f"PathProx group {group}: 'in' kernel {p.describe(w)} has {units} units "
+        f"(axis {in_axis}) but '{role}' kernel {p.describe(kernel)} has "
+        f"{p.leaves[kernel].shape[axis]} (axis {axis})."
+      )
+  axes = {kernel: axis for kernel, axis, _ in sides}
+  bias_axes = {
+    bias: _bias_axis(p, bias, specs[bias], kernel, axes[kernel])
+    for role in ("in", "follow")
+    for kernel, bias in pairs[role].items()
+    if bias is not None
+  }
+  out_bias = pairs["out"][v]
+  if out_bias is not None:
+    if specs[out_bias].unit_axis is not None:
+      raise ValueError(
+        f"PathProx group {group}: 'out' bias {p.describe(out_bias)} has a unit_axis, but the "
+        "'out' layer's bias adds to its outputs and has no units: drop the unit_axis."
+      )
+    _bias_axis(p, out_bias, specs[out_bias], v, p.leaves[v].ndim - 1)
+  in_bias = pairs["in"][w]
+  followers = tuple(
+    (i, axes[i] if i in axes else bias_axes[i])
+    for kernel, bias in pairs["follow"].items()
+    for i in (kernel, bias)
+    if i is not None
+  )
+  return GroupLayout(
+    group=group,
+    units=units,
+    in_kernel=w,
+    in_axis=in_axis,
+    in_bias=in_bias,
+    in_bias_axis=None if in_bias is None else bias_axes[in_bias],
+    out_kernel=v,
+    out_axis=out_axis,
+    out_bias=out_bias,
+    followers=followers,
+    plain=(not followers and in_axis == p.leaves[w].ndim - 1 and out_axis == p.leaves[v].ndim - 2),
+  )
 
 
-def input_norms(w: jax.Array) -> jax.Array:
-  """Per-unit norms ``||w_i||`` of an "in" kernel, over all axes but the last, in f32."""
-  w = w.astype(jnp.float32)
-  return jnp.sqrt(jnp.sum(w * w, axis=tuple(range(w.ndim - 1))))
+def _pair_biases(group, role, kernels, biases, p: _Params) -> dict[int, int | None]:
+  """``{kernel: its bias or None}`` for one role, each bias in its kernel's module."""
+  by_parent = {p.parents[k]: k for k in kernels[(group, role)]}
+  pairs: dict[int, int | None] = dict.fromkeys(kernels[(group, role)])
+  for i in biases[(group, role)]:
+    kernel = by_parent.get(p.parents[i])
+    if kernel is None:
+      if not kernels[(group, role)]:
+        raise ValueError(
+          f"PathProx group {group} role '{role}' has bias {p.describe(i)} but no kernel "
+          "in its module."
+        )
+      raise ValueError(
+        f"PathProx group {group} role '{role}': bias {p.describe(i)} is not in the module "
+        f"of its kernel {', '.join(p.describe(k) for k in kernels[(group, role)])}."
+      )
+    if pairs[kernel] is not None:
+      raise ValueError(
+        f"PathProx group {group} role '{role}' has more than one bias: "
+        f"{p.describe(pairs[kernel])}, {p.describe(i)}."
+      )
+    pairs[kernel] = i
+  return pairs
 
 
-def output_norms(v: jax.Array) -> jax.Array:
-  """Per-unit norms ``||v_i||`` of an "out" kernel, over all axes but the second-to-last, in f32."""
-  v = v.astype(jnp.float32)
-  axes = tuple(a for a in range(v.ndim) if a != v.ndim - 2)
-  return jnp.sqrt(jnp.sum(v * v, axis=axes))
+def update_grouped(
+  params: Any,
+  groups: GroupSpecTree,
+  step: Callable[[list[jax.Array], tuple[GroupLayout, ...]], Mapping[int, jax.Array]],
+) -> Any:
+  """Applies ``step(flat leaves, layouts) -> {leaf index: new value}`` to (unboxed or NNX) params.
 
-
-def unit_path_norms(leaves: Any, group: GroupLayout) -> jax.Array:
-  """Each unit's path norm ``||w_i|| ||v_i||`` (weights only, f32)."""
-  return input_norms(leaves[group.in_kernel]) * output_norms(leaves[group.out_kernel])
-
-
-def scale_outputs(v: jax.Array, scale: jax.Array) -> jax.Array:
-  """Multiplies each unit's row of an "out" kernel (axis -2) by ``scale[i]``, in f32."""
-  return v.astype(jnp.float32) * scale[:, None]
+  Returns the params with the changed leaves, each cast back to its dtype.
+  """
+  params = params_lib.unwrap_variables(params)
+  leaves, treedef = jax.tree.flatten(params)
+  new = step(leaves, group_layouts(params, groups))
+  return treedef.unflatten(
+    [new[i].astype(leaf.dtype) if i in new else leaf for i, leaf in enumerate(leaves)]
+  )

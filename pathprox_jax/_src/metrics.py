@@ -1,4 +1,7 @@
-"""What PathProx reports: path norm, active units and the weight-decay objective."""
+"""What PathProx reports: path norm, active units and the weight-decay objective.
+
+A unit is whatever the group's layout makes it: a hidden neuron, a channel, an attention head.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,9 @@ import jax
 import jax.numpy as jnp
 
 from pathprox_jax._src import groups as groups_lib
+from pathprox_jax._src import params as params_lib
+from pathprox_jax._src import unit_norms
+from pathprox_jax._src.annotations import GroupSpecTree, regularized_by_pathprox
 
 
 class PathNorm(NamedTuple):
@@ -26,16 +32,16 @@ class ActiveUnits(NamedTuple):
   per_group_fraction: dict[int, jax.Array]
 
 
-def _unit_path_norms(params: Any, groups: Any) -> dict[int, jax.Array]:
+def _unit_path_norms(params: Any, groups: GroupSpecTree) -> dict[int, jax.Array]:
   """``{group: ||w_i|| ||v_i|| per unit}`` (weights only, f32)."""
-  params = groups_lib.unwrap_variables(params)
+  params = params_lib.unwrap_variables(params)
   leaves = jax.tree.leaves(params)
   return {
-    g.group: groups_lib.unit_path_norms(leaves, g) for g in groups_lib.group_layouts(params, groups)
+    g.group: unit_norms.unit_path_norms(leaves, g) for g in groups_lib.group_layouts(params, groups)
   }
 
 
-def path_norm(params: Any, groups: Any) -> PathNorm:
+def path_norm(params: Any, groups: GroupSpecTree) -> PathNorm:
   """The path norm :math:`\\sum_{\\text{groups}} \\sum_i \\|w_i\\| \\|v_i\\|`.
 
   Biases are not included, as in the paper's reports.
@@ -52,7 +58,7 @@ def path_norm(params: Any, groups: Any) -> PathNorm:
   return PathNorm(total, per_group)
 
 
-def active_units(params: Any, groups: Any) -> ActiveUnits:
+def active_units(params: Any, groups: GroupSpecTree) -> ActiveUnits:
   """Counts the units that are switched on: :math:`\\|w_i\\| \\|v_i\\| > 0` exactly.
 
   Args:
@@ -75,7 +81,7 @@ def active_units(params: Any, groups: Any) -> ActiveUnits:
 
 
 def weight_decay_objective(
-  loss: jax.Array | float, params: Any, groups: Any, weight_decay: float
+  loss: jax.Array | float, params: Any, groups: GroupSpecTree, weight_decay: float | jax.Array
 ) -> jax.Array:
   """The weight-decay objective at its best rescaling (the paper's figures' y-axis).
 
@@ -85,8 +91,9 @@ def weight_decay_objective(
 
   For grouped units :math:`\\frac{\\lambda}{2}(\\|w_i\\|^2 + \\|v_i\\|^2) \\ge
   \\lambda \\|w_i\\| \\|v_i\\|`, with equality once rescaled, so this is the
-  weight-decay objective of the same function. Kernels are parameters with two
-  or more dimensions; biases are not decayed.
+  weight-decay objective of the same function. Kernels follow the kernel rule
+  (:func:`pathprox_jax.is_kernel`); biases are not decayed. "Follow" parameters
+  (e.g. a head's query and key) count as ungrouped.
 
   Args:
     loss: the data loss :math:`L`.
@@ -97,18 +104,15 @@ def weight_decay_objective(
   Returns:
     The objective, a float32 scalar.
   """
-  params = groups_lib.unwrap_variables(params)
+  params = params_lib.unwrap_variables(params)
   paths = path_norm(params, groups).total
-  decayed = jax.tree.leaves(
-    jax.tree.map(
-      lambda p, s: (
-        jnp.sum(jnp.square(p.astype(jnp.float32)))
-        if s is None and p.ndim >= 2
-        else jnp.zeros((), jnp.float32)
-      ),
-      params,
-      groups,
-    )
+  keyed = jax.tree_util.tree_leaves_with_path(params)
+  squared = sum(
+    (
+      jnp.sum(jnp.square(p.astype(jnp.float32)))
+      for (path, p), spec in zip(keyed, groups_lib.spec_leaves(params, groups), strict=True)
+      if not regularized_by_pathprox(spec) and params_lib.is_kernel(path, p)
+    ),
+    jnp.zeros((), jnp.float32),
   )
-  squared = sum(decayed, jnp.zeros((), jnp.float32))
   return loss + weight_decay * paths + 0.5 * weight_decay * squared

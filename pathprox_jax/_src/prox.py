@@ -12,7 +12,10 @@ With ``regularize_bias`` the normalising norm is :math:`\\|[w_i, a_i]\\|` and
 there is no balance. The normalisation is a projection onto the unit sphere: ``v``
 is deliberately not multiplied by :math:`\\|w_i\\|` to compensate. The threshold
 step is the exact proximal operator of :math:`\\tau \\|v_i\\|` (group soft-threshold).
-All norms and scales are computed once per unit, in float32.
+A unit's slices lie on each parameter's unit axis (the Dense/Conv layout, or
+attention heads). The step is the composition of three functions, one per
+stage: :func:`balance_lib.balance_leaves`, :func:`normalize_inputs` and
+:func:`soft_threshold_outputs`. All norms and scales are computed in float32.
 """
 
 from __future__ import annotations
@@ -25,10 +28,71 @@ import jax.numpy as jnp
 
 from pathprox_jax._src import balance as balance_lib
 from pathprox_jax._src import groups as groups_lib
+from pathprox_jax._src import unit_norms
+from pathprox_jax._src.annotations import GroupSpecTree
+
+Leaves = Sequence[jax.Array] | Mapping[int, jax.Array]
+
+
+def normalize_inputs(
+  leaves: Leaves,
+  layouts: Sequence[groups_lib.GroupLayout],
+  *,
+  regularize_bias: bool = False,
+  eps: float = 1e-6,
+) -> dict[int, jax.Array]:
+  """Scales each unit's "in" weights (and "in" bias) to unit norm; returns them in float32.
+
+  Args:
+    leaves: the flat leaves (or a mapping holding at least the grouped ones).
+    layouts: the groups.
+    regularize_bias: the norm is :math:`\\|[w_i, a_i]\\|` instead of :math:`\\|w_i\\|`.
+    eps: the clip of the norm.
+
+  Returns:
+    ``{leaf index: new value}`` for the "in" kernels and biases.
+  """
+  new = {}
+  for g in layouts:
+    norm = unit_norms.unit_norms(leaves[g.in_kernel], g.in_axis)
+    if regularize_bias and g.in_bias is not None:
+      bias_norm = unit_norms.unit_norms(leaves[g.in_bias], g.in_bias_axis)
+      norm = jnp.sqrt(norm * norm + bias_norm * bias_norm)
+    inv_norm = 1.0 / jnp.maximum(norm, eps)
+    new[g.in_kernel] = unit_norms.scale_units(leaves[g.in_kernel], inv_norm, g.in_axis)
+    if g.in_bias is not None:
+      new[g.in_bias] = unit_norms.scale_units(leaves[g.in_bias], inv_norm, g.in_bias_axis)
+  return new
+
+
+def soft_threshold_outputs(
+  leaves: Leaves,
+  layouts: Sequence[groups_lib.GroupLayout],
+  threshold: jax.Array | float,
+  *,
+  eps: float = 1e-6,
+) -> dict[int, jax.Array]:
+  """The group soft-threshold of each unit's "out" weights; returns them in float32.
+
+  Args:
+    leaves: the flat leaves (or a mapping holding at least the grouped ones).
+    layouts: the groups.
+    threshold: :math:`\\tau`.
+    eps: the clip of :math:`\\|v_i\\|` (a zero row stays zero).
+
+  Returns:
+    ``{leaf index: new value}`` for the "out" kernels.
+  """
+  new = {}
+  for g in layouts:
+    norm = unit_norms.unit_norms(leaves[g.out_kernel], g.out_axis)
+    shrink = jnp.maximum(0.0, 1.0 - threshold / jnp.maximum(norm, eps))
+    new[g.out_kernel] = unit_norms.scale_units(leaves[g.out_kernel], shrink, g.out_axis)
+  return new
 
 
 def prox_leaves(
-  leaves: Sequence[jax.Array] | Mapping[int, jax.Array],
+  leaves: Leaves,
   layouts: Sequence[groups_lib.GroupLayout],
   threshold: jax.Array | float,
   *,
@@ -36,7 +100,7 @@ def prox_leaves(
   regularize_bias: bool = False,
   eps: float = 1e-6,
 ) -> dict[int, jax.Array]:
-  """The proximal step on flat leaves; returns the changed leaves in float32.
+  """The proximal step on flat leaves: balance, normalise inputs, soft-threshold outputs.
 
   Args:
     leaves: the flat parameter leaves (or a mapping holding at least the
@@ -48,38 +112,26 @@ def prox_leaves(
     eps: the clip of every norm (and of path norms, for the balance).
 
   Returns:
-    ``{leaf index: new value}`` for every leaf the step changes.
+    ``{leaf index: new value}`` (float32) for every leaf the step changes.
   """
-  w_norms = [groups_lib.input_norms(leaves[g.in_kernel]) for g in layouts]
-  v_norms = [groups_lib.output_norms(leaves[g.out_kernel]) for g in layouts]
-  balancing = balance and not regularize_bias and bool(layouts)
-  if balancing:
-    alpha = balance_lib.balance_scales(
-      jnp.stack([jnp.sum(nw * nv) for nw, nv in zip(w_norms, v_norms, strict=True)]), eps
-    )
-    prev = balance_lib.previous_scales(alpha)
-
+  current = dict(leaves) if isinstance(leaves, Mapping) else dict(enumerate(leaves))
   new = {}
-  for k, g in enumerate(layouts):
-    in_bias = None if g.in_bias is None else leaves[g.in_bias].astype(jnp.float32)
-    norm = w_norms[k]
-    if regularize_bias and in_bias is not None:
-      norm = jnp.sqrt(norm * norm + in_bias * in_bias)
-    inv_norm = 1.0 / jnp.maximum(norm, eps)
-    new[g.in_kernel] = leaves[g.in_kernel].astype(jnp.float32) * inv_norm
-    ratio = alpha[k] / prev[k] if balancing else 1.0
-    if in_bias is not None:
-      new[g.in_bias] = in_bias * (inv_norm * prev[k] if balancing else inv_norm)
-    shrink = jnp.maximum(0.0, 1.0 - threshold / jnp.maximum(v_norms[k] * ratio, eps))
-    new[g.out_kernel] = groups_lib.scale_outputs(leaves[g.out_kernel], shrink * ratio)
-    if balancing and g.out_bias is not None:
-      new[g.out_bias] = leaves[g.out_bias].astype(jnp.float32) * alpha[k]
+  stages = [
+    lambda x: normalize_inputs(x, layouts, regularize_bias=regularize_bias, eps=eps),
+    lambda x: soft_threshold_outputs(x, layouts, threshold, eps=eps),
+  ]
+  if balance and not regularize_bias:
+    stages.insert(0, lambda x: balance_lib.balance_leaves(x, layouts, eps))
+  for stage in stages:
+    changed = stage(current)
+    current.update(changed)
+    new.update(changed)
   return new
 
 
 def prox(
   params: Any,
-  groups: Any,
+  groups: GroupSpecTree,
   threshold: jax.Array | float,
   *,
   balance: bool = True,
@@ -92,7 +144,8 @@ def prox(
     params: the (unboxed) parameters, or an NNX ``State`` of them.
     groups: the spec pytree from :func:`pathprox_jax.group_spec`.
     threshold: :math:`\\tau = \\lambda \\gamma_t`.
-    balance: apply the layer balance first (ignored with ``regularize_bias``).
+    balance: apply the layer balance first (ignored with ``regularize_bias``;
+      refused for groups outside a Dense/Conv chain, see :func:`pathprox_jax.balance`).
     regularize_bias: normalise by :math:`\\|[w_i, a_i]\\|` instead of
       :math:`\\|w_i\\|`, without balance.
     eps: the clip of every norm.
@@ -110,12 +163,10 @@ def prox(
     >>> new["w"].tolist(), new["v"].tolist()
     ([[1.0, 1.0]], [[1.899999976158142], [0.0]])
   """
-  params = groups_lib.unwrap_variables(params)
-  leaves, treedef = jax.tree.flatten(params)
-  layouts = groups_lib.group_layouts(params, groups)
-  new = prox_leaves(
-    leaves, layouts, threshold, balance=balance, regularize_bias=regularize_bias, eps=eps
-  )
-  return treedef.unflatten(
-    [new[i].astype(leaf.dtype) if i in new else leaf for i, leaf in enumerate(leaves)]
+  return groups_lib.update_grouped(
+    params,
+    groups,
+    lambda leaves, layouts: prox_leaves(
+      leaves, layouts, threshold, balance=balance, regularize_bias=regularize_bias, eps=eps
+    ),
   )

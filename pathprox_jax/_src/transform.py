@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
-from optax._src import base, numerics
 
+from pathprox_jax._src import balance as balance_lib
 from pathprox_jax._src import groups as groups_lib
+from pathprox_jax._src import params as params_lib
 from pathprox_jax._src import prox as prox_lib
+from pathprox_jax._src.annotations import GroupSpec, GroupSpecTree, regularized_by_pathprox
+
+NO_PARAMS_MSG = (
+  "PathProx requires the current value of parameters: pass them to update, "
+  "tx.update(updates, state, params)."
+)
 
 
 class PathProxState(NamedTuple):
@@ -19,10 +27,29 @@ class PathProxState(NamedTuple):
   count: jax.Array
 
 
+def check_weight_decay(weight_decay: optax.ScalarOrSchedule) -> None:
+  """Raises unless a concrete ``weight_decay`` is a finite number >= 0.
+
+  Schedules and traced values (``optax.inject_hyperparams`` under ``jit``) cannot be checked.
+  """
+  if callable(weight_decay):
+    return
+  try:
+    value = float(weight_decay)
+  except jax.errors.ConcretizationTypeError:
+    return
+  except TypeError as error:
+    raise ValueError(
+      f"PathProx weight_decay must be a number or a schedule, got {weight_decay!r}."
+    ) from error
+  if not math.isfinite(value) or value < 0:
+    raise ValueError(f"PathProx weight_decay must be finite and >= 0, got {value}.")
+
+
 def pathprox(
   learning_rate: optax.ScalarOrSchedule,
-  weight_decay: float,
-  groups: Any,
+  weight_decay: optax.ScalarOrSchedule,
+  groups: GroupSpecTree,
   *,
   balance: bool = True,
   regularize_bias: bool = False,
@@ -37,13 +64,14 @@ def pathprox(
   with
 
   .. math::
-    \\tau_t = \\lambda \\, \\gamma_t ,
+    \\tau_t = \\lambda_t \\, \\gamma_t ,
 
-  where :math:`\\gamma_t` is ``learning_rate`` at this transform's own step
-  count (one per ``update``; give the base optimiser the same schedule). The
-  returned update is :math:`\\mathrm{prox}_\\tau(p + u) - p` for grouped leaves;
-  ungrouped leaves pass their updates through unchanged. Optimiser states
-  (e.g. SGD's momentum trace) are not touched by the prox.
+  where :math:`\\gamma_t` is ``learning_rate`` and :math:`\\lambda_t` is
+  ``weight_decay`` at this transform's own step count (one per ``update``; give
+  the base optimiser the same schedule). The returned update is
+  :math:`\\mathrm{prox}_\\tau(p + u) - p` for grouped leaves; ungrouped leaves
+  pass their updates through unchanged. Optimiser states (e.g. SGD's momentum
+  trace) are not touched by the prox.
 
   PathProx is defined for SGD, with or without momentum; after adaptive
   optimisers :math:`\\tau = \\lambda \\gamma_t` is a heuristic. Wrappers such as
@@ -54,11 +82,15 @@ def pathprox(
 
   Args:
     learning_rate: the base optimiser's learning rate, a float or a schedule.
-    weight_decay: :math:`\\lambda`.
+    weight_decay: :math:`\\lambda`, a float >= 0 or a schedule. A concrete value
+      is checked (finite, >= 0) when the transform is built; a schedule's values
+      and a traced value (``optax.inject_hyperparams`` under ``jit``) cannot be.
     groups: the spec pytree from :func:`pathprox_jax.group_spec` (a pytree, not
       a callable: transforms receive plain arrays without metadata).
     balance: balance the groups' path norms before the prox (skipped with
-      ``regularize_bias``, where it would not preserve the objective).
+      ``regularize_bias``, where it would not preserve the objective). Refused
+      for groups outside a Dense/Conv chain (attention heads, followers): see
+      :func:`pathprox_jax.balance`.
     regularize_bias: the "in" bias is part of each unit's input weights.
     eps: the clip of every norm.
 
@@ -79,17 +111,22 @@ def pathprox(
     Yang et al., `A Better Way to Decay: Proximal Gradient Training Algorithms
     for Neural Nets <https://arxiv.org/abs/2210.03069>`_, 2022.
   """
+  check_weight_decay(weight_decay)
+  balancing = balance and not regularize_bias
 
   def init_fn(params):
-    groups_lib.group_layouts(groups_lib.unwrap_variables(params), groups)
+    layouts = groups_lib.group_layouts(params_lib.unwrap_variables(params), groups)
+    if balancing:
+      balance_lib.check_chain(layouts)
     return PathProxState(count=jnp.zeros([], jnp.int32))
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
     if params is None:
-      raise ValueError(base.NO_PARAMS_MSG)
+      raise ValueError(NO_PARAMS_MSG)
     lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
-    threshold = weight_decay * jnp.asarray(lr, jnp.float32)
+    wd = weight_decay(state.count) if callable(weight_decay) else weight_decay
+    threshold = jnp.asarray(wd, jnp.float32) * jnp.asarray(lr, jnp.float32)
     param_leaves, treedef = jax.tree.flatten(params)
     update_leaves = treedef.flatten_up_to(updates)
     layouts = groups_lib.group_layouts(params, groups)
@@ -100,7 +137,7 @@ def pathprox(
       if i is not None
     }
     new = prox_lib.prox_leaves(
-      stepped, layouts, threshold, balance=balance, regularize_bias=regularize_bias, eps=eps
+      stepped, layouts, threshold, balance=balancing, regularize_bias=regularize_bias, eps=eps
     )
     out = [
       (new[i] - param_leaves[i].astype(jnp.float32)).astype(param_leaves[i].dtype)
@@ -108,37 +145,39 @@ def pathprox(
       else u
       for i, u in enumerate(update_leaves)
     ]
-    return treedef.unflatten(out), PathProxState(count=numerics.safe_increment(state.count))
+    return treedef.unflatten(out), PathProxState(count=optax.safe_increment(state.count))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _decayed_mask(groups: Any, regularize_bias: bool):
-  """Which leaves get ordinary weight decay: ungrouped kernels (and biases)."""
+def _decayed_mask(groups: GroupSpecTree, regularize_bias: bool):
+  """Which leaves get ordinary weight decay: kernels outside the prox (and biases)."""
 
-  def is_decayed(param, spec):
-    if spec is None:
-      return param.ndim >= 2 or regularize_bias
-    return regularize_bias and spec.role == "out" and param.ndim == 1
+  def is_decayed(path: tuple[Any, ...], param: Any, spec: GroupSpec | None) -> bool:
+    kernel = params_lib.is_kernel(path, param)
+    if not regularized_by_pathprox(spec):
+      return kernel or regularize_bias
+    return regularize_bias and spec.role == "out" and not kernel
 
   def mask(params):
-    params = groups_lib.unwrap_variables(params)
+    params = params_lib.unwrap_variables(params)
     # Runs before pathprox's own init in the chain: fail with its clear message, not tree.map's.
     groups_lib.spec_leaves(params, groups)
-    return jax.tree.map(is_decayed, params, groups)
+    return jax.tree_util.tree_map_with_path(is_decayed, params, groups)
 
   return mask
 
 
 def pathprox_sgd(
   learning_rate: optax.ScalarOrSchedule,
-  weight_decay: float,
-  groups: Any,
+  weight_decay: optax.ScalarOrSchedule,
+  groups: GroupSpecTree,
   *,
-  momentum: float = 0.0,
+  momentum: float | None = None,
   nesterov: bool = False,
   balance: bool = True,
   regularize_bias: bool = False,
+  eps: float = 1e-6,
 ) -> optax.GradientTransformationExtraArgs:
   """The paper's recipe: weight decay outside the groups, SGD, then PathProx.
 
@@ -146,22 +185,34 @@ def pathprox_sgd(
   before SGD (so it enters the momentum trace):
 
   .. math::
-    g \\leftarrow \\nabla L + \\lambda\\, \\theta_{\\text{ungrouped}}, \\qquad
+    g \\leftarrow \\nabla L + \\lambda_t\\, \\theta_{\\text{ungrouped}}, \\qquad
     u = \\mathrm{sgd}(g), \\qquad
-    \\theta \\leftarrow \\mathrm{prox}_{\\lambda\\gamma_t}(\\theta + u).
+    \\theta \\leftarrow \\mathrm{prox}_{\\lambda_t\\gamma_t}(\\theta + u).
 
-  Ungrouped kernels are decayed; ungrouped biases, and grouped layers' "out"
+  Ungrouped kernels (the kernel rule, :func:`pathprox_jax.is_kernel`) are
+  decayed, "follow" ones too; ungrouped biases, and grouped layers' "out"
   biases, only with ``regularize_bias``. With ``weight_decay=0`` and no groups
-  this is ``optax.sgd(learning_rate)``.
+  this is ``optax.sgd(learning_rate, momentum, nesterov)``.
+
+  It works with ``optax.inject_hyperparams`` (``groups`` is static):
+
+  >>> import optax, pathprox_jax
+  >>> make = optax.inject_hyperparams(pathprox_jax.pathprox_sgd, static_args=("groups",))
+
+  then ``make(learning_rate=0.1, weight_decay=1e-4, groups=groups, momentum=0.9)``.
 
   Args:
     learning_rate: a float or an optax schedule (drives SGD and the threshold).
-    weight_decay: :math:`\\lambda`.
+    weight_decay: :math:`\\lambda`, a float >= 0 or a schedule (as in
+      ``optax.add_decayed_weights``; drives the decay and the threshold). A
+      concrete value is checked (finite, >= 0); schedules and traced values
+      (``optax.inject_hyperparams`` under ``jit``) cannot be.
     groups: the spec pytree from :func:`pathprox_jax.group_spec`.
-    momentum: SGD momentum (0: none).
+    momentum: SGD momentum (``None``: none), passed to ``optax.sgd`` unchanged.
     nesterov: Nesterov momentum.
     balance: layer balance before each prox (see :func:`pathprox`).
     regularize_bias: decay biases too, and normalise by :math:`\\|[w_i, a_i]\\|`.
+    eps: the clip of every norm in the prox.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -177,8 +228,16 @@ def pathprox_sgd(
     >>> params = nn.meta.unbox(boxed)
     >>> opt_state = tx.init(params)
   """
+  check_weight_decay(weight_decay)
   return optax.chain(
     optax.add_decayed_weights(weight_decay, mask=_decayed_mask(groups, regularize_bias)),
-    optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov),
-    pathprox(learning_rate, weight_decay, groups, balance=balance, regularize_bias=regularize_bias),
+    optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
+    pathprox(
+      learning_rate,
+      weight_decay,
+      groups,
+      balance=balance,
+      regularize_bias=regularize_bias,
+      eps=eps,
+    ),
   )
