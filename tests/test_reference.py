@@ -3,6 +3,8 @@
 The reference loops over units in plain NumPy and follows the algorithm literally: weight decay
 on ungrouped kernels, SGD (with momentum), then per group the sequential layer balance, the
 normalisation of each unit's input weights and the group soft-threshold of its output weights.
+A unit is the slice of a kernel at one index of its unit axis (the last axis of an "in" kernel,
+the second-to-last of an "out" kernel, or the GroupSpec's unit_axis: attention heads).
 """
 
 import jax
@@ -15,7 +17,8 @@ import pathprox_jax as pp
 EPS = 1e-6
 G = pp.GroupSpec
 
-# name: (kernel shape, has bias, (group, role) or None). Names are chosen so that the flattening
+# name: (kernel shape, bias dims, (group, role[, unit_axis]) or None); the bias has the kernel's
+# last `bias dims` dimensions (True: one, False: no bias). Names are chosen so that the flattening
 # order (alphabetical) differs from the group order, and some grouped layers have no bias.
 DENSE = {
   "a_in1": ((5, 4), True, (1, "in")),
@@ -33,51 +36,98 @@ CONV = {
   "dense": ((3, 2), True, (1, "out")),
   "free": ((2, 2, 2, 2), True, None),
 }
-NETS = {"dense": DENSE, "conv": CONV}
+# A transformer block's layouts: attention heads as units (Flax's [d_model, heads, head_dim]
+# value kernel, [heads, head_dim, d_model] out kernel), the query and key following the heads,
+# then a ReLU FFN whose neurons are Dense units.
+ATTENTION = {
+  "attn_key": ((6, 3, 4), 2, (0, "follow", 1)),
+  "attn_out": ((3, 4, 6), True, (0, "out", 0)),
+  "attn_query": ((6, 3, 4), 2, (0, "follow", 1)),
+  "attn_value": ((6, 3, 4), 2, (0, "in", 1)),
+  "ffn_down": ((5, 6), True, (1, "out")),
+  "ffn_up": ((6, 5), True, (1, "in")),
+  "head": ((6, 2), True, None),
+}
+ATTENTION_NO_BIAS = {name: (shape, False, group) for name, (shape, _, group) in ATTENTION.items()}
+NETS = {
+  "dense": DENSE,
+  "conv": CONV,
+  "attention": ATTENTION,
+  "attention-no-bias": ATTENTION_NO_BIAS,
+}
+SPECS = {name: group for net in NETS.values() for name, (_, _, group) in net.items()}
 
 
 def make_params(net, seed=0):
   """Random float32 params (per-layer scales differ, so the groups start unbalanced)."""
   rng = np.random.default_rng(seed)
   params = {}
-  for i, (name, (shape, has_bias, _)) in enumerate(net.items()):
+  for i, (name, (shape, bias_dims, _)) in enumerate(net.items()):
     scale = 0.3 * (1 + i % 3)
     params[name] = {"kernel": (scale * rng.standard_normal(shape)).astype(np.float32)}
-    if has_bias:
-      params[name]["bias"] = (0.1 * rng.standard_normal(shape[-1])).astype(np.float32)
+    if bias_dims:
+      bias_shape = shape[-int(bias_dims) :]
+      params[name]["bias"] = (0.1 * rng.standard_normal(bias_shape)).astype(np.float32)
   return params
 
 
 def make_groups(net):
-  """The spec pytree, as pathprox_jax.group_spec would build it."""
+  """The spec pytree, as pathprox_jax.group_spec or attention_head_rules would build it."""
   groups = {}
-  for name, (_, has_bias, group) in net.items():
+  for name, (shape, bias_dims, group) in net.items():
     spec = None if group is None else G(*group)
-    groups[name] = {"kernel": spec, **({"bias": spec} if has_bias else {})}
+    bias_spec = spec
+    if spec is not None and spec.unit_axis is not None and spec.role != "out":
+      bias_spec = G(spec.group, spec.role, spec.unit_axis - len(shape) + int(bias_dims))
+    elif spec is not None:
+      bias_spec = G(spec.group, spec.role)
+    groups[name] = {"kernel": spec, **({"bias": bias_spec} if bias_dims else {})}
   return groups
 
 
 def layer_names(net):
   """[(w layer, v layer)] per group, in group order."""
-  names = {group: name for name, (_, _, group) in net.items() if group is not None}
-  return [(names[(k, "in")], names[(k, "out")]) for k in range(len(names) // 2)]
+  names = {group[:2]: name for name, (_, _, group) in net.items() if group is not None}
+  return [(names[(k, "in")], names[(k, "out")]) for k in sorted({k for k, _ in names})]
+
+
+def unit_axis(layer, ndim):
+  """The layer kernel's unit axis, non-negative: the spec's, or the Dense/Conv default."""
+  group = SPECS[layer]
+  axis = group[2] if len(group) > 2 else (-2 if group[1] == "out" else -1)
+  return axis % ndim
+
+
+def unit_slice(x, axis, i):
+  """A view of unit i's slice of ``x`` on ``axis`` (0-d for a bias entry): assignable."""
+  return np.moveaxis(x, axis, 0)[i, ...]
 
 
 def w_unit(p, layer, i):
-  return p[layer]["kernel"][..., i]
+  kernel = p[layer]["kernel"]
+  return unit_slice(kernel, unit_axis(layer, kernel.ndim), i)
+
+
+def w_bias_unit(p, layer, i):
+  """Unit i's slice of an "in" bias: on the kernel's unit axis counted from the end."""
+  kernel, bias = p[layer]["kernel"], p[layer]["bias"]
+  return unit_slice(bias, unit_axis(layer, kernel.ndim) - kernel.ndim + bias.ndim, i)
 
 
 def v_unit(p, layer, i):
-  return p[layer]["kernel"][..., i, :]
+  kernel = p[layer]["kernel"]
+  return unit_slice(kernel, unit_axis(layer, kernel.ndim), i)
 
 
 def units(p, layer):
-  return p[layer]["kernel"].shape[-1]
+  kernel = p[layer]["kernel"]
+  return kernel.shape[unit_axis(layer, kernel.ndim)]
 
 
-def unit_rows(v):
-  """An "out" kernel as one row per unit (its axis -2)."""
-  return np.moveaxis(np.asarray(v, np.float64), -2, 0).reshape(v.shape[-2], -1)
+def unit_rows(p, layer):
+  """An "out" kernel as one flattened row per unit."""
+  kernel = np.asarray(p[layer]["kernel"], np.float64)
+  return np.moveaxis(kernel, unit_axis(layer, kernel.ndim), 0).reshape(units(p, layer), -1)
 
 
 def group_path_norm(p, w_layer, v_layer):
@@ -107,22 +157,23 @@ def ref_prox(p, net, tau, balance, regularize_bias):
         p[groups[k + 1][1]]["kernel"] = p[groups[k + 1][1]]["kernel"] / s
   for w_layer, v_layer in groups:
     for i in range(units(p, w_layer)):
-      w_i = w_unit(p, w_layer, i)
+      w_i = w_unit(p, w_layer, i)  # views: assigning to them writes into p
       has_bias = "bias" in p[w_layer]
       if regularize_bias and has_bias:
-        norm = np.linalg.norm(np.append(w_i.ravel(), p[w_layer]["bias"][i]))
+        norm = np.linalg.norm(np.append(w_i.ravel(), w_bias_unit(p, w_layer, i).ravel()))
       else:
         norm = np.linalg.norm(w_i)
-      p[w_layer]["kernel"][..., i] = w_i / max(norm, EPS)
+      w_i[...] = w_i / max(norm, EPS)
       if has_bias:
-        p[w_layer]["bias"][i] /= max(norm, EPS)
+        b_i = w_bias_unit(p, w_layer, i)
+        b_i[...] = b_i / max(norm, EPS)
       v_i = v_unit(p, v_layer, i)
-      p[v_layer]["kernel"][..., i, :] = v_i * max(0.0, 1.0 - tau / max(np.linalg.norm(v_i), EPS))
+      v_i[...] = v_i * max(0.0, 1.0 - tau / max(np.linalg.norm(v_i), EPS))
 
 
 def is_decayed(net, layer, leaf, regularize_bias):
   group = net[layer][2]
-  if group is None:
+  if group is None or group[1] == "follow":  # followers are not regularised by the prox
     return leaf == "kernel" or regularize_bias
   return regularize_bias and group[1] == "out" and leaf == "bias"
 
@@ -154,6 +205,13 @@ CASES = {
   "conv": dict(net="conv"),
   "conv-no-balance-momentum": dict(net="conv", balance=False, momentum=0.9),
   "conv-regularize-bias-schedule": dict(net="conv", regularize_bias=True, schedule=True),
+  # Attention heads and FFN neurons of a transformer block: never balanced (residual stream).
+  "attention-heads": dict(net="attention", balance=False),
+  "attention-heads-nesterov": dict(net="attention", balance=False, momentum=0.9, nesterov=True),
+  "attention-heads-regularize-bias": dict(net="attention", regularize_bias=True),
+  "attention-heads-no-bias-schedule": dict(
+    net="attention-no-bias", balance=False, momentum=0.5, schedule=True
+  ),
 }
 
 
@@ -167,6 +225,11 @@ def test_pathprox_sgd_matches_numpy_reference(case):
   wd = 1.5
   params, groups = make_params(net), make_groups(net)
   grads = [make_params(net, seed) for seed in (1, 2, 3)]
+  if "attn_out" in params:
+    # Small gradients and one weak head and neuron, so that the threshold switches units off.
+    grads = jax.tree.map(lambda g: 0.1 * g, grads)
+    params["attn_out"]["kernel"][0] *= 0.05
+    params["ffn_down"]["kernel"][0] *= 0.05
   tx = pp.pathprox_sgd(
     lr,
     wd,
@@ -196,7 +259,7 @@ def test_pathprox_sgd_matches_numpy_reference(case):
   )
   # The prox must exercise both branches of the soft-threshold.
   v_norms = np.concatenate(
-    [np.linalg.norm(unit_rows(expected[v]["kernel"]), axis=1) for _, v in layer_names(net)]
+    [np.linalg.norm(unit_rows(expected, v), axis=1) for _, v in layer_names(net)]
   )
   assert np.any(v_norms == 0) and np.any(v_norms > 0)
   if momentum:
@@ -208,23 +271,24 @@ def test_pathprox_sgd_matches_numpy_reference(case):
     )
 
 
-@pytest.mark.parametrize("net", ["dense", "conv"])
+@pytest.mark.parametrize("net", ["dense", "conv", "attention"])
 def test_prox_output_step_is_exact_group_soft_threshold(net):
   """x = prox(z) minimises 1/2 ||x - z||^2 + tau ||x|| per unit: check optimality conditions."""
   params, groups = make_params(NETS[net]), make_groups(NETS[net])
   tau = 1.0
   for w_layer, v_layer in layer_names(NETS[net]):
-    w = params[w_layer]["kernel"]
-    params[w_layer]["kernel"] = w / np.linalg.norm(w.reshape(-1, w.shape[-1]), axis=0)
+    for i in range(units(params, w_layer)):
+      w_i = w_unit(params, w_layer, i)
+      w_i[...] = w_i / np.linalg.norm(w_i)
     # Spread the units' output norms on both sides of tau.
-    v = params[v_layer]["kernel"]
-    scale = np.linspace(0.2, 3.0, v.shape[-2]) / np.linalg.norm(unit_rows(v), axis=1)
-    params[v_layer]["kernel"] = (v * scale[:, None]).astype(np.float32)
+    for i, target in enumerate(np.linspace(0.2, 3.0, units(params, v_layer))):
+      v_i = v_unit(params, v_layer, i)
+      v_i[...] = v_i * (target / np.linalg.norm(v_i))
 
   new = pp.prox(params, groups, tau, balance=False)
   for w_layer, v_layer in layer_names(NETS[net]):
     np.testing.assert_allclose(new[w_layer]["kernel"], params[w_layer]["kernel"], rtol=1e-6)
-    z, x = unit_rows(params[v_layer]["kernel"]), unit_rows(new[v_layer]["kernel"])
+    z, x = unit_rows(params, v_layer), unit_rows(new, v_layer)
     x_norms, z_norms = np.linalg.norm(x, axis=1), np.linalg.norm(z, axis=1)
     alive = x_norms > 0
     assert 0 < alive.sum() < len(alive)
@@ -267,3 +331,74 @@ def test_metrics_match_numpy():
   np.testing.assert_allclose(
     pp.weight_decay_objective(loss, params, groups, wd), expected, rtol=1e-6
   )
+
+
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
+def test_attention_head_metrics_and_prox_match_numpy(with_bias):
+  """Per-head norms over [d_model, head_dim] ("in") and [head_dim, d_model] ("out"), by hand."""
+  net = ATTENTION if with_bias else ATTENTION_NO_BIAS
+  params, groups = make_params(net), make_groups(net)
+  value, out = params["attn_value"], params["attn_out"]
+  out["kernel"][1] = 0.0  # head 1 switched off
+  value["kernel"][:, 2, :] = 0.0  # head 2 has no input weights
+  p = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
+  heads = p["attn_value"]["kernel"].shape[1]
+  head_in = [np.linalg.norm(p["attn_value"]["kernel"][:, h, :]) for h in range(heads)]
+  head_out = [np.linalg.norm(p["attn_out"]["kernel"][h, :, :]) for h in range(heads)]
+  ffn = [
+    np.linalg.norm(p["ffn_up"]["kernel"][:, i]) * np.linalg.norm(p["ffn_down"]["kernel"][i])
+    for i in range(5)
+  ]
+  heads_path = np.multiply(head_in, head_out)
+
+  norms = pp.path_norm(params, groups)
+  np.testing.assert_allclose(norms.per_group[0], heads_path.sum(), rtol=1e-6)
+  np.testing.assert_allclose(norms.per_group[1], np.sum(ffn), rtol=1e-6)
+  active = pp.active_units(params, groups)
+  assert int(active.per_group[0]) == 1 and int(active.per_group[1]) == 5  # heads, neurons
+  loss, wd = 0.7, 0.03
+  # Kernels outside the prox: the head classifier and the query/key (followers).
+  free = sum(np.sum(p[name]["kernel"] ** 2) for name in ("head", "attn_query", "attn_key"))
+  np.testing.assert_allclose(
+    pp.weight_decay_objective(loss, params, groups, wd),
+    loss + wd * (heads_path.sum() + np.sum(ffn)) + 0.5 * wd * free,
+    rtol=1e-6,
+  )
+
+  tau = 0.8
+  new = pp.prox(params, groups, tau, balance=False)
+  for h in range(heads):
+    scale = 1 / max(head_in[h], EPS)
+    np.testing.assert_allclose(
+      new["attn_value"]["kernel"][:, h, :], p["attn_value"]["kernel"][:, h, :] * scale, rtol=1e-5
+    )
+    if with_bias:
+      np.testing.assert_allclose(
+        new["attn_value"]["bias"][h], p["attn_value"]["bias"][h] * scale, rtol=1e-5
+      )
+    shrink = max(0.0, 1 - tau / max(head_out[h], EPS))
+    np.testing.assert_allclose(
+      new["attn_out"]["kernel"][h], p["attn_out"]["kernel"][h] * shrink, rtol=1e-5, atol=1e-7
+    )
+  for name in ("attn_query", "attn_key", "head"):  # untouched by the prox
+    jax.tree.map(np.testing.assert_array_equal, new[name], params[name])
+  if with_bias:
+    np.testing.assert_array_equal(new["attn_out"]["bias"], params["attn_out"]["bias"])
+
+
+def test_balance_is_refused_for_attention_heads():
+  params, groups = make_params(ATTENTION), make_groups(ATTENTION)
+  message = "group 0 has followers .* pass balance=False"
+  with pytest.raises(ValueError, match=message):
+    pp.pathprox_sgd(0.1, 1e-3, groups).init(params)
+  with pytest.raises(ValueError, match=message):
+    pp.prox(params, groups, 0.1)
+  with pytest.raises(ValueError, match=message):
+    pp.balance(params, groups)
+  # Heads without followers are refused too: their units are not on a Dense/Conv axis.
+  no_followers = {**groups, "attn_query": {"kernel": None, "bias": None}}
+  no_followers["attn_key"] = {"kernel": None, "bias": None}
+  with pytest.raises(ValueError, match="group 0 has units on a non-Dense/Conv axis"):
+    pp.prox(params, no_followers, 0.1)
+  pp.pathprox_sgd(0.1, 1e-3, groups, balance=False).init(params)  # accepted without balance
+  pp.pathprox_sgd(0.1, 1e-3, groups, regularize_bias=True).init(params)  # never balances

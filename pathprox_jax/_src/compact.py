@@ -81,7 +81,8 @@ def compact(
     the smaller model with each group's "in" layer ``kept[group].width`` wide.
 
   Example:
-    >>>     >>> import pathprox_jax
+    >>> import jax.numpy as jnp
+    >>> import pathprox_jax
     >>> G = pathprox_jax.GroupSpec
     >>> params = {"w": jnp.ones((2, 3)), "v": jnp.array([[1.0], [0.0], [2.0]])}
     >>> groups = {"w": G(0, "in"), "v": G(0, "out")}
