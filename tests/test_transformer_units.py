@@ -195,3 +195,108 @@ def test_nnx_attention_rules_and_optimizer():
   kernel = model.blocks[0].attn.value.kernel.get_value()
   np.testing.assert_allclose(jnp.linalg.norm(kernel, axis=(0, 2)), 1.0, rtol=1e-5)
   assert int(pp.active_units(nnx.state(model, nnx.Param), groups).per_group[1]) == FFN
+
+
+def kill_units(params, dead_heads, dead_neurons):
+  """Zeroes block b's out-projection slices ``dead_heads[b]`` and down rows ``dead_neurons[b]``."""
+  params = jax.tree.map(lambda p: p, params)  # a copy of the containers
+  for b, (heads, neurons) in enumerate(zip(dead_heads, dead_neurons, strict=True)):
+    block = params[f"Block_{b}"] if f"Block_{b}" in params else params["blocks"][b]
+    attn = block.get("MultiHeadDotProductAttention_0", block.get("attn"))
+    attn["out"]["kernel"] = attn["out"]["kernel"].at[np.array(heads, int)].set(0.0)
+    block["down"]["kernel"] = block["down"]["kernel"].at[np.array(neurons, int)].set(0.0)
+  return params
+
+
+DEAD_HEADS, DEAD_NEURONS = ([1, 3], [0]), ([0, 5, 11], [])
+
+
+def test_compact_removes_dead_heads_and_neurons_linen():
+  model = Transformer()
+  params = meta.unbox(jax.jit(model.init)(jax.random.key(0), X)["params"])
+  _, groups = linen_model_and_groups()
+  params = kill_units(params, DEAD_HEADS, DEAD_NEURONS)
+  smaller, kept = pp.compact(params, groups)
+  assert {g: k.indices.tolist() for g, k in kept.items() if g < 4} == {
+    0: [0, 2],
+    1: [i for i in range(FFN) if i not in DEAD_NEURONS[0]],
+    2: [1, 2, 3],
+    3: list(range(FFN)),
+  }
+  attn = smaller["Block_0"]["MultiHeadDotProductAttention_0"]
+  for name in ("query", "key", "value"):  # the dead heads' slices are gone, q and k included
+    assert attn[name]["kernel"].shape == (D_MODEL, 2, HEAD_DIM)
+    assert attn[name]["bias"].shape == (2, HEAD_DIM)
+  assert attn["out"]["kernel"].shape == (2, HEAD_DIM, D_MODEL)
+  small = Transformer(heads=(kept[0].width, kept[2].width), ffn=(kept[1].width, kept[3].width))
+  small_abstract, small_groups = linen_model_and_groups(small)
+  assert small_groups == groups
+  assert jax.tree.map(lambda p: p.shape, meta.unbox(small_abstract)) == jax.tree.map(
+    lambda p: p.shape, smaller
+  )
+  np.testing.assert_allclose(
+    small.apply({"params": smaller}, X), model.apply({"params": params}, X), atol=1e-5
+  )
+
+
+def test_compact_removes_dead_heads_and_neurons_nnx():
+  model = NNXTransformer((HEADS, HEADS), (FFN, FFN), nnx.Rngs(0))
+  state = nnx.state(model, nnx.Param)
+  groups = pp.group_spec_from_paths(state, NNX_RULES)
+  dead = kill_units(nnx.to_pure_dict(state), DEAD_HEADS, DEAD_NEURONS)
+  nnx.replace_by_pure_dict(state, dead)
+  nnx.update(model, state)
+  smaller, kept = pp.compact(state, groups)
+  small = NNXTransformer(
+    (kept[0].width, kept[2].width), (kept[1].width, kept[3].width), nnx.Rngs(1)
+  )
+  nnx.update(small, smaller)
+  assert small.blocks[0].attn.num_heads == 2
+  np.testing.assert_allclose(small(X), model(X), atol=1e-5)
+
+
+class SwiGLU(nn.Module):
+  """x -> (silu(x W_gate) * (x W_up)) W_down: the up column and down row form a unit."""
+
+  hidden: int = FFN
+
+  @nn.compact
+  def __call__(self, x):
+    gate = nn.Dense(
+      self.hidden,
+      use_bias=False,
+      kernel_init=pp.with_group(nn.initializers.lecun_normal(), 0, "follow"),
+    )(x)
+    up = nn.Dense(self.hidden, **pp.group_inits(0, "in"))(x)
+    return nn.Dense(D_MODEL, **pp.group_inits(0, "out"))(nn.silu(gate) * up)
+
+
+def test_swiglu_neuron_is_a_unit_and_its_gate_follows():
+  model = SwiGLU()
+  boxed = jax.jit(model.init)(jax.random.key(0), X)["params"]
+  params, groups = meta.unbox(boxed), pp.group_spec(boxed)
+  # Normalising the up columns (the prox's first step) rescales each neuron's output exactly.
+  x = X[0]
+  normalised = pp.prox(params, groups, 0.0, balance=False)
+  scale = jnp.linalg.norm(params["Dense_1"]["kernel"], axis=0)
+
+  def hidden(p):
+    """The FFN's hidden activations silu(x W_gate) * (x W_up + b_up)."""
+    return nn.silu(x @ p["Dense_0"]["kernel"]) * (x @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"])
+
+  np.testing.assert_allclose(hidden(normalised) * scale, hidden(params), rtol=1e-4, atol=1e-6)
+  chex.assert_trees_all_equal(normalised["Dense_0"], params["Dense_0"])  # the gate: untouched
+  # The gate gets ordinary weight decay from pathprox_sgd.
+  tx = pp.pathprox_sgd(1.0, 0.5, groups, balance=False)
+  zero = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zero, tx.init(params), params)
+  np.testing.assert_allclose(updates["Dense_0"]["kernel"], -0.5 * params["Dense_0"]["kernel"])
+
+  params["Dense_2"]["kernel"] = params["Dense_2"]["kernel"].at[np.array([2, 7])].set(0.0)
+  smaller, kept = pp.compact(params, groups)
+  assert smaller["Dense_0"]["kernel"].shape == (D_MODEL, FFN - 2)
+  np.testing.assert_allclose(
+    SwiGLU(kept[0].width).apply({"params": smaller}, X),
+    model.apply({"params": params}, X),
+    atol=1e-5,
+  )
