@@ -128,3 +128,54 @@ def test_update_without_params_raises(make_tx):
 def test_bad_group_spec_raises(group, role, message):
   with pytest.raises(ValueError, match=re.escape(message)):
     G(group, role)
+
+
+@pytest.mark.parametrize(
+  "weight_decay", [float("nan"), -1e-3, float("inf"), jnp.asarray(-1.0)], ids=str
+)
+@pytest.mark.parametrize(
+  "make_tx", [pp.pathprox, pp.pathprox_sgd], ids=["pathprox", "pathprox_sgd"]
+)
+def test_bad_weight_decay_raises(make_tx, weight_decay):
+  _, groups = network()
+  with pytest.raises(ValueError, match="weight_decay must be finite and >= 0, got"):
+    make_tx(0.1, weight_decay, groups)
+
+
+def test_group_spec_of_unannotated_params_raises():
+  params, _ = network()
+  with pytest.raises(ValueError, match=r"no PathProx group annotation.*boxed params"):
+    pp.group_spec(params)
+
+
+UNIT_AXIS_CASES = {
+  "axis-out-of-range": (
+    lambda p, g: g["a"].update(kernel=G(0, "in", 2)),
+    r"\['a'\]\['kernel'\] \(3, 4\) has unit_axis=2, out of range",
+  ),
+  "bias-axis-disagrees": (
+    lambda p, g: (p["a"].update(bias=jnp.zeros((3, 4))), g["a"].update(bias=G(0, "in", 0))),
+    r"bias \['a'\]\['bias'\] \(3, 4\) does not match kernel .* units on axis 1",
+  ),
+  "out-bias-with-axis": (
+    lambda p, g: g["b"].update(bias=G(0, "out", 0)),
+    r"'out' bias \['b'\]\['bias'\] \(2,\) has a unit_axis",
+  ),
+  "follower-unit-count": (
+    lambda p, g: g["c"].update(kernel=G(0, "follow"), bias=G(0, "follow")),
+    r"'in' kernel .* has 4 units \(axis 1\) but 'follow' kernel \['c'\]\['kernel'\] \(2, 2\)",
+  ),
+}
+
+
+@pytest.mark.parametrize("corrupt, message", UNIT_AXIS_CASES.values(), ids=UNIT_AXIS_CASES.keys())
+def test_bad_unit_axes_raise_naming_the_parameter(corrupt, message):
+  params, groups = network()
+  corrupt(params, groups)
+  with pytest.raises(ValueError, match=message):
+    pp.path_norm(params, groups)
+
+
+def test_bad_unit_axis_type_raises():
+  with pytest.raises(ValueError, match="unit_axis must be an int or None, got 1.0"):
+    G(0, "in", 1.0)

@@ -258,3 +258,112 @@ def test_sharded_step_equals_single_device_step(sharded):
     assert placed[0]["Dense_0"]["kernel"].sharding.spec == P(None, "d")
   got = jax.block_until_ready(step(*placed))
   chex.assert_trees_all_close(got, expected, rtol=1e-6, atol=1e-6)
+
+
+# optax's battery for every transform: hyper-parameters injected under jit, extra arguments,
+# gradient accumulation, and low-precision params checked by value.
+FACTORIES = {
+  "pathprox_sgd": (pp.pathprox_sgd, dict(momentum=0.9, nesterov=True, eps=1e-5)),
+  "pathprox": (pp.pathprox, dict(balance=False, eps=1e-5)),
+}
+
+
+@pytest.mark.parametrize("factory, kwargs", FACTORIES.values(), ids=FACTORIES.keys())
+def test_inject_hyperparams_under_jit(factory, kwargs):
+  x = jnp.ones((2, 20))
+  params, groups = init(FACTORISED, x)
+  grads = jax.tree.map(lambda p: jnp.cos(3.0 * p), params)
+  injected = optax.inject_hyperparams(factory, static_args=("groups",))(
+    learning_rate=0.1, weight_decay=0.3, groups=groups, **kwargs
+  )
+  direct = factory(0.1, 0.3, groups, **kwargs)
+  chex.clear_trace_counter()  # chex counts traces per function name, across parameters
+  step = jax.jit(chex.assert_max_traces(sgd_step(injected), n=1))
+  p, s = params, injected.init(params)
+  q, t = params, direct.init(params)
+  for _ in range(3):
+    p, s, _ = step(p, s, grads)
+    q, t, _ = sgd_step(direct)(q, t, grads)
+  chex.assert_trees_all_close(p, q, rtol=1e-6, atol=1e-6)
+  # Changing an injected value reuses the compiled step and changes the result.
+  s.hyperparams["weight_decay"] = jnp.full_like(s.hyperparams["weight_decay"], 3.0)
+  changed, _, _ = step(p, s, grads)
+  assert not np.allclose(
+    changed["Dense_1"]["kernel"], sgd_step(direct)(p, t, grads)[0]["Dense_1"]["kernel"]
+  )
+
+
+@pytest.mark.parametrize("factory, kwargs", FACTORIES.values(), ids=FACTORIES.keys())
+def test_extra_args_are_accepted(factory, kwargs):
+  x = jnp.ones((2, 20))
+  params, groups = init(SMALL, x)
+  tx = factory(0.1, 0.3, groups, **kwargs)
+  grads = jax.tree.map(jnp.sin, params)
+  plain, _ = tx.update(grads, tx.init(params), params)
+  extra, _ = tx.update(grads, tx.init(params), params, loss=jnp.ones(()), value=0.5)
+  chex.assert_trees_all_equal(extra, plain)
+
+
+def test_multisteps_equals_one_step_on_the_mean_gradient():
+  x = jnp.ones((2, 20))
+  params, groups = init(FACTORISED, x)
+  tx = pp.pathprox_sgd(optax.exponential_decay(0.2, 1, 0.5), 0.3, groups, momentum=0.9)
+  micro = [jax.tree.map(lambda p, i=i: jnp.sin(p + i), params) for i in range(4)]
+  accumulating = optax.MultiSteps(tx, every_k_schedule=2)
+  update = jax.jit(accumulating.update)
+  p, s = params, accumulating.init(params)
+  q, t = params, tx.init(params)
+  for k in range(2):
+    first, second = micro[2 * k], micro[2 * k + 1]
+    updates, s = update(first, s, p)
+    chex.assert_trees_all_equal(updates, jax.tree.map(jnp.zeros_like, updates))  # accumulating
+    p = optax.apply_updates(p, updates)
+    updates, s = update(second, s, p)
+    p = optax.apply_updates(p, updates)
+    mean = jax.tree.map(lambda a, b: (a + b) / 2, first, second)
+    q, t, _ = jax.jit(sgd_step(tx))(q, t, mean)
+    chex.assert_trees_all_close(p, q, rtol=1e-5, atol=1e-6)
+  assert int(s.inner_opt_state[-1].count) == 2
+
+
+def test_bfloat16_step_equals_float32_step_rounded():
+  """bf16 params: the prox runs in f32 and only its result is rounded (2 bf16 ulps of the update).
+
+  Only grouped leaves are compared: the ungrouped ones are optax's own bf16 arithmetic (weight
+  decay and SGD).
+  """
+  x = jnp.ones((2, 20))
+  params, groups = init(FACTORISED, x)
+  bf16 = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params)
+  f32 = jax.tree.map(lambda p: p.astype(jnp.float32), bf16)  # the same values, exactly
+  grads = jax.tree.map(lambda p: (0.05 * jnp.cos(3.0 * p)).astype(jnp.bfloat16), params)
+  # A power-of-two learning rate: SGD's own step -lr * g is exact in bf16 too.
+  tx = pp.pathprox_sgd(0.125, 0.3, groups, balance=False)
+  _, _, got = jax.jit(sgd_step(tx))(bf16, tx.init(bf16), grads)
+  f32_grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
+  _, _, expected = jax.jit(sgd_step(tx))(f32, tx.init(f32), f32_grads)
+  for u, e, spec in zip(
+    jax.tree.leaves(got),
+    jax.tree.leaves(expected),
+    jax.tree.leaves(groups, is_leaf=lambda s: s is None),
+    strict=True,
+  ):
+    if spec is not None:
+      assert u.dtype == jnp.bfloat16
+      np.testing.assert_allclose(
+        np.asarray(u, np.float32), np.asarray(e.astype(jnp.bfloat16), np.float32), rtol=2**-7
+      )
+
+
+def test_weight_decay_schedule_drives_decay_and_threshold():
+  x = jnp.ones((2, 20))
+  params, groups = init(SMALL, x)
+  grads = jax.tree.map(lambda p: jnp.cos(3.0 * p), params)
+  schedule = optax.piecewise_constant_schedule(0.3, {1: 0.0})  # λ = 0.3 at step 0, then 0
+  tx = pp.pathprox_sgd(0.1, schedule, groups)
+  p, state, _ = sgd_step(tx)(params, tx.init(params), grads)
+  first = pp.pathprox_sgd(0.1, 0.3, groups)
+  chex.assert_trees_all_close(p, sgd_step(first)(params, first.init(params), grads)[0])
+  q, _, _ = sgd_step(tx)(p, state, grads)
+  second = pp.pathprox_sgd(0.1, 0.0, groups)
+  chex.assert_trees_all_close(q, sgd_step(second)(p, second.init(p), grads)[0])
