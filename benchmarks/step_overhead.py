@@ -55,8 +55,7 @@ def median_step_ms(model, make_tx, x, y, steps: int, repeats: int) -> float:
 
 def compare(name, model, x, y, steps, repeats, lr=0.1, wd=1e-4):
   def baseline(params, groups):
-    kernels = jax.tree.map(lambda p: p.ndim >= 2, params)
-    return optax.chain(optax.add_decayed_weights(wd, mask=kernels), optax.sgd(lr))
+    return optax.chain(optax.add_decayed_weights(wd, mask=pp.kernel_mask), optax.sgd(lr))
 
   def pathprox(params, groups):
     return pp.pathprox_sgd(lr, wd, groups)

@@ -94,7 +94,7 @@ def create_optimizer(
       regularize_bias=config.regularize_bias,
     )
   # The gradient of (λ/2)·‖K‖² is λ·K: the same as adding decayed weights.
-  decayed = None if config.regularize_bias else jax.tree.map(lambda p: p.ndim >= 2, params)
+  decayed = None if config.regularize_bias else pp.kernel_mask
   return optax.chain(
     optax.add_decayed_weights(config.weight_decay, mask=decayed),
     optax.sgd(schedule, momentum=config.momentum or None),
