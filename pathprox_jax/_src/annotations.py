@@ -45,8 +45,9 @@ class GroupSpec:
     unit_axis: the axis of this parameter that indexes the units: unit ``j``
       is the slice at index ``j`` along it, and its norm runs over all the
       other axes. ``None`` infers the Dense/Conv layout: the last axis of an
-      "in" (or "follow") kernel and of a bias, the second-to-last axis of an
-      "out" kernel. An "out" bias is never split into units. For Flax
+      "in" (or "follow") kernel, the second-to-last axis of an "out" kernel,
+      and for a bias its kernel's unit axis counted from the end. An "out"
+      bias is never split into units. For Flax
       attention heads: value kernel ``[d_model, heads, head_dim]`` "in" with
       ``unit_axis=1``, value bias ``[heads, head_dim]`` "in" with
       ``unit_axis=0``, out kernel ``[heads, head_dim, d_model]`` "out" with
