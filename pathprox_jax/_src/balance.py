@@ -74,20 +74,19 @@ def check_chain(layouts: Sequence[groups_lib.GroupLayout]) -> None:
 
 
 def balance_leaves(
-  leaves: Sequence[jax.Array] | Mapping[int, jax.Array],
+  leaves: Mapping[int, unit_norms.ScaledUnits],
   layouts: Sequence[groups_lib.GroupLayout],
   eps: float = 1e-6,
-) -> dict[int, jax.Array]:
-  """The layer balance on flat leaves; returns the changed leaves in float32.
+) -> dict[int, unit_norms.ScaledUnits]:
+  """The layer balance as a rescaling stage (see :func:`unit_norms.apply_stages`).
 
   Args:
-    leaves: the flat parameter leaves (or a mapping holding at least the
-      grouped ones), indexed as in ``layouts``.
+    leaves: the grouped leaves, indexed as in ``layouts``.
     layouts: the groups, in forward order.
     eps: the balance is skipped when some group's path norm is at most ``eps``.
 
   Returns:
-    ``{leaf index: new value}`` for the "out" kernels and the biases it scales.
+    ``{leaf index: rescaled leaf}`` for the "out" kernels and the biases it scales.
   """
   check_chain(layouts)
   if not layouts:
@@ -97,11 +96,11 @@ def balance_leaves(
   prev = previous_scales(alpha)
   new = {}
   for k, g in enumerate(layouts):
-    new[g.out_kernel] = leaves[g.out_kernel].astype(jnp.float32) * (alpha[k] / prev[k])
+    new[g.out_kernel] = leaves[g.out_kernel].times(alpha[k] / prev[k])
     if g.out_bias is not None:
-      new[g.out_bias] = leaves[g.out_bias].astype(jnp.float32) * alpha[k]
+      new[g.out_bias] = leaves[g.out_bias].times(alpha[k])
     if g.in_bias is not None:
-      new[g.in_bias] = leaves[g.in_bias].astype(jnp.float32) * prev[k]
+      new[g.in_bias] = leaves[g.in_bias].times(prev[k])
   return new
 
 
@@ -135,5 +134,9 @@ def balance(params: Any, groups: GroupSpecTree, *, eps: float = 1e-6) -> Any:
     [8.239, 8.239]
   """
   return groups_lib.update_grouped(
-    params, groups, lambda leaves, layouts: balance_leaves(leaves, layouts, eps)
+    params,
+    groups,
+    lambda leaves, layouts: unit_norms.apply_stages(
+      leaves, layouts, [lambda scaled: balance_leaves(scaled, layouts, eps)]
+    ),
   )

@@ -35,10 +35,9 @@ class ActiveUnits(NamedTuple):
 def _unit_path_norms(params: Any, groups: GroupSpecTree) -> dict[int, jax.Array]:
   """``{group: ||w_i|| ||v_i|| per unit}`` (weights only, f32)."""
   params = params_lib.unwrap_variables(params)
-  leaves = jax.tree.leaves(params)
-  return {
-    g.group: unit_norms.unit_path_norms(leaves, g) for g in groups_lib.group_layouts(params, groups)
-  }
+  layouts = groups_lib.group_layouts(params, groups)
+  scaled = unit_norms.scaled_groups(jax.tree.leaves(params), layouts)
+  return {g.group: unit_norms.unit_path_norms(scaled, g) for g in layouts}
 
 
 def path_norm(params: Any, groups: GroupSpecTree) -> PathNorm:

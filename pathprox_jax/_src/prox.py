@@ -13,9 +13,11 @@ there is no balance. The normalisation is a projection onto the unit sphere: ``v
 is deliberately not multiplied by :math:`\\|w_i\\|` to compensate. The threshold
 step is the exact proximal operator of :math:`\\tau \\|v_i\\|` (group soft-threshold).
 A unit's slices lie on each parameter's unit axis (the Dense/Conv layout, or
-attention heads). The step is the composition of three functions, one per
-stage: :func:`balance_lib.balance_leaves`, :func:`normalize_inputs` and
-:func:`soft_threshold_outputs`. All norms and scales are computed in float32.
+attention heads). The step is the composition of three rescaling stages, one
+function each: :func:`balance_lib.balance_leaves`, :func:`normalize_inputs` and
+:func:`soft_threshold_outputs`. Each stage only computes scales, from the norms
+of the unchanged arrays; the arrays are multiplied once, after the last stage
+(:func:`unit_norms.apply_stages`). All norms and scales are in float32.
 """
 
 from __future__ import annotations
@@ -31,68 +33,65 @@ from pathprox_jax._src import groups as groups_lib
 from pathprox_jax._src import unit_norms
 from pathprox_jax._src.annotations import GroupSpecTree
 
-Leaves = Sequence[jax.Array] | Mapping[int, jax.Array]
-
 
 def normalize_inputs(
-  leaves: Leaves,
+  leaves: Mapping[int, unit_norms.ScaledUnits],
   layouts: Sequence[groups_lib.GroupLayout],
   *,
   regularize_bias: bool = False,
   eps: float = 1e-6,
-) -> dict[int, jax.Array]:
-  """Scales each unit's "in" weights (and "in" bias) to unit norm; returns them in float32.
+) -> dict[int, unit_norms.ScaledUnits]:
+  """Scales each unit's "in" weights (and "in" bias) to unit norm: a rescaling stage.
 
   Args:
-    leaves: the flat leaves (or a mapping holding at least the grouped ones).
+    leaves: the grouped leaves (see :func:`unit_norms.apply_stages`).
     layouts: the groups.
     regularize_bias: the norm is :math:`\\|[w_i, a_i]\\|` instead of :math:`\\|w_i\\|`.
     eps: the clip of the norm.
 
   Returns:
-    ``{leaf index: new value}`` for the "in" kernels and biases.
+    ``{leaf index: rescaled leaf}`` for the "in" kernels and biases.
   """
   new = {}
   for g in layouts:
-    norm = unit_norms.unit_norms(leaves[g.in_kernel], g.in_axis)
+    norm = leaves[g.in_kernel].norms()
     if regularize_bias and g.in_bias is not None:
-      bias_norm = unit_norms.unit_norms(leaves[g.in_bias], g.in_bias_axis)
+      bias_norm = leaves[g.in_bias].norms()
       norm = jnp.sqrt(norm * norm + bias_norm * bias_norm)
     inv_norm = 1.0 / jnp.maximum(norm, eps)
-    new[g.in_kernel] = unit_norms.scale_units(leaves[g.in_kernel], inv_norm, g.in_axis)
+    new[g.in_kernel] = leaves[g.in_kernel].times(inv_norm)
     if g.in_bias is not None:
-      new[g.in_bias] = unit_norms.scale_units(leaves[g.in_bias], inv_norm, g.in_bias_axis)
+      new[g.in_bias] = leaves[g.in_bias].times(inv_norm)
   return new
 
 
 def soft_threshold_outputs(
-  leaves: Leaves,
+  leaves: Mapping[int, unit_norms.ScaledUnits],
   layouts: Sequence[groups_lib.GroupLayout],
   threshold: jax.Array | float,
   *,
   eps: float = 1e-6,
-) -> dict[int, jax.Array]:
-  """The group soft-threshold of each unit's "out" weights; returns them in float32.
+) -> dict[int, unit_norms.ScaledUnits]:
+  """The group soft-threshold of each unit's "out" weights: a rescaling stage.
 
   Args:
-    leaves: the flat leaves (or a mapping holding at least the grouped ones).
+    leaves: the grouped leaves (see :func:`unit_norms.apply_stages`).
     layouts: the groups.
     threshold: :math:`\\tau`.
     eps: the clip of :math:`\\|v_i\\|` (a zero row stays zero).
 
   Returns:
-    ``{leaf index: new value}`` for the "out" kernels.
+    ``{leaf index: rescaled leaf}`` for the "out" kernels.
   """
   new = {}
   for g in layouts:
-    norm = unit_norms.unit_norms(leaves[g.out_kernel], g.out_axis)
-    shrink = jnp.maximum(0.0, 1.0 - threshold / jnp.maximum(norm, eps))
-    new[g.out_kernel] = unit_norms.scale_units(leaves[g.out_kernel], shrink, g.out_axis)
+    shrink = jnp.maximum(0.0, 1.0 - threshold / jnp.maximum(leaves[g.out_kernel].norms(), eps))
+    new[g.out_kernel] = leaves[g.out_kernel].times(shrink)
   return new
 
 
 def prox_leaves(
-  leaves: Leaves,
+  leaves: Sequence[jax.Array] | Mapping[int, jax.Array],
   layouts: Sequence[groups_lib.GroupLayout],
   threshold: jax.Array | float,
   *,
@@ -114,19 +113,13 @@ def prox_leaves(
   Returns:
     ``{leaf index: new value}`` (float32) for every leaf the step changes.
   """
-  current = dict(leaves) if isinstance(leaves, Mapping) else dict(enumerate(leaves))
-  new = {}
   stages = [
-    lambda x: normalize_inputs(x, layouts, regularize_bias=regularize_bias, eps=eps),
-    lambda x: soft_threshold_outputs(x, layouts, threshold, eps=eps),
+    lambda scaled: normalize_inputs(scaled, layouts, regularize_bias=regularize_bias, eps=eps),
+    lambda scaled: soft_threshold_outputs(scaled, layouts, threshold, eps=eps),
   ]
   if balance and not regularize_bias:
-    stages.insert(0, lambda x: balance_lib.balance_leaves(x, layouts, eps))
-  for stage in stages:
-    changed = stage(current)
-    current.update(changed)
-    new.update(changed)
-  return new
+    stages.insert(0, lambda scaled: balance_lib.balance_leaves(scaled, layouts, eps))
+  return unit_norms.apply_stages(leaves, layouts, stages)
 
 
 def prox(

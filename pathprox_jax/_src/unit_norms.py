@@ -5,7 +5,8 @@ All arithmetic is in float32, whatever the parameter's dtype.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -34,15 +35,75 @@ def scale_units(x: jax.Array, scale: jax.Array, axis: int) -> jax.Array:
   return x.astype(jnp.float32) * scale.reshape(shape)
 
 
-def unit_path_norms(
-  leaves: Sequence[jax.Array] | Mapping[int, jax.Array], group: GroupLayout
-) -> jax.Array:
-  """Each unit's path norm :math:`\\|w_i\\| \\|v_i\\|` in a group (weights only, f32).
+@dataclasses.dataclass(frozen=True)
+class ScaledUnits:
+  """A parameter times a scale per unit (or one scale), not yet multiplied out.
 
-  Args:
-    leaves: the flat params (or a mapping holding the group's leaves).
-    group: the group's layout.
+  The prox's stages (balance, normalisation, soft-threshold) each rescale units. Keeping the
+  scales apart from the array lets every stage read the current norms as
+  ``|scale| * ||value_j||`` (a norm is positively homogeneous) from the norms of the
+  unchanged array, and :meth:`array` touches the array once, after the last stage.
+
+  Attributes:
+    value: the parameter as given.
+    axis: its unit axis, or ``None`` for a parameter scaled as a whole (an "out" bias).
+    scale: a scalar or one scale per unit (f32).
   """
-  return unit_norms(leaves[group.in_kernel], group.in_axis) * unit_norms(
-    leaves[group.out_kernel], group.out_axis
-  )
+
+  value: jax.Array
+  axis: int | None
+  scale: jax.Array | float = 1.0
+
+  def norms(self) -> jax.Array:
+    """The current per-unit norms, f32."""
+    return jnp.abs(self.scale) * unit_norms(self.value, self.axis)
+
+  def times(self, scale: jax.Array | float) -> ScaledUnits:
+    """This parameter with every unit's scale multiplied by ``scale`` (per unit, or one)."""
+    return dataclasses.replace(self, scale=self.scale * scale)
+
+  def array(self) -> jax.Array:
+    """The scaled parameter, f32."""
+    scale = jnp.asarray(self.scale, jnp.float32)
+    if scale.ndim == 0:
+      return self.value.astype(jnp.float32) * scale
+    return scale_units(self.value, scale, self.axis)
+
+
+def scaled_groups(
+  leaves: Sequence[jax.Array] | Mapping[int, jax.Array], layouts: Sequence[GroupLayout]
+) -> dict[int, ScaledUnits]:
+  """The grouped leaves ("in" and "out" kernels and biases) as :class:`ScaledUnits`, scale one."""
+  scaled = {}
+  for g in layouts:
+    scaled[g.in_kernel] = ScaledUnits(leaves[g.in_kernel], g.in_axis)
+    scaled[g.out_kernel] = ScaledUnits(leaves[g.out_kernel], g.out_axis)
+    if g.in_bias is not None:
+      scaled[g.in_bias] = ScaledUnits(leaves[g.in_bias], g.in_bias_axis)
+    if g.out_bias is not None:
+      scaled[g.out_bias] = ScaledUnits(leaves[g.out_bias], None)
+  return scaled
+
+
+def apply_stages(
+  leaves: Sequence[jax.Array] | Mapping[int, jax.Array],
+  layouts: Sequence[GroupLayout],
+  stages: Sequence[Callable[[Mapping[int, ScaledUnits]], Mapping[int, ScaledUnits]]],
+) -> dict[int, jax.Array]:
+  """Runs rescaling stages one after another; returns the leaves they changed, f32.
+
+  Each stage maps the current :class:`ScaledUnits` of the grouped leaves to the ones it
+  rescales; the arrays are multiplied out once, at the end.
+  """
+  current = scaled_groups(leaves, layouts)
+  changed = set()
+  for stage in stages:
+    new = stage(current)
+    current.update(new)
+    changed.update(new)
+  return {i: current[i].array() for i in changed}
+
+
+def unit_path_norms(leaves: Mapping[int, ScaledUnits], group: GroupLayout) -> jax.Array:
+  """Each unit's path norm :math:`\\|w_i\\| \\|v_i\\|` in a group (weights only, f32)."""
+  return leaves[group.in_kernel].norms() * leaves[group.out_kernel].norms()
