@@ -367,3 +367,12 @@ def test_weight_decay_schedule_drives_decay_and_threshold():
   q, _, _ = sgd_step(tx)(p, state, grads)
   second = pp.pathprox_sgd(0.1, 0.0, groups)
   chex.assert_trees_all_close(q, sgd_step(second)(p, second.init(p), grads)[0])
+
+
+@pytest.mark.parametrize(
+  "model, x_shape", [(FACTORISED, (4, 20)), (ConvNet(), (2, 8, 8, 3))], ids=["mlp", "conv"]
+)
+def test_kernel_rule_is_the_two_dims_rule_on_dense_and_conv(model, x_shape):
+  """The weight-decay baseline of the MLP/VGG experiments decays exactly what it did before."""
+  params, _ = init(model, jnp.ones(x_shape))
+  assert pp.kernel_mask(params) == jax.tree.map(lambda p: p.ndim >= 2, params)
