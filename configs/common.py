@@ -21,7 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.val_size = 5000  # split="holdout": images held out of training for validation
   config.train_per_class = 100  # split="subset": images per class in the training set
   config.augment = False  # random crop (black padding 4) and flip of training batches only
-  config.model = "mlp"  # "mlp" (features, relu) or "vgg" (channels, pool_after)
+  config.model = "mlp"  # "mlp" (features, relu), "vgg" (channels, pool_after) or "vit"
   config.features = (400, 400, 400, 400, 400, 10)  # MLP: output width of each Dense layer
   config.relu = (True, True, True, True, True, False)  # MLP: ReLU after each layer or not
   config.channels = (64, 64, 128, 128, 256, 256, 256, 256) + (512,) * 8  # VGG: each conv's width
@@ -30,6 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.lr_milestones = ()  # epochs at which the learning rate is multiplied by lr_decay
   config.lr_decay = 0.1  # factor applied to the learning rate at each milestone
   config.momentum = 0.0  # SGD momentum (0: plain SGD)
+  config.balance = True  # PathProx's layer balance of consecutive groups (a chain: MLP, VGG)
   config.weight_decay = 1e-4  # λ: PathProx's threshold scale, or the baseline's weight decay
   config.regularize_bias = False  # penalise biases too (pathprox: ||[w_i, b_i]||; wd: decay them)
   config.batch_size = 200  # global batch, split over all devices

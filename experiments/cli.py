@@ -25,13 +25,17 @@ import ml_collections
 
 METHODS = ("pathprox", "wd")
 PARALLEL = ("shard_map", "pmap")
-MODELS = ("mlp", "vgg")
+MODELS = ("mlp", "vgg", "vit")
 SPLITS = ("subset", "holdout")
 RUNS_DIR = "runs"  # where runs go without --workdir: runs/<experiment>-<method>-<time>
 
 # Keys that only one model or one kind of split reads: the others' are hidden from --help
 # and refused as flags.
-MODEL_KEYS = {"mlp": ("features", "relu"), "vgg": ("channels", "pool_after")}
+MODEL_KEYS = {
+  "mlp": ("features", "relu"),
+  "vgg": ("channels", "pool_after"),
+  "vit": ("num_heads", "mlp_dim", "width", "head_dim", "patch_size"),
+}
 SPLIT_KEYS = {"subset": ("train_per_class",), "holdout": ("val_size",)}
 # Keys a resumed run may change: none of them changes the parameters' trajectory.
 RESUMABLE_KEYS = frozenset(
@@ -348,6 +352,12 @@ def _validate_model(config: ml_collections.ConfigDict) -> None:
     _check(
       len(config.relu) == len(config.features),
       f"--relu has {len(config.relu)} entries but --features has {len(config.features)}",
+    )
+  elif config.model == "vit":
+    widths, key = (*config.num_heads, *config.mlp_dim), "num_heads"
+    _check(
+      len(config.num_heads) == len(config.mlp_dim),
+      f"--num-heads has {len(config.num_heads)} blocks but --mlp-dim has {len(config.mlp_dim)}",
     )
   else:
     widths, key = config.channels, "channels"

@@ -11,7 +11,8 @@ parameters, FLOPs per example and inference throughput of both models. With
 differences are then reported, not enforced.
 
 ``DIR`` holds ``params/`` (an orbax checkpoint of the smaller params),
-``config.json`` (the run's config with the new ``features`` or ``channels``)
+``config.json`` (the run's config with the new ``features``, ``channels``, or
+a ViT's ``num_heads`` and ``mlp_dim``)
 and ``compact.json`` (the kept units of each group, and the check's figures)::
 
   config = ml_collections.ConfigDict(json.loads((DIR / "config.json").read_text()))
@@ -19,8 +20,8 @@ and ``compact.json`` (the kept units of each group, and the check's figures)::
   x = input_pipeline.normalize(images, config.dataset)
   logits = train.create_model(config).apply({"params": params}, x)
 
-Exit codes: 0 done; 1 the smaller model's outputs differ, or a group has no
-units left; 2 bad input (not a run, an output folder that is not a previous
+Exit codes: 0 done; 1 the smaller model's outputs differ, or a group of a chain
+(MLP, VGG) has no units left; 2 bad input (not a run, an output folder that is not a previous
 compact output, bad flags).
 """
 
@@ -30,7 +31,7 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -144,9 +145,24 @@ def restore_run(directory: Path) -> TrainedRun:
   return TrainedRun(config, state.params, groups, int(state.step), images, labels)
 
 
-def widths_key(config: ml_collections.ConfigDict) -> str:
-  """The config key of the layer widths that compaction changes."""
-  return "features" if config.model == "mlp" else "channels"
+def widths_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The config keys of the layer widths that compaction changes."""
+  return {"mlp": ("features",), "vgg": ("channels",), "vit": ("num_heads", "mlp_dim")}[config.model]
+
+
+def compacted_config(
+  config: ml_collections.ConfigDict, kept: dict[int, pp.KeptUnits]
+) -> ml_collections.ConfigDict:
+  """The config of the model that takes :func:`pathprox_jax.compact`'s smaller params."""
+  small = config.copy_and_resolve_references()
+  if config.model == "vit":
+    small.num_heads, small.mlp_dim = models.compacted_vit_widths(
+      config.num_heads, config.mlp_dim, kept
+    )
+  else:
+    (key,) = widths_keys(config)
+    small[key] = models.compacted_widths(config[key], kept)
+  return small
 
 
 def logits_on_test_set(model, params: Any, run: TrainedRun) -> np.ndarray:
@@ -234,6 +250,24 @@ def xla_flops(compiled: jax.stages.Compiled) -> float | None:
   return analysis.get("flops") if analysis else None
 
 
+def without_empty_arrays(tree: Mapping[str, Any]) -> dict[str, Any]:
+  """``tree`` without its zero-size arrays, and without the dicts they leave empty.
+
+  A ViT block with no heads (or no FFN neurons) left keeps only its out bias,
+  so its smaller model has no other parameters there; orbax cannot save
+  zero-size arrays anyway.
+  """
+  out = {}
+  for name, value in tree.items():
+    if isinstance(value, Mapping):
+      value = without_empty_arrays(value)
+      if value:
+        out[name] = value
+    elif np.size(value):
+      out[name] = value
+  return out
+
+
 def check_output_folder(out: Path) -> None:
   """Raises :class:`UsageError` unless ``out`` is absent, empty or a previous compact output."""
   if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / MARKER).is_file())):
@@ -315,11 +349,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     f"checkpoint at step {run.step} of {config.total_iter}"
   )
   small, kept = pp.compact(run.params, run.groups, atol=args.atol)
+  small = without_empty_arrays(small)
   print(
     f"kept units (--atol {args.atol:g}): "
     + ", ".join(f"group {g} {k.width}/{k.original_width}" for g, k in kept.items())
   )
-  empty = [g for g, k in kept.items() if k.width == 0]
+  # A ViT's residual connections carry the signal past a block with no units left.
+  empty = [g for g, k in kept.items() if k.width == 0 and config.model != "vit"]
   if empty:
     print(
       f"error: group {empty[0]} has no units left, so the network's output does not depend "
@@ -327,10 +363,10 @@ def main(argv: Sequence[str] | None = None) -> int:
       file=sys.stderr,
     )
     return 1
-  key = widths_key(config)
-  small_config = config.copy_and_resolve_references()
-  small_config[key] = models.compacted_widths(config[key], kept)
-  print(f"{key}: {tuple(config[key])} -> {small_config[key]}")
+  small_config = compacted_config(config, kept)
+  keys = widths_keys(config)
+  for key in keys:
+    print(f"{key}: {tuple(config[key])} -> {small_config[key]}")
   model, small_model = train.create_model(config), train.create_model(small_config)
 
   check = check_outputs(
@@ -360,9 +396,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     "run_dir": str(run_dir.absolute()),
     "step": run.step,
     "atol": args.atol,
-    "widths_key": key,
-    "original_widths": list(config[key]),
-    "widths": list(small_config[key]),
+    "original_widths": {key: list(config[key]) for key in keys},
+    "widths": {key: list(small_config[key]) for key in keys},
     "kept": {str(g): k.indices.tolist() for g, k in kept.items()},
     "original_units": {str(g): k.original_width for g, k in kept.items()},
     "check": check._asdict(),

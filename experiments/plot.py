@@ -11,6 +11,9 @@ are drawn as their mean with a min–max band, and tabulated as "mean (min–max
 * ``active_units.png``: the active units (%) of all groups (thick) and of each group
   (thin, one line style per group);
 * ``accuracy.png``: training (dashed) and test (solid) accuracy;
+* ``active_units_by_group.png`` (only for runs whose ``config.json`` names their
+  groups, such as the ViT's heads and neurons of each block): one panel per
+  group with its number of active units;
 * ``report.md``: a table of the metrics at the chosen iterations and at each run's
   last step, the commands that produced the runs, and which runs are incomplete.
 
@@ -41,6 +44,7 @@ from experiments import cli, run_folder
 METHOD_NAMES = {"pathprox": "PathProx", "wd": "Weight decay"}
 DEFAULT_AT = (5000, 10000, 20000)
 FIGURES = ("objective.png", "active_units.png", "accuracy.png")
+GROUP_FIGURE = "active_units_by_group.png"
 MISSING = "—"
 _GROUP_KEY = re.compile(r"active_units_pct/g(\d+)$")
 # Thin dash patterns told apart by shape, since all groups of a run share its colour.
@@ -164,7 +168,7 @@ def plot_runs(
     title: the figures' title; default: the experiments' names.
 
   Returns:
-    The paths written, in the order of :data:`FIGURES`.
+    The paths written, in the order of :data:`FIGURES`, then :data:`GROUP_FIGURE` if drawn.
   """
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
@@ -210,8 +214,11 @@ def plot_runs(
       title,
     ),
   }
+  names = group_names(entries)
+  if names:
+    figures[GROUP_FIGURE] = _draw_groups(entries, names, title)
   paths = []
-  for name in FIGURES:
+  for name in figures:
     path = out_dir / name
     run_folder.write_atomic(
       path, lambda tmp, fig=figures[name]: fig.savefig(tmp, format="png", dpi=150)
@@ -266,6 +273,48 @@ def _draw(
   if any(len(entry.runs) > 1 for entry in entries) and any(c.band for c in curves):
     style_handles.append(Patch(color="0.35", alpha=0.2, label="min–max over seeds"))
   fig.legend(handles=style_handles, loc="outside right lower")
+  return fig
+
+
+def group_names(entries: Sequence[Entry]) -> dict[int, str]:
+  """The groups' names recorded in the runs' ``config.json`` (``group_names``), by group."""
+  return {
+    int(g): name
+    for entry in entries
+    for run in entry.runs
+    for g, name in run.config.get("group_names", {}).items()
+  }
+
+
+def _draw_groups(entries: Sequence[Entry], names: dict[int, str], title: str) -> Figure:
+  """One panel per named group: its active units against the iteration, each entry in its colour.
+
+  A sweep's line is its runs' mean.
+  """
+  ncols = min(2, len(names))
+  nrows = math.ceil(len(names) / ncols)
+  fig = Figure(figsize=(4.0 * ncols + 1.6, 1.9 * nrows + 0.6), layout="constrained")
+  axes = fig.subplots(nrows, ncols, sharex=True, squeeze=False).flat
+  for (group, name), ax in zip(sorted(names.items()), axes, strict=False):
+    for i, entry in enumerate(entries):
+      steps, values = entry.curve(f"active_units/g{group}")
+      ax.plot(steps, values.mean(axis=0), color=f"C{i % 10}", linewidth=1.5)
+    ax.set_title(name, fontsize=9)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.xaxis.set_major_formatter(FuncFormatter(_format_iteration))
+  for ax in axes:  # panels left over in the last row
+    ax.set_visible(False)
+  fig.supxlabel("iteration")
+  fig.supylabel("active units")
+  fig.suptitle(title)
+  fig.legend(
+    handles=[
+      Line2D([], [], color=f"C{i % 10}", linewidth=1.5, label=label)
+      for i, label in enumerate(labels(entries))
+    ],
+    loc="outside right upper",
+  )
   return fig
 
 
@@ -346,7 +395,7 @@ def write_report(
   ]
   if notes.strip():
     lines += ["## Findings", "", notes.strip(), ""]
-  lines += [f"![{name}]({name})" for name in FIGURES if (out_dir / name).exists()]
+  lines += [f"![{name}]({name})" for name in (*FIGURES, GROUP_FIGURE) if (out_dir / name).exists()]
   lines += ["", "## Runs", ""]
   for entry, name in zip(entries, names, strict=True):
     config = entry.config

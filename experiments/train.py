@@ -66,7 +66,20 @@ def create_model(config: ml_collections.ConfigDict) -> nn.Module:
   """The experiment's model, with PathProx group annotations."""
   if config.model == "mlp":
     return models.MLP(features=tuple(config.features), relu=tuple(config.relu))
+  if config.model == "vit":
+    return models.ViT(
+      num_heads=tuple(config.num_heads),
+      mlp_dim=tuple(config.mlp_dim),
+      width=config.width,
+      head_dim=config.head_dim,
+      patch_size=config.patch_size,
+    )
   return models.VGG(channels=tuple(config.channels), pool_after=tuple(config.pool_after))
+
+
+def group_names(config: ml_collections.ConfigDict) -> dict[int, str]:
+  """What each PathProx group holds, by group number ({}: the numbers say enough)."""
+  return models.vit_group_names(len(config.num_heads)) if config.model == "vit" else {}
 
 
 def learning_rate_schedule(
@@ -91,6 +104,7 @@ def create_optimizer(
       config.weight_decay,
       groups,
       momentum=config.momentum,
+      balance=config.balance,
       regularize_bias=config.regularize_bias,
     )
   # The gradient of (λ/2)·‖K‖² is λ·K: the same as adding decayed weights.
@@ -358,7 +372,7 @@ class Experiment:
     self.data_key = jax.random.wrap_key_data(_replicated(jax.random.key_data(data_key), self.mesh))
     sample = jnp.asarray(train_images[:1], jnp.float32)
     boxed = jax.jit(model.init)(init_key, sample)["params"]
-    self.groups = pp.group_spec(boxed)
+    self.groups = model.group_spec(boxed) if config.model == "vit" else pp.group_spec(boxed)
     params = nn.meta.unbox(boxed)
     self.schedule = learning_rate_schedule(config, per_epoch)
     tx = create_optimizer(config, params, self.groups, self.schedule)
@@ -641,7 +655,7 @@ def _write_config(
 
     def note_units(param, spec):
       if spec is not None and spec.role == "in" and param.ndim >= 2:
-        units[str(spec.group)] = int(param.shape[-1])
+        units[str(spec.group)] = int(param.shape[-1 if spec.unit_axis is None else spec.unit_axis])
 
     jax.tree.map(note_units, params, groups)
     record = config.to_dict()
@@ -652,6 +666,7 @@ def _write_config(
       processes=jax.process_count(),
       groups=sorted(int(g) for g in units),
       units=units,
+      group_names={str(g): name for g, name in group_names(config).items()},
     )
   path.parent.mkdir(parents=True, exist_ok=True)
   run_folder.write_json(path, record)

@@ -77,7 +77,7 @@ def test_mlp_run_compacts_to_the_same_function(mlp_run, capsys):
   printed = capsys.readouterr().out
   config, _, record = read_output(mlp_run / "compact")
   widths = (active[0], 32, active[1], 32, active[2], 10)
-  assert tuple(config.features) == widths and record["widths"] == list(widths)
+  assert tuple(config.features) == widths and record["widths"] == {"features": list(widths)}
   assert [len(record["kept"][str(g)]) for g in range(3)] == active
   assert record["check"]["max_abs_diff"] <= 1e-5  # on the test set, by the command itself
   assert record["check"]["sparse_acc"] == record["check"]["compact_acc"]
