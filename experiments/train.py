@@ -98,12 +98,13 @@ def create_optimizer(
 
   With ``regularize_bias`` the baseline decays every parameter, biases included.
   """
+  momentum = config.momentum or None  # a config float, never traced: 0 means no trace at all
   if config.method == "pathprox":
     return pp.pathprox_sgd(
       schedule,
       config.weight_decay,
       groups,
-      momentum=config.momentum,
+      momentum=momentum,
       balance=config.balance,
       regularize_bias=config.regularize_bias,
     )
@@ -111,7 +112,7 @@ def create_optimizer(
   decayed = None if config.regularize_bias else pp.kernel_mask
   return optax.chain(
     optax.add_decayed_weights(config.weight_decay, mask=decayed),
-    optax.sgd(schedule, momentum=config.momentum or None),
+    optax.sgd(schedule, momentum=momentum),
   )
 
 

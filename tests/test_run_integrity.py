@@ -278,7 +278,8 @@ def test_compare_help_lists_the_pass_through_flags():
   text = help_text("experiments.compare", "mnist_mlp")
   assert "flags of mnist_mlp, passed to both runs" in text and "  --lr FLOAT " in text
   assert "  --method " not in text and text.rstrip().endswith("NO JAX")
-  assert "one of cifar_vgg, mnist_mlp, mnist_subset_mlp" in help_text("experiments.compare")
+  listed = " ".join(help_text("experiments.compare").split())
+  assert "one of cifar_vgg, fashion_mnist_vit, mnist_mlp, mnist_subset_mlp" in listed
 
 
 def test_compare_refuses_method_and_unknown_flags(capsys, tmp_path):
