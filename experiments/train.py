@@ -38,6 +38,7 @@ import pathprox_jax as pp
 from experiments import (
   checkpointing,
   data,
+  evaluation,
   input_pipeline,
   metrics_writer,
   models,
@@ -181,69 +182,6 @@ def make_train_steps(
   return run
 
 
-class Evaluator:
-  """Loss, accuracy and PathProx metrics on the train, validation and test sets."""
-
-  def __init__(self, model, config, splits, groups, mesh):
-    self.config = config
-    self.groups = groups
-    size = config.eval_batch_size
-    sharded = NamedSharding(mesh, P(None, AXIS))
-    self.splits = {
-      name: tuple(
-        _global_array(a, sharded)
-        for a in input_pipeline.eval_batches(
-          images, labels, min(size, _round_up(len(labels), mesh.size))
-        )
-      )
-      for name, (images, labels) in splits.items()
-    }
-
-    def split_sums(params, images, labels, mask):
-      def batch_sums(args):
-        x, y, m = args
-        logits = model.apply({"params": params}, input_pipeline.normalize(x, config.dataset))
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-        return jnp.sum(loss * m), jnp.sum((jnp.argmax(logits, -1) == y) * m)
-
-      loss, correct = jax.lax.map(batch_sums, (images, labels, mask))
-      count = jnp.sum(mask)
-      return jnp.sum(loss) / count, jnp.sum(correct) / count
-
-    def evaluate(params, splits):
-      out = {}
-      for name, arrays in splits.items():
-        out[f"{name}_loss"], out[f"{name}_acc"] = split_sums(params, *arrays)
-      path_norm = pp.path_norm(params, groups)
-      active = pp.active_units(params, groups)
-      out["wd_objective"] = pp.weight_decay_objective(
-        out["train_loss"], params, groups, config.weight_decay
-      )
-      out["path_norm"] = path_norm.total
-      out["active_units"] = active.count
-      out["active_units_pct"] = 100 * active.fraction
-      for g in path_norm.per_group:
-        out[f"path_norm/g{g}"] = path_norm.per_group[g]
-        out[f"active_units/g{g}"] = active.per_group[g]
-        out[f"active_units_pct/g{g}"] = 100 * active.per_group_fraction[g]
-      return out
-
-    self._evaluate = jax.jit(evaluate)
-    self._replicated = NamedSharding(mesh, P())
-
-  def __call__(self, params) -> dict[str, float]:
-    params = jax.device_put(params, self._replicated)  # pmap hands over one device's copy
-    values = jax.device_get(self._evaluate(params, self.splits))
-    return {
-      k: (int(v) if np.issubdtype(np.asarray(v).dtype, np.integer) else float(v))
-      for k, v in values.items()
-    }
-
-
-def _round_up(n: int, multiple: int) -> int:
-  return math.ceil(n / multiple) * multiple
-
-
 def _global_array(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
   """A global array from data every process holds in full (single- or multi-host)."""
   return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
@@ -383,7 +321,7 @@ class Experiment:
     run = make_train_steps(model, tx, config, len(train_labels), self.mesh.size)
     self.to_device, self._train_fn, self.from_device = _parallel(run, self.mesh, config.parallel)
     self._train_data = self.to_device((train_images, train_labels))
-    self.evaluate = Evaluator(model, config, splits, self.groups, self.mesh)
+    self.evaluate = evaluation.Evaluator(model, config, splits, self.groups, self.mesh)
 
   def device_key(self, data_key: jax.Array) -> Any:
     """The data key laid out for :meth:`train` (put on the devices once per run)."""

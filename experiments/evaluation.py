@@ -1,0 +1,131 @@
+"""Evaluation of a run: loss and accuracy on every split, PathProx's metrics, the objectives.
+
+Every split lives on the devices as whole batches, each batch sharded over all
+devices. A split whose size does not divide into such batches is padded with
+masked examples, so any device count evaluates every split exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import pathprox_jax as pp
+from experiments import input_pipeline
+
+
+def eval_batch_size(num_examples: int, max_batch_size: int, num_devices: int) -> int:
+  """The batch size that covers a split in the fewest batches with the least padding.
+
+  The fewest batches of at most ``max_batch_size``, each a whole multiple of
+  ``num_devices`` (so that every device gets the same share), as even as possible.
+
+  Example:
+    >>> eval_batch_size(59_000, 10_000, 3)  # 6 batches of 9,834: 4 padded examples
+    9834
+  """
+  batches = math.ceil(num_examples / max_batch_size)
+  return math.ceil(math.ceil(num_examples / batches) / num_devices) * num_devices
+
+
+def weight_decay_penalty(params: Any, weight_decay: float) -> jax.Array:
+  """The raw weight-decay term :math:`\\frac{\\lambda}{2} \\sum_{\\text{kernels } K} \\|K\\|^2`.
+
+  The paper states its objective with this term; the baseline's gradient step
+  minimises ``loss + penalty``. Kernels (parameters with two or more dimensions)
+  are what the baseline decays; biases are not. Unlike
+  :func:`pathprox_jax.weight_decay_objective`, no rescaling is applied, so for
+  PathProx's normalised inputs this is larger than the rescaled term.
+  """
+  kernels = [p for p in jax.tree.leaves(params) if p.ndim >= 2]
+  squares = [jnp.sum(jnp.square(k.astype(jnp.float32))) for k in kernels]
+  return 0.5 * weight_decay * sum(squares, jnp.zeros((), jnp.float32))
+
+
+class Evaluator:
+  """Loss, accuracy and PathProx metrics on the train, validation and test sets.
+
+  Call it with the (host or replicated) parameters; it returns the metrics as
+  Python numbers: ``{split}_loss``, ``{split}_acc``, ``wd_objective`` (the
+  weight-decay objective at its best rescaling), ``wd_penalty`` and
+  ``wd_raw_objective`` (``train_loss + wd_penalty``), ``path_norm``,
+  ``active_units``, ``active_units_pct`` and their per-group values
+  (``path_norm/g{k}``, ...).
+
+  Args:
+    model: the linen model.
+    config: the experiment config (``dataset``, ``weight_decay``, ``eval_batch_size``).
+    splits: ``{name: (uint8 images, int32 labels)}`` on the host.
+    groups: the model's PathProx group spec.
+    mesh: the devices; each batch is sharded over all of its axes.
+  """
+
+  def __init__(
+    self,
+    model: nn.Module,
+    config: ml_collections.ConfigDict,
+    splits: dict[str, input_pipeline.Arrays],
+    groups: Any,
+    mesh: jax.sharding.Mesh,
+  ):
+    batch_sharding = NamedSharding(mesh, P(None, mesh.axis_names))
+    self._splits = {
+      name: tuple(
+        jax.make_array_from_callback(a.shape, batch_sharding, lambda index, a=a: a[index])
+        for a in input_pipeline.eval_batches(
+          images, labels, eval_batch_size(len(labels), config.eval_batch_size, mesh.size)
+        )
+      )
+      for name, (images, labels) in splits.items()
+    }
+
+    def split_means(params, images, labels, mask):
+      def batch_sums(args):
+        x, y, m = args
+        logits = model.apply({"params": params}, input_pipeline.normalize(x, config.dataset))
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        return jnp.sum(loss * m), jnp.sum((jnp.argmax(logits, -1) == y) * m)
+
+      loss, correct = jax.lax.map(batch_sums, (images, labels, mask))
+      count = jnp.sum(mask)
+      return jnp.sum(loss) / count, jnp.sum(correct) / count
+
+    def evaluate(params, splits):
+      out = {}
+      for name, arrays in splits.items():
+        out[f"{name}_loss"], out[f"{name}_acc"] = split_means(params, *arrays)
+      path_norm = pp.path_norm(params, groups)
+      active = pp.active_units(params, groups)
+      out["wd_objective"] = pp.weight_decay_objective(
+        out["train_loss"], params, groups, config.weight_decay
+      )
+      out["wd_penalty"] = weight_decay_penalty(params, config.weight_decay)
+      out["wd_raw_objective"] = out["train_loss"] + out["wd_penalty"]
+      out["path_norm"] = path_norm.total
+      out["active_units"] = active.count
+      out["active_units_pct"] = 100 * active.fraction
+      for g in path_norm.per_group:
+        out[f"path_norm/g{g}"] = path_norm.per_group[g]
+        out[f"active_units/g{g}"] = active.per_group[g]
+        out[f"active_units_pct/g{g}"] = 100 * active.per_group_fraction[g]
+      return out
+
+    self._evaluate = jax.jit(evaluate)
+    self._replicated = NamedSharding(mesh, P())
+
+  def __call__(self, params: Any) -> dict[str, float]:
+    params = jax.device_put(params, self._replicated)  # pmap hands over one device's copy
+    values = jax.device_get(self._evaluate(params, self._splits))
+    return {
+      k: (int(v) if np.issubdtype(np.asarray(v).dtype, np.integer) else float(v))
+      for k, v in values.items()
+    }

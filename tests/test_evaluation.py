@@ -1,0 +1,76 @@
+"""The evaluation pass: exact on any device count, and the weight-decay terms it reports."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+import pathprox_jax as pp
+from experiments import evaluation, models
+
+FEATURES = (16, 16, 16, 16, 10)  # an unpaired last layer: ordinary weight decay on it
+
+
+def make_evaluator(num_devices, eval_batch_size=64):
+  config = ml_collections.ConfigDict(
+    {"dataset": "mnist", "weight_decay": 1e-3, "eval_batch_size": eval_batch_size}
+  )
+  model = models.MLP(FEATURES, (True, False, True, False, False))
+  boxed = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
+  rng = np.random.default_rng(0)
+  # Sizes that divide neither by the batch nor by the device count.
+  splits = {
+    name: (rng.integers(0, 256, (n, 28, 28, 1), np.uint8), rng.integers(0, 10, n).astype(np.int32))
+    for name, n in (("train", 101), ("val", 257), ("test", 50))
+  }
+  mesh = jax.make_mesh(
+    (num_devices,),
+    ("data",),
+    axis_types=(jax.sharding.AxisType.Auto,),
+    devices=jax.devices()[:num_devices],
+  )
+  evaluator = evaluation.Evaluator(model, config, splits, pp.group_spec(boxed), mesh)
+  return evaluator, nn.meta.unbox(boxed), splits, model
+
+
+def test_three_devices_give_the_single_device_metrics():
+  one, params, splits, model = make_evaluator(1)
+  three, _, _, _ = make_evaluator(3)
+  expected, got = one(params), three(params)
+  assert expected.keys() == got.keys()
+  for key in expected:
+    np.testing.assert_allclose(got[key], expected[key], rtol=1e-5, err_msg=key)
+  # And both are the plain mean over every example of each split: no padding counted.
+  images, labels = splits["val"]
+  x = (images.astype(np.float32) / 255 - 0.1307) / 0.3081
+  logits = np.asarray(model.apply({"params": params}, x))
+  np.testing.assert_allclose(got["val_acc"], np.mean(logits.argmax(-1) == labels), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+  ("num_examples", "max_batch", "devices", "expected"),
+  [(1000, 10_000, 1, 1000), (1000, 10_000, 3, 1002), (59_000, 10_000, 8, 9840), (50, 64, 8, 56)],
+)
+def test_eval_batch_size_covers_the_split_with_whole_device_shares(
+  num_examples, max_batch, devices, expected
+):
+  size = evaluation.eval_batch_size(num_examples, max_batch, devices)
+  assert size == expected
+  assert size % devices == 0
+  assert size < max_batch + devices
+
+
+def test_raw_penalty_decays_every_kernel_and_no_bias():
+  evaluator, params, _, _ = make_evaluator(1)
+  kernels = [params[f"Dense_{i}"]["kernel"] for i in range(len(FEATURES))]
+  penalty = 0.5 * 1e-3 * sum(float(np.sum(np.square(k))) for k in kernels)
+  np.testing.assert_allclose(evaluation.weight_decay_penalty(params, 1e-3), penalty, rtol=1e-6)
+  metrics = evaluator(params)
+  np.testing.assert_allclose(metrics["wd_penalty"], penalty, rtol=1e-6)
+  np.testing.assert_allclose(
+    metrics["wd_raw_objective"], metrics["train_loss"] + penalty, rtol=1e-6
+  )
+  # Balanced rescaling can only lower the weight-decay term: (a² + b²)/2 ≥ ab.
+  assert metrics["wd_objective"] <= metrics["wd_raw_objective"]
