@@ -98,7 +98,7 @@ def abstract_state(config: ml_collections.ConfigDict) -> tuple[train.TrainState,
   model = train.create_model(config)
   image = jax.ShapeDtypeStruct((1, *data.BUILDERS[config.dataset].IMAGE_SHAPE), jnp.float32)
   boxed = jax.eval_shape(model.init, jax.random.key(0), image)["params"]
-  groups = pp.group_spec(boxed)
+  groups = train.group_spec(model, boxed)
   params = nn.meta.unbox(boxed)
   tx = train.create_optimizer(config, params, groups, optax.constant_schedule(config.lr))
   step = jax.ShapeDtypeStruct((), jnp.int32)

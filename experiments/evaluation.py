@@ -8,6 +8,7 @@ masked examples, so any device count evaluates every split exactly.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -54,7 +55,8 @@ def weight_decay_penalty(params: Any, weight_decay: float) -> jax.Array:
 class Evaluator:
   """Loss, accuracy and PathProx metrics on the train, validation and test sets.
 
-  Call it with the (host or replicated) parameters; it returns the metrics as
+  Call it with the (host or replicated) parameters, or :meth:`each` with a
+  sweep's parameters stacked on a leading member axis; it returns the metrics as
   Python numbers: ``{split}_loss``, ``{split}_acc``, ``wd_objective`` (the
   weight-decay objective at its best rescaling), ``wd_penalty`` and
   ``wd_raw_objective`` (``train_loss + wd_penalty``), ``path_norm``,
@@ -99,16 +101,16 @@ class Evaluator:
       count = jnp.sum(mask)
       return jnp.sum(loss) / count, jnp.sum(correct) / count
 
-    def evaluate(params, splits):
+    def evaluate(params, weight_decay, splits):
       out = {}
       for name, arrays in splits.items():
         out[f"{name}_loss"], out[f"{name}_acc"] = split_means(params, *arrays)
       path_norm = pp.path_norm(params, groups)
       active = pp.active_units(params, groups)
       out["wd_objective"] = pp.weight_decay_objective(
-        out["train_loss"], params, groups, config.weight_decay
+        out["train_loss"], params, groups, weight_decay
       )
-      out["wd_penalty"] = weight_decay_penalty(params, config.weight_decay)
+      out["wd_penalty"] = weight_decay_penalty(params, weight_decay)
       out["wd_raw_objective"] = out["train_loss"] + out["wd_penalty"]
       out["path_norm"] = path_norm.total
       out["active_units"] = active.count
@@ -119,13 +121,36 @@ class Evaluator:
         out[f"active_units_pct/g{g}"] = 100 * active.per_group_fraction[g]
       return out
 
+    self._weight_decay = config.weight_decay
     self._evaluate = jax.jit(evaluate)
+    self._evaluate_each = jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None)))
     self._replicated = NamedSharding(mesh, P())
 
   def __call__(self, params: Any) -> dict[str, float]:
     params = jax.device_put(params, self._replicated)  # pmap hands over one device's copy
-    values = jax.device_get(self._evaluate(params, self._splits))
-    return {
-      k: (int(v) if np.issubdtype(np.asarray(v).dtype, np.integer) else float(v))
-      for k, v in values.items()
-    }
+    return _python_numbers(self._evaluate(params, self._weight_decay, self._splits))
+
+  def each(self, params: Any, weight_decays: Sequence[float]) -> list[dict[str, float]]:
+    """The metrics of every member of a sweep, in one compiled pass.
+
+    Args:
+      params: the members' parameters, stacked on a leading axis.
+      weight_decays: each member's :math:`\\lambda`.
+    """
+    params = jax.device_put(params, self._replicated)
+    values = self._evaluate_each(params, jnp.asarray(weight_decays, jnp.float32), self._splits)
+    stacked = _python_numbers(values)
+    return [{k: v[m] for k, v in stacked.items()} for m in range(len(weight_decays))]
+
+
+def _python_numbers(values: dict[str, jax.Array]) -> dict[str, Any]:
+  """Metrics as Python ints and floats (lists of them for stacked values)."""
+  values = jax.device_get(values)
+  return {
+    k: (
+      np.asarray(v).astype(int)
+      if np.issubdtype(np.asarray(v).dtype, np.integer)
+      else np.asarray(v, float)
+    ).tolist()
+    for k, v in values.items()
+  }

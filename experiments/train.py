@@ -243,6 +243,18 @@ def _parallel(run, mesh, parallel: str):
   return (lambda tree: _replicated(tree, mesh)), step_fn, (lambda tree: tree)
 
 
+def group_spec(model: nn.Module, boxed: Any) -> Any:
+  """The model's PathProx groups: the ViT's from path rules, the others' from annotations."""
+  return model.group_spec(boxed) if isinstance(model, models.ViT) else pp.group_spec(boxed)
+
+
+def initial_params(model: nn.Module, seed: int, sample: np.ndarray) -> tuple[Any, jax.Array]:
+  """The boxed parameters at step 0 of the run with ``seed``, and its data key."""
+  init_key, data_key = jax.random.split(jax.random.key(seed))
+  boxed = jax.jit(model.init)(init_key, jnp.asarray(sample, jnp.float32))["params"]
+  return boxed, data_key
+
+
 def _eval_points(config, start: int) -> list[int]:
   """Steps after ``start`` at which to stop the loop: evaluations and saves."""
   points = set(range(config.log_freq, config.total_iter, config.log_freq))
@@ -307,11 +319,9 @@ class Experiment:
     per_epoch = input_pipeline.steps_per_epoch(len(train_labels), config.batch_size)
 
     model = create_model(config)
-    init_key, data_key = jax.random.split(jax.random.key(config.seed))
+    boxed, data_key = initial_params(model, config.seed, train_images[:1])
     self.data_key = jax.random.wrap_key_data(_replicated(jax.random.key_data(data_key), self.mesh))
-    sample = jnp.asarray(train_images[:1], jnp.float32)
-    boxed = jax.jit(model.init)(init_key, sample)["params"]
-    self.groups = model.group_spec(boxed) if config.model == "vit" else pp.group_spec(boxed)
+    self.groups = group_spec(model, boxed)
     params = nn.meta.unbox(boxed)
     self.schedule = learning_rate_schedule(config, per_epoch)
     tx = create_optimizer(config, params, self.groups, self.schedule)
