@@ -38,17 +38,19 @@ def eval_batch_size(num_examples: int, max_batch_size: int, num_devices: int) ->
   return math.ceil(math.ceil(num_examples / batches) / num_devices) * num_devices
 
 
-def weight_decay_penalty(params: Any, weight_decay: float) -> jax.Array:
+def weight_decay_penalty(
+  params: Any, weight_decay: float | jax.Array, *, regularize_bias: bool = False
+) -> jax.Array:
   """The raw weight-decay term :math:`\\frac{\\lambda}{2} \\sum_{\\text{kernels } K} \\|K\\|^2`.
 
   The paper states its objective with this term; the baseline's gradient step
   minimises ``loss + penalty``. Kernels (parameters with two or more dimensions)
-  are what the baseline decays; biases are not. Unlike
+  are what the baseline decays; biases too with ``regularize_bias``. Unlike
   :func:`pathprox_jax.weight_decay_objective`, no rescaling is applied, so for
-  PathProx's normalised inputs this is larger than the rescaled term.
+  PathProx's unit-norm inputs this is larger than the rescaled term.
   """
-  kernels = [p for p in jax.tree.leaves(params) if p.ndim >= 2]
-  squares = [jnp.sum(jnp.square(k.astype(jnp.float32))) for k in kernels]
+  decayed = [p for p in jax.tree.leaves(params) if regularize_bias or p.ndim >= 2]
+  squares = [jnp.sum(jnp.square(p.astype(jnp.float32))) for p in decayed]
   return 0.5 * weight_decay * sum(squares, jnp.zeros((), jnp.float32))
 
 
@@ -110,7 +112,9 @@ class Evaluator:
       out["wd_objective"] = pp.weight_decay_objective(
         out["train_loss"], params, groups, weight_decay
       )
-      out["wd_penalty"] = weight_decay_penalty(params, weight_decay)
+      out["wd_penalty"] = weight_decay_penalty(
+        params, weight_decay, regularize_bias=config.regularize_bias
+      )
       out["wd_raw_objective"] = out["train_loss"] + out["wd_penalty"]
       out["path_norm"] = path_norm.total
       out["active_units"] = active.count

@@ -15,7 +15,12 @@ FEATURES = (16, 16, 16, 16, 10)  # an unpaired last layer: ordinary weight decay
 
 def make_evaluator(num_devices, eval_batch_size=64):
   config = ml_collections.ConfigDict(
-    {"dataset": "mnist", "weight_decay": 1e-3, "eval_batch_size": eval_batch_size}
+    {
+      "dataset": "mnist",
+      "weight_decay": 1e-3,
+      "eval_batch_size": eval_batch_size,
+      "regularize_bias": False,
+    }
   )
   model = models.MLP(FEATURES, (True, False, True, False, False))
   boxed = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
@@ -74,3 +79,10 @@ def test_raw_penalty_decays_every_kernel_and_no_bias():
   )
   # Balanced rescaling can only lower the weight-decay term: (a² + b²)/2 ≥ ab.
   assert metrics["wd_objective"] <= metrics["wd_raw_objective"]
+
+
+def test_raw_penalty_decays_biases_too_with_regularize_bias():
+  params = {"dense": {"kernel": 2 * jnp.ones((3, 4)), "bias": jnp.ones(4)}}
+  np.testing.assert_allclose(evaluation.weight_decay_penalty(params, 0.1), 0.5 * 0.1 * 48)
+  with_bias = evaluation.weight_decay_penalty(params, 0.1, regularize_bias=True)
+  np.testing.assert_allclose(with_bias, 0.5 * 0.1 * 52)
