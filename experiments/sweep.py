@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from experiments import checkpointing, cli, data, metrics_writer, train
+from experiments import checkpointing, cli, data, metrics_writer, run_folder, train
 
 
 class MemberOptState(NamedTuple):
@@ -59,11 +59,6 @@ def select_by_member(txs: Sequence[optax.GradientTransformation]) -> optax.Gradi
     return updates, MemberOptState(state.weight_decay_index, inner)
 
   return optax.GradientTransformation(init_fn, update_fn)
-
-
-def member_name(seed: int, weight_decay: float, vary_weight_decay: bool) -> str:
-  """``seed<s>``, or ``wd<λ>-seed<s>`` when the sweep varies λ too."""
-  return f"wd{weight_decay:g}-seed{seed}" if vary_weight_decay else f"seed{seed}"
 
 
 class Sweep:
@@ -280,7 +275,7 @@ def parse_args(argv: Sequence[str] | None = None):
       member_config = ml_collections.ConfigDict(config.to_dict())
       member_config.seed, member_config.weight_decay = seed, weight_decay
       configs.append(member_config)
-      name = member_name(seed, weight_decay, len(weight_decays) > 1)
+      name = run_folder.member_name(seed, weight_decay if len(weight_decays) > 1 else None)
       workdirs.append(Path(args.workdir) / name)
   return args.experiment, configs, workdirs, resume
 

@@ -17,7 +17,8 @@ def read_rows(workdir):
 
 
 def test_members_equal_single_runs(raw_mnist, tmp_path):
-  data = ["--raw-data-dir", str(raw_mnist), "--data-dir", str(tmp_path / "tfds")]
+  data = ["--raw-data-dir", str(raw_mnist), "--data-dir", str(tmp_path / "tfds"),
+          "--allow-unofficial-data", "true"]  # fmt: skip
   argv = ["mnist_subset_mlp", "--seeds", "0,1", "--weight-decays", "1e-4,1e-2", *TINY, *data]
   assert sweep.main([*argv, "--workdir", str(tmp_path / "sweep")]) == 0
   names = sorted(p.name for p in (tmp_path / "sweep").iterdir())
@@ -42,7 +43,8 @@ def test_members_equal_single_runs(raw_mnist, tmp_path):
 
 
 def test_rerun_without_resume_is_refused(raw_mnist, tmp_path, capsys):
-  data = ["--raw-data-dir", str(raw_mnist), "--data-dir", str(tmp_path / "tfds")]
+  data = ["--raw-data-dir", str(raw_mnist), "--data-dir", str(tmp_path / "tfds"),
+          "--allow-unofficial-data", "true"]  # fmt: skip
   argv = ["mnist_subset_mlp", "--seeds", "3", *TINY, *data, "--workdir", str(tmp_path / "s")]
   argv[argv.index("--total-iter") + 1] = "100"
   assert sweep.main(argv) == 0
