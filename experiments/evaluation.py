@@ -44,12 +44,15 @@ def weight_decay_penalty(
   """The raw weight-decay term :math:`\\frac{\\lambda}{2} \\sum_{\\text{kernels } K} \\|K\\|^2`.
 
   The paper states its objective with this term; the baseline's gradient step
-  minimises ``loss + penalty``. Kernels (parameters with two or more dimensions)
-  are what the baseline decays; biases too with ``regularize_bias``. Unlike
+  minimises ``loss + penalty``. Kernels (:func:`pathprox_jax.kernel_mask`) are what
+  the baseline decays; biases too with ``regularize_bias``. Unlike
   :func:`pathprox_jax.weight_decay_objective`, no rescaling is applied, so for
   PathProx's unit-norm inputs this is larger than the rescaled term.
   """
-  decayed = [p for p in jax.tree.leaves(params) if regularize_bias or p.ndim >= 2]
+  kernels = jax.tree.leaves(pp.kernel_mask(params))
+  decayed = [
+    p for p, k in zip(jax.tree.leaves(params), kernels, strict=True) if k or regularize_bias
+  ]
   squares = [jnp.sum(jnp.square(p.astype(jnp.float32))) for p in decayed]
   return 0.5 * weight_decay * sum(squares, jnp.zeros((), jnp.float32))
 

@@ -201,7 +201,10 @@ def run_sweep(
     for w, h in zip(workdirs, histories, strict=True)
   ]
   for w, c, s in zip(workdirs, configs, states, strict=True):
-    train._write_config(w / "config.json", c, s.params, sweep.experiment.groups, command)
+    resumed_from = int(s.step) if resume else None
+    train._write_config(
+      w / "config.json", c, s.params, sweep.experiment.groups, command, resumed_from
+    )
 
   device_state = sweep.to_device(sweep.stack(states))
   step = int(states[0].step)
