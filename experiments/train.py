@@ -602,11 +602,11 @@ def _write_config(
   if record is None:
     units = {}
 
-    def note_units(param, spec):
-      if spec is not None and spec.role == "in" and param.ndim >= 2:
+    def note_units(path, param, spec):
+      if spec is not None and spec.role == "in" and pp.is_kernel(path, param):
         units[str(spec.group)] = int(param.shape[-1 if spec.unit_axis is None else spec.unit_axis])
 
-    jax.tree.map(note_units, params, groups)
+    jax.tree_util.tree_map_with_path(note_units, params, groups)
     record = config.to_dict()
     record.update(
       command=command,
