@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from experiments import checkpointing, cli, data, metrics_writer, run_folder, train
+from experiments import checkpointing, cli, data, metrics_writer, run_folder, train, workdir_lock
 
 
 class MemberOptState(NamedTuple):
@@ -166,12 +166,28 @@ def run_sweep(
     Each member's last metrics.
 
   Raises:
-    train.WorkdirError: a run folder holds checkpoints and ``resume`` is not set, or
-      the members' checkpoints are at different steps.
+    train.WorkdirError: another process holds the sweep's folder, a run folder holds
+      checkpoints and ``resume`` is not set, or the members' checkpoints are at
+      different steps.
     train.NonFiniteLossError: a member's training loss became NaN or infinite.
   """
-  start_time = time.time()
   workdirs = [Path(w) for w in workdirs]
+  lock = workdir_lock.WorkdirLock(workdirs[0].parent, jax.process_index())
+  try:
+    lock.acquire()
+  except workdir_lock.WorkdirInUseError as e:
+    raise train.WorkdirError(str(e)) from None
+  try:
+    return _train_members(configs, workdirs, resume, command)
+  finally:
+    lock.release()
+
+
+def _train_members(
+  configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[Path], resume: bool, command: str
+) -> list[dict[str, float]]:
+  """:func:`run_sweep` once the sweep's folder is locked."""
+  start_time = time.time()
   saved = [checkpointing.latest_step(w / "checkpoints") for w in workdirs]
   if not resume and any(s is not None for s in saved):
     raise train.WorkdirError(

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from experiments import cli, sweep
+from experiments import cli, sweep, workdir_lock
 
 TINY = ["--features", "32,32,32,32,32,10", "--train-per-class", "20", "--batch-size", "40",
         "--eval-batch-size", "200", "--lr", "0.05", "--progress", "false", "--total-iter", "200",
@@ -55,6 +55,17 @@ def test_rerun_without_resume_is_refused(raw_mnist, tmp_path, capsys):
   longer.remove("--total-iter"), longer.remove("100")
   assert sweep.main(longer) == 0
   assert [r["step"] for r in read_rows(tmp_path / "s" / "seed3")] == [0, 100, 200]
+
+
+def test_a_sweep_folder_in_use_is_refused(raw_mnist, tmp_path, capsys):
+  folder = tmp_path / "s"
+  argv = ["mnist_subset_mlp", "--seeds", "0", *TINY, "--raw-data-dir", str(raw_mnist),
+          "--allow-unofficial-data", "true", "--workdir", str(folder)]  # fmt: skip
+  with workdir_lock.WorkdirLock(folder):
+    assert sweep.main(argv) == 2
+  err = capsys.readouterr().err.strip()
+  assert "is in use by another run" in err and len(err.splitlines()) == 1
+  assert not folder.exists()  # nothing was written, and the test's lock left no file
 
 
 @pytest.mark.parametrize("seeds", ["0,x", "1,1"])
