@@ -100,7 +100,7 @@ def abstract_state(config: ml_collections.ConfigDict) -> tuple[train.TrainState,
   boxed = jax.eval_shape(model.init, jax.random.key(0), image)["params"]
   groups = train.group_spec(model, boxed)
   params = nn.meta.unbox(boxed)
-  tx = train.create_optimizer(config, params, groups, optax.constant_schedule(config.lr))
+  tx = train.create_optimizer(config, groups, optax.constant_schedule(config.lr))
   step = jax.ShapeDtypeStruct((), jnp.int32)
   return train.TrainState(step, params, jax.eval_shape(tx.init, params)), groups
 

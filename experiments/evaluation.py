@@ -134,7 +134,7 @@ class Evaluator:
     self._replicated = NamedSharding(mesh, P())
 
   def __call__(self, params: Any) -> dict[str, float]:
-    params = jax.device_put(params, self._replicated)  # pmap hands over one device's copy
+    params = jax.device_put(params, self._replicated)  # a no-op for the replicated training state
     return _python_numbers(self._evaluate(params, self._weight_decay, self._splits))
 
   def each(self, params: Any, weight_decays: Sequence[float]) -> list[dict[str, float]]:

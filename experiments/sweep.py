@@ -87,11 +87,7 @@ class Sweep:
     for weight_decay in weight_decays:
       member = ml_collections.ConfigDict(config.to_dict())
       member.weight_decay = weight_decay
-      txs.append(
-        train.create_optimizer(
-          member, experiment.state.params, experiment.groups, experiment.schedule
-        )
-      )
+      txs.append(train.create_optimizer(member, experiment.groups, experiment.schedule))
     self._indices = [weight_decays.index(c.weight_decay) for c in self.configs]
     self.states, self.data_keys = [], []
     for c, index in zip(self.configs, self._indices, strict=True):

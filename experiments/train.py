@@ -93,7 +93,7 @@ def learning_rate_schedule(
 
 
 def create_optimizer(
-  config: ml_collections.ConfigDict, params: Any, groups: Any, schedule: optax.Schedule
+  config: ml_collections.ConfigDict, groups: Any, schedule: optax.Schedule
 ) -> optax.GradientTransformation:
   """PathProx (``pathprox_sgd``) or the baseline: SGD on loss + (λ/2)·Σ‖kernels‖².
 
@@ -324,7 +324,7 @@ class Experiment:
     self.groups = group_spec(model, boxed)
     params = nn.meta.unbox(boxed)
     self.schedule = learning_rate_schedule(config, per_epoch)
-    tx = create_optimizer(config, params, self.groups, self.schedule)
+    tx = create_optimizer(config, self.groups, self.schedule)
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
     self.state = _replicated(state, self.mesh)
 

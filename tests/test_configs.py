@@ -63,7 +63,7 @@ def test_regularize_bias_reaches_the_optimiser(method):
 
   def step(regularize_bias):
     config.regularize_bias = regularize_bias
-    tx = train.create_optimizer(config, params, groups, lambda count: 0.5)
+    tx = train.create_optimizer(config, groups, lambda count: 0.5)
     updates, _ = tx.update(zero_grads, tx.init(params), params)
     return updates
 
