@@ -21,7 +21,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import pathprox_jax as pp
-from experiments import input_pipeline
+from experiments import input_pipeline, models
 
 
 def eval_batch_size(num_examples: int, max_batch_size: int, num_devices: int) -> int:
@@ -95,10 +95,16 @@ class Evaluator:
       for name, (images, labels) in splits.items()
     }
 
-    def split_means(params, images, labels, mask):
+    def inference(params):
+      """``model`` and ``params``, an MLP's linear bottlenecks folded (fewer products)."""
+      if isinstance(model, models.MLP):
+        return models.fold_linear_layers(model, params)
+      return model, params
+
+    def split_means(net, net_params, images, labels, mask):
       def batch_sums(args):
         x, y, m = args
-        logits = model.apply({"params": params}, input_pipeline.normalize(x, config.dataset))
+        logits = net.apply({"params": net_params}, input_pipeline.normalize(x, config.dataset))
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
         return jnp.sum(loss * m), jnp.sum((jnp.argmax(logits, -1) == y) * m)
 
@@ -107,9 +113,9 @@ class Evaluator:
       return jnp.sum(loss) / count, jnp.sum(correct) / count
 
     def evaluate(params, weight_decay, splits):
-      out = {}
+      out, net = {}, inference(params)
       for name, arrays in splits.items():
-        out[f"{name}_loss"], out[f"{name}_acc"] = split_means(params, *arrays)
+        out[f"{name}_loss"], out[f"{name}_acc"] = split_means(*net, *arrays)
       path_norm = pp.path_norm(params, groups)
       active = pp.active_units(params, groups)
       out["wd_objective"] = pp.weight_decay_objective(

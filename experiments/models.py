@@ -94,6 +94,43 @@ class MLP(nn.Module):
     return x
 
 
+def fold_linear_layers(model: MLP, params: Mapping[str, Any]) -> tuple[MLP, dict[str, Any]]:
+  """An MLP's function with fewer products: its linear bottlenecks multiplied out.
+
+  Two Dense layers with no ReLU between them are one affine map,
+
+  .. math::
+    (x K_i + b_i) K_{i+1} + b_{i+1} = x (K_i K_{i+1}) + (b_i K_{i+1} + b_{i+1}),
+
+  and the product costs ``in · out`` multiply-adds per example against
+  ``(in + out) · mid`` for the two layers. A layer is folded into the next when
+  that is fewer: the factorised MLP's 400-400-400 bottlenecks cost half. The
+  outputs equal ``model``'s to round-off. This is for inference only: training
+  needs the factors, which are what PathProx regularises.
+
+  Args:
+    model: the MLP.
+    params: its parameters, unboxed (leading batch axes are fine, as under ``vmap``).
+
+  Returns:
+    The folded MLP and its parameters (``Dense_0``, ``Dense_1``, ... renumbered).
+  """
+  _check_mlp(model.features, model.relu)
+  widths, relus, layers = [], [], []
+  for i, (width, relu) in enumerate(zip(model.features, model.relu, strict=True)):
+    layer = params[f"Dense_{i}"]
+    if layers and not relus[-1]:
+      inputs, mid = layers[-1]["kernel"].shape[-2], widths[-1]
+      if inputs * width < (inputs + width) * mid:
+        first = layers.pop()
+        widths.pop(), relus.pop()
+        bias = jnp.einsum("...m,...mo->...o", first["bias"], layer["kernel"]) + layer["bias"]
+        layer = {"kernel": first["kernel"] @ layer["kernel"], "bias": bias}
+    widths.append(width), relus.append(relu), layers.append(layer)
+  folded = MLP(features=tuple(widths), relu=tuple(relus))
+  return folded, {f"Dense_{i}": layer for i, layer in enumerate(layers)}
+
+
 class NNXMLP(nnx.Module):
   """:class:`MLP` in NNX: same layers, init, annotations and parameter names.
 

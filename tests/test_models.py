@@ -58,6 +58,41 @@ def test_mlp_applies_relu_where_flagged(relu):
   np.testing.assert_allclose(model.apply({"params": params}, x), h, rtol=1e-5, atol=1e-6)
 
 
+def test_folding_the_paper_mlp_halves_its_bottlenecks_and_keeps_its_function():
+  model = models.MLP(MLP_CONFIG.features, MLP_CONFIG.relu)
+  x = jax.random.normal(jax.random.key(1), (32, 28, 28, 1))
+  params = meta.unbox(_init(model, x))
+  folded, folded_params = models.fold_linear_layers(model, params)
+  assert (folded.features, folded.relu) == ((400, 400, 400, 10), (True, True, True, False))
+  kernel = folded_params["Dense_1"]["kernel"]
+  np.testing.assert_allclose(
+    kernel, params["Dense_1"]["kernel"] @ params["Dense_2"]["kernel"], rtol=1e-6
+  )
+  expected = model.apply({"params": params}, x)
+  np.testing.assert_allclose(
+    folded.apply({"params": folded_params}, x), expected, rtol=1e-5, atol=1e-6
+  )
+  # Stacked members (a sweep's vmapped evaluation) fold one by one.
+  stacked = jax.tree.map(lambda a: jnp.stack([a, 2 * a]), params)
+  folded_stacked = jax.vmap(lambda p: models.fold_linear_layers(model, p)[1])(stacked)
+  np.testing.assert_allclose(folded_stacked["Dense_1"]["kernel"][0], kernel, rtol=1e-6)
+
+
+def test_a_bottleneck_cheaper_as_two_layers_stays_two_layers():
+  # 784 -> 10 -> 784: two thin products beat one 784 x 784; the 10 -> 784 -> 400 chain folds.
+  model = models.MLP((10, 784, 400, 10), (False, False, True, False))
+  x = jax.random.normal(jax.random.key(1), (4, 784))
+  params = meta.unbox(_init(model, x))
+  folded, folded_params = models.fold_linear_layers(model, params)
+  assert (folded.features, folded.relu) == ((10, 400, 10), (False, True, False))
+  np.testing.assert_allclose(
+    folded.apply({"params": folded_params}, x),
+    model.apply({"params": params}, x),
+    rtol=1e-4,
+    atol=1e-5,
+  )
+
+
 def test_mlp_rejects_mismatched_relu_flags():
   with pytest.raises(ValueError, match="one relu flag per layer"):
     _init(models.MLP((4, 3), (True,)), jnp.ones((1, 2)))
