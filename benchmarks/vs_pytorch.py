@@ -3,7 +3,10 @@
 The MNIST-subset factorised MLP (784-400-400-400-400-400-10, batch 200): the
 training step of PathProx and of the weight-decay baseline, and the evaluation
 pass (1k train + 59k validation + 10k test images: loss, accuracy, path norm,
-active units). The PyTorch side is written here with torch ops only: PyTorch's
+active units). The harness's evaluation multiplies out the model's linear
+bottlenecks (:func:`experiments.models.fold_linear_layers`), a third fewer
+products; the layer-by-layer evaluation, the same products as PyTorch's, is
+timed beside it. The PyTorch side is written here with torch ops only: PyTorch's
 default init, ``torch.optim.SGD``, then the layer balance, the normalisation of
 each unit's input weights and the group soft-threshold of its output weights;
 the data lives in memory as tensors, so no DataLoader cost is counted.
@@ -31,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from experiments import cli, input_pipeline, train
+from experiments import cli, evaluation, input_pipeline, models, train
 
 MEAN, STD = input_pipeline.NORMALIZATION["mnist"]
 
@@ -251,16 +254,26 @@ def main():
     f"{args.rounds} rounds of {args.steps} steps"
   )
 
-  # Same numbers: both evaluations of the same parameters.
+  # Same numbers: the evaluations of the same parameters. The harness's folds the
+  # factorised MLP's linear bottlenecks; the layer-by-layer one is timed beside it.
+  layer_by_layer = evaluation.Evaluator(
+    train.create_model(config),
+    config,
+    experiment.splits,
+    experiment.groups,
+    experiment.mesh,
+    fold_linear_layers=False,
+  )
+  evaluators = {"eval": experiment.evaluate, "eval layer by layer": layer_by_layer}
   torch_eval = TorchEvaluation(experiment.splits, config.eval_batch_size)
   params = experiment.state.params
-  ours = experiment.evaluate(params)
   load_into_torch(torch_runs[next(iter(torch_runs))].model, params)
   theirs = torch_eval(torch_runs[next(iter(torch_runs))].model)
-  worst = max(abs(ours[k] - theirs[k]) / max(abs(theirs[k]), 1e-12) for k in theirs)
-  print(
-    f"evaluation of the same params: largest relative difference {worst:.1e} over {sorted(theirs)}"
-  )
+  for name, evaluate in evaluators.items():
+    ours = evaluate(params)
+    worst = max(abs(ours[k] - theirs[k]) / max(abs(theirs[k]), 1e-12) for k in theirs)
+    print(f"{name} vs torch, same params: largest relative difference {worst:.1e}")
+  print(f"  over {sorted(theirs)}")
 
   jax_state = {m: e.to_device(e.state) for m, e in experiments.items()}
   keys = {m: e.device_key(e.data_key) for m, e in experiments.items()}
@@ -278,50 +291,64 @@ def main():
     torch_runs[method].run(10)
   # A host copy: the device state is donated to the next training stretch.
   host_params = jax.device_get(experiment.from_device(jax_state[next(iter(experiments))]).params)
-  experiment.evaluate(host_params)
+  for evaluate in evaluators.values():
+    evaluate(host_params)
   first_torch = torch_runs[next(iter(torch_runs))].model
   torch_eval(first_torch)
 
-  times = {name: [] for name in ("eval",) + tuple(experiments)}
+  times = {name: [] for name in (*evaluators, *experiments)}
   torch_times = {name: [] for name in times}
   for _ in range(args.rounds):
     for method in experiments:
       times[method].append(timed(jax_steps(method)) / args.steps)
       torch_times[method].append(timed(lambda m=method: torch_runs[m].run(args.steps)) / args.steps)
-    times["eval"].append(timed(lambda: experiment.evaluate(host_params)))
-    torch_times["eval"].append(timed(lambda: torch_eval(first_torch)))
+    for name, evaluate in evaluators.items():
+      times[name].append(timed(lambda e=evaluate: e(host_params)))
+      torch_times[name].append(timed(lambda: torch_eval(first_torch)))
     print(
       "round: " + ", ".join(f"{k} {t[-1] / times[k][-1]:.2f}x" for k, t in torch_times.items()),
       flush=True,
     )
 
   widths = [784, *config.features]
+  folded = models.fold_linear_layers(train.create_model(config), params)[0]
   batches = [
     min(size, n - start)
     for _, labels in experiment.splits.values()
     for n, size in [(len(labels), config.eval_batch_size)]
     for start in range(0, n, size)
   ]
-  shapes = {"step": step_matmuls(widths, config.batch_size), "eval": eval_matmuls(widths, batches)}
-  roofline = {name: (xla_matmul_time(s, 5), torch_matmul_time(s, 5)) for name, s in shapes.items()}
+  layer_shapes = eval_matmuls(widths, batches)
+  step_shapes = step_matmuls(widths, config.batch_size)
+  roofline = {  # (ours, torch's) for each timed figure: the products that each one computes
+    "eval": (xla_matmul_time(eval_matmuls([784, *folded.features], batches), 5),
+             torch_matmul_time(layer_shapes, 5)),
+    "eval layer by layer": (xla_matmul_time(layer_shapes, 5), torch_matmul_time(layer_shapes, 5)),
+    "step": (xla_matmul_time(step_shapes, 5), torch_matmul_time(step_shapes, 5)),
+  }  # fmt: skip
   print(
-    "matmul roofline (the products alone):  "
+    "matmul roofline (the products alone, same shapes):  "
     + "   ".join(
       f"{name} XLA {flops(s) / roofline[name][0] / 1e9:.0f} GFLOP/s, "
       f"torch {flops(s) / roofline[name][1] / 1e9:.0f} GFLOP/s"
-      for name, s in shapes.items()
+      for name, s in (("eval layer by layer", layer_shapes), ("step", step_shapes))
     )
   )
+  print(
+    f"the harness's evaluation folds the linear bottlenecks: {flops(layer_shapes) / 1e9:.0f} "
+    f"GFLOP layer by layer, {flops(eval_matmuls([784, *folded.features], batches)) / 1e9:.0f} "
+    "folded"
+  )
   header = ("PyTorch", "this project", "speed-up (spread)", "of roofline: torch / ours")
-  print(f"{'':28}{header[0]:>12}{header[1]:>15}{header[2]:>22}{header[3]:>29}")
+  print(f"{'':32}{header[0]:>12}{header[1]:>15}{header[2]:>22}{header[3]:>29}")
   for name in times:
     ours_t, theirs_t = statistics.median(times[name]), statistics.median(torch_times[name])
     ratios = [t / o for o, t in zip(times[name], torch_times[name], strict=True)]
-    kind = "eval" if name == "eval" else "step"
-    label = "evaluation pass" if name == "eval" else f"{name} training step"
-    unit, scale = ("s", 1) if kind == "eval" else ("ms", 1e3)
+    kind = name if name.startswith("eval") else "step"
+    label = name.replace("eval", "evaluation pass") if kind != "step" else f"{name} training step"
+    unit, scale = ("s", 1) if kind != "step" else ("ms", 1e3)
     print(
-      f"{label:<28}{theirs_t * scale:>9.3f} {unit:<2}{ours_t * scale:>12.3f} {unit:<2}"
+      f"{label:<32}{theirs_t * scale:>9.3f} {unit:<2}{ours_t * scale:>12.3f} {unit:<2}"
       f"{statistics.median(ratios):>11.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
       f"{roofline[kind][1] / theirs_t:>16.0%} / {roofline[kind][0] / ours_t:.0%}"
     )

@@ -74,6 +74,8 @@ class Evaluator:
     splits: ``{name: (uint8 images, int32 labels)}`` on the host.
     groups: the model's PathProx group spec.
     mesh: the devices; each batch is sharded over all of its axes.
+    fold_linear_layers: evaluate an MLP with its linear bottlenecks multiplied out
+      (:func:`experiments.models.fold_linear_layers`: the same function, fewer products).
   """
 
   def __init__(
@@ -83,6 +85,8 @@ class Evaluator:
     splits: dict[str, input_pipeline.Arrays],
     groups: Any,
     mesh: jax.sharding.Mesh,
+    *,
+    fold_linear_layers: bool = True,
   ):
     batch_sharding = NamedSharding(mesh, P(None, mesh.axis_names))
     self._splits = {
@@ -97,7 +101,7 @@ class Evaluator:
 
     def inference(params):
       """``model`` and ``params``, an MLP's linear bottlenecks folded (fewer products)."""
-      if isinstance(model, models.MLP):
+      if fold_linear_layers and isinstance(model, models.MLP):
         return models.fold_linear_layers(model, params)
       return model, params
 
