@@ -110,11 +110,16 @@ class Checkpoints:
     )
     return True
 
-  def restore_latest(self, template: Any, data_key: jax.Array):
+  def restore_latest(self, template: Any, data_key: jax.Array, at_most: int | None = None):
     """``(state, data_key, history)`` from the newest checkpoint that passes the checks.
 
     Checkpoints that fail to restore or hold the wrong structure, shapes or
     non-finite values are skipped and listed in :attr:`unreadable`.
+
+    Args:
+      template: a state of the run's structure, shapes and shardings.
+      data_key: a data key of the run's kind.
+      at_most: consider only the checkpoints of this step and earlier (None: all).
 
     Returns:
       The restored triple, or None if there is no checkpoint at all.
@@ -125,7 +130,8 @@ class Checkpoints:
     self.unreadable = []
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
     key_template = {"key": ocp.utils.to_shape_dtype_struct(jax.random.key_data(data_key))}
-    for step in sorted(self.manager.all_steps(), reverse=True):
+    steps = [s for s in self.manager.all_steps() if at_most is None or s <= at_most]
+    for step in sorted(steps, reverse=True):
       try:
         restored = self.manager.restore(
           step,

@@ -17,7 +17,7 @@ import shlex
 import sys
 import time
 import tokenize
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -379,7 +379,7 @@ def _validate_model(config: ml_collections.ConfigDict) -> None:
     )
 
 
-def _check_workdir(workdir: str) -> None:
+def check_workdir(workdir: str) -> None:
   """The run directory can be created and written (checked before anything is written)."""
   path = Path(workdir)
   _check(not path.exists() or path.is_dir(), f"--workdir {workdir} is a file, not a directory")
@@ -423,13 +423,16 @@ def main(
     return 2
   import jax
 
-  from experiments import data, distributed, interrupts, train
+  from experiments import distributed, interrupts, train
 
-  try:
+  workdir = command.workdir
+
+  def run() -> None:
+    nonlocal workdir
     distributed.initialize()  # multi-host: before anything touches the devices
     config = command.config
-    workdir = command.workdir or (newest_run(config) if command.resume else new_workdir(config))
-    _check_workdir(workdir)
+    workdir = workdir or (newest_run(config) if command.resume else new_workdir(config))
+    check_workdir(workdir)
     if command.resume:
       config = resumed_config(workdir, config, command.overrides)
     validate(config)
@@ -443,6 +446,23 @@ def main(
         command=_command_line(experiment, argv),
         stop_requested=stop.requested,
       )
+
+  return exit_code(
+    run, lambda: resume_with or resume_command(f"experiments.{experiment}", argv, workdir)
+  )
+
+
+def exit_code(run: Callable[[], Any], resume_with: Callable[[], str]) -> int:
+  """Runs a command's ``run()``; returns its exit code, its errors printed as one line.
+
+  0: done; 1: the training loss became non-finite; 2: bad input (config, data set,
+  run directory, launch); 128 + the signal: interrupted, with the command that
+  resumes (``resume_with()``).
+  """
+  from experiments import data, distributed, train
+
+  try:
+    run()
   except (
     ConfigError,
     distributed.LaunchError,
@@ -455,9 +475,8 @@ def main(
     print(f"error: {e}", file=sys.stderr)
     return 1
   except train.Interrupted as e:
-    resume_with = resume_with or resume_command(f"experiments.{experiment}", argv, workdir)
     print(
-      f"interrupted at step {e.step}; checkpoint saved; resume with: {resume_with}",
+      f"interrupted at step {e.step}; checkpoint saved; resume with: {resume_with()}",
       file=sys.stderr,
     )
     return 128 + e.signum

@@ -14,11 +14,11 @@ own; ``--resume`` continues all members from their checkpoints.
 
 from __future__ import annotations
 
+import argparse
 import math
 import shlex
 import sys
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -26,10 +26,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
-from experiments import checkpointing, cli, data, metrics_writer, run_folder, train, workdir_lock
+from experiments import cli, run_folder, train
 
 
 class MemberOptState(NamedTuple):
@@ -64,6 +63,9 @@ def select_by_member(txs: Sequence[optax.GradientTransformation]) -> optax.Gradi
 class Sweep:
   """The members' stacked state and the compiled functions that train and evaluate them.
 
+  It offers what the training loop needs (:class:`train.Members`), as a single
+  run's :class:`train.Experiment` does.
+
   A member's state is an ordinary :class:`train.TrainState`, as a single run's
   (so its checkpoints are a single run's); :meth:`stack` adds each member's
   weight-decay index to its optimiser state and stacks them for training.
@@ -71,6 +73,8 @@ class Sweep:
   Attributes:
     experiment: the first member's :class:`train.Experiment` (data, mesh, groups,
       schedule, evaluation), shared by all.
+    groups: the model's PathProx group spec.
+    schedule: the learning-rate schedule.
     configs: each member's config (its ``seed`` and ``weight_decay``).
     states: each member's initial :class:`train.TrainState` (host).
     data_keys: each member's data key.
@@ -79,6 +83,7 @@ class Sweep:
   def __init__(self, configs: Sequence[ml_collections.ConfigDict]):
     self.configs = list(configs)
     self.experiment = experiment = train.Experiment(self.configs[0])
+    self.groups, self.schedule = experiment.groups, experiment.schedule
     config = self.configs[0]
     train_images, train_labels = experiment.splits["train"]
     model = train.create_model(config)
@@ -128,7 +133,7 @@ class Sweep:
     """Runs ``num_steps`` steps of every member; returns the state and each member's loss."""
     return self._train_fn(device_state, jnp.int32(num_steps), *self._train_data, device_keys)
 
-  def evaluate(self, params: Any) -> list[dict[str, float]]:
+  def evaluate_each(self, params: Any) -> list[dict[str, float]]:
     """Every member's metrics, from the stacked params."""
     return self.experiment.evaluate.each(params, [c.weight_decay for c in self.configs])
 
@@ -149,126 +154,47 @@ def run_sweep(
   *,
   resume: bool = False,
   command: str = "",
-) -> list[dict[str, float]]:
+  stop_requested: Callable[[], int | None] | None = None,
+) -> list[dict[str, float] | None]:
   """Trains all members together; each writes its run folder as a single run does.
+
+  The loop is the single run's (:func:`experiments.train.train_members`): the
+  sweep's folder is locked, a signal stops every member with a checkpoint at one
+  step, and a member that diverges stops alone, recorded in its ``config.json``.
 
   Args:
     configs: each member's config; they differ only in ``seed`` and ``weight_decay``.
-    workdirs: each member's run folder.
-    resume: continue every member from its last checkpoint (all must be at one step).
+    workdirs: each member's run folder, all in the sweep's folder.
+    resume: continue every member from its newest checkpoint readable in all of them
+      (a member recorded as diverged stays so, and is left out).
     command: the sweep's command line, recorded in every member's ``config.json``.
+    stop_requested: polled between stretches of steps (see :mod:`experiments.interrupts`).
 
   Returns:
-    Each member's last metrics.
+    Each member's last metrics (a diverged member's last before it diverged).
 
   Raises:
     train.WorkdirError: another process holds the sweep's folder, a run folder holds
       checkpoints and ``resume`` is not set, or the members' checkpoints are at
       different steps.
-    train.NonFiniteLossError: a member's training loss became NaN or infinite.
+    train.NonFiniteLossError: a member diverged (once the others have finished).
+    train.Interrupted: ``stop_requested`` returned a signal; checkpoints were saved.
   """
   workdirs = [Path(w) for w in workdirs]
-  lock = workdir_lock.WorkdirLock(workdirs[0].parent, jax.process_index())
-  try:
-    lock.acquire()
-  except workdir_lock.WorkdirInUseError as e:
-    raise train.WorkdirError(str(e)) from None
-  try:
-    return _train_members(configs, workdirs, resume, command)
-  finally:
-    lock.release()
+  return train.train_members(
+    Sweep,
+    configs,
+    workdirs,
+    workdirs[0].parent,
+    names=[w.name for w in workdirs],
+    resume=resume,
+    command=command,
+    stop_requested=stop_requested,
+  )
 
 
-def _train_members(
-  configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[Path], resume: bool, command: str
-) -> list[dict[str, float]]:
-  """:func:`run_sweep` once the sweep's folder is locked."""
-  start_time = time.time()
-  saved = [checkpointing.latest_step(w / "checkpoints") for w in workdirs]
-  if not resume and any(s is not None for s in saved):
-    raise train.WorkdirError(
-      f"{workdirs[0].parent} already holds checkpoints; pass --resume to continue that sweep or "
-      "choose another --workdir"
-    )
-  if resume and len(set(saved)) > 1:
-    raise train.WorkdirError(
-      f"the members' latest checkpoints are at different steps ({saved}); cannot resume together"
-    )
-  sweep = Sweep(configs)
-  config = configs[0]
-  checkpoints = [checkpointing.Checkpoints(w / "checkpoints") for w in workdirs]
-  states, data_keys, histories = list(sweep.states), list(sweep.data_keys), [[] for _ in configs]
-  for m, ckpt in enumerate(checkpoints):
-    restored = ckpt.restore_latest(states[m], data_keys[m]) if resume else None
-    if restored is not None:
-      states[m], data_keys[m], histories[m] = restored
-  if resume and saved[0] is None:
-    print(f"--resume: no checkpoint in {workdirs[0].parent}; starting from step 0", file=sys.stderr)
-  logs = [
-    metrics_writer.MetricsWriter(
-      w / "metrics.jsonl",
-      h,
-      tensorboard_dir=w / "tensorboard" if config.tensorboard else None,
-    )
-    for w, h in zip(workdirs, histories, strict=True)
-  ]
-  for w, c, s in zip(workdirs, configs, states, strict=True):
-    resumed_from = int(s.step) if resume else None
-    train._write_config(
-      w / "config.json", c, s.params, sweep.experiment.groups, command, resumed_from
-    )
-
-  device_state = sweep.to_device(sweep.stack(states))
-  step = int(states[0].step)
-  elapsed_before = histories[0][-1]["wall_time"] if histories[0] else 0.0
-
-  def log(params):
-    shared = {
-      "step": step,
-      "method": config.method,
-      "lr": float(sweep.experiment.schedule(step)),
-      "wall_time": elapsed_before + time.time() - start_time,
-    }
-    rows = [{**shared, **metrics} for metrics in sweep.evaluate(params)]
-    for log_m, row in zip(logs, rows, strict=True):
-      log_m.append(row)
-    return rows
-
-  last = [h[-1] for h in histories] if histories[0] else log(stack([s.params for s in states]))
-  device_keys = sweep.device_keys(data_keys)
-  for point in train._eval_points(config, step):
-    device_state, losses = sweep.train(device_state, point - step, device_keys)
-    losses = np.asarray(jax.device_get(losses)).reshape(-1)[-len(configs) :]
-    if not np.all(np.isfinite(losses)):
-      bad = [workdirs[m].name for m in np.flatnonzero(~np.isfinite(losses))]
-      for ckpt in checkpoints:
-        ckpt.close()
-      raise train.NonFiniteLossError(
-        f"training loss became non-finite before step {point} in {', '.join(bad)}; stopped. "
-        f"The last good checkpoints are kept; lower --lr"
-      )
-    step = point
-    host_state = sweep.from_device(device_state)
-    if step % config.log_freq == 0 or step == config.total_iter:
-      last = log(host_state.params)
-      print(
-        f"step {step}: train_loss "
-        + " ".join(f"{r['train_loss']:.4f}" for r in last)
-        + ", active "
-        + " ".join(f"{r['active_units_pct']:.0f}%" for r in last),
-        flush=True,
-      )
-    if step % config.save_freq == 0 or step == config.total_iter:
-      for m, state in enumerate(sweep.unstack(host_state)):
-        checkpoints[m].save(state, data_keys[m], logs[m].rows)
-  for ckpt, log_m in zip(checkpoints, logs, strict=True):
-    log_m.close()
-    ckpt.close()
-  return last
-
-
-def parse_args(argv: Sequence[str] | None = None):
-  """``(experiment, configs, workdirs, resume)``: the sweep's flags, the rest the experiment's."""
+def parse_command(argv: Sequence[str]) -> tuple[argparse.Namespace, cli.Command]:
+  """The sweep's own flags, and the experiment's command line (not yet validated; no JAX)."""
   parser = cli.ArgumentParser(prog="python -m experiments.sweep", description=__doc__)
   parser.add_argument("experiment", help="the experiment (a file in configs/)")
   parser.add_argument("--seeds", required=True, help="comma-separated seeds, e.g. 0,1,2,3,4")
@@ -279,20 +205,36 @@ def parse_args(argv: Sequence[str] | None = None):
     "--workdir", required=True, help="the sweep's folder; members go in sub-folders"
   )
   args, rest = parser.parse_known_args(argv)
+  return args, cli.parse_command(args.experiment, rest)
+
+
+def members(
+  args: argparse.Namespace, command: cli.Command
+) -> tuple[list[ml_collections.ConfigDict], list[Path]]:
+  """Each member's config (validated; on resume, its run's own) and run folder.
+
+  Raises:
+    cli.ConfigError: a bad ``--seeds`` or ``--weight-decays``, a bad config value, or
+      a resume that changes a member's trajectory.
+  """
   seeds = _numbers(args.seeds, int, "--seeds")
-  config, _, resume = cli.parse_args(args.experiment, [*rest, "--workdir", args.workdir])
-  weight_decays = _numbers(args.weight_decays, float, "--weight-decays") or [config.weight_decay]
+  weight_decays = _numbers(args.weight_decays, float, "--weight-decays")
   if any(not math.isfinite(w) or w < 0 for w in weight_decays):
     raise cli.ConfigError(f"--weight-decays must be finite and >= 0, got {args.weight_decays}")
+  cli.check_workdir(args.workdir)
   configs, workdirs = [], []
-  for weight_decay in weight_decays:
+  for weight_decay in weight_decays or [command.config.weight_decay]:
     for seed in seeds:
-      member_config = ml_collections.ConfigDict(config.to_dict())
-      member_config.seed, member_config.weight_decay = seed, weight_decay
-      configs.append(member_config)
+      config = ml_collections.ConfigDict(command.config.to_dict())
+      config.seed, config.weight_decay = seed, weight_decay
       name = run_folder.member_name(seed, weight_decay if len(weight_decays) > 1 else None)
-      workdirs.append(Path(args.workdir) / name)
-  return args.experiment, configs, workdirs, resume
+      workdir = Path(args.workdir) / name
+      if command.resume:
+        config = cli.resumed_config(str(workdir), config, command.overrides)
+      cli.validate(config)
+      configs.append(config)
+      workdirs.append(workdir)
+  return configs, workdirs
 
 
 def _numbers(text: str, kind: type, flag: str) -> list:
@@ -308,19 +250,30 @@ def _numbers(text: str, kind: type, flag: str) -> list:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """Runs a sweep from the command line; returns the exit code."""
-  argv = sys.argv[1:] if argv is None else list(argv)
+  """Runs a sweep from the command line; returns the exit code (as :func:`cli.main`'s)."""
+  argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
   try:
-    _, configs, workdirs, resume = parse_args(argv)
-    command = shlex.join(["python", "-m", "experiments.sweep", *map(str, argv)])
-    run_sweep(configs, workdirs, resume=resume, command=command)
-  except (cli.ConfigError, data.DatasetUnavailableError, train.WorkdirError) as e:
+    args, command = parse_command(argv)
+  except cli.ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  except train.NonFiniteLossError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  return 0
+  from experiments import distributed, interrupts
+
+  def run() -> None:
+    distributed.initialize()  # multi-host: before anything touches the devices
+    configs, workdirs = members(args, command)
+    if jax.process_index() == 0:
+      print(f"sweep directory: {args.workdir}", flush=True)
+    with interrupts.Interrupts() as stop:
+      run_sweep(
+        configs,
+        workdirs,
+        resume=command.resume,
+        command=shlex.join(["python", "-m", "experiments.sweep", *argv]),
+        stop_requested=stop.requested,
+      )
+
+  return cli.exit_code(run, lambda: cli.resume_command("experiments.sweep", argv, args.workdir))
 
 
 if __name__ == "__main__":

@@ -16,12 +16,13 @@ every process holds it whole and Orbax checkpoints it from all of them.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import flax.linen as nn
 import jax
@@ -341,6 +342,58 @@ class Experiment:
     """Runs ``num_steps`` steps (fewer if the loss becomes non-finite) on device state."""
     return self._train_fn(device_state, jnp.int32(num_steps), *self._train_data, device_key)
 
+  # The loop's view (:class:`Members`): a single run is one member, its state unstacked.
+
+  @property
+  def states(self) -> list[TrainState]:
+    return [self.state]
+
+  @property
+  def data_keys(self) -> list[jax.Array]:
+    return [self.data_key]
+
+  def stack(self, states: Sequence[TrainState]) -> TrainState:
+    (state,) = states
+    return state
+
+  def unstack(self, state: TrainState) -> list[TrainState]:
+    return [state]
+
+  def device_keys(self, data_keys: Sequence[jax.Array]) -> Any:
+    (data_key,) = data_keys
+    return self.device_key(data_key)
+
+  def evaluate_each(self, params: Any) -> list[dict[str, float]]:
+    return [self.evaluate(params)]
+
+
+class Members(Protocol):
+  """What the training loop needs of what it trains: one run (:class:`Experiment`) or a sweep.
+
+  The loop sees a list of members, each an ordinary run with its own
+  :class:`TrainState` and data key; the device state holds them all (the single run's
+  state itself, a sweep's stacked on a leading member axis).
+  """
+
+  groups: Any  # the model's PathProx group spec (the same for every member)
+  schedule: optax.Schedule  # the learning-rate schedule (the same for every member)
+  states: list[TrainState]  # each member's initial state
+  data_keys: list[jax.Array]  # each member's data key
+
+  def stack(self, states: Sequence[TrainState]) -> Any: ...  # the members' states as one (host)
+
+  def unstack(self, state: Any) -> list[TrainState]: ...  # each member's, from the host state
+
+  def to_device(self, tree: Any) -> Any: ...  # a host tree in the training step's layout
+
+  def device_keys(self, data_keys: Sequence[jax.Array]) -> Any: ...  # the keys, laid out
+
+  def train(self, device_state: Any, num_steps: int, device_keys: Any) -> tuple[Any, Any]: ...
+
+  def from_device(self, device_state: Any) -> Any: ...  # the host (replicated) layout
+
+  def evaluate_each(self, params: Any) -> list[dict[str, float]]: ...  # each member's metrics
+
 
 def train_and_evaluate(
   config: ml_collections.ConfigDict,
@@ -375,26 +428,134 @@ def train_and_evaluate(
       checkpoint is kept).
     Interrupted: ``stop_requested`` returned a signal; a checkpoint was saved.
   """
-  workdir = Path(workdir)
-  lock = workdir_lock.WorkdirLock(workdir, jax.process_index())
-  error = None
+  (last,) = train_members(
+    lambda configs: Experiment(configs[0]),
+    [config],
+    [workdir],
+    workdir,
+    resume=resume,
+    command=command,
+    stop_requested=stop_requested,
+  )
+  return last
+
+
+def train_members(
+  build: Callable[[list[ml_collections.ConfigDict]], Members],
+  configs: Sequence[ml_collections.ConfigDict],
+  workdirs: Sequence[str | Path],
+  lock_dir: str | Path,
+  *,
+  names: Sequence[str] | None = None,
+  resume: bool = False,
+  command: str = "",
+  stop_requested: Callable[[], int | None] | None = None,
+) -> list[dict[str, float] | None]:
+  """Trains runs together, each writing its own run folder: the loop of every run and sweep.
+
+  The members run in compiled stretches of about :data:`STRETCH_SECONDS`, between
+  which a signal is noticed; they are evaluated every ``log_freq`` steps and
+  checkpointed every ``save_freq`` steps, all at the same steps. ``lock_dir`` is
+  locked throughout (one writer per run or sweep folder).
+
+  A member whose training loss, evaluated training loss or parameters become
+  non-finite stops there (its last good checkpoint is kept). A single run
+  (``names`` None) then ends. A sweep's other members go on: the diverged one gets no
+  more rows or checkpoints, its ``config.json`` records ``"diverged": {"step",
+  "loss"}`` and a resumed sweep leaves it out.
+
+  Args:
+    build: makes the members (:class:`Experiment` for one, ``sweep.Sweep``) from the
+      configs of those that train; called after the folders' checks, before any write.
+    configs: each member's config (validated; on resume, the run's own).
+    workdirs: each member's run folder.
+    lock_dir: the folder to lock (the run folder, or the sweep's).
+    names: how messages name the members (a sweep's); None for a single run.
+    resume: continue every member from its newest checkpoint readable in all of them.
+    command: the command line, recorded in each ``config.json`` (appended on resume).
+    stop_requested: polled between stretches; a signal number stops the members with
+      a checkpoint at the step reached (:class:`Interrupted`).
+
+  Returns:
+    Each member's last metrics.
+
+  Raises:
+    WorkdirError: a folder is in use, holds a run and ``resume`` is not set, holds no
+      readable checkpoint, its checkpoint is past ``total_iter`` or at another step than
+      the other members'.
+    NonFiniteLossError: a member diverged (raised once the others have finished).
+    Interrupted: ``stop_requested`` returned a signal; checkpoints were saved.
+  """
+  workdirs = [Path(w) for w in workdirs]
+  lock = workdir_lock.WorkdirLock(Path(lock_dir), jax.process_index())
+  error, markers = None, []
   try:
     lock.acquire()
-    _check_workdir_state(workdir, config, resume)
+    markers = _check_workdirs(configs, workdirs, names, resume)
   except (workdir_lock.WorkdirInUseError, WorkdirError) as e:
     error = e
   try:  # every process refuses together, so that none waits for the others forever
     if _any_process(error is not None):
       raise WorkdirError(str(error or "another process of this job refused the run directory"))
-    return _train(config, workdir, resume, command, stop_requested or (lambda: None))
+    members = [
+      _Member(name, config, workdir, marker)
+      for name, config, workdir, marker in zip(
+        names or [str(w) for w in workdirs], configs, workdirs, markers, strict=True
+      )
+    ]
+    return _train(build, members, Path(lock_dir), names is None, resume, command, stop_requested)
   finally:
     lock.release()
+
+
+class _Member:
+  """One member's run folder as the loop writes it, and whether (where) it diverged."""
+
+  def __init__(self, name, config, workdir: Path, diverged: dict[str, Any] | None):
+    self.name, self.config, self.workdir = name, config, workdir
+    self.diverged = diverged  # {"step", "loss"} once it diverged, as config.json records it
+    self.last: dict[str, Any] | None = None  # its last metrics row
+    self.checkpoints: checkpointing.Checkpoints | None = None
+    self.metrics: metrics_writer.MetricsWriter | None = None
+
+
+def _check_workdirs(configs, workdirs: list[Path], names, resume: bool) -> list[dict | None]:
+  """Each member's divergence record (resume only), once the folders allow the run."""
+  markers = [_divergence_record(w) if resume else None for w in workdirs]
+  latest = {}
+  for config, workdir, marker, name in zip(
+    configs, workdirs, markers, names or workdirs, strict=True
+  ):
+    if marker is None:
+      _check_workdir_state(workdir, config, resume)
+      latest[name] = (_saved_steps(workdir) or [None])[-1]
+  if len(set(latest.values())) > 1:
+    steps = ", ".join(f"{name}: {step}" for name, step in latest.items())
+    raise WorkdirError(
+      f"the members' latest checkpoints are at different steps ({steps}); cannot resume together"
+    )
+  return markers
+
+
+def _divergence_record(workdir: Path) -> dict[str, Any] | None:
+  """``config.json``'s ``diverged`` record of a run folder (None: none, or no such file)."""
+  path = workdir / run_folder.CONFIG
+  if not path.exists():
+    return None
+  try:
+    return run_folder.read_record(path).get("diverged")
+  except run_folder.NotARunError as e:
+    raise WorkdirError(str(e)) from None
+
+
+def _saved_steps(workdir: Path) -> list[int]:
+  return sorted(int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit())
 
 
 def _check_workdir_state(workdir: Path, config: ml_collections.ConfigDict, resume: bool) -> None:
   """Refuses to overwrite a run, or to resume one to before its checkpoint."""
   checkpoints = workdir / "checkpoints"
-  saved = sorted(int(p.name) for p in checkpoints.glob("*") if p.name.isdigit())
+  saved = _saved_steps(workdir)
   if not resume:
     held = [name for name, there in (("checkpoints", saved), ("metrics.jsonl",
             (workdir / "metrics.jsonl").exists())) if there]  # fmt: skip
@@ -436,67 +597,82 @@ class Interrupted(Exception):  # noqa: N818 - not an error: the run stopped as a
 STRETCH_SECONDS = 1.0  # compiled stretches last about this long: the loop checks for signals
 
 
-def _train(config, workdir: Path, resume: bool, command: str, stop_requested) -> dict[str, float]:
-  """The run itself, with the workdir locked (see :func:`train_and_evaluate`)."""
+def _train(
+  build, everyone: list[_Member], folder: Path, single: bool, resume, command, stop_requested
+) -> list[dict[str, float] | None]:
+  """The members' training, with the folders locked (see :func:`train_members`)."""
   start_time = time.time()
-  experiment = Experiment(config)  # before any file is written: bad data fails here
+  members = [m for m in everyone if m.diverged is None]  # a resumed sweep leaves diverged out
+  if not members:
+    raise NonFiniteLossError(_divergence_message(everyone, len(everyone), single))
+  config = members[0].config
+  trainer = build([m.config for m in members])  # before any file is written: bad data fails here
   with contextlib.ExitStack() as cleanup:  # closes what was opened, however the run ends
-    checkpoints = checkpointing.Checkpoints(workdir / "checkpoints")
-    cleanup.callback(checkpoints.close)
     is_writer = jax.process_index() == 0
-    state, data_key, history = experiment.state, experiment.data_key, []
+    for m in members:
+      m.checkpoints = checkpointing.Checkpoints(m.workdir / "checkpoints")
+      cleanup.callback(m.checkpoints.close)
+    states, data_keys, histories = list(trainer.states), list(trainer.data_keys), []
     if resume:
-      restored = _restore(checkpoints, state, data_key, workdir, is_writer)
+      restored = _restore(members, states, data_keys, is_writer)
       if restored is None:
-        print(f"--resume: no checkpoint in {workdir}; starting from step 0", file=sys.stderr)
+        print(f"--resume: no checkpoint in {folder}; starting from step 0", file=sys.stderr)
       else:
-        state, data_key, history = restored
-    metrics_log = metrics_writer.MetricsWriter(
-      workdir / "metrics.jsonl",
-      history,
-      enabled=is_writer,
-      tensorboard_dir=workdir / "tensorboard" if config.tensorboard else None,
-    )
-    cleanup.callback(metrics_log.close)
+        states, data_keys, histories = (list(values) for values in zip(*restored, strict=True))
+    for m, history in itertools.zip_longest(members, histories, fillvalue=[]):
+      m.metrics = metrics_writer.MetricsWriter(
+        m.workdir / "metrics.jsonl",
+        history,
+        enabled=is_writer,
+        tensorboard_dir=m.workdir / "tensorboard" if config.tensorboard else None,
+      )
+      cleanup.callback(m.metrics.close)
+      m.last = history[-1] if history else None
     if is_writer:
-      resumed_from = int(state.step) if resume else None
-      _write_config(
-        workdir / "config.json", config, state.params, experiment.groups, command, resumed_from
-      )
+      for m, state in zip(members, states, strict=True):
+        resumed_from = int(state.step) if resume else None
+        _write_config(
+          m.workdir / "config.json", m.config, state.params, trainer.groups, command, resumed_from
+        )
 
-    device_state = experiment.to_device(state)
-    step = int(state.step)
-    elapsed_before = history[-1]["wall_time"] if history else 0.0
+    def training() -> bool:
+      return any(m.diverged is None for m in members)
 
-    def diverged(what: str, at: int) -> NonFiniteLossError:
-      checkpoints.manager.wait_until_finished()
-      good = checkpoints.latest_step()
-      kept = (
-        f"the last good checkpoint (step {good}) is kept in {workdir / 'checkpoints'}"
-        if good is not None
-        else "no checkpoint was saved"
-      )
-      return NonFiniteLossError(
-        f"{what} at step {at}; stopped, and {kept}. Start a new run (another --workdir) with a "
-        "lower --lr"
-      )
+    def diverge(m: _Member, what: str, loss: str, at: int) -> None:
+      m.checkpoints.manager.wait_until_finished()
+      m.diverged = {"step": at, "loss": loss, "what": what, "good": m.checkpoints.latest_step()}
+      if single:
+        return
+      if is_writer:
+        _record_divergence(m.workdir / run_folder.CONFIG, at, loss)
+      good = m.diverged["good"]
+      kept = "no checkpoint was saved"
+      if good is not None:
+        kept = f"its last good checkpoint (step {good}) is kept"
+      print(f"{m.name}: {what} at step {at}; this member stopped, {kept}", file=sys.stderr)
 
-    def log(params):
-      row = {
+    step = int(states[0].step)
+    elapsed_before = max((h[-1]["wall_time"] for h in histories if h), default=0.0)
+
+    def log(params) -> None:
+      shared = {
         "step": step,
         "method": config.method,
-        "lr": float(experiment.schedule(step)),
+        "lr": float(trainer.schedule(step)),
         "wall_time": elapsed_before + time.time() - start_time,
       }
-      row.update(experiment.evaluate(params))
-      metrics_log.append(row)
-      if not math.isfinite(row["train_loss"]):
-        raise diverged(f"the evaluated training loss is {row['train_loss']}", step)
-      return row
+      for m, metrics in zip(members, trainer.evaluate_each(params), strict=True):
+        if m.diverged is None:
+          m.last = {**shared, **metrics}
+          m.metrics.append(m.last)
+          loss = m.last["train_loss"]
+          if not math.isfinite(loss):
+            diverge(m, f"the evaluated training loss is {loss}", str(loss), step)
 
     def save(host_state) -> None:
-      if not checkpoints.save(host_state, data_key, metrics_log.rows):
-        raise diverged("the parameters became non-finite", step)
+      for m, state, data_key in zip(members, trainer.unstack(host_state), data_keys, strict=True):
+        if m.diverged is None and not m.checkpoints.save(state, data_key, m.metrics.rows):
+          diverge(m, "the parameters became non-finite", "non-finite parameters", step)
 
     progress = tqdm(
       total=config.total_iter,
@@ -506,18 +682,26 @@ def _train(config, workdir: Path, resume: bool, command: str, stop_requested) ->
       desc=f"{config.experiment} {config.method}",
     )
     cleanup.callback(progress.close)
-    last = history[-1] if history else log(state.params)
-    device_key = experiment.device_key(data_key)
-    stretch = 1  # steps per compiled call, grown to about STRETCH_SECONDS
+    initial = trainer.stack(states)
+    if not histories:
+      log(initial.params)
+    device_state = trainer.to_device(initial)
+    device_keys = trainer.device_keys(data_keys)
+    stretch, signum = 1, 0  # steps per compiled call, grown to about STRETCH_SECONDS
     for point in _eval_points(config, step):
+      if not training():
+        break
       while step < point:
         num_steps = min(stretch, point - step)
         began = time.time()
-        device_state, loss = experiment.train(device_state, num_steps, device_key)
-        loss = float(np.asarray(jax.device_get(loss)).reshape(-1)[0])  # the one sync per stretch
-        if not math.isfinite(loss):
-          reached = int(experiment.from_device(device_state).step)
-          raise diverged(f"the training loss became {loss}", reached)
+        device_state, losses = trainer.train(device_state, num_steps, device_keys)
+        losses = np.asarray(jax.device_get(losses)).reshape(-1)[-len(members) :]  # one sync
+        for m, loss in zip(members, losses.tolist(), strict=True):
+          if m.diverged is None and not math.isfinite(loss):
+            reached = np.asarray(trainer.from_device(device_state).step).reshape(-1)
+            diverge(
+              m, f"the training loss became {loss}", str(loss), int(reached[members.index(m)])
+            )
         progress.update(num_steps)
         step += num_steps
         seconds = max(time.time() - began, 1e-3)
@@ -525,49 +709,105 @@ def _train(config, workdir: Path, resume: bool, command: str, stop_requested) ->
           stop_requested() or 0, -max(1, int(num_steps * STRETCH_SECONDS / seconds))
         )
         stretch = -stretch  # the shortest proposal, so every process runs the same stretches
-        if signum:
+        if signum or not training():
           break
-      host_state = experiment.from_device(device_state)  # every point is an evaluation or a save
+      if not training():
+        break
+      host_state = trainer.from_device(device_state)  # every point is an evaluation or a save
       if step == point and (step % config.log_freq == 0 or step == config.total_iter):
-        last = log(host_state.params)
+        log(host_state.params)
+        rows = [m.last for m in members if m.diverged is None]
         progress.set_postfix(
-          loss=f"{last['train_loss']:.4f}",
-          test_acc=f"{last['test_acc']:.4f}",
-          active=f"{last['active_units_pct']:.1f}%",
+          loss=" ".join(f"{r['train_loss']:.4f}" for r in rows),
+          test_acc=" ".join(f"{r['test_acc']:.4f}" for r in rows),
+          active=" ".join(f"{r['active_units_pct']:.1f}%" for r in rows),
         )
       if signum or step % config.save_freq == 0 or step == config.total_iter:
         save(host_state)
       if signum and step < config.total_iter:
         raise Interrupted(step, signum)
-    return last
+  diverged = [m for m in everyone if m.diverged is not None]
+  if diverged:
+    raise NonFiniteLossError(_divergence_message(diverged, len(everyone), single))
+  return [m.last for m in everyone]
 
 
-def _restore(checkpoints, state, data_key, workdir: Path, is_writer: bool):
-  """The newest readable checkpoint; unreadable newer ones are set aside, with one warning."""
-  try:
-    restored = checkpoints.restore_latest(state, data_key)
-  except checkpointing.NoReadableCheckpointError as e:
-    raise WorkdirError(f"{e}; start a new run in another --workdir") from None
-  step = -1 if restored is None else int(restored[0].step)
+def _record_divergence(path: Path, step: int, loss: str) -> None:
+  """Adds ``"diverged": {"step", "loss"}`` to a member's ``config.json``."""
+  record = run_folder.read_record(path)
+  record["diverged"] = {"step": step, "loss": loss}
+  run_folder.write_json(path, record)
+
+
+def _divergence_message(diverged: list[_Member], count: int, single: bool) -> str:
+  """One line: the single run's divergence, or which members of a sweep diverged and where."""
+  if single and "what" in diverged[0].diverged:
+    (m,) = diverged
+    good = m.diverged["good"]
+    kept = "no checkpoint was saved"
+    if good is not None:
+      kept = f"the last good checkpoint (step {good}) is kept in {m.workdir / 'checkpoints'}"
+    return (
+      f"{m.diverged['what']} at step {m.diverged['step']}; stopped, and {kept}. Start a new run "
+      "(another --workdir) with a lower --lr"
+    )
+  where = ", ".join(f"{m.name} at step {m.diverged['step']}" for m in diverged)
+  return (
+    f"{len(diverged)} of {count} members diverged ({where}); the others ran to the end. Start a "
+    "new sweep (another --workdir) with a lower --lr"
+  )
+
+
+def _restore(members: list[_Member], states, data_keys, is_writer: bool):
+  """Each member's newest checkpoint at one step readable in all of them, or None if none.
+
+  Unreadable checkpoints past that step are moved to ``checkpoints-unreadable/``,
+  readable ones (a sweep's other members') to ``checkpoints-set-aside/``, with a warning.
+  """
+  at_most, unreadable = None, [{} for _ in members]
+  while True:
+    restored = []
+    for m, state, data_key, bad in zip(members, states, data_keys, unreadable, strict=True):
+      try:
+        restored.append(m.checkpoints.restore_latest(state, data_key, at_most))
+      except checkpointing.NoReadableCheckpointError as e:
+        raise WorkdirError(f"{e}; start a new run in another --workdir") from None
+      bad.update(m.checkpoints.unreadable)
+    steps = {-1 if r is None else int(r[0].step) for r in restored}
+    if len(steps) == 1:
+      break
+    at_most = min(steps)  # the members' checkpoints were saved together: some step is in all
+  (step,) = steps
   highest, lowest = _max_over_processes(step, -step)
   if highest != -lowest:  # a file only some processes read was damaged
     raise WorkdirError(
       f"the processes of this job restored different checkpoints ({-lowest} to {highest}) "
-      f"from {checkpoints.directory}; move the newer ones aside and resume"
+      f"from {members[0].checkpoints.directory}; move the newer ones aside and resume"
     )
-  if checkpoints.unreadable:
-    steps = [s for s, _ in checkpoints.unreadable]
-    aside = workdir / "checkpoints-unreadable"
-    if is_writer:
-      checkpoints.set_aside(steps, aside)
-    _sync_processes("unreadable checkpoints set aside")
-    checkpoints.manager.reload()  # the saves to come must not wait for those steps
-    print(
-      f"warning: checkpoint {', '.join(map(str, steps))} in {checkpoints.directory} is "
-      f"unreadable ({checkpoints.unreadable[0][1]}); moved to {aside}; resuming from step {step}",
-      file=sys.stderr,
-    )
-  return restored
+  moved = False
+  for m, bad in zip(members, unreadable, strict=True):
+    newer = [s for s in m.checkpoints.manager.all_steps() if s > step]
+    unread = sorted(s for s in newer if s in bad)
+    for steps, folder, reason in (
+      (unread, "checkpoints-unreadable", f"unreadable ({bad[unread[0]]})" if unread else ""),
+      (sorted(set(newer) - set(unread)), "checkpoints-set-aside", "readable, but another "
+       "member's checkpoint at that step is not"),
+    ):  # fmt: skip
+      if not steps:
+        continue
+      moved, aside = True, m.workdir / folder
+      if is_writer:
+        m.checkpoints.set_aside(steps, aside)
+      print(
+        f"warning: checkpoint {', '.join(map(str, steps))} in {m.checkpoints.directory} is "
+        f"{reason}; moved to {aside}; resuming from step {step}",
+        file=sys.stderr,
+      )
+  if moved:
+    _sync_processes("checkpoints set aside")
+    for m in members:
+      m.checkpoints.manager.reload()  # the saves to come must not wait for those steps
+  return None if step < 0 else restored
 
 
 def _sync_processes(name: str) -> None:
