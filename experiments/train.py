@@ -16,6 +16,7 @@ every process holds it whole and Orbax checkpoints it from all of them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import math
 import sys
@@ -508,15 +509,19 @@ def train_members(
     lock.release()
 
 
+@dataclasses.dataclass
 class _Member:
   """One member's run folder as the loop writes it, and whether (where) it diverged."""
 
-  def __init__(self, name, config, workdir: Path, diverged: dict[str, Any] | None):
-    self.name, self.config, self.workdir = name, config, workdir
-    self.diverged = diverged  # {"step", "loss"} once it diverged, as config.json records it
-    self.last: dict[str, Any] | None = None  # its last metrics row
-    self.checkpoints: checkpointing.Checkpoints | None = None
-    self.metrics: metrics_writer.MetricsWriter | None = None
+  name: str  # how messages name it
+  config: ml_collections.ConfigDict
+  workdir: Path
+  diverged: dict[str, Any] | None  # {"step", "loss"} once it diverged, as config.json records
+  why: str = ""  # what became non-finite (when it diverged in this loop)
+  good_step: int | None = None  # its last good checkpoint's step (when it diverged)
+  last: dict[str, Any] | None = None  # its last metrics row
+  checkpoints: checkpointing.Checkpoints | None = None
+  metrics: metrics_writer.MetricsWriter | None = None
 
 
 def _check_workdirs(configs, workdirs: list[Path], names, resume: bool) -> list[dict | None]:
@@ -638,18 +643,20 @@ def _train(
     def training() -> bool:
       return any(m.diverged is None for m in members)
 
-    def diverge(m: _Member, what: str, loss: str, at: int) -> None:
+    def diverge(m: _Member, why: str, loss: str, at: int) -> None:
+      """Stops member ``m``; a sweep's goes on without it, recording where it stopped."""
       m.checkpoints.manager.wait_until_finished()
-      m.diverged = {"step": at, "loss": loss, "what": what, "good": m.checkpoints.latest_step()}
+      m.diverged, m.why, m.good_step = {"step": at, "loss": loss}, why, m.checkpoints.latest_step()
       if single:
         return
       if is_writer:
-        _record_divergence(m.workdir / run_folder.CONFIG, at, loss)
-      good = m.diverged["good"]
+        record = run_folder.read_record(m.workdir / run_folder.CONFIG)
+        record["diverged"] = m.diverged
+        run_folder.write_json(m.workdir / run_folder.CONFIG, record)
       kept = "no checkpoint was saved"
-      if good is not None:
-        kept = f"its last good checkpoint (step {good}) is kept"
-      print(f"{m.name}: {what} at step {at}; this member stopped, {kept}", file=sys.stderr)
+      if m.good_step is not None:
+        kept = f"its last good checkpoint (step {m.good_step}) is kept"
+      print(f"{m.name}: {why} at step {at}; this member stopped, {kept}", file=sys.stderr)
 
     step = int(states[0].step)
     elapsed_before = max((h[-1]["wall_time"] for h in histories if h), default=0.0)
@@ -732,29 +739,22 @@ def _train(
   return [m.last for m in everyone]
 
 
-def _record_divergence(path: Path, step: int, loss: str) -> None:
-  """Adds ``"diverged": {"step", "loss"}`` to a member's ``config.json``."""
-  record = run_folder.read_record(path)
-  record["diverged"] = {"step": step, "loss": loss}
-  run_folder.write_json(path, record)
-
-
 def _divergence_message(diverged: list[_Member], count: int, single: bool) -> str:
   """One line: the single run's divergence, or which members of a sweep diverged and where."""
-  if single and "what" in diverged[0].diverged:
+  if single and diverged[0].why:
     (m,) = diverged
-    good = m.diverged["good"]
     kept = "no checkpoint was saved"
-    if good is not None:
-      kept = f"the last good checkpoint (step {good}) is kept in {m.workdir / 'checkpoints'}"
+    if m.good_step is not None:
+      kept = f"the last good checkpoint (step {m.good_step}) is kept in {m.workdir / 'checkpoints'}"
     return (
-      f"{m.diverged['what']} at step {m.diverged['step']}; stopped, and {kept}. Start a new run "
-      "(another --workdir) with a lower --lr"
+      f"{m.why} at step {m.diverged['step']}; stopped, and {kept}. Start a new run (another "
+      "--workdir) with a lower --lr"
     )
   where = ", ".join(f"{m.name} at step {m.diverged['step']}" for m in diverged)
+  others = "" if len(diverged) == count else "; the others ran to the end"
   return (
-    f"{len(diverged)} of {count} members diverged ({where}); the others ran to the end. Start a "
-    "new sweep (another --workdir) with a lower --lr"
+    f"{len(diverged)} of {count} members diverged ({where}){others}. Start a new sweep (another "
+    "--workdir) with a lower --lr"
   )
 
 

@@ -14,7 +14,7 @@ import sys
 import pytest
 from conftest import REPO, flags
 from test_experiments import assert_rows_close, assert_same_run, wait_for_rows
-from test_run_integrity import snapshot, truncate_arrays
+from test_run_integrity import DIVERGE, snapshot, truncate_arrays
 
 from experiments import checkpointing, cli, sweep, workdir_lock
 
@@ -128,6 +128,35 @@ def test_a_diverged_member_stops_alone_and_stays_stopped_on_resume(raw_mnist, tm
   assert capsys.readouterr().err.strip().splitlines()[-1].startswith(summary)
   assert snapshot(bad) == before
   assert [r["step"] for r in read_rows(good)] == [0, 10, 20, 30]
+
+
+@pytest.mark.parametrize(
+  "total_iter, why, step",
+  [(11, "the evaluated training loss is nan", 11), (30, "the training loss became nan", 12)],
+  ids=["in-the-final-evaluation", "mid-run"],
+)
+def test_when_every_member_diverges_the_sweep_stops(
+  total_iter, why, step, raw_mnist, tmp_path, capsys
+):
+  folder = tmp_path / "s"
+  argv = ["mnist_subset_mlp", "--seeds", "0,1", *flags(raw_mnist, tmp_path, total_iter=total_iter),
+          *DIVERGE, "--workdir", folder]  # fmt: skip
+  assert sweep.main(argv) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  for name in ("seed0", "seed1"):
+    kept = "its last good checkpoint (step 10) is kept"
+    assert f"{name}: {why} at step {step}; this member stopped, {kept}" in err
+    config = json.loads((folder / name / "config.json").read_text())
+    assert config["diverged"] == {"step": step, "loss": "nan"}
+    assert checkpointing.latest_step(folder / name / "checkpoints") == 10
+    rows = read_rows(folder / name)  # as a single run's: the NaN evaluation is logged
+    assert [r["step"] for r in rows] == [0, 10, 11][: 3 if total_iter == 11 else 2]
+  summary = f"error: 2 of 2 members diverged (seed0 at step {step}, seed1 at step {step}). Start"
+  assert err[-1].startswith(summary)
+  before = snapshot(folder)
+  assert sweep.main([*argv, "--resume"]) == 1
+  assert capsys.readouterr().err.strip().splitlines()[-1] == err[-1]
+  assert snapshot(folder) == before
 
 
 def test_interrupted_sweep_saves_every_member_at_one_step_and_resumes_identically(
