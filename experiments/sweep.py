@@ -9,7 +9,15 @@ is one vmapped pass. Each member writes an ordinary run folder, ``DIR/seed<s>``
 ``metrics.jsonl`` and checkpoints, so ``experiments.plot`` and
 ``experiments.compact`` read it as a single run; member ``seed<s>`` follows the
 single run with ``--seed s`` to round-off. Every other flag is the experiment's
-own; ``--resume`` continues all members from their checkpoints.
+own.
+
+The training loop is the single run's (:func:`experiments.train.train_members`):
+Ctrl-C or SIGTERM saves every member at the step reached and prints the command
+that resumes; ``--resume`` continues all members from one step (an unreadable
+checkpoint of one member takes them all back to the newest step every member can
+read) and refuses flags that change the trajectory. A member whose loss becomes
+NaN or infinite stops alone: ``config.json`` records ``"diverged": {"step", "loss"}``,
+the others go on, and the sweep exits with 1 naming it (a resumed sweep leaves it out).
 """
 
 from __future__ import annotations
@@ -155,7 +163,7 @@ def run_sweep(
   resume: bool = False,
   command: str = "",
   stop_requested: Callable[[], int | None] | None = None,
-) -> list[dict[str, float] | None]:
+) -> list[dict[str, float]]:
   """Trains all members together; each writes its run folder as a single run does.
 
   The loop is the single run's (:func:`experiments.train.train_members`): the
@@ -171,7 +179,7 @@ def run_sweep(
     stop_requested: polled between stretches of steps (see :mod:`experiments.interrupts`).
 
   Returns:
-    Each member's last metrics (a diverged member's last before it diverged).
+    Each member's last metrics.
 
   Raises:
     train.WorkdirError: another process holds the sweep's folder, a run folder holds

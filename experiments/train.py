@@ -347,24 +347,30 @@ class Experiment:
 
   @property
   def states(self) -> list[TrainState]:
+    """The initial state, as the one member's."""
     return [self.state]
 
   @property
   def data_keys(self) -> list[jax.Array]:
+    """The data key, as the one member's."""
     return [self.data_key]
 
   def stack(self, states: Sequence[TrainState]) -> TrainState:
+    """The one member's state: a single run's state is not stacked."""
     (state,) = states
     return state
 
   def unstack(self, state: TrainState) -> list[TrainState]:
+    """``[state]``: the one member's state."""
     return [state]
 
   def device_keys(self, data_keys: Sequence[jax.Array]) -> Any:
+    """The one member's data key, laid out for :meth:`train`."""
     (data_key,) = data_keys
     return self.device_key(data_key)
 
   def evaluate_each(self, params: Any) -> list[dict[str, float]]:
+    """``[metrics]``: the one member's evaluation."""
     return [self.evaluate(params)]
 
 
@@ -389,6 +395,8 @@ class Members(Protocol):
 
   def device_keys(self, data_keys: Sequence[jax.Array]) -> Any: ...  # the keys, laid out
 
+  # Runs num_steps steps of every member (a member stops at a non-finite loss); returns the
+  # device state and each member's last loss, on the last axis.
   def train(self, device_state: Any, num_steps: int, device_keys: Any) -> tuple[Any, Any]: ...
 
   def from_device(self, device_state: Any) -> Any: ...  # the host (replicated) layout
@@ -451,7 +459,7 @@ def train_members(
   resume: bool = False,
   command: str = "",
   stop_requested: Callable[[], int | None] | None = None,
-) -> list[dict[str, float] | None]:
+) -> list[dict[str, float]]:
   """Trains runs together, each writing its own run folder: the loop of every run and sweep.
 
   The members run in compiled stretches of about :data:`STRETCH_SECONDS`, between
@@ -504,6 +512,7 @@ def train_members(
         names or [str(w) for w in workdirs], configs, workdirs, markers, strict=True
       )
     ]
+    stop_requested = stop_requested or (lambda: None)
     return _train(build, members, Path(lock_dir), names is None, resume, command, stop_requested)
   finally:
     lock.release()
@@ -604,7 +613,7 @@ STRETCH_SECONDS = 1.0  # compiled stretches last about this long: the loop check
 
 def _train(
   build, everyone: list[_Member], folder: Path, single: bool, resume, command, stop_requested
-) -> list[dict[str, float] | None]:
+) -> list[dict[str, float]]:
   """The members' training, with the folders locked (see :func:`train_members`)."""
   start_time = time.time()
   members = [m for m in everyone if m.diverged is None]  # a resumed sweep leaves diverged out
