@@ -212,6 +212,9 @@ def test_resume_refuses_changes_in_one_line_and_touches_nothing(finished_sweep, 
   assert sweep.main([*argv, "--lr", "0.1", "--resume"]) == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and f"{folder / 'seed0'} was run with --lr 0.05 (here 0.1)" in err
+  assert sweep.main([*argv, "--total-iter", "15", "--resume"]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "--total-iter 15 is below step 20 of the checkpoint" in err
   assert snapshot(folder) == before
   shutil.rmtree(folder / "seed1" / "checkpoints" / "20")  # as if the sweep died between saves
   before = snapshot(folder)
