@@ -39,7 +39,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
-from experiments import cli, run_folder
+from experiments import cli, run_folder, seed_statistics
 
 METHOD_NAMES = {"pathprox": "PathProx", "wd": "Weight decay"}
 DEFAULT_AT = (5000, 10000, 20000)
@@ -56,7 +56,9 @@ class Entry:
   """One legend entry and table row: a run, or a sweep's runs that differ only in their seed.
 
   A sweep (several runs) is drawn as its runs' mean with a min–max band and
-  tabulated as "mean (min–max)", at the steps every run logged.
+  tabulated as "mean (min–max)", at the steps every run logged. A member that
+  diverged is left out of them (:attr:`drawn`), so its early rows do not cut the
+  band short; a run on its own is drawn up to its last row whether it diverged or not.
 
   Attributes:
     path: the run folder, or the sweep folder.
@@ -77,28 +79,36 @@ class Entry:
     return self.runs[0].config
 
   @property
+  def diverged(self) -> tuple[run_folder.Run, ...]:
+    """The runs whose loss became non-finite (:attr:`run_folder.Run.diverged_at`)."""
+    return tuple(run for run in self.runs if run.diverged_at is not None)
+
+  @property
+  def drawn(self) -> tuple[run_folder.Run, ...]:
+    """The runs the curves and cells are made of: those that did not diverge (all, if all did)."""
+    return tuple(run for run in self.runs if run.diverged_at is None) or self.runs
+
+  @property
   def total_iter(self) -> int:
-    return min(run.total_iter for run in self.runs)
+    return min(run.total_iter for run in self.drawn)
 
   @property
   def last_step(self) -> int:
-    """The last step every run logged (for a sweep still running, the slowest run's)."""
-    return min(run.last_step for run in self.runs)
+    """The last step every drawn run logged (for a sweep still running, the slowest run's)."""
+    return min(run.last_step for run in self.drawn)
 
   @property
   def complete(self) -> bool:
-    return all(run.complete for run in self.runs)
+    return all(run.complete for run in self.drawn)
 
   def rows_at(self, step: int) -> list[dict[str, Any]] | None:
-    """Each run's row at ``step`` (see :meth:`run_folder.Run.row_at`); ``None`` if one lacks it."""
-    rows = [run.row_at(step) for run in self.runs]
+    """Drawn runs' rows at ``step`` (:meth:`run_folder.Run.row_at`); ``None`` if one lacks it."""
+    rows = [run.row_at(step) for run in self.drawn]
     return None if any(row is None for row in rows) else rows
 
   def curve(self, key: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(steps, values [runs, steps])`` of a metric at the steps every run logged."""
-    steps = sorted(set.intersection(*({row["step"] for row in run.rows} for run in self.runs)))
-    by_step = [{row["step"]: _number(row.get(key)) for row in run.rows} for run in self.runs]
-    return np.array(steps), np.array([[values[s] for s in steps] for values in by_step])
+    """``(steps, values [runs, steps])`` of a metric at the steps every drawn run logged."""
+    return run_folder.common_curve(self.drawn, key)
 
 
 def load_entries(path: str | os.PathLike[str]) -> list[Entry]:
@@ -123,21 +133,39 @@ def labels(entries: Sequence[Entry]) -> list[str]:
   """Legend names: the method (and λ for a sweep over it), told apart when they repeat.
 
   A name that repeats gets the shortest distinct path tail; a sweep gets its
-  number of seeds. Example: runs ``a/pathprox``, ``b/pathprox`` and ``b/wd`` are
-  named ``PathProx (a/pathprox)``, ``PathProx (b/pathprox)`` and ``Weight decay``;
-  a 5-seed sweep ``PathProx (5 seeds)``.
+  number of seeds, and the members that diverged. Example: runs ``a/pathprox``,
+  ``b/pathprox`` and ``b/wd`` are named ``PathProx (a/pathprox)``,
+  ``PathProx (b/pathprox)`` and ``Weight decay``; a 5-seed sweep
+  ``PathProx (5 seeds)``, or ``PathProx (4 of 5 seeds; seed3 diverged at step 41)``;
+  a run that diverged ``PathProx (diverged at step 41)``.
   """
-  names = [
-    METHOD_NAMES.get(e.method, e.method) + (f" λ={e.weight_decay}" if e.weight_decay else "")
-    for e in entries
-  ]
+  names = [method_name(entry) for entry in entries]
   result = []
   for entry, name in zip(entries, names, strict=True):
     twins = [entries[i].path for i, other in enumerate(names) if other == name]
     extras = [] if len(twins) == 1 else [_distinct_tail(entry.path, twins)]
-    extras += [f"{len(entry.runs)} seeds"] if len(entry.runs) > 1 else []
-    result.append(f"{name} ({', '.join(extras)})" if extras else name)
+    extras += _seeds_note(entry)
+    result.append(f"{name} ({'; '.join(extras)})" if extras else name)
   return result
+
+
+def method_name(entry: Entry) -> str:
+  """The entry's method, and its λ for a sweep over it: ``PathProx λ=0.0001``."""
+  name = METHOD_NAMES.get(entry.method, entry.method)
+  return name + (f" λ={entry.weight_decay}" if entry.weight_decay else "")
+
+
+def _seeds_note(entry: Entry) -> list[str]:
+  """A sweep's number of seeds and which diverged; whether a lone run diverged."""
+  diverged = [f"diverged at step {run.diverged_at}" for run in entry.diverged]
+  if len(entry.runs) == 1:
+    return diverged
+  count = f"{len(entry.runs)} seeds"
+  if entry.diverged:
+    live = len(entry.runs) - len(entry.diverged)
+    count = f"{count}, all diverged" if live == 0 else f"{live} of {count}"
+  members = [f"seed{run.seed} {note}" for run, note in zip(entry.diverged, diverged, strict=True)]
+  return [count, *([", ".join(members)] if members else [])]
 
 
 def _distinct_tail(path: Path, paths: Sequence[Path]) -> str:
@@ -270,7 +298,7 @@ def _draw(
     Line2D([], [], color="0.35", linestyle=c.linestyle, linewidth=c.linewidth, label=c.label)
     for c in curves
   ]
-  if any(len(entry.runs) > 1 for entry in entries) and any(c.band for c in curves):
+  if any(len(entry.drawn) > 1 for entry in entries) and any(c.band for c in curves):
     style_handles.append(Patch(color="0.35", alpha=0.2, label="min–max over seeds"))
   fig.legend(handles=style_handles, loc="outside right lower")
   return fig
@@ -320,10 +348,6 @@ def _draw_groups(entries: Sequence[Entry], names: dict[int, str], title: str) ->
 
 def _format_iteration(x: float, _) -> str:
   return f"{x / 1000:g}k" if abs(x) >= 1000 else f"{x:g}"
-
-
-def _number(value: Any) -> float:
-  return float(value) if isinstance(value, (int, float)) else math.nan
 
 
 def _default_title(entries: Sequence[Entry]) -> str:
@@ -393,6 +417,11 @@ def write_report(
     "cells are the mean (min–max) of its runs.",
     "",
   ]
+  diverged = _diverged_lines(entries)
+  if diverged:
+    lines += ["Diverged (a sweep's mean, band and cells leave these out; a lone run is drawn up "
+              "to its last row): " + "; ".join(diverged) + ".", ""]  # fmt: skip
+  lines += _seed_statistics_section(entries, targets)
   if notes.strip():
     lines += ["## Findings", "", notes.strip(), ""]
   lines += [f"![{name}]({name})" for name in (*FIGURES, GROUP_FIGURE) if (out_dir / name).exists()]
@@ -438,6 +467,72 @@ def _cell(rows: list[dict[str, Any]] | None, key: str, fmt: Callable[[float], st
   return f"{fmt(sum(values) / len(values))} ({fmt(min(values))}–{fmt(max(values))})"
 
 
+def _diverged_lines(entries: Sequence[Entry]) -> list[str]:
+  """Each diverged run: ``/runs/pathprox/seed3 at step 41 (loss nan)``."""
+  lines = []
+  for run in (run for entry in entries for run in entry.diverged):
+    loss = run.config[run_folder.DIVERGED].get("loss", "?")
+    lines.append(f"{run.path} at step {run.diverged_at} (loss {loss})")
+  return lines
+
+
+# How a seed statistic's values are written: steps to the iteration, counts to 0.1,
+# ratios to 4 significant digits, metrics as in the table.
+_SEED_FORMATS: dict[str, Callable[[float], str]] = {
+  "step": lambda x: f"{x:.0f}",
+  "count": lambda x: f"{x:.1f}",
+  "ratio": lambda x: f"{x:#.4g}",
+  **{key: fmt for _, key, fmt in _COLUMNS},
+}
+
+
+def _seed_statistics_section(entries: Sequence[Entry], at: Sequence[int]) -> list[str]:
+  """report.md's "Seed statistics" of two entries whose runs share seeds; ``[]`` otherwise.
+
+  PathProx comes first when the two entries are PathProx and weight decay.
+  """
+  if len(entries) != 2:
+    return []
+  first, second = entries
+  if (first.method, second.method) == ("wd", "pathprox"):
+    first, second = second, first
+  pairing = seed_statistics.pair_by_seed(first.runs, second.runs)
+  if not pairing.pairs:
+    return []
+  names = (method_name(first), method_name(second))
+  if names[0] == names[1]:
+    names = (f"{names[0]} ({first.path.name})", f"{names[1]} ({second.path.name})")
+  unpaired = [f"seed{s} ({names[0]} only)" for s in pairing.only_first]
+  unpaired += [f"seed{s} ({names[1]} only)" for s in pairing.only_second]
+  lines = [
+    "## Seed statistics",
+    "",
+    f"{names[0]} against {names[1]}, paired by seed (same initialisation, same batches): "
+    f"seeds {', '.join(str(pair.seed) for pair in pairing.pairs)}"
+    + (f"; unpaired, left out: {', '.join(unpaired)}" if unpaired else "")
+    + ". Each statistic is computed on each seed's pair, then given as mean ± sample std "
+    "(min–max) over the n seeds that have it; the last column says why the others have "
+    "none. A crossing is a step where the sign of the difference of the wd objectives "
+    "changes, linearly interpolated between evaluations; a run that diverged is left out "
+    "of every point from its divergence on.",
+    "",
+    "| statistic | mean ± std (min–max) | n | left out |",
+    "|---|---|---|---|",
+  ]
+  for statistic in seed_statistics.seed_statistics(pairing.pairs, at, names):
+    summary, fmt = statistic.summary, _SEED_FORMATS[statistic.key]
+    if summary is None:
+      cell = MISSING
+    elif summary.n == 1:
+      cell = fmt(summary.mean)
+    else:
+      spread = f"{fmt(summary.low)}–{fmt(summary.high)}"
+      cell = f"{fmt(summary.mean)} ± {fmt(summary.std)} ({spread})"
+    left_out = ", ".join(f"seed{s}: {why}" for s, why in statistic.left_out.items())
+    lines.append(f"| {statistic.name} | {cell} | {summary.n if summary else 0} | {left_out} |")
+  return [*lines, ""]
+
+
 def _incomplete_line(entry: Entry, name: str) -> str:
   return f"{name} ({entry.path}): step {entry.last_step} of {entry.total_iter}"
 
@@ -479,6 +574,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   for entry, name in zip(entries, labels(entries), strict=True):
     if not entry.complete:
       print(f"incomplete: {_incomplete_line(entry, name)}")
+  for line in _diverged_lines(entries):
+    print(f"diverged: {line}")
   return 0
 
 

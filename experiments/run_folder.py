@@ -12,20 +12,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import ml_collections
+import numpy as np
 
 from experiments import cli
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
+# config.json's record of a run that stopped on a non-finite loss: {"step": S, "loss": "nan"}.
+DIVERGED = "diverged"
 # A sweep member's folder name: seed<s>, or wd<λ>-seed<s> when λ varies too.
 _MEMBER = re.compile(r"(?:wd(?P<weight_decay>[0-9.]+(?:e[+-]?[0-9]+)?)-)?seed(?P<seed>[0-9]+)")
 
@@ -153,7 +157,8 @@ class Run:
   Attributes:
     path: the run folder.
     config: ``config.json``, as written.
-    rows: the well-formed rows of ``metrics.jsonl`` (at least one).
+    rows: the well-formed rows of ``metrics.jsonl`` (at least one). A run that
+      diverged stops at its last finite evaluation.
   """
 
   path: Path
@@ -178,6 +183,18 @@ class Run:
     """Whether the run logged its final step (``step == total_iter``)."""
     return self.last_step >= self.total_iter
 
+  @property
+  def seed(self) -> int | None:
+    """The config's ``seed`` (``None`` if not recorded)."""
+    seed = self.config.get("seed")
+    return seed if isinstance(seed, int) else None
+
+  @property
+  def diverged_at(self) -> int | None:
+    """The step at which the loss became non-finite (``config.json``'s ``diverged``), or None."""
+    marker = self.config.get(DIVERGED)
+    return None if marker is None else marker["step"]
+
   def row_at(self, step: int) -> dict[str, Any] | None:
     """The row logged at ``step``, else the last one before it; ``None`` if not reached."""
     if self.last_step < step:
@@ -200,8 +217,8 @@ def load_run(path: str | os.PathLike[str]) -> Run:
 
   Raises:
     NotARunError: ``path`` is not a folder, lacks ``config.json`` (or its
-      ``total_iter``) or a ``metrics.jsonl`` with at least one row, or one of
-      them is not UTF-8 text.
+      ``total_iter``) or a ``metrics.jsonl`` with at least one row, one of
+      them is not UTF-8 text, or its ``diverged`` record has no integer step.
 
   Example:
     >>> run = load_run("runs/cmp/pathprox")  # doctest: +SKIP
@@ -217,6 +234,12 @@ def load_run(path: str | os.PathLike[str]) -> Run:
   config = read_record(path / CONFIG)
   if "total_iter" not in config:
     raise NotARunError(f"{path} is not a run directory: config.json has no total_iter")
+  marker = config.get(DIVERGED)
+  if marker is not None and not (isinstance(marker, dict) and type(marker.get("step")) is int):
+    raise NotARunError(
+      f"{path / CONFIG}: {DIVERGED} is {marker!r}, expected an object such as "
+      '{"step": 41, "loss": "nan"}; mend or remove that key'
+    )
   rows = read_rows(path / METRICS)
   if not rows:
     raise NotARunError(f"{path} is not a run directory: metrics.jsonl has no rows")
@@ -238,6 +261,25 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     else:
       print(f"warning: {path}:{number}: skipped a malformed metrics line", file=sys.stderr)
   return rows
+
+
+def metric(row: dict[str, Any], key: str) -> float:
+  """A metrics row's value of ``key`` as a float; NaN if it lacks one or it is not a number."""
+  value = row.get(key)
+  return float(value) if isinstance(value, (int, float)) else math.nan
+
+
+def common_curve(runs: Sequence[Run], key: str) -> tuple[np.ndarray, np.ndarray]:
+  """``(steps, values [runs, steps])`` of a metric at the steps every run logged.
+
+  Example:
+    >>> steps, values = common_curve([pathprox, wd], "wd_objective")  # doctest: +SKIP
+    >>> values.shape == (2, len(steps))  # doctest: +SKIP
+    True
+  """
+  steps = sorted(set.intersection(*({row["step"] for row in run.rows} for run in runs)))
+  by_step = [{row["step"]: metric(row, key) for row in run.rows} for run in runs]
+  return np.array(steps, dtype=int), np.array([[values[s] for s in steps] for values in by_step])
 
 
 def member_name(seed: int, weight_decay: float | None = None) -> str:
