@@ -528,7 +528,7 @@ def _seed_statistics_section(entries: Sequence[Entry], at: Sequence[int]) -> lis
     else:
       spread = f"{fmt(summary.low)}–{fmt(summary.high)}"
       cell = f"{fmt(summary.mean)} ± {fmt(summary.std)} ({spread})"
-    left_out = ", ".join(f"seed{s}: {why}" for s, why in statistic.left_out.items())
+    left_out = "; ".join(f"seed{s}: {why}" for s, why in statistic.left_out.items())
     lines.append(f"| {statistic.name} | {cell} | {summary.n if summary else 0} | {left_out} |")
   return [*lines, ""]
 

@@ -56,8 +56,8 @@ def metrics_row(method: str, step: int, offset: float) -> dict:
   return row
 
 
-def write_run(path: Path, method: str, last_step: int, offset: float, tail: str = "") -> list:
-  """A run directory logged every 2,500 steps up to ``last_step``; ``tail`` is appended raw."""
+def write_folder(path: Path, method: str, rows: list, tail: str = "", **config) -> list:
+  """A run directory with these metrics rows; ``tail`` is appended raw, ``config`` added."""
   path.mkdir(parents=True)
   config = {
     "experiment": "mnist_subset_mlp",
@@ -68,12 +68,20 @@ def write_run(path: Path, method: str, last_step: int, offset: float, tail: str 
     "pathprox_jax_version": "0.1.0",
     "devices": "8 x cpu",
     "groups": list(GROUPS),
+    **config,
   }
   (path / "config.json").write_text(json.dumps(config))
-  rows = [metrics_row(method, step, offset) for step in range(0, last_step + 1, 2500)]
   lines = [json.dumps(row) + "\n" for row in rows]
   (path / "metrics.jsonl").write_text("".join(lines) + tail)
   return rows
+
+
+def write_run(
+  path: Path, method: str, last_step: int, offset: float, tail: str = "", **config
+) -> list:
+  """A run directory logged every 2,500 steps up to ``last_step``."""
+  rows = [metrics_row(method, step, offset) for step in range(0, last_step + 1, 2500)]
+  return write_folder(path, method, rows, tail, **config)
 
 
 @pytest.fixture(scope="module")
@@ -316,3 +324,138 @@ def test_band_spans_the_runs_min_and_max(sweep):
   np.testing.assert_allclose(line.get_ydata(), values.mean(0))
   styles = [text.get_text() for text in figure.legends[1].get_texts()]
   assert styles == ["test", "min–max over seeds"]
+
+
+PAIRED_TOTAL = 30_000
+# Per seed: where PathProx's objective gets below weight decay's, where it gets back
+# above, its active units (%) and test accuracy from 10,000 on.
+PATHPROX_SEEDS = {0: (6500, 24000, 35.0, 0.900), 1: (7250, 25000, 36.0, 0.901),
+                  2: (5750, 26000, 37.0, 0.902), 3: (6000, 24000, 38.0, 0.903),
+                  4: (6500, 25000, 39.0, 0.904)}  # fmt: skip
+DIVERGED = {3: 41, 2: 25000}  # PathProx seed3 diverges at once, seed2 late (after 20,000)
+
+
+def paired_row(method: str, step: int, seed: int) -> dict:
+  """A row whose PathProx − weight decay objective is linear between its crossings."""
+  below, back, units, accuracy = PATHPROX_SEEDS[seed]
+  gap = 1e-5 * ((below - step) if step < 15000 else (step - back))
+  late = step >= 10000
+  if method == "wd":
+    gap, units, accuracy = 0.0, 100.0, 0.88
+  return {"step": step, "method": method, "wd_objective": 1.0 + gap, "train_loss": 0.5 + gap,
+          "active_units_pct": units if late else 100.0, "test_acc": accuracy if late else 0.5,
+          "train_acc": 1.0, "path_norm": 100.0 + gap}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def paired(tmp_path_factory):
+  """PathProx seeds 0-4 (seed3 diverged at step 41, seed2 at 25,000), weight decay seeds 0-3."""
+  root = tmp_path_factory.mktemp("paired")
+  for method, seeds in (("pathprox", range(5)), ("wd", range(4))):
+    for seed in seeds:
+      diverged = DIVERGED.get(seed) if method == "pathprox" else None
+      end = PAIRED_TOTAL if diverged is None else diverged - 1
+      rows = [paired_row(method, step, seed) for step in range(0, end + 1, 1000)]
+      if diverged == 41:  # its only row is far from the others: the band must not show it
+        rows[0] |= {"wd_objective": 50.0, "test_acc": 0.01}
+      marker = {} if diverged is None else {"diverged": {"step": diverged, "loss": "nan"}}
+      write_folder(root / method / f"seed{seed}", method, rows, seed=seed,
+                   total_iter=PAIRED_TOTAL, log_freq=1000, **marker)  # fmt: skip
+  return root
+
+
+def test_diverged_members_are_left_out_of_the_mean_and_band_and_named(paired, tmp_path):
+  (entry,) = plot.load_entries(paired / "pathprox")
+  assert [run.diverged_at for run in entry.runs] == [None, None, 25000, 41, None]
+  assert [run.seed for run in entry.drawn] == [0, 1, 4]
+  label = "PathProx (3 of 5 seeds; seed2 diverged at step 25000, seed3 diverged at step 41)"
+  assert plot.labels([entry]) == [label]
+  figure = plot._draw([entry], [plot._Curve("wd_objective", "", "-", 1.8, band=True)], "", "")
+  (band,) = figure.axes[0].collections
+  vertices = band.get_paths()[0].vertices
+  assert vertices[:, 0].max() == PAIRED_TOTAL  # not cut short by the diverged members' rows
+  members = [[paired_row("pathprox", s, seed)["wd_objective"] for s in range(0, 30001, 1000)]
+             for seed in (0, 1, 4)]  # fmt: skip
+  assert math.isclose(vertices[:, 1].max(), np.max(members))  # seed3's 50.0 is not in it
+  np.testing.assert_allclose(figure.axes[0].lines[0].get_ydata(), np.mean(members, axis=0))
+
+  out = tmp_path / "out"
+  code, stdout, stderr = run_main([paired / "pathprox", "--out", out, "--at", "20000"])
+  assert code == 0, stderr
+  report = (out / "report.md").read_text()
+  assert parse_table(report)["20000", label]["active units (%)"] == "36.7 (35.0–39.0)"
+  (line,) = [line for line in report.splitlines() if line.startswith("Diverged")]
+  assert f"{paired / 'pathprox' / 'seed2'} at step 25000 (loss nan)" in line
+  assert f"{paired / 'pathprox' / 'seed3'} at step 41 (loss nan)" in line
+  assert "incomplete:" not in stdout  # the members drawn all finished
+  assert stdout.count("diverged: ") == 2
+  assert "## Seed statistics" not in report  # one entry: nothing to pair
+
+
+def test_a_lone_diverged_run_is_drawn_to_its_last_row_and_flagged(tmp_path):
+  rows = [metrics_row("pathprox", step, 0.0) for step in range(0, 7501, 2500)]
+  write_folder(tmp_path / "run", "pathprox", rows, diverged={"step": 7600, "loss": "nan"})
+  (entry,) = plot.load_entries(tmp_path / "run")
+  assert plot.labels([entry]) == ["PathProx (diverged at step 7600)"]
+  assert entry.curve("path_norm")[0].tolist() == [0, 2500, 5000, 7500]
+  code, stdout, _ = run_main([tmp_path / "run", "--out", tmp_path / "out"])
+  assert code == 0
+  assert "incomplete: PathProx (diverged at step 7600)" in stdout
+  assert f"diverged: {tmp_path / 'run'} at step 7600 (loss nan)" in stdout
+
+
+def test_a_sweep_still_running_or_all_diverged_is_labelled_as_such(tmp_path):
+  for seed, last in ((0, 20000), (1, 5000), (2, 12500)):
+    write_run(tmp_path / "running" / f"seed{seed}", "wd", last, seed, seed=seed)
+    marker = {"step": last + 7, "loss": "nan"}
+    write_run(tmp_path / "lost" / f"seed{seed}", "wd", last, seed, seed=seed, diverged=marker)
+  running, lost = plot.load_entries(tmp_path / "running") + plot.load_entries(tmp_path / "lost")
+  assert running.curve("path_norm")[0].tolist() == [0, 2500, 5000]  # the slowest member's
+  assert lost.drawn == lost.runs and lost.last_step == 5000
+  assert plot.labels([running, lost]) == [
+    "Weight decay (running; 3 seeds)",
+    "Weight decay (lost; 3 seeds, all diverged; seed0 diverged at step 20007, "
+    "seed1 diverged at step 5007, seed2 diverged at step 12507)",
+  ]
+
+
+def seed_statistics_table(report: str) -> dict[str, list[str]]:
+  """{statistic: [cell, n, left out]} from the report's seed statistics section."""
+  section = report.split("## Seed statistics")[1].split("\n## ")[0]
+  rows = [line.strip("|").split(" | ") for line in section.splitlines() if line.startswith("| ")]
+  return {cells[0].strip(): [cell.strip() for cell in cells[1:]] for cells in rows[1:]}
+
+
+def test_seed_statistics_pair_the_seeds_and_leave_out_the_diverged(paired, tmp_path):
+  out = tmp_path / "out"
+  argv = [paired / "wd", paired / "pathprox", "--out", out, "--at", "20000,30000"]
+  code, _, stderr = run_main(argv)  # weight decay first: PathProx is still the first of the pair
+  assert code == 0, stderr
+  report = (out / "report.md").read_text()
+  assert "seeds 0, 1, 2, 3; unpaired, left out: seed4 (PathProx only)." in report
+  table = seed_statistics_table(report)
+  diverged3 = "seed3: PathProx diverged at step 41"
+  both = f"seed2: PathProx diverged at step 25000; {diverged3}"
+  assert table == {
+    # seeds 0-2: 6500, 7250, 5750; 24000, 25000 (seed2 diverged before its 26000)
+    "wd objective: PathProx first below Weight decay (iteration)":
+      ["6500 ± 750 (5750–7250)", "3", diverged3],
+    "wd objective: PathProx back above Weight decay (iteration)":
+      ["24500 ± 707 (24000–25000)", "2", both],
+    "wd objective: crossings (count)":
+      ["2.0 ± 0.0 (2.0–2.0)", "2", both],
+    "active units (%) at 20000: PathProx": ["36.0 ± 1.0 (35.0–37.0)", "3", diverged3],
+    "active units (%) at 20000: Weight decay": ["100.0 ± 0.0 (100.0–100.0)", "4", ""],
+    "wd objective PathProx / Weight decay at 20000":
+      ["0.9500 ± 0.01000 (0.9400–0.9600)", "3", diverged3],
+    "test acc (%) at 20000: PathProx": ["90.10 ± 0.10 (90.00–90.20)", "3", diverged3],
+    "test acc (%) at 20000: Weight decay": ["88.00 ± 0.00 (88.00–88.00)", "4", ""],
+    "active units (%) at 30000: PathProx":
+      ["35.5 ± 0.7 (35.0–36.0)", "2", both],
+    "active units (%) at 30000: Weight decay": ["100.0 ± 0.0 (100.0–100.0)", "4", ""],
+    "wd objective PathProx / Weight decay at 30000":
+      ["1.055 ± 0.007071 (1.050–1.060)", "2", both],
+    "test acc (%) at 30000: PathProx":
+      ["90.05 ± 0.07 (90.00–90.10)", "2", both],
+    "test acc (%) at 30000: Weight decay": ["88.00 ± 0.00 (88.00–88.00)", "4", ""],
+  }  # fmt: skip
