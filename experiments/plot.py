@@ -16,6 +16,16 @@ are drawn as their mean with a min–max band, and tabulated as "mean (min–max
   group with its number of active units;
 * ``report.md``: a table of the metrics at the chosen iterations and at each run's
   last step, the commands that produced the runs, and which runs are incomplete.
+  Given exactly two entries whose runs share seeds (a PathProx and a weight-decay
+  sweep of the same seeds), it adds their seed statistics
+  (:mod:`experiments.seed_statistics`): where the objectives cross, and active
+  units, objective ratio and test accuracy at the chosen iterations, per seed and
+  then as mean ± std (min–max) with n.
+
+A sweep member that diverged (its ``config.json`` records ``diverged``) is left out
+of its sweep's mean, band and cells, and named in the legend
+(``PathProx (4 of 5 seeds; seed3 diverged at step 41)``) and in report.md; a run on
+its own that diverged is drawn up to its last row and flagged the same way.
 
 Every file is written to a temporary name and renamed, so an interrupted or failed
 call leaves what ``DIR`` held before intact. A folder that is not a run is a
@@ -501,7 +511,9 @@ def _seed_statistics_section(entries: Sequence[Entry], at: Sequence[int]) -> lis
     return []
   names = (method_name(first), method_name(second))
   if names[0] == names[1]:
-    names = (f"{names[0]} ({first.path.name})", f"{names[1]} ({second.path.name})")
+    paths = (first.path, second.path)
+    names = (f"{names[0]} ({_distinct_tail(first.path, paths)})",
+             f"{names[1]} ({_distinct_tail(second.path, paths)})")  # fmt: skip
   unpaired = [f"seed{s} ({names[0]} only)" for s in pairing.only_first]
   unpaired += [f"seed{s} ({names[1]} only)" for s in pairing.only_second]
   lines = [

@@ -275,5 +275,3 @@ def _at(
     return run_folder.metric(rows[0], key)
 
   return _measured(name, key, pairs, measure)
-
-
