@@ -159,6 +159,11 @@ def labels(entries: Sequence[Entry]) -> list[str]:
   return result
 
 
+def _legend_labels(entries: Sequence[Entry]) -> list[str]:
+  """:func:`labels` on several lines, one per note, so a long one does not squeeze the axes."""
+  return [label.replace("; ", ";\n") for label in labels(entries)]
+
+
 def method_name(entry: Entry) -> str:
   """The entry's method, and its λ for a sweep over it: ``PathProx λ=0.0001``."""
   name = METHOD_NAMES.get(entry.method, entry.method)
@@ -277,7 +282,7 @@ def _draw(
   fig = Figure(figsize=(8.0, 4.2), layout="constrained")
   ax = fig.add_subplot()
   run_handles = []
-  for i, (entry, name) in enumerate(zip(entries, labels(entries), strict=True)):
+  for i, (entry, name) in enumerate(zip(entries, _legend_labels(entries), strict=True)):
     color = f"C{i % 10}"
     for curve in curves:
       steps, values = entry.curve(curve.key)
@@ -349,7 +354,7 @@ def _draw_groups(entries: Sequence[Entry], names: dict[int, str], title: str) ->
   fig.legend(
     handles=[
       Line2D([], [], color=f"C{i % 10}", linewidth=1.5, label=label)
-      for i, label in enumerate(labels(entries))
+      for i, label in enumerate(_legend_labels(entries))
     ],
     loc="outside right upper",
   )

@@ -371,6 +371,8 @@ def test_diverged_members_are_left_out_of_the_mean_and_band_and_named(paired, tm
   label = "PathProx (3 of 5 seeds; seed2 diverged at step 25000, seed3 diverged at step 41)"
   assert plot.labels([entry]) == [label]
   figure = plot._draw([entry], [plot._Curve("wd_objective", "", "-", 1.8, band=True)], "", "")
+  (legend,) = figure.legends[0].get_texts()  # one line per note, to spare the axes
+  assert legend.get_text() == label.replace("; ", ";\n")
   (band,) = figure.axes[0].collections
   vertices = band.get_paths()[0].vertices
   assert vertices[:, 0].max() == PAIRED_TOTAL  # not cut short by the diverged members' rows
