@@ -6,8 +6,8 @@ here is computed on each pair, then summarised over the seeds as mean ± sample 
 deviation (min–max) with the number of seeds ``n`` it was computed on:
 
 * where the weight-decay objectives cross (:func:`crossings`): the first step at which
-  the first run gets below the second, and the first later step at which it gets back
-  above it;
+  the first run gets below the second, the first later step at which it gets back
+  above it, and how many times they cross;
 * each run's active units (%) and test accuracy at chosen iterations, and the ratio of
   the objectives (first / second) there.
 
