@@ -486,8 +486,9 @@ def _diverged_lines(entries: Sequence[Entry]) -> list[str]:
   """Each diverged run: ``/runs/pathprox/seed3 at step 41 (loss nan)``."""
   lines = []
   for run in (run for entry in entries for run in entry.diverged):
-    loss = run.config[run_folder.DIVERGED].get("loss", "?")
-    lines.append(f"{run.path} at step {run.diverged_at} (loss {loss})")
+    loss = str(run.config[run_folder.DIVERGED].get("loss", "?"))
+    what = f"loss {loss}" if loss in ("nan", "inf", "-inf", "?") else loss  # or a sentence
+    lines.append(f"{run.path} at step {run.diverged_at} ({what})")
   return lines
 
 

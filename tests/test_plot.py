@@ -358,7 +358,8 @@ def paired(tmp_path_factory):
       rows = [paired_row(method, step, seed) for step in range(0, end + 1, 1000)]
       if diverged == 41:  # its only row is far from the others: the band must not show it
         rows[0] |= {"wd_objective": 50.0, "test_acc": 0.01}
-      marker = {} if diverged is None else {"diverged": {"step": diverged, "loss": "nan"}}
+      loss = "nan" if diverged == 41 else "non-finite parameters"
+      marker = {} if diverged is None else {"diverged": {"step": diverged, "loss": loss}}
       write_folder(root / method / f"seed{seed}", method, rows, seed=seed,
                    total_iter=PAIRED_TOTAL, log_freq=1000, **marker)  # fmt: skip
   return root
@@ -387,7 +388,7 @@ def test_diverged_members_are_left_out_of_the_mean_and_band_and_named(paired, tm
   report = (out / "report.md").read_text()
   assert parse_table(report)["20000", label]["active units (%)"] == "36.7 (35.0–39.0)"
   (line,) = [line for line in report.splitlines() if line.startswith("Diverged")]
-  assert f"{paired / 'pathprox' / 'seed2'} at step 25000 (loss nan)" in line
+  assert f"{paired / 'pathprox' / 'seed2'} at step 25000 (non-finite parameters)" in line
   assert f"{paired / 'pathprox' / 'seed3'} at step 41 (loss nan)" in line
   assert "incomplete:" not in stdout  # the members drawn all finished
   assert stdout.count("diverged: ") == 2
@@ -395,15 +396,20 @@ def test_diverged_members_are_left_out_of_the_mean_and_band_and_named(paired, tm
 
 
 def test_a_lone_diverged_run_is_drawn_to_its_last_row_and_flagged(tmp_path):
-  rows = [metrics_row("pathprox", step, 0.0) for step in range(0, 7501, 2500)]
-  write_folder(tmp_path / "run", "pathprox", rows, diverged={"step": 7600, "loss": "nan"})
+  rows = [metrics_row("pathprox", step, 0.0) for step in range(0, 10001, 2500)]
+  rows[-1] |= {"train_loss": math.nan, "wd_objective": math.nan}  # the evaluation that diverged
+  write_folder(tmp_path / "run", "pathprox", rows, diverged={"step": 10000, "loss": "nan"})
   (entry,) = plot.load_entries(tmp_path / "run")
-  assert plot.labels([entry]) == ["PathProx (diverged at step 7600)"]
-  assert entry.curve("path_norm")[0].tolist() == [0, 2500, 5000, 7500]
-  code, stdout, _ = run_main([tmp_path / "run", "--out", tmp_path / "out"])
+  assert plot.labels([entry]) == ["PathProx (diverged at step 10000)"]
+  assert entry.curve("path_norm")[0].tolist() == [0, 2500, 5000, 7500, 10000]
+  code, stdout, _ = run_main([tmp_path / "run", "--out", tmp_path / "out", "--at", "5000"])
   assert code == 0
-  assert "incomplete: PathProx (diverged at step 7600)" in stdout
-  assert f"diverged: {tmp_path / 'run'} at step 7600 (loss nan)" in stdout
+  assert "incomplete: PathProx (diverged at step 10000)" in stdout
+  assert f"diverged: {tmp_path / 'run'} at step 10000 (loss nan)" in stdout
+  table = parse_table((tmp_path / "out" / "report.md").read_text())
+  cells = table["last", "PathProx (diverged at step 10000)"]
+  assert (cells["step"], cells["wd objective"]) == ("10000", "nan")
+  assert float(table["5000", "PathProx (diverged at step 10000)"]["wd objective"]) > 0
 
 
 def test_a_sweep_still_running_or_all_diverged_is_labelled_as_such(tmp_path):
