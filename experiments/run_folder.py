@@ -158,7 +158,7 @@ class Run:
     path: the run folder.
     config: ``config.json``, as written.
     rows: the well-formed rows of ``metrics.jsonl`` (at least one). A run that
-      diverged stops at its last finite evaluation.
+      diverged stops at its last finite evaluation, or at the one that found it.
   """
 
   path: Path

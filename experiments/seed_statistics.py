@@ -98,7 +98,7 @@ class Pairing(NamedTuple):
   """Two sweeps' members matched by seed.
 
   Attributes:
-    pairs: the seeds both sweeps ran, in order.
+    pairs: a pair for each seed both sweeps ran, by seed.
     only_first: seeds only the first sweep ran.
     only_second: seeds only the second sweep ran.
   """
