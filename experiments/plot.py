@@ -546,7 +546,10 @@ def _seed_statistics_section(entries: Sequence[Entry], at: Sequence[int]) -> lis
     else:
       spread = f"{fmt(summary.low)}–{fmt(summary.high)}"
       cell = f"{fmt(summary.mean)} ± {fmt(summary.std)} ({spread})"
-    left_out = "; ".join(f"seed{s}: {why}" for s, why in statistic.left_out.items())
+    seeds_by_reason: dict[str, list[str]] = {}
+    for seed, why in statistic.left_out.items():
+      seeds_by_reason.setdefault(why, []).append(f"seed{seed}")
+    left_out = "; ".join(f"{', '.join(seeds)}: {why}" for why, seeds in seeds_by_reason.items())
     lines.append(f"| {statistic.name} | {cell} | {summary.n if summary else 0} | {left_out} |")
   return [*lines, ""]
 

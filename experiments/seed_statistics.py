@@ -171,14 +171,15 @@ def seed_statistics(
   Returns:
     The statistics: the step at which the first run's objective first gets below
     the second's, the first step after that at which it gets back above, and the
-    number of crossings (pairs with a diverged run are left out of it); then for
+    number of crossings (left out where a divergence ended the search); then for
     each iteration of ``at`` each run's active units (%), the objective ratio
     first / second, and each run's test accuracy.
   """
   first, second = names
 
   def count(pair: Pair) -> float | str:
-    return _diverged(pair, names) or len(_pair_crossings(pair, names)[0])
+    found, _, diverged = _pair_crossings(pair, names)
+    return diverged or len(found)
 
   result = [
     _measured(
@@ -193,7 +194,7 @@ def seed_statistics(
       pairs,
       lambda pair: _first_crossings(pair, names)[1],
     ),
-    _measured("wd objective: crossings (count)", "count", pairs, count),
+    _measured("wd objective: crossings by the last common step", "count", pairs, count),
   ]
   for step in at:
     result += [
@@ -222,29 +223,31 @@ def _measured(
   return SeedStatistic(name, key, values, left_out)
 
 
-def _pair_crossings(pair: Pair, names: tuple[str, str]) -> tuple[list[Crossing], str]:
-  """The crossings of the pair's objectives at the steps both logged, and why the search ended."""
+def _pair_crossings(pair: Pair, names: tuple[str, str]) -> tuple[list[Crossing], str, str]:
+  """The crossings of the pair's objectives at the steps both logged, and where those end.
+
+  Returns:
+    The crossings; why the search ended (a run's divergence, else ``none by step S``,
+    the last step both logged); and that divergence, or ``""`` if none ended it.
+  """
   steps, (first, second) = run_folder.common_curve(pair[1:], OBJECTIVE)
   found = crossings(steps.tolist(), first.tolist(), second.tolist())
-  return found, _diverged(pair, names) or f"none by step {steps[-1] if len(steps) else 0}"
+  end = int(steps[-1]) if len(steps) else 0
+  diverged = ", ".join(
+    f"{name} diverged at step {run.diverged_at}"
+    for name, run in zip(names, pair[1:], strict=True)
+    if run.diverged_at is not None and run.last_step <= end
+  )
+  return found, diverged or f"none by step {end}", diverged
 
 
 def _first_crossings(pair: Pair, names: tuple[str, str]) -> tuple[float | str, float | str]:
   """The first downward crossing and the first crossing after it; for each one not found, why."""
-  found, end = _pair_crossings(pair, names)
+  found, end, _ = _pair_crossings(pair, names)
   below = next((c.step for c in found if c.downward), None)
   if below is None:
     return end, end
   return below, next((c.step for c in found if c.step > below), end)
-
-
-def _diverged(pair: Pair, names: tuple[str, str]) -> str:
-  """Which runs of the pair diverged, as a reason to leave the pair out; "" if none."""
-  return ", ".join(
-    f"{name} diverged at step {run.diverged_at}"
-    for name, run in zip(names, pair[1:], strict=True)
-    if run.diverged_at is not None
-  )
 
 
 def _at(

@@ -450,7 +450,7 @@ def test_seed_statistics_pair_the_seeds_and_leave_out_the_diverged(paired, tmp_p
       ["6500 ± 750 (5750–7250)", "3", diverged3],
     "wd objective: PathProx back above Weight decay (iteration)":
       ["24500 ± 707 (24000–25000)", "2", both],
-    "wd objective: crossings (count)":
+    "wd objective: crossings by the last common step":
       ["2.0 ± 0.0 (2.0–2.0)", "2", both],
     "active units (%) at 20000: PathProx": ["36.0 ± 1.0 (35.0–37.0)", "3", diverged3],
     "active units (%) at 20000: Weight decay": ["100.0 ± 0.0 (100.0–100.0)", "4", ""],
@@ -467,3 +467,27 @@ def test_seed_statistics_pair_the_seeds_and_leave_out_the_diverged(paired, tmp_p
       ["90.05 ± 0.07 (90.00–90.10)", "2", both],
     "test acc (%) at 30000: Weight decay": ["88.00 ± 0.00 (88.00–88.00)", "4", ""],
   }  # fmt: skip
+
+
+def test_seed_statistics_of_a_sweep_still_running_group_the_seeds_left_out(paired, tmp_path):
+  for seed in range(4):  # weight decay has got to 5,000
+    rows = [paired_row("wd", step, seed) for step in range(0, 5001, 1000)]
+    write_folder(tmp_path / "wd" / f"seed{seed}", "wd", rows, seed=seed,
+                 total_iter=PAIRED_TOTAL, log_freq=1000)  # fmt: skip
+  out = tmp_path / "out"
+  code, _, stderr = run_main([paired / "pathprox", tmp_path / "wd", "--out", out, "--at", "6000"])
+  assert code == 0, stderr
+  table = seed_statistics_table((out / "report.md").read_text())
+  late = "Weight decay not there yet (step 5000)"
+  assert table["wd objective PathProx / Weight decay at 6000"] == [
+    plot.MISSING,
+    "0",
+    f"seed0, seed1, seed2: {late}; seed3: PathProx diverged at step 41, {late}",
+  ]
+  assert table["wd objective: PathProx first below Weight decay (iteration)"] == [
+    plot.MISSING,
+    "0",
+    "seed0, seed1, seed2: none by step 5000; seed3: PathProx diverged at step 41",
+  ]
+  diverged = "seed3: PathProx diverged at step 41"
+  assert table["test acc (%) at 6000: PathProx"] == ["50.00 ± 0.00 (50.00–50.00)", "3", diverged]

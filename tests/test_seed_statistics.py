@@ -84,7 +84,7 @@ def test_statistics_are_per_seed_then_mean_sample_std_min_max_and_n():
   assert back.values == pytest.approx({0: 3250})
   assert back.left_out == {1: "none by step 4000", 2: "P diverged at step 2500"}
   assert math.isnan(back.summary.std) and back.summary.n == 1
-  assert stats["wd objective: crossings (count)"].values == {0: 2, 1: 1}
+  assert stats["wd objective: crossings by the last common step"].values == {0: 2, 1: 1}
   units = stats["active units (%) at 2000: P"]
   assert units.values == {0: 40.0, 1: 45.0, 2: 60.0} and units.left_out == {}
   assert stats["active units (%) at 3000: P"].left_out == {2: "P diverged at step 2500"}
