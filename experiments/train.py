@@ -557,7 +557,7 @@ def _divergence_record(workdir: Path) -> dict[str, Any] | None:
   if not path.exists():
     return None
   try:
-    return run_folder.read_record(path).get("diverged")
+    return run_folder.read_record(path).get(run_folder.DIVERGED)
   except run_folder.NotARunError as e:
     raise WorkdirError(str(e)) from None
 
@@ -660,7 +660,7 @@ def _train(
         return
       if is_writer:
         record = run_folder.read_record(m.workdir / run_folder.CONFIG)
-        record["diverged"] = m.diverged
+        record[run_folder.DIVERGED] = m.diverged
         run_folder.write_json(m.workdir / run_folder.CONFIG, record)
       kept = "no checkpoint was saved"
       if m.good_step is not None:
