@@ -493,11 +493,11 @@ def _diverged_lines(entries: Sequence[Entry]) -> list[str]:
 
 
 # How a seed statistic's values are written: steps to the iteration, counts to 0.1,
-# ratios to 4 significant digits, metrics as in the table.
+# ratios (about 1) and their spreads to 4 decimals, metrics as in the table.
 _SEED_FORMATS: dict[str, Callable[[float], str]] = {
   "step": lambda x: f"{x:.0f}",
   "count": lambda x: f"{x:.1f}",
-  "ratio": lambda x: f"{x:#.4g}",
+  "ratio": lambda x: f"{x:.4f}",
   **{key: fmt for _, key, fmt in _COLUMNS},
 }
 

@@ -455,14 +455,14 @@ def test_seed_statistics_pair_the_seeds_and_leave_out_the_diverged(paired, tmp_p
     "active units (%) at 20000: PathProx": ["36.0 ± 1.0 (35.0–37.0)", "3", diverged3],
     "active units (%) at 20000: Weight decay": ["100.0 ± 0.0 (100.0–100.0)", "4", ""],
     "wd objective PathProx / Weight decay at 20000":
-      ["0.9500 ± 0.01000 (0.9400–0.9600)", "3", diverged3],
+      ["0.9500 ± 0.0100 (0.9400–0.9600)", "3", diverged3],
     "test acc (%) at 20000: PathProx": ["90.10 ± 0.10 (90.00–90.20)", "3", diverged3],
     "test acc (%) at 20000: Weight decay": ["88.00 ± 0.00 (88.00–88.00)", "4", ""],
     "active units (%) at 30000: PathProx":
       ["35.5 ± 0.7 (35.0–36.0)", "2", both],
     "active units (%) at 30000: Weight decay": ["100.0 ± 0.0 (100.0–100.0)", "4", ""],
     "wd objective PathProx / Weight decay at 30000":
-      ["1.055 ± 0.007071 (1.050–1.060)", "2", both],
+      ["1.0550 ± 0.0071 (1.0500–1.0600)", "2", both],
     "test acc (%) at 30000: PathProx":
       ["90.05 ± 0.07 (90.00–90.10)", "2", both],
     "test acc (%) at 30000: Weight decay": ["88.00 ± 0.00 (88.00–88.00)", "4", ""],
