@@ -2,9 +2,10 @@
 
 ``python -m experiments.sweep mnist_subset_mlp --seeds 0,1,2,3,4 --workdir DIR [flags]``
 trains every member (each seed, times each ``--weight-decays`` value) together:
-the per-device training loop of :mod:`experiments.train` is vmapped over a
-leading member axis, the data set is shared, and the evaluation of all members
-is one vmapped pass. Each member writes an ordinary run folder, ``DIR/seed<s>``
+the per-device training loop of :mod:`experiments.train` runs over a leading
+member axis (``--member-loop``: vmapped on GPU and TPU, one member after another
+inside the compiled loop on CPU), the data set is shared, and the evaluation of
+all members is one vmapped pass. Each member writes an ordinary run folder, ``DIR/seed<s>``
 (``DIR/wd<λ>-seed<s>`` when λ varies too), with its own ``config.json``,
 ``metrics.jsonl`` and checkpoints, so ``experiments.plot`` and
 ``experiments.compact`` read it as a single run; member ``seed<s>`` follows the
@@ -23,6 +24,7 @@ the others go on, and the sweep exits with 1 naming it (a resumed sweep leaves i
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import shlex
 import sys
@@ -84,11 +86,12 @@ class Sweep:
     groups: the model's PathProx group spec.
     schedule: the learning-rate schedule.
     configs: each member's config (its ``seed`` and ``weight_decay``).
+    member_loop: how the compiled loop runs the members (:func:`over_members`).
     states: each member's initial :class:`train.TrainState` (host).
     data_keys: each member's data key.
   """
 
-  def __init__(self, configs: Sequence[ml_collections.ConfigDict]):
+  def __init__(self, configs: Sequence[ml_collections.ConfigDict], member_loop: str = "auto"):
     self.configs = list(configs)
     self.experiment = experiment = train.Experiment(self.configs[0])
     self.groups, self.schedule = experiment.groups, experiment.schedule
@@ -113,9 +116,8 @@ class Sweep:
     run = train.make_train_steps(
       model, select_by_member(txs), config, len(train_labels), experiment.mesh.size
     )
-    members_run = jax.vmap(run, in_axes=(0, None, None, None, 0))
     self.to_device, self._train_fn, self.from_device = train._parallel(
-      members_run, experiment.mesh, config.parallel
+      over_members(run, member_loop), experiment.mesh, config.parallel
     )
     self._train_data = self.to_device((train_images, train_labels))
 
@@ -146,6 +148,31 @@ class Sweep:
     return self.experiment.evaluate.each(params, [c.weight_decay for c in self.configs])
 
 
+MEMBER_LOOPS = ("auto", "vmap", "map")
+
+
+def over_members(run: Callable[..., Any], member_loop: str) -> Callable[..., Any]:
+  """The per-device training loop ``run``, over a leading member axis of state and keys.
+
+  ``"vmap"`` batches the members into one program: every product is batched, which
+  is what GPUs and TPUs are for. ``"map"`` (``jax.lax.map``) runs them one after
+  another inside the same compiled program: each member's computation is then a
+  single run's, to the bit, and on a CPU, whose products are already compute-bound,
+  it is faster (6.1 against 6.8 ms per member-step on the MNIST-subset MLP, 2 cores).
+  ``"auto"``: ``"map"`` on CPU, ``"vmap"`` elsewhere.
+  """
+  if member_loop == "auto":
+    member_loop = "map" if jax.default_backend() == "cpu" else "vmap"
+  if member_loop == "vmap":
+    return jax.vmap(run, in_axes=(0, None, None, None, 0))
+
+  def one_after_another(state, num_steps, images, labels, keys):
+    return jax.lax.map(lambda member: run(member[0], num_steps, images, labels, member[1]),
+                       (state, keys))  # fmt: skip
+
+  return one_after_another
+
+
 def stack(trees: Sequence[Any]) -> Any:
   """Trees of one structure → one tree of arrays with a leading member axis."""
   return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
@@ -163,6 +190,7 @@ def run_sweep(
   resume: bool = False,
   command: str = "",
   stop_requested: Callable[[], int | None] | None = None,
+  member_loop: str = "auto",
 ) -> list[dict[str, float]]:
   """Trains all members together; each writes its run folder as a single run does.
 
@@ -177,6 +205,7 @@ def run_sweep(
       (a member recorded as diverged stays so, and is left out).
     command: the sweep's command line, recorded in every member's ``config.json``.
     stop_requested: polled between stretches of steps (see :mod:`experiments.interrupts`).
+    member_loop: ``"vmap"``, ``"map"`` or ``"auto"`` (:func:`over_members`).
 
   Returns:
     Each member's last metrics.
@@ -190,7 +219,7 @@ def run_sweep(
   """
   workdirs = [Path(w) for w in workdirs]
   return train.train_members(
-    Sweep,
+    functools.partial(Sweep, member_loop=member_loop),
     configs,
     workdirs,
     workdirs[0].parent,
@@ -211,6 +240,13 @@ def parse_command(argv: Sequence[str]) -> tuple[argparse.Namespace, cli.Command]
   )
   parser.add_argument(
     "--workdir", required=True, help="the sweep's folder; members go in sub-folders"
+  )
+  parser.add_argument(
+    "--member-loop",
+    choices=MEMBER_LOOPS,
+    default="auto",
+    help="vmap: the members batched (GPU, TPU); map: one after another in the compiled loop, "
+    "each exactly a single run (faster on CPU); auto: map on CPU, else vmap",
   )
   args, rest = parser.parse_known_args(argv)
   return args, cli.parse_command(args.experiment, rest)
@@ -279,6 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         resume=command.resume,
         command=shlex.join(["python", "-m", "experiments.sweep", *argv]),
         stop_requested=stop.requested,
+        member_loop=args.member_loop,
       )
 
   return cli.exit_code(run, lambda: cli.resume_command("experiments.sweep", argv, args.workdir))

@@ -27,10 +27,12 @@ def read_rows(workdir):
   return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_members_equal_single_runs(raw_mnist, tmp_path):
+@pytest.mark.parametrize("member_loop", ["vmap", "map"])
+def test_members_equal_single_runs(raw_mnist, tmp_path, member_loop):
   data = ["--raw-data-dir", str(raw_mnist), "--data-dir", str(tmp_path / "tfds"),
           "--allow-unofficial-data", "true"]  # fmt: skip
-  argv = ["mnist_subset_mlp", "--seeds", "0,1", "--weight-decays", "1e-4,1e-2", *TINY, *data]
+  argv = ["mnist_subset_mlp", "--seeds", "0,1", "--weight-decays", "1e-4,1e-2", *TINY, *data,
+          "--member-loop", member_loop]  # fmt: skip
   assert sweep.main([*argv, "--workdir", str(tmp_path / "sweep")]) == 0
   names = sorted(p.name for p in (tmp_path / "sweep").iterdir())
   assert names == ["wd0.0001-seed0", "wd0.0001-seed1", "wd0.01-seed0", "wd0.01-seed1"]
