@@ -86,7 +86,6 @@ class Sweep:
     groups: the model's PathProx group spec.
     schedule: the learning-rate schedule.
     configs: each member's config (its ``seed`` and ``weight_decay``).
-    member_loop: how the compiled loop runs the members (:func:`over_members`).
     states: each member's initial :class:`train.TrainState` (host).
     data_keys: each member's data key.
   """
@@ -106,8 +105,9 @@ class Sweep:
       txs.append(train.create_optimizer(member, experiment.groups, experiment.schedule))
     self._indices = [weight_decays.index(c.weight_decay) for c in self.configs]
     self.states, self.data_keys = [], []
-    for c, index in zip(self.configs, self._indices, strict=True):
-      boxed, data_key = train.initial_params(model, c.seed, train_images[:1])
+    seeds = [c.seed for c in self.configs]
+    initial = train.initial_params(model, seeds, train_images[:1])
+    for index, (boxed, data_key) in zip(self._indices, initial, strict=True):
       params = nn.meta.unbox(boxed)
       self.states.append(
         train.TrainState(jnp.zeros((), jnp.int32), params, txs[index].init(params))
@@ -118,8 +118,7 @@ class Sweep:
     )
     self.to_device, self._train_fn, self.from_device = train._parallel(
       over_members(run, member_loop), experiment.mesh, config.parallel
-    )
-    self._train_data = self.to_device((train_images, train_labels))
+    )  # the data's layout is the single run's: the members share its copy on the devices
 
   def stack(self, states: Sequence[train.TrainState]) -> train.TrainState:
     """The members' states as one, each optimiser state tagged with its weight decay."""
@@ -141,7 +140,9 @@ class Sweep:
 
   def train(self, device_state: Any, num_steps: int, device_keys: Any) -> tuple[Any, jax.Array]:
     """Runs ``num_steps`` steps of every member; returns the state and each member's loss."""
-    return self._train_fn(device_state, jnp.int32(num_steps), *self._train_data, device_keys)
+    return self._train_fn(
+      device_state, jnp.int32(num_steps), *self.experiment.train_data, device_keys
+    )
 
   def evaluate_each(self, params: Any) -> list[dict[str, float]]:
     """Every member's metrics, from the stacked params."""

@@ -250,11 +250,20 @@ def group_spec(model: nn.Module, boxed: Any) -> Any:
   return model.group_spec(boxed) if isinstance(model, models.ViT) else pp.group_spec(boxed)
 
 
-def initial_params(model: nn.Module, seed: int, sample: np.ndarray) -> tuple[Any, jax.Array]:
-  """The boxed parameters at step 0 of the run with ``seed``, and its data key."""
-  init_key, data_key = jax.random.split(jax.random.key(seed))
-  boxed = jax.jit(model.init)(init_key, jnp.asarray(sample, jnp.float32))["params"]
-  return boxed, data_key
+def initial_params(
+  model: nn.Module, seeds: Sequence[int], sample: np.ndarray
+) -> list[tuple[Any, jax.Array]]:
+  """The boxed parameters at step 0 of the run with each seed, and its data key.
+
+  The initialisation is compiled once for all seeds.
+  """
+  init = jax.jit(model.init)
+  sample = jnp.asarray(sample, jnp.float32)
+  runs = []
+  for seed in seeds:
+    init_key, data_key = jax.random.split(jax.random.key(seed))
+    runs.append((init(init_key, sample)["params"], data_key))
+  return runs
 
 
 def _eval_points(config, start: int) -> list[int]:
@@ -307,6 +316,7 @@ class Experiment:
     schedule: the learning-rate schedule.
     state: the initial :class:`TrainState`, replicated over ``mesh``.
     data_key: the key of the data order (and augmentation), replicated over ``mesh``.
+    train_data: the training split's images and labels on the devices, in the step's layout.
     evaluate: ``params -> metrics dict`` on the train, validation and test sets.
   """
 
@@ -321,7 +331,7 @@ class Experiment:
     per_epoch = input_pipeline.steps_per_epoch(len(train_labels), config.batch_size)
 
     model = create_model(config)
-    boxed, data_key = initial_params(model, config.seed, train_images[:1])
+    ((boxed, data_key),) = initial_params(model, [config.seed], train_images[:1])
     self.data_key = jax.random.wrap_key_data(_replicated(jax.random.key_data(data_key), self.mesh))
     self.groups = group_spec(model, boxed)
     params = nn.meta.unbox(boxed)
@@ -332,7 +342,7 @@ class Experiment:
 
     run = make_train_steps(model, tx, config, len(train_labels), self.mesh.size)
     self.to_device, self._train_fn, self.from_device = _parallel(run, self.mesh, config.parallel)
-    self._train_data = self.to_device((train_images, train_labels))
+    self.train_data = self.to_device((train_images, train_labels))
     self.evaluate = evaluation.Evaluator(model, config, splits, self.groups, self.mesh)
 
   def device_key(self, data_key: jax.Array) -> Any:
@@ -341,7 +351,7 @@ class Experiment:
 
   def train(self, device_state: Any, num_steps: int, device_key: Any) -> tuple[Any, jax.Array]:
     """Runs ``num_steps`` steps (fewer if the loss becomes non-finite) on device state."""
-    return self._train_fn(device_state, jnp.int32(num_steps), *self._train_data, device_key)
+    return self._train_fn(device_state, jnp.int32(num_steps), *self.train_data, device_key)
 
   # The loop's view (:class:`Members`): a single run is one member, its state unstacked.
 
