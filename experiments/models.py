@@ -116,19 +116,19 @@ def fold_linear_layers(model: MLP, params: Mapping[str, Any]) -> tuple[MLP, dict
     The folded MLP and its parameters (``Dense_0``, ``Dense_1``, ... renumbered).
   """
   _check_mlp(model.features, model.relu)
-  widths, relus, layers = [], [], []
+  folded = []  # (width, relu, params) of each layer of the folded MLP
   for i, (width, relu) in enumerate(zip(model.features, model.relu, strict=True)):
     layer = params[f"Dense_{i}"]
-    if layers and not relus[-1]:
-      inputs, mid = layers[-1]["kernel"].shape[-2], widths[-1]
+    if folded and not folded[-1][1]:
+      mid, _, first = folded[-1]
+      inputs = first["kernel"].shape[-2]
       if inputs * width < (inputs + width) * mid:
-        first = layers.pop()
-        widths.pop(), relus.pop()
+        folded.pop()
         bias = jnp.einsum("...m,...mo->...o", first["bias"], layer["kernel"]) + layer["bias"]
         layer = {"kernel": first["kernel"] @ layer["kernel"], "bias": bias}
-    widths.append(width), relus.append(relu), layers.append(layer)
-  folded = MLP(features=tuple(widths), relu=tuple(relus))
-  return folded, {f"Dense_{i}": layer for i, layer in enumerate(layers)}
+    folded.append((width, relu, layer))
+  net = MLP(features=tuple(w for w, _, _ in folded), relu=tuple(r for _, r, _ in folded))
+  return net, {f"Dense_{i}": layer for i, (_, _, layer) in enumerate(folded)}
 
 
 class NNXMLP(nnx.Module):
