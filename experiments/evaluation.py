@@ -162,12 +162,9 @@ class Evaluator:
 
 def _python_numbers(values: dict[str, jax.Array]) -> dict[str, Any]:
   """Metrics as Python ints and floats (lists of them for stacked values)."""
-  values = jax.device_get(values)
+  arrays = {k: np.asarray(v) for k, v in jax.device_get(values).items()}
+  # An integer array's tolist() gives Python ints already; floats of any width become floats.
   return {
-    k: (
-      np.asarray(v).astype(int)
-      if np.issubdtype(np.asarray(v).dtype, np.integer)
-      else np.asarray(v, float)
-    ).tolist()
-    for k, v in values.items()
+    k: (a if np.issubdtype(a.dtype, np.integer) else a.astype(float)).tolist()
+    for k, a in arrays.items()
   }
