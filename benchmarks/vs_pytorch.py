@@ -311,33 +311,36 @@ def main():
     )
 
   widths = [784, *config.features]
-  folded = models.fold_linear_layers(train.create_model(config), params)[0]
-  batches = [
-    min(size, n - start)
-    for _, labels in experiment.splits.values()
-    for n, size in [(len(labels), config.eval_batch_size)]
-    for start in range(0, n, size)
-  ]
-  layer_shapes = eval_matmuls(widths, batches)
+  folded = [784, *models.fold_linear_layers(train.create_model(config), params)[0].features]
+  sizes = [len(labels) for _, labels in experiment.splits.values()]
+  torch_batches = [min(b, n - s) for n in sizes for b in [config.eval_batch_size]
+                   for s in range(0, n, b)]  # fmt: skip
+  # Ours: each split in even batches, padded to whole device shares (as the Evaluator runs it).
+  our_batches = [b for n in sizes for b in [evaluation.eval_batch_size(
+    n, config.eval_batch_size, experiment.mesh.size)] for _ in range(-(-n // b))]  # fmt: skip
+  torch_eval_shapes = eval_matmuls(widths, torch_batches)
+  layer_shapes, folded_shapes = eval_matmuls(widths, our_batches), eval_matmuls(folded, our_batches)
   step_shapes = step_matmuls(widths, config.batch_size)
+  torch_eval = torch_matmul_time(torch_eval_shapes, 5)
   roofline = {  # (ours, torch's) for each timed figure: the products that each one computes
-    "eval": (xla_matmul_time(eval_matmuls([784, *folded.features], batches), 5),
-             torch_matmul_time(layer_shapes, 5)),
-    "eval layer by layer": (xla_matmul_time(layer_shapes, 5), torch_matmul_time(layer_shapes, 5)),
+    "eval": (xla_matmul_time(folded_shapes, 5), torch_eval),
+    "eval layer by layer": (xla_matmul_time(layer_shapes, 5), torch_eval),
     "step": (xla_matmul_time(step_shapes, 5), torch_matmul_time(step_shapes, 5)),
-  }  # fmt: skip
+  }
   print(
-    "matmul roofline (the products alone, same shapes):  "
+    "matmul roofline (the products alone):  "
     + "   ".join(
-      f"{name} XLA {flops(s) / roofline[name][0] / 1e9:.0f} GFLOP/s, "
-      f"torch {flops(s) / roofline[name][1] / 1e9:.0f} GFLOP/s"
-      for name, s in (("eval layer by layer", layer_shapes), ("step", step_shapes))
+      f"{name} XLA {flops(ours) / roofline[name][0] / 1e9:.0f} GFLOP/s, "
+      f"torch {flops(theirs) / roofline[name][1] / 1e9:.0f} GFLOP/s"
+      for name, ours, theirs in (
+        ("eval layer by layer", layer_shapes, torch_eval_shapes),
+        ("step", step_shapes, step_shapes),
+      )
     )
   )
   print(
     f"the harness's evaluation folds the linear bottlenecks: {flops(layer_shapes) / 1e9:.0f} "
-    f"GFLOP layer by layer, {flops(eval_matmuls([784, *folded.features], batches)) / 1e9:.0f} "
-    "folded"
+    f"GFLOP layer by layer, {flops(folded_shapes) / 1e9:.0f} folded"
   )
   header = ("PyTorch", "this project", "speed-up (spread)", "of roofline: torch / ours")
   print(f"{'':32}{header[0]:>12}{header[1]:>15}{header[2]:>22}{header[3]:>29}")
