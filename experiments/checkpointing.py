@@ -30,7 +30,7 @@ def latest_step(directory: Path) -> int | None:
 def all_finite(tree: Any) -> bool:
   """Whether every floating-point leaf of ``tree`` is finite."""
   leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
-  return all(bool(jnp.all(jnp.isfinite(x))) for x in leaves)
+  return bool(jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))) if leaves else True
 
 
 def _drop_echoes_of_failed_restores() -> None:
