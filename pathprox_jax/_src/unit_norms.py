@@ -42,21 +42,27 @@ class ScaledUnits:
   The prox's stages (balance, normalisation, soft-threshold) each rescale units. Keeping the
   scales apart from the array lets every stage read the current norms as
   ``|scale| * ||value_j||`` (a norm is positively homogeneous) from the norms of the
-  unchanged array, and :meth:`array` touches the array once, after the last stage.
+  unchanged array, computed once, and :meth:`array` touches the array once, after the last
+  stage.
 
   Attributes:
     value: the parameter as given.
     axis: its unit axis, or ``None`` for a parameter scaled as a whole (an "out" bias).
     scale: a scalar or one scale per unit (f32).
+    value_norms: ``unit_norms(value, axis)`` once computed (:meth:`times` carries it on).
   """
 
   value: jax.Array
   axis: int | None
   scale: jax.Array | float = 1.0
+  value_norms: jax.Array | None = None
 
   def norms(self) -> jax.Array:
     """The current per-unit norms, f32."""
-    return jnp.abs(self.scale) * unit_norms(self.value, self.axis)
+    value_norms = (
+      unit_norms(self.value, self.axis) if self.value_norms is None else self.value_norms
+    )
+    return jnp.abs(self.scale) * value_norms
 
   def times(self, scale: jax.Array | float) -> ScaledUnits:
     """This parameter with every unit's scale multiplied by ``scale`` (per unit, or one)."""
@@ -76,8 +82,11 @@ def scaled_groups(
   """The grouped leaves ("in" and "out" kernels and biases) as :class:`ScaledUnits`, scale one."""
   scaled = {}
   for g in layouts:
-    scaled[g.in_kernel] = ScaledUnits(leaves[g.in_kernel], g.in_axis)
-    scaled[g.out_kernel] = ScaledUnits(leaves[g.out_kernel], g.out_axis)
+    for kernel, axis in ((g.in_kernel, g.in_axis), (g.out_kernel, g.out_axis)):
+      # Every stage reads the kernels' norms: compute them once, here.
+      scaled[kernel] = ScaledUnits(
+        leaves[kernel], axis, value_norms=unit_norms(leaves[kernel], axis)
+      )
     if g.in_bias is not None:
       scaled[g.in_bias] = ScaledUnits(leaves[g.in_bias], g.in_bias_axis)
     if g.out_bias is not None:
