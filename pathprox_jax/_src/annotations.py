@@ -25,6 +25,8 @@ from flax import nnx
 from flax.core import meta
 from flax.linen import initializers
 
+from pathprox_jax._src import params as params_lib
+
 Role = Literal["in", "out", "follow"]
 ROLES: tuple[Role, ...] = ("in", "out", "follow")
 NNX_METADATA_KEY = "pathprox"
@@ -256,7 +258,7 @@ def group_spec(tree: Any) -> GroupSpecTree:
   specs = jax.tree.map(
     _spec_of,
     tree,
-    is_leaf=lambda x: isinstance(x, (meta.AxisMetadata, nnx.Variable)),
+    is_leaf=params_lib.is_boxed,
   )
   if not jax.tree.leaves(specs):  # None is an empty subtree: no GroupSpec leaf at all
     raise ValueError(

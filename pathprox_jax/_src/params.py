@@ -10,6 +10,12 @@ from typing import Any
 
 import jax
 from flax import nnx
+from flax.core import meta
+
+
+def is_boxed(x: Any) -> bool:
+  """Whether ``x`` is a parameter with metadata: a linen box or an NNX Variable."""
+  return isinstance(x, (meta.AxisMetadata, nnx.Variable))
 
 
 def unwrap_variables(tree: Any) -> Any:

@@ -13,8 +13,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeAlias
 
 import jax
-from flax import nnx
-from flax.core import meta
 
 from pathprox_jax._src import groups as groups_lib
 from pathprox_jax._src import params as params_lib
@@ -22,10 +20,6 @@ from pathprox_jax._src.annotations import GroupSpec, GroupSpecTree
 
 SpecOrRule: TypeAlias = GroupSpec | Callable[[re.Match[str]], GroupSpec | None]
 PathRule: TypeAlias = tuple[str | re.Pattern[str], SpecOrRule]
-
-
-def _is_param(x: Any) -> bool:
-  return isinstance(x, (meta.AxisMetadata, nnx.Variable))
 
 
 def group_spec_from_paths(
@@ -79,7 +73,7 @@ def group_spec_from_paths(
         return spec(match) if callable(spec) else spec
     return None
 
-  ruled = jax.tree_util.tree_map_with_path(from_rules, params, is_leaf=_is_param)
+  ruled = jax.tree_util.tree_map_with_path(from_rules, params, is_leaf=params_lib.is_boxed)
   if not matched:
     paths = [params_lib.path_string(p) for p, _ in jax.tree_util.tree_leaves_with_path(ruled)]
     raise ValueError(

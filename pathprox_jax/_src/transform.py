@@ -228,8 +228,7 @@ def pathprox_sgd(
     >>> params = nn.meta.unbox(boxed)
     >>> opt_state = tx.init(params)
   """
-  check_weight_decay(weight_decay)
-  return optax.chain(
+  return optax.chain(  # pathprox() checks weight_decay
     optax.add_decayed_weights(weight_decay, mask=_decayed_mask(groups, regularize_bias)),
     optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
     pathprox(
