@@ -176,25 +176,16 @@ def seed_statistics(
     first / second, and each run's test accuracy.
   """
   first, second = names
-
-  def count(pair: Pair) -> float | str:
-    found, _, diverged = _pair_crossings(pair, names)
-    return diverged or len(found)
-
+  searched = {pair.seed: _crossing_measures(pair, names) for pair in pairs}
   result = [
-    _measured(
-      f"wd objective: {first} first below {second} (iteration)",
-      "step",
-      pairs,
-      lambda pair: _first_crossings(pair, names)[0],
-    ),
-    _measured(
-      f"wd objective: {first} back above {second} (iteration)",
-      "step",
-      pairs,
-      lambda pair: _first_crossings(pair, names)[1],
-    ),
-    _measured("wd objective: crossings by the last common step", "count", pairs, count),
+    _measured(name, key, pairs, lambda pair, i=i: searched[pair.seed][i])
+    for i, (name, key) in enumerate(
+      [
+        (f"wd objective: {first} first below {second} (iteration)", "step"),
+        (f"wd objective: {first} back above {second} (iteration)", "step"),
+        ("wd objective: crossings by the last common step", "count"),
+      ]
+    )
   ]
   for step in at:
     result += [
@@ -223,12 +214,14 @@ def _measured(
   return SeedStatistic(name, key, values, left_out)
 
 
-def _pair_crossings(pair: Pair, names: tuple[str, str]) -> tuple[list[Crossing], str, str]:
-  """The crossings of the pair's objectives at the steps both logged, and where those end.
+def _crossing_measures(
+  pair: Pair, names: tuple[str, str]
+) -> tuple[float | str, float | str, float | str]:
+  """The pair's first downward crossing, the first crossing after it, and how many there are.
 
-  Returns:
-    The crossings; why the search ended (a run's divergence, else ``none by step S``,
-    the last step both logged); and that divergence, or ``""`` if none ended it.
+  The objectives are compared at the steps both runs logged; the search ends at a run's
+  divergence (the count is then left out), else at the last of those steps. Each one
+  not found is why instead (the divergence, or ``none by step S``).
   """
   steps, (first, second) = run_folder.common_curve(pair[1:], OBJECTIVE)
   found = crossings(steps.tolist(), first.tolist(), second.tolist())
@@ -238,16 +231,11 @@ def _pair_crossings(pair: Pair, names: tuple[str, str]) -> tuple[list[Crossing],
     for name, run in zip(names, pair[1:], strict=True)
     if run.diverged_at is not None and run.last_step <= end
   )
-  return found, diverged or f"none by step {end}", diverged
-
-
-def _first_crossings(pair: Pair, names: tuple[str, str]) -> tuple[float | str, float | str]:
-  """The first downward crossing and the first crossing after it; for each one not found, why."""
-  found, end, _ = _pair_crossings(pair, names)
+  why, count = diverged or f"none by step {end}", diverged or len(found)
   below = next((c.step for c in found if c.downward), None)
   if below is None:
-    return end, end
-  return below, next((c.step for c in found if c.step > below), end)
+    return why, why, count
+  return below, next((c.step for c in found if c.step > below), why), count
 
 
 def _at(
