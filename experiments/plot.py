@@ -149,13 +149,21 @@ def labels(entries: Sequence[Entry]) -> list[str]:
   ``PathProx (5 seeds)``, or ``PathProx (4 of 5 seeds; seed3 diverged at step 41)``;
   a run that diverged ``PathProx (diverged at step 41)``.
   """
+  result = []
+  for entry, (name, tail) in zip(entries, _told_apart(entries), strict=True):
+    extras = [tail] if tail else []
+    extras += _seeds_note(entry)
+    result.append(f"{name} ({'; '.join(extras)})" if extras else name)
+  return result
+
+
+def _told_apart(entries: Sequence[Entry]) -> list[tuple[str, str]]:
+  """Each entry's :func:`method_name`, and its shortest distinct path tail if that repeats."""
   names = [method_name(entry) for entry in entries]
   result = []
   for entry, name in zip(entries, names, strict=True):
     twins = [entries[i].path for i, other in enumerate(names) if other == name]
-    extras = [] if len(twins) == 1 else [_distinct_tail(entry.path, twins)]
-    extras += _seeds_note(entry)
-    result.append(f"{name} ({'; '.join(extras)})" if extras else name)
+    result.append((name, "" if len(twins) == 1 else _distinct_tail(entry.path, twins)))
   return result
 
 
@@ -515,11 +523,7 @@ def _seed_statistics_section(entries: Sequence[Entry], at: Sequence[int]) -> lis
   pairing = seed_statistics.pair_by_seed(first.runs, second.runs)
   if not pairing.pairs:
     return []
-  names = (method_name(first), method_name(second))
-  if names[0] == names[1]:
-    paths = (first.path, second.path)
-    names = (f"{names[0]} ({_distinct_tail(first.path, paths)})",
-             f"{names[1]} ({_distinct_tail(second.path, paths)})")  # fmt: skip
+  names = tuple(f"{name} ({tail})" if tail else name for name, tail in _told_apart((first, second)))
   unpaired = [f"seed{s} ({names[0]} only)" for s in pairing.only_first]
   unpaired += [f"seed{s} ({names[1]} only)" for s in pairing.only_second]
   lines = [
