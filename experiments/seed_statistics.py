@@ -93,6 +93,11 @@ class Pair(NamedTuple):
   first: run_folder.Run
   second: run_folder.Run
 
+  @property
+  def runs(self) -> tuple[run_folder.Run, run_folder.Run]:
+    """``(first, second)``."""
+    return self.first, self.second
+
 
 class Pairing(NamedTuple):
   """Two sweeps' members matched by seed.
@@ -223,12 +228,12 @@ def _crossing_measures(
   divergence (the count is then left out), else at the last of those steps. Each one
   not found is why instead (the divergence, or ``none by step S``).
   """
-  steps, (first, second) = run_folder.common_curve(pair[1:], OBJECTIVE)
+  steps, (first, second) = run_folder.common_curve(pair.runs, OBJECTIVE)
   found = crossings(steps.tolist(), first.tolist(), second.tolist())
   end = int(steps[-1]) if len(steps) else 0
   diverged = ", ".join(
     f"{name} diverged at step {run.diverged_at}"
-    for name, run in zip(names, pair[1:], strict=True)
+    for name, run in zip(names, pair.runs, strict=True)
     if run.diverged_at is not None and run.last_step <= end
   )
   why, count = diverged or f"none by step {end}", diverged or len(found)
@@ -251,7 +256,7 @@ def _at(
   def measure(pair: Pair) -> float | str:
     rows, reasons = [], []
     for i in which:
-      run, run_name = pair[1 + i], names[i]
+      run, run_name = pair.runs[i], names[i]
       if run.diverged_at is not None and run.diverged_at <= step:
         reasons.append(f"{run_name} diverged at step {run.diverged_at}")
       elif (row := run.row_at(step)) is None:
