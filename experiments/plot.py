@@ -224,16 +224,7 @@ def plot_runs(
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   title = title or _default_title(entries)
-  groups = sorted(
-    {
-      int(m[1])
-      for entry in entries
-      for run in entry.runs
-      for row in run.rows
-      for key in row
-      if (m := _GROUP_KEY.match(key))
-    }
-  )
+  groups = sorted({int(m[1]) for key in _logged_keys(entries) if (m := _GROUP_KEY.match(key))})
   figures = {
     "objective.png": _draw(
       entries,
@@ -420,7 +411,7 @@ def write_report(
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   names = labels(entries)
-  columns = [c for c in _COLUMNS if c[1] != "val_acc" or _any_row_has(entries, "val_acc")]
+  columns = [c for c in _COLUMNS if c[1] != "val_acc" or "val_acc" in _logged_keys(entries)]
   targets = [step for step in at if any(step <= entry.total_iter for entry in entries)]
   lines = [f"# {title or _default_title(entries)}", ""]
   header = ["at", "run", "method", "step", *(c[0] for c in columns)]
@@ -476,8 +467,9 @@ def write_report(
   return path
 
 
-def _any_row_has(entries: Sequence[Entry], key: str) -> bool:
-  return any(key in row for entry in entries for run in entry.runs for row in run.rows)
+def _logged_keys(entries: Sequence[Entry]) -> set[str]:
+  """The metrics keys that any row of any run logged."""
+  return {key for entry in entries for run in entry.runs for row in run.rows for key in row}
 
 
 def _cell(rows: list[dict[str, Any]] | None, key: str, fmt: Callable[[float], str]) -> str:
