@@ -10,10 +10,13 @@ from pathprox_jax._src.annotations import with_group as with_group
 from pathprox_jax._src.balance import balance as balance
 from pathprox_jax._src.compact import KeptUnits as KeptUnits
 from pathprox_jax._src.compact import compact as compact
+from pathprox_jax._src.decay import decayed_mask as decayed_mask
 from pathprox_jax._src.metrics import ActiveUnits as ActiveUnits
 from pathprox_jax._src.metrics import PathNorm as PathNorm
+from pathprox_jax._src.metrics import Summary as Summary
 from pathprox_jax._src.metrics import active_units as active_units
 from pathprox_jax._src.metrics import path_norm as path_norm
+from pathprox_jax._src.metrics import summarize as summarize
 from pathprox_jax._src.metrics import weight_decay_objective as weight_decay_objective
 from pathprox_jax._src.params import is_kernel as is_kernel
 from pathprox_jax._src.params import kernel_mask as kernel_mask

@@ -1,4 +1,4 @@
-"""What PathProx reports: path norm, active units and the weight-decay objective.
+"""What PathProx reports: path norm, active units and the weight-decay objective, in one pass.
 
 A unit is whatever the group's layout makes it: a hidden neuron, a channel, an attention head.
 """
@@ -10,10 +10,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from pathprox_jax._src import decay, unit_norms
 from pathprox_jax._src import groups as groups_lib
 from pathprox_jax._src import params as params_lib
-from pathprox_jax._src import unit_norms
-from pathprox_jax._src.annotations import GroupSpecTree, regularized_by_pathprox
+from pathprox_jax._src.annotations import GroupSpecTree
 
 
 class PathNorm(NamedTuple):
@@ -32,12 +32,116 @@ class ActiveUnits(NamedTuple):
   per_group_fraction: dict[int, jax.Array]
 
 
-def _unit_path_norms(params: Any, groups: GroupSpecTree) -> dict[int, jax.Array]:
-  """``{group: ||w_i|| ||v_i|| per unit}`` (weights only, f32)."""
+class UnitNorms(NamedTuple):
+  """One group's per-unit norms, f32: :math:`\\|w_i\\|`, :math:`|a_i|` and :math:`\\|v_i\\|`."""
+
+  inputs: jax.Array
+  in_bias: jax.Array | None  # None: the "in" layer has no bias
+  outputs: jax.Array
+
+  def path_norms(self) -> jax.Array:
+    """:math:`\\|w_i\\| \\|v_i\\|` per unit (weights only)."""
+    return self.inputs * self.outputs
+
+  def regularized(self, regularize_bias: bool) -> jax.Array:
+    """What the prox regularises per unit: :math:`\\|w_i\\| \\|v_i\\|`, or with
+    ``regularize_bias`` :math:`\\|[w_i, a_i]\\| \\|v_i\\|`."""
+    if not regularize_bias or self.in_bias is None:
+      return self.path_norms()
+    return jnp.sqrt(self.inputs * self.inputs + self.in_bias * self.in_bias) * self.outputs
+
+
+class Summary(NamedTuple):
+  """The metrics of one set of parameters, from one computation of the per-unit norms."""
+
+  path_norm: PathNorm
+  active_units: ActiveUnits
+  objective: jax.Array | None  # None: no loss was given
+
+
+def unit_norms_by_group(params: Any, groups: GroupSpecTree) -> dict[int, UnitNorms]:
+  """``{group: its per-unit norms}``."""
   params = params_lib.unwrap_variables(params)
   layouts = groups_lib.group_layouts(params, groups)
   scaled = unit_norms.scaled_groups(jax.tree.leaves(params), layouts)
-  return {g.group: unit_norms.unit_path_norms(scaled, g) for g in layouts}
+  return {
+    g.group: UnitNorms(
+      scaled[g.in_kernel].norms(),
+      None if g.in_bias is None else scaled[g.in_bias].norms(),
+      scaled[g.out_kernel].norms(),
+    )
+    for g in layouts
+  }
+
+
+def _path_norm(units: dict[int, UnitNorms]) -> PathNorm:
+  per_group = {g: jnp.sum(u.path_norms()) for g, u in units.items()}
+  total = sum(per_group.values(), jnp.zeros((), jnp.float32))
+  return PathNorm(total, per_group)
+
+
+def _active_units(units: dict[int, UnitNorms]) -> ActiveUnits:
+  paths = {g: u.path_norms() for g, u in units.items()}
+  per_group = {g: jnp.sum(p > 0).astype(jnp.int32) for g, p in paths.items()}
+  count = sum(per_group.values(), jnp.zeros((), jnp.int32))
+  total = sum(p.shape[0] for p in paths.values())
+  return ActiveUnits(
+    count=count,
+    fraction=count / max(total, 1),
+    per_group=per_group,
+    per_group_fraction={g: per_group[g] / paths[g].shape[0] for g in paths},
+  )
+
+
+def _objective(
+  loss: jax.Array | float,
+  params: Any,
+  groups: GroupSpecTree,
+  units: dict[int, UnitNorms],
+  weight_decay: float | jax.Array,
+  regularize_bias: bool,
+) -> jax.Array:
+  params = params_lib.unwrap_variables(params)
+  paths = sum(
+    (jnp.sum(u.regularized(regularize_bias)) for u in units.values()), jnp.zeros((), jnp.float32)
+  )
+  decayed = jax.tree.leaves(decay.decayed_mask(params, groups, regularize_bias=regularize_bias))
+  squared = sum(
+    (
+      jnp.sum(jnp.square(p.astype(jnp.float32)))
+      for p, d in zip(jax.tree.leaves(params), decayed, strict=True)
+      if d
+    ),
+    jnp.zeros((), jnp.float32),
+  )
+  return loss + weight_decay * paths + 0.5 * weight_decay * squared
+
+
+def summarize(
+  params: Any,
+  groups: GroupSpecTree,
+  loss: jax.Array | float | None = None,
+  weight_decay: float | jax.Array = 0.0,
+  *,
+  regularize_bias: bool = False,
+) -> Summary:
+  """Path norm, active units and (given ``loss``) the objective, the unit norms computed once.
+
+  Args:
+    params: the (unboxed) parameters, or an NNX ``State`` of them.
+    groups: the spec pytree from :func:`pathprox_jax.group_spec`.
+    loss: the data loss, or ``None`` for no objective.
+    weight_decay: :math:`\\lambda`.
+    regularize_bias: biases are regularised (see :func:`weight_decay_objective`).
+
+  Returns:
+    A :class:`Summary`.
+  """
+  units = unit_norms_by_group(params, groups)
+  objective = None
+  if loss is not None:
+    objective = _objective(loss, params, groups, units, weight_decay, regularize_bias)
+  return Summary(_path_norm(units), _active_units(units), objective)
 
 
 def path_norm(params: Any, groups: GroupSpecTree) -> PathNorm:
@@ -52,9 +156,7 @@ def path_norm(params: Any, groups: GroupSpecTree) -> PathNorm:
   Returns:
     A :class:`PathNorm` with the total and ``{group: path norm}``.
   """
-  per_group = {g: jnp.sum(p) for g, p in _unit_path_norms(params, groups).items()}
-  total = sum(per_group.values(), jnp.zeros((), jnp.float32))
-  return PathNorm(total, per_group)
+  return _path_norm(unit_norms_by_group(params, groups))
 
 
 def active_units(params: Any, groups: GroupSpecTree) -> ActiveUnits:
@@ -67,51 +169,40 @@ def active_units(params: Any, groups: GroupSpecTree) -> ActiveUnits:
   Returns:
     An :class:`ActiveUnits` (fractions in [0, 1]; 0 units give fraction 0).
   """
-  units = _unit_path_norms(params, groups)
-  per_group = {g: jnp.sum(p > 0).astype(jnp.int32) for g, p in units.items()}
-  count = sum(per_group.values(), jnp.zeros((), jnp.int32))
-  total = sum(p.shape[0] for p in units.values())
-  return ActiveUnits(
-    count=count,
-    fraction=count / max(total, 1),
-    per_group=per_group,
-    per_group_fraction={g: per_group[g] / units[g].shape[0] for g in units},
-  )
+  return _active_units(unit_norms_by_group(params, groups))
 
 
 def weight_decay_objective(
-  loss: jax.Array | float, params: Any, groups: GroupSpecTree, weight_decay: float | jax.Array
+  loss: jax.Array | float,
+  params: Any,
+  groups: GroupSpecTree,
+  weight_decay: float | jax.Array,
+  *,
+  regularize_bias: bool = False,
 ) -> jax.Array:
   """The weight-decay objective at its best rescaling (the paper's figures' y-axis).
 
   .. math::
     L + \\lambda \\sum_{\\text{groups}} \\sum_i \\|w_i\\| \\|v_i\\|
-      + \\frac{\\lambda}{2} \\sum_{\\text{ungrouped kernels } K} \\|K\\|^2
+      + \\frac{\\lambda}{2} \\sum_{\\text{decayed } \\theta} \\|\\theta\\|^2
 
   For grouped units :math:`\\frac{\\lambda}{2}(\\|w_i\\|^2 + \\|v_i\\|^2) \\ge
   \\lambda \\|w_i\\| \\|v_i\\|`, with equality once rescaled, so this is the
-  weight-decay objective of the same function. Kernels follow the kernel rule
-  (:func:`pathprox_jax.is_kernel`); biases are not decayed. "Follow" parameters
-  (e.g. a head's query and key) count as ungrouped.
+  weight-decay objective of the same function. The decayed parameters are those of ordinary
+  weight decay (:func:`pathprox_jax.decayed_mask`): ungrouped kernels ("follow" parameters,
+  e.g. a head's query and key, count as ungrouped), and with ``regularize_bias`` also
+  ungrouped biases and the groups' "out" biases, while :math:`\\|w_i\\|` becomes
+  :math:`\\|[w_i, a_i]\\|`. This is the objective ``pathprox_sgd`` minimises.
 
   Args:
     loss: the data loss :math:`L`.
     params: the (unboxed) parameters, or an NNX ``State`` of them.
     groups: the spec pytree from :func:`pathprox_jax.group_spec`.
     weight_decay: :math:`\\lambda`.
+    regularize_bias: biases are regularised too (as ``pathprox_sgd(regularize_bias=True)``).
 
   Returns:
     The objective, a float32 scalar.
   """
-  params = params_lib.unwrap_variables(params)
-  paths = path_norm(params, groups).total
-  keyed = jax.tree_util.tree_leaves_with_path(params)
-  squared = sum(
-    (
-      jnp.sum(jnp.square(p.astype(jnp.float32)))
-      for (path, p), spec in zip(keyed, groups_lib.spec_leaves(params, groups), strict=True)
-      if not regularized_by_pathprox(spec) and params_lib.is_kernel(path, p)
-    ),
-    jnp.zeros((), jnp.float32),
-  )
-  return loss + weight_decay * paths + 0.5 * weight_decay * squared
+  summary = summarize(params, groups, loss, weight_decay, regularize_bias=regularize_bias)
+  return summary.objective

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from pathprox_jax._src import balance as balance_lib
+from pathprox_jax._src import decay
 from pathprox_jax._src import groups as groups_lib
 from pathprox_jax._src import params as params_lib
 from pathprox_jax._src import prox as prox_lib
-from pathprox_jax._src.annotations import GroupSpec, GroupSpecTree, regularized_by_pathprox
+from pathprox_jax._src.annotations import GroupSpecTree
 
 NO_PARAMS_MSG = (
   "PathProx requires the current value of parameters: pass them to update, "
@@ -151,19 +152,10 @@ def pathprox(
 
 
 def _decayed_mask(groups: GroupSpecTree, regularize_bias: bool):
-  """Which leaves get ordinary weight decay: kernels outside the prox (and biases)."""
-
-  def is_decayed(path: tuple[Any, ...], param: Any, spec: GroupSpec | None) -> bool:
-    kernel = params_lib.is_kernel(path, param)
-    if not regularized_by_pathprox(spec):
-      return kernel or regularize_bias
-    return regularize_bias and spec.role == "out" and not kernel
+  """Which leaves get ordinary weight decay (:func:`decay.decayed_mask`, before the prox)."""
 
   def mask(params):
-    params = params_lib.unwrap_variables(params)
-    # Runs before pathprox's own init in the chain: fail with its clear message, not tree.map's.
-    groups_lib.spec_leaves(params, groups)
-    return jax.tree_util.tree_map_with_path(is_decayed, params, groups)
+    return decay.decayed_mask(params, groups, regularize_bias=regularize_bias)
 
   return mask
 
