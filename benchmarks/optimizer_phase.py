@@ -1,6 +1,6 @@
 """The optimiser's share of a training step, thunk by thunk, from a profile of the real loop.
 
-Profiles the MNIST-subset training loop as the harness runs it (``Experiment.train``: a
+Profiles the MNIST-subset training loop as the harness runs it (``experiment.Experiment.train``: a
 while loop with one gradient all-reduce per step) for each method, in interleaved
 rounds, and prints per method:
 
@@ -30,7 +30,8 @@ from pathlib import Path
 import jax
 from jax.profiler import ProfileData
 
-from experiments import cli, train
+import configs
+from experiments.experiment import Experiment
 
 TRACEME_FLAG = "--xla_cpu_enable_xprof_traceme=true"
 
@@ -86,11 +87,13 @@ def main():
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TRACEME_FLAG}".strip()
   experiments, states = {}, {}
   for method in args.methods.split(","):
-    config = cli.load_config("mnist_subset_mlp")
+    config = configs.load_config("mnist_subset_mlp")
     config.method, config.data_dir, config.raw_data_dir = method, args.data_dir, args.raw_data_dir
-    experiment = experiments[method] = train.Experiment(config)
-    key = experiment.device_key(experiment.data_key)
-    state, loss = experiment.train(experiment.to_device(experiment.state), args.steps, key)
+    experiment = experiments[method] = Experiment([config])
+    key = experiment.device_keys(experiment.data_keys)
+    state, loss = experiment.train(
+      experiment.to_device(experiment.stack(experiment.states)), args.steps, key
+    )
     loss.block_until_ready()  # compile and warm up
     states[method] = (state, key)
   print(

@@ -18,7 +18,9 @@ import time
 
 import jax
 
-from experiments import cli, train
+import configs
+from experiments import train
+from experiments.experiment import Experiment
 
 
 def main():
@@ -29,13 +31,13 @@ def main():
   parser.add_argument("--data-dir", default="")
   parser.add_argument("--run-iters", type=int, default=10_000, help="iterations of the timed run")
   args = parser.parse_args()
-  config = cli.load_config("mnist_subset_mlp")
+  config = configs.load_config("mnist_subset_mlp")
   config.method, config.data_dir = args.method, args.data_dir
-  experiment = train.Experiment(config)
+  experiment = Experiment([config])
   print(f"devices: {experiment.mesh.size} x {jax.devices()[0].platform}, method {config.method}")
 
-  state = experiment.to_device(experiment.state)
-  key = experiment.device_key(experiment.data_key)
+  state = experiment.to_device(experiment.stack(experiment.states))
+  key = experiment.device_keys(experiment.data_keys)
   state, loss = experiment.train(state, args.steps, key)  # compile and warm up
   loss.block_until_ready()
   step_ms = []

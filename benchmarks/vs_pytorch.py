@@ -34,7 +34,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from experiments import cli, evaluation, input_pipeline, models, train
+import configs
+from experiments import evaluation, input_pipeline, models
+from experiments.experiment import Experiment
 
 MEAN, STD = input_pipeline.NORMALIZATION["mnist"]
 
@@ -242,12 +244,12 @@ def main():
 
   experiments, torch_runs = {}, {}
   for method in args.methods.split(","):
-    config = cli.load_config("mnist_subset_mlp")
+    config = configs.load_config("mnist_subset_mlp")
     config.method, config.data_dir, config.raw_data_dir = method, args.data_dir, args.raw_data_dir
-    experiments[method] = experiment = train.Experiment(config)
+    experiments[method] = experiment = Experiment([config])
     torch_runs[method] = TorchTraining(config, *experiment.splits["train"])
   experiment = experiments[next(iter(experiments))]
-  config = experiment.config
+  config = experiment.configs[0]
   print(
     f"jax {jax.__version__} on {experiment.mesh.size} x {jax.devices()[0].platform}; "
     f"torch {torch.__version__} at {torch.get_num_threads()} threads; "
@@ -257,7 +259,7 @@ def main():
   # Same numbers: the evaluations of the same parameters. The harness's folds the
   # factorised MLP's linear bottlenecks; the layer-by-layer one is timed beside it.
   layer_by_layer = evaluation.Evaluator(
-    train.create_model(config),
+    models.create_model(config),
     config,
     experiment.splits,
     experiment.groups,
@@ -266,7 +268,7 @@ def main():
   )
   evaluators = {"eval": experiment.evaluate, "eval layer by layer": layer_by_layer}
   torch_eval = TorchEvaluation(experiment.splits, config.eval_batch_size)
-  params = experiment.state.params
+  params = experiment.states[0].params
   load_into_torch(torch_runs[next(iter(torch_runs))].model, params)
   theirs = torch_eval(torch_runs[next(iter(torch_runs))].model)
   for name, evaluate in evaluators.items():
@@ -275,8 +277,8 @@ def main():
     print(f"{name} vs torch, same params: largest relative difference {worst:.1e}")
   print(f"  over {sorted(theirs)}")
 
-  jax_state = {m: e.to_device(e.state) for m, e in experiments.items()}
-  keys = {m: e.device_key(e.data_key) for m, e in experiments.items()}
+  jax_state = {m: e.to_device(e.stack(e.states)) for m, e in experiments.items()}
+  keys = {m: e.device_keys(e.data_keys) for m, e in experiments.items()}
 
   def jax_steps(method):
     def go():
@@ -311,7 +313,7 @@ def main():
     )
 
   widths = [784, *config.features]
-  folded = [784, *models.fold_linear_layers(train.create_model(config), params)[0].features]
+  folded = [784, *models.fold_linear_layers(models.create_model(config), params)[0].features]
   sizes = [len(labels) for _, labels in experiment.splits.values()]
   torch_batches = [min(b, n - s) for n in sizes for b in [config.eval_batch_size]
                    for s in range(0, n, b)]  # fmt: skip

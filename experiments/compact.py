@@ -18,7 +18,7 @@ and ``compact.json`` (the kept units of each group, and the check's figures)::
   config = ml_collections.ConfigDict(json.loads((DIR / "config.json").read_text()))
   params = orbax.checkpoint.StandardCheckpointer().restore((DIR / "params").absolute())
   x = input_pipeline.normalize(images, config.dataset)
-  logits = train.create_model(config).apply({"params": params}, x)
+  logits = models.create_model(config).apply({"params": params}, x)
 
 Exit codes: 0 done; 1 the smaller model's outputs differ, or a group of a chain
 (MLP, VGG) has no units left; 2 bad input (not a run, an output folder that is not a previous
@@ -44,7 +44,9 @@ import optax
 import orbax.checkpoint as ocp
 
 import pathprox_jax as pp
-from experiments import checkpointing, cli, data, input_pipeline, models, run_folder, train
+from experiments import checkpointing, cli, data, input_pipeline, models, run_folder
+from experiments.experiment import create_optimizer
+from experiments.train_step import TrainState
 
 MARKER = "compact.json"  # present in, and only in, this command's output folders
 OUTPUT_TOLERANCE = 1e-5
@@ -88,21 +90,21 @@ class Check(NamedTuple):
     return self.max_abs_diff <= self.tolerance and self.sparse_acc == self.compact_acc
 
 
-def abstract_state(config: ml_collections.ConfigDict) -> tuple[train.TrainState, Any]:
+def abstract_state(config: ml_collections.ConfigDict) -> tuple[TrainState, Any]:
   """The shapes and dtypes of a run's training state, and its model's group spec.
 
   Built with ``jax.eval_shape``: nothing is allocated and no data is read. The
   learning-rate schedule is a constant one here: the schedule's values do not
   change the optimiser state's shapes (a schedule rather than a float does).
   """
-  model = train.create_model(config)
+  model = models.create_model(config)
   image = jax.ShapeDtypeStruct((1, *data.BUILDERS[config.dataset].IMAGE_SHAPE), jnp.float32)
   boxed = jax.eval_shape(model.init, jax.random.key(0), image)["params"]
-  groups = train.group_spec(model, boxed)
+  groups = models.group_spec(model, boxed)
   params = nn.meta.unbox(boxed)
-  tx = train.create_optimizer(config, groups, optax.constant_schedule(config.lr))
+  tx = create_optimizer(config, groups, optax.constant_schedule(config.lr))
   step = jax.ShapeDtypeStruct((), jnp.int32)
-  return train.TrainState(step, params, jax.eval_shape(tx.init, params)), groups
+  return TrainState(step, params, jax.eval_shape(tx.init, params)), groups
 
 
 def restore_run(directory: Path) -> TrainedRun:
@@ -143,26 +145,6 @@ def restore_run(directory: Path) -> TrainedRun:
     allow_unofficial=config.allow_unofficial_data,
   )["test"]
   return TrainedRun(config, state.params, groups, int(state.step), images, labels)
-
-
-def widths_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """The config keys of the layer widths that compaction changes."""
-  return {"mlp": ("features",), "vgg": ("channels",), "vit": ("num_heads", "mlp_dim")}[config.model]
-
-
-def compacted_config(
-  config: ml_collections.ConfigDict, kept: dict[int, pp.KeptUnits]
-) -> ml_collections.ConfigDict:
-  """The config of the model that takes :func:`pathprox_jax.compact`'s smaller params."""
-  small = config.copy_and_resolve_references()
-  if config.model == "vit":
-    small.num_heads, small.mlp_dim = models.compacted_vit_widths(
-      config.num_heads, config.mlp_dim, kept
-    )
-  else:
-    (key,) = widths_keys(config)
-    small[key] = models.compacted_widths(config[key], kept)
-  return small
 
 
 def logits_on_test_set(model, params: Any, run: TrainedRun) -> np.ndarray:
@@ -363,11 +345,11 @@ def main(argv: Sequence[str] | None = None) -> int:
       file=sys.stderr,
     )
     return 1
-  small_config = compacted_config(config, kept)
-  keys = widths_keys(config)
+  small_config = models.compacted_config(config, kept)
+  keys = models.widths_keys(config)
   for key in keys:
     print(f"{key}: {tuple(config[key])} -> {small_config[key]}")
-  model, small_model = train.create_model(config), train.create_model(small_config)
+  model, small_model = models.create_model(config), models.create_model(small_config)
 
   check = check_outputs(
     logits_on_test_set(model, run.params, run),

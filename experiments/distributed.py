@@ -1,4 +1,4 @@
-"""Joining a multi-process (multi-host) JAX job, before anything touches the devices.
+"""Multi-process (multi-host) JAX jobs: joining one, and the few collectives the harness needs.
 
 Every process runs the same command. The job is described by the environment:
 
@@ -24,6 +24,7 @@ import sys
 import threading
 
 import jax
+import numpy as np
 
 ADDRESS, NUM_PROCESSES, PROCESS_ID = (
   "JAX_COORDINATOR_ADDRESS",
@@ -110,3 +111,35 @@ def _give_up(who: str, address: str | None, timeout: int) -> None:
   )
   sys.stdout.flush()
   os._exit(1)
+
+
+def broadcast_from_process_zero(value: np.ndarray) -> np.ndarray:
+  """Process 0's ``value`` on every process (a collective, and so also a barrier)."""
+  if jax.process_count() == 1:
+    return value
+  from jax.experimental import multihost_utils
+
+  return multihost_utils.broadcast_one_to_all(value)
+
+
+def any_process(flag: bool) -> bool:
+  """Whether ``flag`` is set on any process of the job (every process gets the same answer)."""
+  return bool(max_over_processes(int(flag))[0])
+
+
+def max_over_processes(*values: int) -> list[int]:
+  """Each value's maximum over all processes (a collective: every process must call it)."""
+  if jax.process_count() == 1:
+    return list(values)
+  from jax.experimental import multihost_utils
+
+  gathered = multihost_utils.process_allgather(np.asarray(values, np.int64))
+  return [int(v) for v in np.max(np.asarray(gathered), axis=0)]
+
+
+def sync_processes(name: str) -> None:
+  """Waits for every process of the job to get here."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)

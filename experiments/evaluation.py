@@ -44,16 +44,18 @@ def weight_decay_penalty(
   """The raw weight-decay term :math:`\\frac{\\lambda}{2} \\sum_{\\text{kernels } K} \\|K\\|^2`.
 
   The paper states its objective with this term; the baseline's gradient step
-  minimises ``loss + penalty``. Kernels (:func:`pathprox_jax.kernel_mask`) are what
-  the baseline decays; biases too with ``regularize_bias``. Unlike
-  :func:`pathprox_jax.weight_decay_objective`, no rescaling is applied, so for
-  PathProx's unit-norm inputs this is larger than the rescaled term.
+  minimises ``loss + penalty``. What it sums is what the baseline decays
+  (:func:`pathprox_jax.decayed_mask` without groups: kernels, every parameter with
+  ``regularize_bias``). Unlike :func:`pathprox_jax.weight_decay_objective`, no
+  rescaling is applied, so for PathProx's unit-norm inputs this is larger than the
+  rescaled term.
   """
-  kernels = jax.tree.leaves(pp.kernel_mask(params))
-  decayed = [
-    p for p, k in zip(jax.tree.leaves(params), kernels, strict=True) if k or regularize_bias
+  decayed = jax.tree.leaves(pp.decayed_mask(params, regularize_bias=regularize_bias))
+  squares = [
+    jnp.sum(jnp.square(p.astype(jnp.float32)))
+    for p, d in zip(jax.tree.leaves(params), decayed, strict=True)
+    if d
   ]
-  squares = [jnp.sum(jnp.square(p.astype(jnp.float32))) for p in decayed]
   return 0.5 * weight_decay * sum(squares, jnp.zeros((), jnp.float32))
 
 
@@ -120,11 +122,11 @@ class Evaluator:
       out, net = {}, inference(params)
       for name, arrays in splits.items():
         out[f"{name}_loss"], out[f"{name}_acc"] = split_means(*net, *arrays)
-      path_norm = pp.path_norm(params, groups)
-      active = pp.active_units(params, groups)
-      out["wd_objective"] = pp.weight_decay_objective(
-        out["train_loss"], params, groups, weight_decay
+      summary = pp.summarize(
+        params, groups, out["train_loss"], weight_decay, regularize_bias=config.regularize_bias
       )
+      path_norm, active = summary.path_norm, summary.active_units
+      out["wd_objective"] = summary.objective
       out["wd_penalty"] = weight_decay_penalty(
         params, weight_decay, regularize_bias=config.regularize_bias
       )

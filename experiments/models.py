@@ -1,7 +1,9 @@
-"""The paper's networks with PathProx group annotations: MLPs (linen and NNX) and VGG19.
+"""The paper's networks with PathProx group annotations (MLPs, VGG19, a ViT), built from a config.
 
-Layers pair up into unit groups: layer ``2k`` computes group ``k``'s units
-(role "in") and layer ``2k + 1`` reads them (role "out"). An unpaired last
+Every model-specific rule sits here: which model a config builds (:func:`create_model`), its
+groups (:func:`group_spec`, :func:`group_names`) and its widths after compaction
+(:func:`compacted_config`). Layers pair up into unit groups: layer ``2k`` computes group
+``k``'s units (role "in") and layer ``2k + 1`` reads them (role "out"). An unpaired last
 layer is in no group and gets plain weight decay.
 """
 
@@ -14,6 +16,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 from flax import nnx
 
 import pathprox_jax as pp
@@ -134,16 +137,17 @@ def fold_linear_layers(model: MLP, params: Mapping[str, Any]) -> tuple[MLP, dict
 class NNXMLP(nnx.Module):
   """:class:`MLP` in NNX: same layers, init, annotations and parameter names.
 
-  Layer ``i`` is the attribute ``Dense_{i}``, linen's automatic name, so a
-  linen params dict is a pure dict of this model's ``nnx.Param`` state.
+    Layer ``i`` is the attribute ``Dense_{i}``, linen's automatic name, so a
+    linen params dict is a pure dict of this model's ``nnx.Param`` state.
 
-  Example:
-    >>> from flax import nnx
-    >>> import pathprox_jax as pp
-    >>> from experiments import models
-    >>> model = models.NNXMLP(784, (400, 400, 10), (True, True, False), rngs=nnx.Rngs(0))
-    >>> pp.group_spec(nnx.state(model, nnx.Param))["Dense_0"]["bias"]
-    GroupSpec(group=0, role='in')
+    Example:
+      >>> import ml_collections
+  from flax import nnx
+      >>> import pathprox_jax as pp
+      >>> from experiments import models
+      >>> model = models.NNXMLP(784, (400, 400, 10), (True, True, False), rngs=nnx.Rngs(0))
+      >>> pp.group_spec(nnx.state(model, nnx.Param))["Dense_0"]["bias"]
+      GroupSpec(group=0, role='in')
   """
 
   def __init__(
@@ -450,3 +454,46 @@ def compacted_vit_widths(
       )
     widths[kind][block] = units.width
   return tuple(widths[0]), tuple(widths[1])
+
+
+def create_model(config: ml_collections.ConfigDict) -> nn.Module:
+  """The experiment's model, with PathProx group annotations."""
+  if config.model == "mlp":
+    return MLP(features=tuple(config.features), relu=tuple(config.relu))
+  if config.model == "vit":
+    return ViT(
+      num_heads=tuple(config.num_heads),
+      mlp_dim=tuple(config.mlp_dim),
+      width=config.width,
+      head_dim=config.head_dim,
+      patch_size=config.patch_size,
+    )
+  return VGG(channels=tuple(config.channels), pool_after=tuple(config.pool_after))
+
+
+def group_spec(model: nn.Module, boxed: Any) -> Any:
+  """The model's PathProx groups: the ViT's from path rules, the others' from annotations."""
+  return model.group_spec(boxed) if isinstance(model, ViT) else pp.group_spec(boxed)
+
+
+def group_names(config: ml_collections.ConfigDict) -> dict[int, str]:
+  """What each PathProx group holds, by group number ({}: the numbers say enough)."""
+  return vit_group_names(len(config.num_heads)) if config.model == "vit" else {}
+
+
+def widths_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The config keys of the layer widths that compaction changes."""
+  return {"mlp": ("features",), "vgg": ("channels",), "vit": ("num_heads", "mlp_dim")}[config.model]
+
+
+def compacted_config(
+  config: ml_collections.ConfigDict, kept: Mapping[int, pp.KeptUnits]
+) -> ml_collections.ConfigDict:
+  """The config of the model that takes :func:`pathprox_jax.compact`'s smaller params."""
+  small = config.copy_and_resolve_references()
+  if config.model == "vit":
+    small.num_heads, small.mlp_dim = compacted_vit_widths(config.num_heads, config.mlp_dim, kept)
+  else:
+    (key,) = widths_keys(config)
+    small[key] = compacted_widths(config[key], kept)
+  return small

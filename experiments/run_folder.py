@@ -24,10 +24,11 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from experiments import cli
+import configs
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
 # config.json's record of a run that stopped on a non-finite loss: {"step": S, "loss": "nan"}.
 DIVERGED = "diverged"
 # A sweep member's folder name: seed<s>, or wd<λ>-seed<s> when λ varies too.
@@ -139,7 +140,7 @@ def read_config(path: Path) -> ml_collections.ConfigDict:
   """
   record = read_record(path)
   try:
-    config = cli.load_config(record["experiment"])
+    config = configs.load_config(record["experiment"])
     for resume in record.get("resumes", []):  # keys a resumed run changed (e.g. total_iter)
       record.update(resume["changed"])
     for key, default in config.items():

@@ -24,164 +24,16 @@ the others go on, and the sweep exits with 1 naming it (a resumed sweep leaves i
 from __future__ import annotations
 
 import argparse
-import functools
 import math
 import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
-import optax
 
-from experiments import cli, run_folder, train
-
-
-class MemberOptState(NamedTuple):
-  """A member's optimiser state: which weight decay it trains with, and that optimiser's state."""
-
-  weight_decay_index: jax.Array
-  inner: Any
-
-
-def select_by_member(txs: Sequence[optax.GradientTransformation]) -> optax.GradientTransformation:
-  """One transformation that applies ``txs[state.weight_decay_index]``.
-
-  The optimisers differ only in their weight decay, so their states share one
-  structure. Under ``vmap`` every branch is computed and the member's one
-  selected: the extra cost is one optimiser update per weight decay, small
-  beside the gradient. ``init`` gives index 0; a member sets its own.
-  """
-
-  def init_fn(params):
-    return MemberOptState(jnp.zeros((), jnp.int32), txs[0].init(params))
-
-  def update_fn(updates, state, params=None):
-    branches = [lambda u, s, p, tx=tx: tx.update(u, s, p) for tx in txs]
-    updates, inner = jax.lax.switch(
-      state.weight_decay_index, branches, updates, state.inner, params
-    )
-    return updates, MemberOptState(state.weight_decay_index, inner)
-
-  return optax.GradientTransformation(init_fn, update_fn)
-
-
-class Sweep:
-  """The members' stacked state and the compiled functions that train and evaluate them.
-
-  It offers what the training loop needs (:class:`train.Members`), as a single
-  run's :class:`train.Experiment` does.
-
-  A member's state is an ordinary :class:`train.TrainState`, as a single run's
-  (so its checkpoints are a single run's); :meth:`stack` adds each member's
-  weight-decay index to its optimiser state and stacks them for training.
-
-  Attributes:
-    experiment: the first member's :class:`train.Experiment` (data, mesh, groups,
-      schedule, evaluation), shared by all.
-    groups: the model's PathProx group spec.
-    schedule: the learning-rate schedule.
-    configs: each member's config (its ``seed`` and ``weight_decay``).
-    states: each member's initial :class:`train.TrainState` (host).
-    data_keys: each member's data key.
-  """
-
-  def __init__(self, configs: Sequence[ml_collections.ConfigDict], member_loop: str = "auto"):
-    self.configs = list(configs)
-    self.experiment = experiment = train.Experiment(self.configs[0])
-    self.groups, self.schedule = experiment.groups, experiment.schedule
-    config = self.configs[0]
-    train_images, train_labels = experiment.splits["train"]
-    model = train.create_model(config)
-    weight_decays = sorted({c.weight_decay for c in self.configs})
-    txs = []
-    for weight_decay in weight_decays:
-      member = ml_collections.ConfigDict(config.to_dict())
-      member.weight_decay = weight_decay
-      txs.append(train.create_optimizer(member, experiment.groups, experiment.schedule))
-    self._indices = [weight_decays.index(c.weight_decay) for c in self.configs]
-    self.states, self.data_keys = [], []
-    seeds = [c.seed for c in self.configs]
-    initial = train.initial_params(model, seeds, train_images[:1])
-    for index, (boxed, data_key) in zip(self._indices, initial, strict=True):
-      params = nn.meta.unbox(boxed)
-      self.states.append(
-        train.TrainState(jnp.zeros((), jnp.int32), params, txs[index].init(params))
-      )
-      self.data_keys.append(data_key)
-    run = train.make_train_steps(
-      model, select_by_member(txs), config, len(train_labels), experiment.mesh.size
-    )
-    self.to_device, self._train_fn, self.from_device = train._parallel(
-      over_members(run, member_loop), experiment.mesh, config.parallel
-    )  # the data's layout is the single run's: the members share its copy on the devices
-
-  def stack(self, states: Sequence[train.TrainState]) -> train.TrainState:
-    """The members' states as one, each optimiser state tagged with its weight decay."""
-    return stack(
-      [
-        s._replace(opt_state=MemberOptState(jnp.int32(i), s.opt_state))
-        for s, i in zip(states, self._indices, strict=True)
-      ]
-    )
-
-  def unstack(self, state: train.TrainState) -> list[train.TrainState]:
-    """Each member's ordinary state, from the stacked one (host)."""
-    members = [member(state, m) for m in range(len(self.configs))]
-    return [s._replace(opt_state=s.opt_state.inner) for s in members]
-
-  def device_keys(self, data_keys: Sequence[jax.Array]) -> Any:
-    """The members' data keys, stacked and laid out for :meth:`train`."""
-    return self.to_device(jnp.stack([jax.random.key_data(k) for k in data_keys]))
-
-  def train(self, device_state: Any, num_steps: int, device_keys: Any) -> tuple[Any, jax.Array]:
-    """Runs ``num_steps`` steps of every member; returns the state and each member's loss."""
-    return self._train_fn(
-      device_state, jnp.int32(num_steps), *self.experiment.train_data, device_keys
-    )
-
-  def evaluate_each(self, params: Any) -> list[dict[str, float]]:
-    """Every member's metrics, from the stacked params."""
-    return self.experiment.evaluate.each(params, [c.weight_decay for c in self.configs])
-
-
-MEMBER_LOOPS = ("auto", "vmap", "map")
-
-
-def over_members(run: Callable[..., Any], member_loop: str) -> Callable[..., Any]:
-  """The per-device training loop ``run``, over a leading member axis of state and keys.
-
-  ``"vmap"`` batches the members into one program: every product is batched, which
-  is what GPUs and TPUs are for. ``"map"`` (``jax.lax.map``) runs them one after
-  another inside the same compiled program: each member's computation is then a
-  single run's, to the bit, and on a CPU, whose products are already compute-bound,
-  it is faster (6.1 against 6.8 ms per member-step on the MNIST-subset MLP, 2 cores).
-  ``"auto"``: ``"map"`` on CPU, ``"vmap"`` elsewhere.
-  """
-  if member_loop == "auto":
-    member_loop = "map" if jax.default_backend() == "cpu" else "vmap"
-  if member_loop == "vmap":
-    return jax.vmap(run, in_axes=(0, None, None, None, 0))
-
-  def one_after_another(state, num_steps, images, labels, keys):
-    return jax.lax.map(lambda member: run(member[0], num_steps, images, labels, member[1]),
-                       (state, keys))  # fmt: skip
-
-  return one_after_another
-
-
-def stack(trees: Sequence[Any]) -> Any:
-  """Trees of one structure → one tree of arrays with a leading member axis."""
-  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
-
-
-def member(tree: Any, m: int) -> Any:
-  """Member ``m`` of a stacked tree."""
-  return jax.tree.map(lambda a: a[m], tree)
+from experiments import cli, config_checks, parallel, resume, run_folder, train
 
 
 def run_sweep(
@@ -206,13 +58,13 @@ def run_sweep(
       (a member recorded as diverged stays so, and is left out).
     command: the sweep's command line, recorded in every member's ``config.json``.
     stop_requested: polled between stretches of steps (see :mod:`experiments.interrupts`).
-    member_loop: ``"vmap"``, ``"map"`` or ``"auto"`` (:func:`over_members`).
+    member_loop: ``"vmap"``, ``"map"`` or ``"auto"`` (:func:`parallel.over_members`).
 
   Returns:
     Each member's last metrics.
 
   Raises:
-    train.WorkdirError: another process holds the sweep's folder, a run folder holds
+    resume.WorkdirError: another process holds the sweep's folder, a run folder holds
       checkpoints and ``resume`` is not set, or the members' checkpoints are at
       different steps.
     train.NonFiniteLossError: a member diverged (once the others have finished).
@@ -220,7 +72,6 @@ def run_sweep(
   """
   workdirs = [Path(w) for w in workdirs]
   return train.train_members(
-    functools.partial(Sweep, member_loop=member_loop),
     configs,
     workdirs,
     workdirs[0].parent,
@@ -228,6 +79,7 @@ def run_sweep(
     resume=resume,
     command=command,
     stop_requested=stop_requested,
+    member_loop=member_loop,
   )
 
 
@@ -244,7 +96,7 @@ def parse_command(argv: Sequence[str]) -> tuple[argparse.Namespace, cli.Command]
   )
   parser.add_argument(
     "--member-loop",
-    choices=MEMBER_LOOPS,
+    choices=parallel.MEMBER_LOOPS,
     default="auto",
     help="vmap: the members batched (GPU, TPU); map: one after another in the compiled loop, "
     "each exactly a single run (faster on CPU); auto: map on CPU, else vmap",
@@ -266,7 +118,7 @@ def members(
   weight_decays = _numbers(args.weight_decays, float, "--weight-decays")
   if any(not math.isfinite(w) or w < 0 for w in weight_decays):
     raise cli.ConfigError(f"--weight-decays must be finite and >= 0, got {args.weight_decays}")
-  cli.check_workdir(args.workdir)
+  resume.check_workdir(args.workdir)
   configs, workdirs = [], []
   for weight_decay in weight_decays or [command.config.weight_decay]:
     for seed in seeds:
@@ -275,8 +127,8 @@ def members(
       name = run_folder.member_name(seed, weight_decay if len(weight_decays) > 1 else None)
       workdir = Path(args.workdir) / name
       if command.resume:
-        config = cli.resumed_config(str(workdir), config, command.overrides)
-      cli.validate(config)
+        config = resume.resumed_config(str(workdir), config, command.overrides)
+      config_checks.validate(config)
       configs.append(config)
       workdirs.append(workdir)
   return configs, workdirs

@@ -11,7 +11,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 import pathprox_jax as pp
-from experiments import checkpointing, cli, compact, train
+from experiments import checkpointing, cli, compact, models
+from experiments import experiment as experiment_lib
+from experiments.experiment import Experiment
 
 TINY_MLP = ["--features", "32,32,32,32,32,10", "--train-per-class", "20", "--batch-size", "40",
             "--eval-batch-size", "200", "--progress", "false",
@@ -41,8 +43,8 @@ def assert_same_outputs(sparse_config, sparse_params, out, x):
   """
   config, params, _ = read_output(out)
   with jax.default_matmul_precision("highest"):
-    sparse = train.create_model(sparse_config).apply({"params": sparse_params}, x)
-    small = train.create_model(config).apply({"params": params}, x)
+    sparse = models.create_model(sparse_config).apply({"params": sparse_params}, x)
+    small = models.create_model(config).apply({"params": params}, x)
   scale = max(1.0, float(np.abs(sparse).max()))
   np.testing.assert_allclose(small, sparse, atol=1e-5 * scale, rtol=0)
 
@@ -142,9 +144,9 @@ def test_vgg_run_with_zeroed_units_compacts(raw_cifar, tmp_path, capsys):
   config, run_dir, _ = cli.parse_args("cifar_vgg", argv)
   # Switches off units 1, 4, 6 of group 0 and 0, 7 of group 1: zero rows (axis -2)
   # of the groups' "out" convs, saved as a new latest checkpoint.
-  experiment = train.Experiment(config)
+  experiment = Experiment([config])
   checkpoints = checkpointing.Checkpoints(tmp_path / "run" / "checkpoints")
-  state, key, history = checkpoints.restore_latest(experiment.state, experiment.data_key)
+  state, key, history = checkpoints.restore_latest(experiment.states[0], experiment.data_keys[0])
   params = dict(state.params)
   for layer, units in (("Conv_1", [1, 4, 6]), ("Conv_3", [0, 7])):
     params[layer] = {**params[layer], "kernel": params[layer]["kernel"].at[..., units, :].set(0)}
@@ -193,7 +195,7 @@ def test_config_of_no_known_experiment_is_a_one_line_error(mlp_run, tmp_path, ca
 
 def test_restore_needs_no_experiment_and_reads_only_the_test_set(mlp_run, monkeypatch):
   def no_experiment(config):
-    raise AssertionError("compact built a train.Experiment")
+    raise AssertionError("compact built an Experiment")
 
   read = []
   load_arrays = compact.data.load_arrays
@@ -202,7 +204,7 @@ def test_restore_needs_no_experiment_and_reads_only_the_test_set(mlp_run, monkey
     read.append(tuple(kwargs["splits"]))
     return load_arrays(name, **kwargs)
 
-  monkeypatch.setattr(train, "Experiment", no_experiment)
+  monkeypatch.setattr(experiment_lib, "Experiment", no_experiment)
   monkeypatch.setattr(compact.data, "load_arrays", recorded)
   run = compact.restore_run(mlp_run)
   assert read == [("test",)]

@@ -12,7 +12,7 @@ import pytest
 
 import pathprox_jax as pp
 from configs import common
-from experiments import models, train
+from experiments import experiment, models
 
 CONFIGS = pathlib.Path(common.__file__).parent
 EXPERIMENTS = sorted(p.stem for p in CONFIGS.glob("*.py") if p.stem not in ("__init__", "common"))
@@ -63,7 +63,7 @@ def test_regularize_bias_reaches_the_optimiser(method):
 
   def step(regularize_bias):
     config.regularize_bias = regularize_bias
-    tx = train.create_optimizer(config, groups, lambda count: 0.5)
+    tx = experiment.create_optimizer(config, groups, lambda count: 0.5)
     updates, _ = tx.update(zero_grads, tx.init(params), params)
     return updates
 

@@ -7,9 +7,11 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from conftest import flags, read_rows
+from test_experiments import restore_params
 
 import pathprox_jax as pp
-from experiments import evaluation, models
+from experiments import cli, evaluation, models
 
 FEATURES = (16, 16, 16, 16, 10)  # an unpaired last layer: ordinary weight decay on it
 
@@ -90,3 +92,21 @@ def test_raw_penalty_decays_biases_too_with_regularize_bias():
   np.testing.assert_allclose(evaluation.weight_decay_penalty(params, 0.1), 0.5 * 0.1 * 48)
   with_bias = evaluation.weight_decay_penalty(params, 0.1, regularize_bias=True)
   np.testing.assert_allclose(with_bias, 0.5 * 0.1 * 52)
+
+
+def test_logged_objective_is_the_minimised_one_with_regularize_bias(raw_mnist, tmp_path):
+  """wd_objective, recomputed from the saved params: L + λ Σ ‖[w_i, a_i]‖‖v_i‖ + λ/2 Σ ‖b_out‖²."""
+  workdir = tmp_path / "run"
+  argv = flags(raw_mnist, tmp_path, workdir=workdir, regularize_bias="true", weight_decay=0.01)
+  assert cli.main("mnist_subset_mlp", argv) == 0
+  step, state = restore_params(workdir)
+  row = next(r for r in read_rows(workdir) if r["step"] == step)
+  params = {name: {k: np.asarray(v, np.float64) for k, v in layer.items()}
+            for name, layer in state["params"].items()}  # fmt: skip
+  penalty = 0.0
+  for group in range(3):  # Dense_{2g} computes group g's units, Dense_{2g+1} reads them
+    w, a = params[f"Dense_{2 * group}"]["kernel"], params[f"Dense_{2 * group}"]["bias"]
+    v, b = params[f"Dense_{2 * group + 1}"]["kernel"], params[f"Dense_{2 * group + 1}"]["bias"]
+    inputs = np.sqrt(np.sum(w * w, axis=0) + a * a)
+    penalty += np.sum(inputs * np.linalg.norm(v, axis=1)) + 0.5 * np.sum(b * b)
+  np.testing.assert_allclose(row["wd_objective"], row["train_loss"] + 0.01 * penalty, rtol=1e-5)

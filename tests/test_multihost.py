@@ -167,15 +167,15 @@ PARTS = """
 import sys
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import PartitionSpec as P
-from experiments import distributed, input_pipeline, train
+from experiments import distributed, input_pipeline, parallel
 distributed.initialize()
-mesh = train._mesh(0)
-order = train._replicated(input_pipeline.epoch_order(jax.random.key(0), 0, 30, 7), mesh)
+mesh = parallel.make_mesh(0)
+order = parallel.replicated(input_pipeline.epoch_order(jax.random.key(0), 0, 30, 7), mesh)
 def parts(order):
-  device = jax.lax.axis_index(train.AXIS)
+  device = jax.lax.axis_index(parallel.AXIS)
   steps = [input_pipeline.device_batch(order, s, device, 7, mesh.size) for s in range(5)]
   return jnp.stack(steps)[None]
-out = jax.jit(jax.shard_map(parts, mesh=mesh, in_specs=P(), out_specs=P(train.AXIS)))(order)
+out = jax.jit(jax.shard_map(parts, mesh=mesh, in_specs=P(), out_specs=P(parallel.AXIS)))(order)
 mine = np.concatenate([np.asarray(s.data) for s in out.addressable_shards])
 np.save(f"{sys.argv[1]}/p{jax.process_index()}.npy", mine.transpose(1, 0, 2).reshape(5, -1))
 """

@@ -19,7 +19,8 @@ import pytest
 from conftest import REPO, find_real_mnist, flags, read_rows
 from test_experiments import assert_same_run, start_run, wait_for_rows
 
-from experiments import checkpointing, cli, compare, interrupts, workdir_lock
+import configs
+from experiments import checkpointing, cli, compare, config_checks, interrupts, workdir_lock
 
 
 def run(argv, capsys=None):
@@ -263,10 +264,10 @@ def test_help_describes_each_flag_once_without_jax(experiment, hidden):
   text = help_text(f"experiments.{experiment}")
   assert text.rstrip().endswith("NO JAX")
   options = text[text.index("options:") :]
-  config = cli.load_config(experiment)
+  config = configs.load_config(experiment)
   for key in config:
-    shown = f"  {cli.flag(key)} "
-    if key == "experiment" or cli.flag(key) in hidden:
+    shown = f"  {config_checks.flag(key)} "
+    if key == "experiment" or config_checks.flag(key) in hidden:
       assert shown not in options
       continue
     assert options.count(shown) == 1, key

@@ -1,0 +1,190 @@
+"""The config's value tables and checks: what each key may hold, refused before anything runs.
+
+:func:`validate` names the first unusable value as a :class:`configs.ConfigError`; the tables
+say which keys only one model or split reads, and which a resumed run may change.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import ml_collections
+
+from configs import ConfigError
+
+METHODS = ("pathprox", "wd")
+PARALLEL = ("shard_map", "pmap")
+MODELS = ("mlp", "vgg", "vit")
+SPLITS = ("subset", "holdout")
+
+
+# Keys that only one model or one kind of split reads: the others' are hidden from --help
+# and refused as flags.
+MODEL_KEYS = {
+  "mlp": ("features", "relu"),
+  "vgg": ("channels", "pool_after"),
+  "vit": ("num_heads", "mlp_dim", "width", "head_dim", "patch_size"),
+}
+SPLIT_KEYS = {"subset": ("train_per_class",), "holdout": ("val_size",)}
+# Keys a resumed run may change: none of them changes the parameters' trajectory.
+RESUMABLE_KEYS = frozenset(
+  (
+    "total_iter",
+    "log_freq",
+    "save_freq",
+    "eval_batch_size",
+    "data_dir",
+    "raw_data_dir",
+    "allow_unofficial_data",
+    "progress",
+    "tensorboard",
+  )  # fmt: skip
+)
+
+
+class DataSetSize(NamedTuple):
+  """What the split checks need to know of a data set before loading it."""
+
+  train: int  # training images
+  smallest_class: int  # training images of the rarest class
+  classes: int
+
+
+DATA_SET_SIZES = {
+  "mnist": DataSetSize(60_000, 5_421, 10),
+  "fashion_mnist": DataSetSize(60_000, 6_000, 10),
+  "cifar10": DataSetSize(50_000, 5_000, 10),
+}
+
+
+def flag(key: str) -> str:
+  """The command-line flag of a config key: ``batch_size`` → ``--batch-size``."""
+  return f"--{key.replace('_', '-')}"
+
+
+def owner(key: str) -> tuple[str, str] | None:
+  """``("model" or "split", option)`` of a key only that option reads; None for the others."""
+  for setting, keys_of in (("model", MODEL_KEYS), ("split", SPLIT_KEYS)):
+    for option, keys in keys_of.items():
+      if key in keys:
+        return setting, option
+  return None
+
+
+def applies(key: str, config: ml_collections.ConfigDict) -> bool:
+  """Whether the config's model and split read ``key``."""
+  setting = owner(key)
+  return setting is None or config[setting[0]] == setting[1]
+
+
+def format_value(value: Any) -> str:
+  if isinstance(value, (tuple, list)):
+    return ",".join(map(str, value)) or "none"
+  return repr(value) if isinstance(value, str) else str(value)
+
+
+def check(ok: bool, message: str) -> None:
+  if not ok:
+    raise ConfigError(message)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises :class:`ConfigError` naming the first unusable value (before anything is built)."""
+  import jax
+
+  from experiments import data
+
+  check(config.method in METHODS, f"--method must be one of {METHODS}, got {config.method!r}")
+  check(
+    config.parallel in PARALLEL, f"--parallel must be one of {PARALLEL}, got {config.parallel!r}"
+  )
+  check(config.model in MODELS, f"--model must be one of {MODELS}, got {config.model!r}")
+  check(config.split in SPLITS, f"--split must be one of {SPLITS}, got {config.split!r}")
+  check(
+    config.dataset in data.DATASETS,
+    f"unknown data set {config.dataset!r}; known: {', '.join(data.DATASETS)}",
+  )
+  for key in ("lr", "lr_decay", "batch_size", "total_iter", "log_freq", "save_freq"):
+    check(
+      math.isfinite(config[key]) and config[key] > 0,
+      f"{flag(key)} must be a finite number > 0, got {config[key]}",
+    )
+  check(config.eval_batch_size > 0, f"--eval-batch-size must be > 0, got {config.eval_batch_size}")
+  check(
+    math.isfinite(config.weight_decay) and config.weight_decay >= 0,
+    f"--weight-decay must be a finite number >= 0, got {config.weight_decay}",
+  )
+  check(0 <= config.momentum < 1, f"--momentum must be in [0, 1), got {config.momentum}")
+  check(
+    all(m >= 0 for m in config.lr_milestones),
+    f"--lr-milestones must be epochs >= 0, got {format_value(config.lr_milestones)}",
+  )
+  _validate_split(config)
+  _validate_model(config)
+  check(
+    0 <= config.num_devices <= jax.device_count(),
+    f"--num-devices must be in [0, {jax.device_count()}], got {config.num_devices}",
+  )
+  processes = jax.process_count()
+  check(
+    config.num_devices % processes == 0,
+    f"--num-devices {config.num_devices} must be a multiple of the {processes} processes",
+  )
+  check(
+    config.parallel != "pmap" or processes == 1,
+    f"--parallel pmap runs on one process, not {processes}: use --parallel shard_map",
+  )
+
+
+def _validate_split(config: ml_collections.ConfigDict) -> None:
+  size = DATA_SET_SIZES.get(config.dataset)
+  if size is None:
+    return
+  if config.split == "subset":
+    check(
+      1 <= config.train_per_class < size.smallest_class,
+      f"--train-per-class must be in [1, {size.smallest_class - 1}] for {config.dataset} "
+      f"(its rarest class has {size.smallest_class} training images), got "
+      f"{config.train_per_class}",
+    )
+  else:
+    check(
+      1 <= config.val_size < size.train,
+      f"--val-size must be in [1, {size.train - 1}] for {config.dataset} ({size.train} "
+      f"training images), got {config.val_size}",
+    )
+
+
+def _validate_model(config: ml_collections.ConfigDict) -> None:
+  classes = DATA_SET_SIZES[config.dataset].classes if config.dataset in DATA_SET_SIZES else 1
+  if config.model == "mlp":
+    widths, key = config.features, "features"
+    check(
+      len(config.relu) == len(config.features),
+      f"--relu has {len(config.relu)} entries but --features has {len(config.features)}",
+    )
+  elif config.model == "vit":
+    widths, key = (*config.num_heads, *config.mlp_dim), "num_heads"
+    check(
+      len(config.num_heads) == len(config.mlp_dim),
+      f"--num-heads has {len(config.num_heads)} blocks but --mlp-dim has {len(config.mlp_dim)}",
+    )
+  else:
+    widths, key = config.channels, "channels"
+    check(len(widths) % 2 == 0, f"--channels must list an even number of convs, got {len(widths)}")
+    check(
+      all(0 <= i < len(widths) for i in config.pool_after),
+      f"--pool-after must be conv indices in [0, {len(widths) - 1}], got "
+      f"{format_value(config.pool_after)}",
+    )
+  check(
+    len(widths) > 0 and all(w >= 1 for w in widths),
+    f"{flag(key)} must be widths >= 1, got {format_value(widths)}",
+  )
+  if config.model == "mlp":
+    check(
+      widths[-1] >= classes,
+      f"--features: the last width is the number of outputs and must be >= the {classes} "
+      f"classes of {config.dataset}, got {widths[-1]}",
+    )

@@ -1,0 +1,251 @@
+"""Assembling the members of a run or sweep: data, model, optimisers, compiled functions.
+
+A single run is a sweep of one member. :class:`Experiment` builds every member from its
+config (the same experiment, differing only in ``seed`` and ``weight_decay``): the data set on
+the devices, shared; each member's initial parameters and data key; the optimiser of each
+weight decay; the compiled training stretch and the evaluation. The loop
+(:func:`experiments.train.train_members`) sees a list of members, each an ordinary run with
+its own :class:`~experiments.train_step.TrainState` and data key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+import pathprox_jax as pp
+from experiments import data, distributed, evaluation, input_pipeline, models, parallel
+from experiments.train_step import TrainState, make_train_steps
+
+
+def learning_rate_schedule(
+  config: ml_collections.ConfigDict, steps_per_epoch: int
+) -> optax.Schedule:
+  """``lr``, multiplied by ``lr_decay`` at each epoch in ``lr_milestones``."""
+  return optax.piecewise_constant_schedule(
+    config.lr, {int(epoch * steps_per_epoch): config.lr_decay for epoch in config.lr_milestones}
+  )
+
+
+def create_optimizer(
+  config: ml_collections.ConfigDict, groups: Any, schedule: optax.Schedule
+) -> optax.GradientTransformation:
+  """PathProx (``pathprox_sgd``) or the baseline: SGD on loss + (λ/2)·Σ‖kernels‖².
+
+  With ``regularize_bias`` the baseline decays every parameter, biases included.
+  """
+  momentum = config.momentum or None  # a config float, never traced: 0 means no trace at all
+  if config.method == "pathprox":
+    return pp.pathprox_sgd(
+      schedule,
+      config.weight_decay,
+      groups,
+      momentum=momentum,
+      balance=config.balance,
+      regularize_bias=config.regularize_bias,
+    )
+  # The gradient of (λ/2)·‖θ‖² is λ·θ: the same as adding decayed weights, to what the library's
+  # rule decays without groups (kernels; with regularize_bias every leaf, which needs no mask).
+  decayed = None if config.regularize_bias else pp.decayed_mask
+  return optax.chain(
+    optax.add_decayed_weights(config.weight_decay, mask=decayed),
+    optax.sgd(schedule, momentum=momentum),
+  )
+
+
+def initial_params(
+  model: nn.Module, seeds: Sequence[int], sample: np.ndarray
+) -> list[tuple[Any, jax.Array]]:
+  """The boxed parameters at step 0 of the run with each seed, and its data key.
+
+  The initialisation is compiled once for all seeds.
+  """
+  init = jax.jit(model.init)
+  sample = jnp.asarray(sample, jnp.float32)
+  runs = []
+  for seed in seeds:
+    init_key, data_key = jax.random.split(jax.random.key(seed))
+    runs.append((init(init_key, sample)["params"], data_key))
+  return runs
+
+
+def _load_arrays(config: ml_collections.ConfigDict) -> dict[str, input_pipeline.Arrays]:
+  """The data set's arrays; with several processes, process 0 prepares it first.
+
+  The processes may share ``data_dir`` (one machine, a network file system), and two of
+  them preparing the same TFDS data set at once would race. If process 0 cannot load it,
+  every process raises, rather than waiting for it forever.
+  """
+
+  def load():
+    return data.load_arrays(
+      config.dataset,
+      data_dir=config.data_dir or None,
+      raw_dir=config.raw_data_dir or None,
+      allow_unofficial=config.allow_unofficial_data,
+    )
+
+  if jax.process_count() == 1:
+    return load()
+  arrays, error = None, None
+  if jax.process_index() == 0:
+    try:
+      arrays = load()
+    except data.DatasetUnavailableError as e:
+      error = e
+  if distributed.broadcast_from_process_zero(np.int32(error is not None)):  # also a barrier
+    raise error or data.DatasetUnavailableError(
+      "process 0 could not load the data set (see its error)"
+    )
+  return arrays or load()
+
+
+class MemberOptState(NamedTuple):
+  """A member's optimiser state: which weight decay it trains with, and that optimiser's state."""
+
+  weight_decay_index: jax.Array
+  inner: Any
+
+
+def select_by_member(txs: Sequence[optax.GradientTransformation]) -> optax.GradientTransformation:
+  """One transformation that applies ``txs[state.weight_decay_index]``.
+
+  The optimisers differ only in their weight decay, so their states share one
+  structure. Under ``vmap`` every branch is computed and the member's one
+  selected: the extra cost is one optimiser update per weight decay, small
+  beside the gradient. ``init`` gives index 0; a member sets its own.
+  """
+
+  def init_fn(params):
+    return MemberOptState(jnp.zeros((), jnp.int32), txs[0].init(params))
+
+  def update_fn(updates, state, params=None):
+    branches = [lambda u, s, p, tx=tx: tx.update(u, s, p) for tx in txs]
+    updates, inner = jax.lax.switch(
+      state.weight_decay_index, branches, updates, state.inner, params
+    )
+    return updates, MemberOptState(state.weight_decay_index, inner)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+class Experiment:
+  """The members' data, model, optimisers and compiled functions, ready to train.
+
+  One member (a single run) trains and evaluates its own state as it is; several (a
+  sweep) are stacked on a leading member axis (:func:`parallel.over_members`), each
+  optimiser state tagged with the member's weight decay, and evaluated in one vmapped
+  pass. A member's state is an ordinary :class:`TrainState` either way, so a sweep
+  member's checkpoints are a single run's.
+
+  Attributes:
+    configs: each member's config (its ``seed`` and ``weight_decay``).
+    mesh: the devices, on axis ``"data"``.
+    splits: ``{"train", "val", "test"}``: ``(uint8 images, int32 labels)`` on the host.
+    groups: the model's PathProx group spec.
+    schedule: the learning-rate schedule.
+    states: each member's initial :class:`TrainState` (a single run's replicated over
+      ``mesh``).
+    data_keys: each member's key of the data order (and augmentation).
+    train_data: the training split's images and labels on the devices, in the step's layout.
+    evaluate: ``params -> metrics dict`` of one member's params.
+  """
+
+  def __init__(self, configs: Sequence[ml_collections.ConfigDict], member_loop: str = "auto"):
+    self.configs = list(configs)
+    config = self.configs[0]
+    self.mesh = parallel.make_mesh(config.num_devices)
+    self.splits = splits = input_pipeline.split(
+      _load_arrays(config),
+      config.split,
+      val_size=config.val_size,
+      train_per_class=config.train_per_class,
+    )
+    train_images, train_labels = splits["train"]
+    per_epoch = input_pipeline.steps_per_epoch(len(train_labels), config.batch_size)
+    self.schedule = learning_rate_schedule(config, per_epoch)
+    model = models.create_model(config)
+    initial = initial_params(model, [c.seed for c in self.configs], train_images[:1])
+    self.groups = models.group_spec(model, initial[0][0])
+    weight_decays = sorted({c.weight_decay for c in self.configs})
+    txs = [
+      create_optimizer(_with_weight_decay(config, w), self.groups, self.schedule)
+      for w in weight_decays
+    ]
+    self._indices = [weight_decays.index(c.weight_decay) for c in self.configs]
+    self.states, self.data_keys = [], []
+    for index, (boxed, data_key) in zip(self._indices, initial, strict=True):
+      params = nn.meta.unbox(boxed)
+      self.states.append(TrainState(jnp.zeros((), jnp.int32), params, txs[index].init(params)))
+      self.data_keys.append(data_key)
+    self._stacked = len(self.configs) > 1
+    tx = select_by_member(txs) if self._stacked else txs[0]
+    run = make_train_steps(model, tx, config, len(train_labels), self.mesh.size)
+    if self._stacked:
+      run = parallel.over_members(run, member_loop)
+    else:  # a single run's state lives on the mesh from the start
+      self.states = [parallel.replicated(self.states[0], self.mesh)]
+      self.data_keys = [_replicated_key(self.data_keys[0], self.mesh)]
+    self.to_device, self._train_fn, self.from_device = parallel.parallelize(
+      run, self.mesh, config.parallel
+    )  # the members share one copy of the data on the devices
+    self.train_data = self.to_device((train_images, train_labels))
+    self.evaluate = evaluation.Evaluator(model, config, splits, self.groups, self.mesh)
+
+  def stack(self, states: Sequence[TrainState]) -> TrainState:
+    """The members' states as one (host): a sweep's stacked, each tagged with its weight decay."""
+    if not self._stacked:
+      (state,) = states
+      return state
+    return parallel.stack(
+      [
+        s._replace(opt_state=MemberOptState(jnp.int32(i), s.opt_state))
+        for s, i in zip(states, self._indices, strict=True)
+      ]
+    )
+
+  def unstack(self, state: TrainState) -> list[TrainState]:
+    """Each member's ordinary state, from the host state."""
+    if not self._stacked:
+      return [state]
+    members = [parallel.member(state, m) for m in range(len(self.configs))]
+    return [s._replace(opt_state=s.opt_state.inner) for s in members]
+
+  def device_keys(self, data_keys: Sequence[jax.Array]) -> Any:
+    """The members' data keys, laid out for :meth:`train`."""
+    key_data = [jax.random.key_data(k) for k in data_keys]
+    return self.to_device(jnp.stack(key_data) if self._stacked else key_data[0])
+
+  def train(self, device_state: Any, num_steps: int, device_keys: Any) -> tuple[Any, jax.Array]:
+    """Runs ``num_steps`` steps of every member (each stops at a non-finite loss).
+
+    Returns the device state and each member's last loss, on the last axis.
+    """
+    return self._train_fn(device_state, jnp.int32(num_steps), *self.train_data, device_keys)
+
+  def evaluate_each(self, params: Any) -> list[dict[str, float]]:
+    """Every member's metrics, from the host params."""
+    if not self._stacked:
+      return [self.evaluate(params)]
+    return self.evaluate.each(params, [c.weight_decay for c in self.configs])
+
+
+def _with_weight_decay(
+  config: ml_collections.ConfigDict, weight_decay: float
+) -> ml_collections.ConfigDict:
+  """A copy of ``config`` with another ``weight_decay``."""
+  member = ml_collections.ConfigDict(config.to_dict())
+  member.weight_decay = weight_decay
+  return member
+
+
+def _replicated_key(key: jax.Array, mesh: jax.sharding.Mesh) -> jax.Array:
+  """A data key as a global array replicated over ``mesh``."""
+  return jax.random.wrap_key_data(parallel.replicated(jax.random.key_data(key), mesh))
