@@ -209,7 +209,7 @@ def _many_readers(graph: Graph, axis: int | None, readers: list[tuple[Eqn, int]]
     return f"{said}, one reducing over the unit axis: a normalisation over the units (LayerNorm)"
   if any(e.prim in NON_HOMOGENEOUS for e, _ in readers):
     return f"{said}: a non-homogeneous activation (GELU, tanh, sigmoid, softplus)"
-  return f"{said}: a second reader (a residual add, a skip) besides the path to the next layer"
+  return f"{said}: a second reader (a residual add, a skip, a softmax) besides the next layer"
 
 
 def _follow(graph: Graph, layers: dict[int, Layer], value: Any, axis: int, seen: set) -> None:
@@ -223,7 +223,9 @@ def _follow(graph: Graph, layers: dict[int, Layer], value: Any, axis: int, seen:
   shape, prim = graph.shape(value), eqn.prim
   sources: list[tuple[Any, int | None]] = []
   if prim in ELEMENTWISE:
-    sources = [(v, axis) for v in eqn.inputs if graph.shape(v) == shape]
+    sources = [
+      (v, axis) for v in eqn.inputs if len(graph.shape(v)) == len(shape) and graph.shape(v)[axis] > 1
+    ]
   elif prim in LAYOUT_OPS:
     source = eqn.inputs[0]
     in_shape = graph.shape(source)
@@ -264,8 +266,10 @@ def _step(graph, layers, eqn, position, value, axis):
   if prim == "select_n" and position > 0 and all(_is_zero(graph, v) for v in others[1:]):
     return out, axis, "mask"
   if prim in POOLING:
+    if uniform:
+      return out, None, prim
     window = [eqn.params[k][axis] for k in ("window_dimensions", "window_strides")]
-    if uniform or (window == [1, 1] and tuple(eqn.params["padding"][axis]) == (0, 0)):
+    if window == [1, 1] and tuple(eqn.params["padding"][axis]) == (0, 0):
       return out, axis, prim
     return f"are pooled across units by {prim}"
   if prim in REDUCTIONS:
@@ -284,6 +288,8 @@ def _step(graph, layers, eqn, position, value, axis):
     return out, moved, prim
   if prim == "dot_general":
     return _through_product(graph, eqn, position, axis)
+  if prim in ("add", "sub"):
+    return f"are added to another value by {prim} (a residual connection or a second bias)"
   if prim in NON_HOMOGENEOUS:
     return f"go through {prim}: not positively homogeneous (GELU, tanh, sigmoid, softplus)"
   return f"are read by {prim}"
@@ -474,7 +480,8 @@ def _chains(graph, layers, pairs) -> tuple[tuple[int, ...], ...]:
   """Splits the groups where group ``k``'s out layer does not scale group ``k+1``'s in layer."""
   chains: list[list[int]] = []
   for group, (layer, unit) in enumerate(pairs):
-    found = _walk(graph, layers, unit.consumer.output, None) if group else None
+    previous = pairs[group - 1][1].consumer.output if group else None
+    found = None if previous is None else _walk(graph, layers, previous, None)
     linked = not isinstance(found, (str, type(None))) and found[0] is layer
     if linked:
       chains[-1].append(group)
