@@ -224,7 +224,9 @@ def _follow(graph: Graph, layers: dict[int, Layer], value: Any, axis: int, seen:
   sources: list[tuple[Any, int | None]] = []
   if prim in ELEMENTWISE:
     sources = [
-      (v, axis) for v in eqn.inputs if len(graph.shape(v)) == len(shape) and graph.shape(v)[axis] > 1
+      (v, axis)
+      for v in eqn.inputs
+      if len(graph.shape(v)) == len(shape) and graph.shape(v)[axis] > 1
     ]
   elif prim in LAYOUT_OPS:
     source = eqn.inputs[0]
@@ -460,7 +462,9 @@ def explain_groups(fn: Callable[..., Any], params: Any, *args: Any, **kwargs: An
     for leaf, axis in sorted(unit.followers):
       kernel = next((k for k in specs if paths[k][:-1] == paths[leaf][:-1]), None)
       if leaf not in specs and kernel is not None and specs[kernel].role == "follow":
-        specs[leaf] = GroupSpec(group, "follow", axis if specs[kernel].unit_axis is not None else None)
+        specs[leaf] = GroupSpec(
+          group, "follow", axis if specs[kernel].unit_axis is not None else None
+        )
 
   groups = jax.tree.unflatten(
     jax.tree.structure(params, is_leaf=params_lib.is_boxed),
@@ -492,8 +496,10 @@ def _chains(graph, layers, pairs) -> tuple[tuple[int, ...], ...]:
 
 def _line(layer: Layer, unit: Unit | str, specs: dict[int, GroupSpec], paths) -> str:
   spec = specs.get(layer.kernel)
-  own = unit if isinstance(unit, str) else (
-    f"units would reach {unit.consumer.name.split()[0]}, but a layer has one role"
+  own = (
+    unit
+    if isinstance(unit, str)
+    else (f"units would reach {unit.consumer.name.split()[0]}, but a layer has one role")
   )
   if spec is None:
     if isinstance(unit, str):
@@ -508,8 +514,10 @@ def _line(layer: Layer, unit: Unit | str, specs: dict[int, GroupSpec], paths) ->
       f"{unit.in_axis}) -> {ops}{follow_text}"
     )
   role = "follows group" if spec.role == "follow" else "group"
-  suffix = '' if spec.role == "follow" else ' "out"'
-  return f"{layer.name}: {role} {spec.group}{suffix}; its own {own.replace('outputs ', 'outputs ', 1)}"
+  suffix = "" if spec.role == "follow" else ' "out"'
+  return (
+    f"{layer.name}: {role} {spec.group}{suffix}; its own {own.replace('outputs ', 'outputs ', 1)}"
+  )
 
 
 def discover_groups(

@@ -94,8 +94,20 @@ class Graph:
 
 
 def trace(fn: Callable[..., Any], params: Any, *args: Any, **kwargs: Any) -> Graph:
-  """Traces ``fn(params, *args, **kwargs)`` into a :class:`Graph` (params first among inputs)."""
-  closed = jax.make_jaxpr(lambda p, *a, **k: fn(p, *a, **k))(params, *args, **kwargs)
+  """Traces ``fn(params, *args, **kwargs)`` into a :class:`Graph` (params first among inputs).
+
+  Arrays among ``args`` and ``kwargs`` are traced; anything else (``train=True``) stays static.
+  """
+  leaves, treedef = jax.tree.flatten((args, kwargs))
+  traced = [isinstance(x, (jax.Array, np.ndarray, jax.ShapeDtypeStruct)) for x in leaves]
+
+  def call(p, arrays):
+    given = iter(arrays)
+    args, kwargs = treedef.unflatten([next(given) if t else x for x, t in zip(leaves, traced)])
+    return fn(p, *args, **kwargs)
+
+  arrays = [x for x, t in zip(leaves, traced, strict=True) if t]
+  closed = jax.make_jaxpr(call)(params, arrays)
   num_params = len(jax.tree.leaves(params))
   builder = _Builder()
   env: dict[Any, int | Const] = {v: builder.fresh(v) for v in closed.jaxpr.invars}
