@@ -251,7 +251,7 @@ def _follow(graph: Graph, layers: dict[int, Layer], value: Any, axis: int, seen:
 
 
 def _step(graph, layers, eqn, position, value, axis):
-  """One operation on the path: ``(next value, its unit axis, op)``, a :class:`Layer`, or why not."""
+  """One op on the path: ``(next value, its unit axis, op name)``, a :class:`Layer`, or why not."""
   prim, out = eqn.prim, eqn.outputs[0] if eqn.outputs else None
   uniform = axis is None
   others = [v for i, v in enumerate(eqn.inputs) if i != position]
@@ -483,7 +483,7 @@ def _output_axis(layer: Layer, kernel_axis: int) -> int:
 def _chains(graph, layers, pairs) -> tuple[tuple[int, ...], ...]:
   """Splits the groups where group ``k``'s out layer does not scale group ``k+1``'s in layer."""
   chains: list[list[int]] = []
-  for group, (layer, unit) in enumerate(pairs):
+  for group, (layer, _) in enumerate(pairs):
     previous = pairs[group - 1][1].consumer.output if group else None
     found = None if previous is None else _walk(graph, layers, previous, None)
     linked = not isinstance(found, (str, type(None))) and found[0] is layer

@@ -103,7 +103,9 @@ def trace(fn: Callable[..., Any], params: Any, *args: Any, **kwargs: Any) -> Gra
 
   def call(p, arrays):
     given = iter(arrays)
-    args, kwargs = treedef.unflatten([next(given) if t else x for x, t in zip(leaves, traced)])
+    args, kwargs = treedef.unflatten(
+      [next(given) if t else x for x, t in zip(leaves, traced, strict=True)]
+    )
     return fn(p, *args, **kwargs)
 
   arrays = [x for x, t in zip(leaves, traced, strict=True) if t]
