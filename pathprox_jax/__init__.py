@@ -10,6 +10,9 @@ from pathprox_jax._src.annotations import with_group as with_group
 from pathprox_jax._src.balance import balance as balance
 from pathprox_jax._src.compact import KeptUnits as KeptUnits
 from pathprox_jax._src.compact import compact as compact
+from pathprox_jax._src.discovery import GroupReport as GroupReport
+from pathprox_jax._src.discovery import discover_groups as discover_groups
+from pathprox_jax._src.discovery import explain_groups as explain_groups
 from pathprox_jax._src.metrics import ActiveUnits as ActiveUnits
 from pathprox_jax._src.metrics import PathNorm as PathNorm
 from pathprox_jax._src.metrics import active_units as active_units
