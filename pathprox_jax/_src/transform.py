@@ -58,7 +58,7 @@ def check_hyperparameter(
     number = float(value)
   except jax.errors.ConcretizationTypeError:
     return
-  except TypeError as error:
+  except (TypeError, ValueError) as error:
     kind = "a number or a schedule" if schedule else "a number"
     raise ValueError(f"PathProx {name} must be {kind}, got {value!r}.") from error
   if not (math.isfinite(number) and is_valid(number)):
