@@ -12,7 +12,9 @@ def get_config() -> ml_collections.ConfigDict:
   """Keys every experiment accepts (each is a command-line flag: ``--batch-size 200``)."""
   config = ml_collections.ConfigDict()
   config.experiment = ""  # the config's name (set by each config, not a flag)
-  config.method = "pathprox"  # "pathprox" (pathprox_sgd) or "wd" (SGD on loss + λ/2 ||kernels||²)
+  config.method = "pathprox"  # "pathprox" (PathProx's prox) or "wd" (the optimiser's weight decay)
+  config.optimizer = "sgd"  # "sgd" (pathprox_sgd / SGD on loss + λ/2 ||kernels||²) or "adamw"
+  config.threshold_rule = "fixed_point"  # pathprox + sgd: "fixed_point" (λγ/(1-β)) or "paper" (λγ)
   config.dataset = "mnist"  # "mnist", "fashion_mnist" or "cifar10"
   config.data_dir = ""  # TFDS data_dir for prepared data ("": TFDS's default)
   config.raw_data_dir = ""  # raw files to prepare from offline ("": $PATHPROX_RAW_DATA_DIR)
@@ -26,10 +28,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.relu = (True, True, True, True, True, False)  # MLP: ReLU after each layer or not
   config.channels = (64, 64, 128, 128, 256, 256, 256, 256) + (512,) * 8  # VGG: each conv's width
   config.pool_after = (1, 3, 7, 11)  # VGG: indices of the convs followed by a 2x2 max-pool
-  config.lr = 0.1  # learning rate of SGD
-  config.lr_milestones = ()  # epochs at which the learning rate is multiplied by lr_decay
-  config.lr_decay = 0.1  # factor applied to the learning rate at each milestone
-  config.momentum = 0.0  # SGD momentum (0: plain SGD)
+  config.lr = 0.1  # learning rate (the schedule's peak)
+  config.lr_schedule = "step"  # "step" (× lr_decay at lr_milestones) or "cosine" (to 0 at the end)
+  config.lr_milestones = ()  # lr_schedule="step": epochs at which lr is multiplied by lr_decay
+  config.lr_decay = 0.1  # lr_schedule="step": factor applied to lr at each milestone
+  config.warmup_iter = 0  # steps of linear warm-up from 0 to lr (then the schedule)
+  config.momentum = 0.0  # optimizer="sgd": momentum β (0: plain SGD)
   config.balance = True  # PathProx's layer balance of consecutive groups (a chain: MLP, VGG)
   config.weight_decay = 1e-4  # λ: PathProx's threshold scale, or the baseline's weight decay
   config.regularize_bias = False  # penalise biases too (pathprox: ||[w_i, b_i]||; wd: decay them)

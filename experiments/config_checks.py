@@ -14,6 +14,9 @@ import ml_collections
 from configs import ConfigError
 
 METHODS = ("pathprox", "wd")
+OPTIMIZERS = ("sgd", "adamw")
+THRESHOLD_RULES = ("fixed_point", "paper")
+LR_SCHEDULES = ("step", "cosine")
 PARALLEL = ("shard_map", "pmap")
 MODELS = ("mlp", "vgg", "vit")
 SPLITS = ("subset", "holdout")
@@ -116,6 +119,27 @@ def validate(config: ml_collections.ConfigDict) -> None:
     f"--weight-decay must be a finite number >= 0, got {config.weight_decay}",
   )
   check(0 <= config.momentum < 1, f"--momentum must be in [0, 1), got {config.momentum}")
+  check(
+    config.optimizer in OPTIMIZERS,
+    f"--optimizer must be one of {OPTIMIZERS}, got {config.optimizer!r}",
+  )
+  check(
+    config.optimizer == "sgd" or config.momentum == 0,
+    f"--momentum is SGD's; with --optimizer {config.optimizer} pass --momentum 0 "
+    f"(AdamW's b1 is 0.9), got {config.momentum}",
+  )
+  check(
+    config.threshold_rule in THRESHOLD_RULES,
+    f"--threshold-rule must be one of {THRESHOLD_RULES}, got {config.threshold_rule!r}",
+  )
+  check(
+    config.lr_schedule in LR_SCHEDULES,
+    f"--lr-schedule must be one of {LR_SCHEDULES}, got {config.lr_schedule!r}",
+  )
+  check(
+    0 <= config.warmup_iter < config.total_iter,
+    f"--warmup-iter must be in [0, --total-iter), got {config.warmup_iter}",
+  )
   check(
     all(m >= 0 for m in config.lr_milestones),
     f"--lr-milestones must be epochs >= 0, got {format_value(config.lr_milestones)}",

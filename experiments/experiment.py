@@ -28,19 +28,47 @@ from experiments.train_step import TrainState, make_train_steps
 def learning_rate_schedule(
   config: ml_collections.ConfigDict, steps_per_epoch: int
 ) -> optax.Schedule:
-  """``lr``, multiplied by ``lr_decay`` at each epoch in ``lr_milestones``."""
-  return optax.piecewise_constant_schedule(
-    config.lr, {int(epoch * steps_per_epoch): config.lr_decay for epoch in config.lr_milestones}
-  )
+  """``warmup_iter`` steps of linear warm-up to ``lr``, then the ``lr_schedule``.
+
+  ``"step"``: ``lr`` multiplied by ``lr_decay`` at each epoch in ``lr_milestones``;
+  ``"cosine"``: cosine decay from ``lr`` to 0 at ``total_iter``.
+  """
+  warmup = config.warmup_iter
+  if config.lr_schedule == "cosine":
+    decay = optax.cosine_decay_schedule(config.lr, config.total_iter - warmup)
+  else:
+    decay = optax.piecewise_constant_schedule(
+      config.lr,
+      {int(epoch * steps_per_epoch) - warmup: config.lr_decay for epoch in config.lr_milestones},
+    )
+  if not warmup:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, config.lr, warmup), decay], [warmup])
 
 
 def create_optimizer(
   config: ml_collections.ConfigDict, groups: Any, schedule: optax.Schedule
 ) -> optax.GradientTransformation:
-  """PathProx (``pathprox_sgd``) or the baseline: SGD on loss + (λ/2)·Σ‖kernels‖².
+  """The method (PathProx or the optimiser's weight decay) under the optimiser.
 
-  With ``regularize_bias`` the baseline decays every parameter, biases included.
+  ``optimizer="sgd"``: ``pathprox_sgd`` (with ``threshold_rule``), or SGD on
+  loss + (λ/2)·Σ‖kernels‖². ``optimizer="adamw"``: ``pathprox_adamw``, or
+  ``optax.adamw`` with its decoupled decay on the kernels. With
+  ``regularize_bias`` the baseline decays every parameter, biases included.
   """
+  # The baseline decays what the library's rule decays without groups: the kernels, or with
+  # regularize_bias every leaf (which needs no mask).
+  decayed = None if config.regularize_bias else pp.decayed_mask
+  if config.optimizer == "adamw":
+    if config.method == "pathprox":
+      return pp.pathprox_adamw(
+        schedule,
+        config.weight_decay,
+        groups,
+        balance=config.balance,
+        regularize_bias=config.regularize_bias,
+      )
+    return optax.adamw(schedule, weight_decay=config.weight_decay, mask=decayed)
   momentum = config.momentum or None  # a config float, never traced: 0 means no trace at all
   if config.method == "pathprox":
     return pp.pathprox_sgd(
@@ -48,12 +76,11 @@ def create_optimizer(
       config.weight_decay,
       groups,
       momentum=momentum,
+      threshold_rule=config.threshold_rule,
       balance=config.balance,
       regularize_bias=config.regularize_bias,
     )
-  # The gradient of (λ/2)·‖θ‖² is λ·θ: the same as adding decayed weights, to what the library's
-  # rule decays without groups (kernels; with regularize_bias every leaf, which needs no mask).
-  decayed = None if config.regularize_bias else pp.decayed_mask
+  # The gradient of (λ/2)·‖K‖² is λ·K: the same as adding decayed weights.
   return optax.chain(
     optax.add_decayed_weights(config.weight_decay, mask=decayed),
     optax.sgd(schedule, momentum=momentum),

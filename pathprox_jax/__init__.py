@@ -11,6 +11,9 @@ from pathprox_jax._src.balance import balance as balance
 from pathprox_jax._src.compact import KeptUnits as KeptUnits
 from pathprox_jax._src.compact import compact as compact
 from pathprox_jax._src.decay import decayed_mask as decayed_mask
+from pathprox_jax._src.discovery import GroupReport as GroupReport
+from pathprox_jax._src.discovery import discover_groups as discover_groups
+from pathprox_jax._src.discovery import explain_groups as explain_groups
 from pathprox_jax._src.metrics import ActiveUnits as ActiveUnits
 from pathprox_jax._src.metrics import PathNorm as PathNorm
 from pathprox_jax._src.metrics import Summary as Summary
@@ -24,8 +27,11 @@ from pathprox_jax._src.prox import prox as prox
 from pathprox_jax._src.rules import PathRule as PathRule
 from pathprox_jax._src.rules import attention_head_rules as attention_head_rules
 from pathprox_jax._src.rules import group_spec_from_paths as group_spec_from_paths
+from pathprox_jax._src.transform import THRESHOLD_RULES as THRESHOLD_RULES
 from pathprox_jax._src.transform import PathProxState as PathProxState
+from pathprox_jax._src.transform import ThresholdRule as ThresholdRule
 from pathprox_jax._src.transform import pathprox as pathprox
+from pathprox_jax._src.transform import pathprox_adamw as pathprox_adamw
 from pathprox_jax._src.transform import pathprox_sgd as pathprox_sgd
 
 __version__ = "0.1.0"

@@ -38,9 +38,19 @@ def test_every_common_key_has_a_one_line_comment():
   assert keys - commented == set()
 
 
+def base_config(path: pathlib.Path):
+  """The config a config file starts from: another experiment's it imports, else the defaults."""
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.ImportFrom) and node.module == "configs":
+      for alias in node.names:
+        if alias.name != "common":
+          return importlib.import_module(f"configs.{alias.name}").get_config()
+  return common.get_config()
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_configs_set_only_what_differs_from_the_defaults(experiment):
-  defaults = common.get_config()
+  defaults = base_config(CONFIGS / f"{experiment}.py")
   config = importlib.import_module(f"configs.{experiment}").get_config()
   for key in assigned_keys(CONFIGS / f"{experiment}.py"):
     if key in defaults:

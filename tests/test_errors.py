@@ -25,6 +25,10 @@ def network():
   return params, groups
 
 
+TRANSFORMS = [pp.pathprox, pp.pathprox_sgd, pp.pathprox_adamw]
+TRANSFORM_NAMES = ["pathprox", "pathprox_sgd", "pathprox_adamw"]
+
+
 def without_out_side(params, groups):
   groups["b"] = {"kernel": None, "bias": None}
   groups["c"]["bias"] = None
@@ -106,9 +110,7 @@ def test_invalid_groups_raise_naming_the_parameter(corrupt, entry):
     entry(params, groups)
 
 
-@pytest.mark.parametrize(
-  "make_tx", [pp.pathprox, pp.pathprox_sgd], ids=["pathprox", "pathprox_sgd"]
-)
+@pytest.mark.parametrize("make_tx", TRANSFORMS, ids=TRANSFORM_NAMES)
 def test_update_without_params_raises(make_tx):
   params, groups = network()
   tx = make_tx(0.1, 1e-3, groups)
@@ -133,13 +135,45 @@ def test_bad_group_spec_raises(group, role, message):
 @pytest.mark.parametrize(
   "weight_decay", [float("nan"), -1e-3, float("inf"), jnp.asarray(-1.0)], ids=str
 )
-@pytest.mark.parametrize(
-  "make_tx", [pp.pathprox, pp.pathprox_sgd], ids=["pathprox", "pathprox_sgd"]
-)
+@pytest.mark.parametrize("make_tx", TRANSFORMS, ids=TRANSFORM_NAMES)
 def test_bad_weight_decay_raises(make_tx, weight_decay):
   _, groups = network()
   with pytest.raises(ValueError, match="weight_decay must be finite and >= 0, got"):
     make_tx(0.1, weight_decay, groups)
+
+
+@pytest.mark.parametrize(
+  "learning_rate", [float("nan"), -0.1, 0.0, float("inf"), jnp.asarray(-1.0)], ids=str
+)
+@pytest.mark.parametrize("make_tx", TRANSFORMS, ids=TRANSFORM_NAMES)
+def test_bad_learning_rate_raises(make_tx, learning_rate):
+  _, groups = network()
+  with pytest.raises(ValueError, match="learning_rate must be finite and > 0, got"):
+    make_tx(learning_rate, 1e-3, groups)
+
+
+def test_non_numeric_hyperparameters_raise():
+  _, groups = network()
+  with pytest.raises(ValueError, match="learning_rate must be a number or a schedule, got 'x'"):
+    pp.pathprox("x", 1e-3, groups)
+  with pytest.raises(ValueError, match="momentum must be a number, got"):
+    pp.pathprox(0.1, 1e-3, groups, momentum=lambda count: 0.9)
+
+
+@pytest.mark.parametrize("momentum", [-0.1, 1.0, float("nan")], ids=str)
+@pytest.mark.parametrize("make_tx", [pp.pathprox, pp.pathprox_sgd], ids=TRANSFORM_NAMES[:2])
+def test_bad_momentum_raises(make_tx, momentum):
+  _, groups = network()
+  with pytest.raises(ValueError, match=re.escape("momentum must be in [0, 1), got")):
+    make_tx(0.1, 1e-3, groups, momentum=momentum)
+
+
+@pytest.mark.parametrize("make_tx", [pp.pathprox, pp.pathprox_sgd], ids=TRANSFORM_NAMES[:2])
+def test_unknown_threshold_rule_raises(make_tx):
+  _, groups = network()
+  message = "threshold_rule must be one of 'fixed_point', 'paper', got 'heuristic'"
+  with pytest.raises(ValueError, match=re.escape(message)):
+    make_tx(0.1, 1e-3, groups, threshold_rule="heuristic")
 
 
 def test_group_spec_of_unannotated_params_raises():

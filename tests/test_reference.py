@@ -178,22 +178,86 @@ def is_decayed(net, layer, leaf, regularize_bias):
   return regularize_bias and group[1] == "out" and leaf == "bias"
 
 
-def ref_steps(params, grads, net, schedule, wd, momentum, nesterov, balance, regularize_bias):
-  """Runs the whole PathProx-SGD recipe in float64; returns params and the momentum trace."""
+def sgd_direction(d, trace, momentum, nesterov):
+  """optax.sgd's step direction and new trace for one leaf (heavy ball, or Nesterov)."""
+  trace = d + momentum * trace
+  return (d + momentum * trace if nesterov else trace), trace
+
+
+def adam_direction(d, moments, t, b1, b2, eps):
+  """optax.scale_by_adam's bias-corrected direction and new moments (mu, nu) at step t (0-based)."""
+  mu, nu = moments
+  mu, nu = b1 * mu + (1 - b1) * d, b2 * nu + (1 - b2) * d * d
+  mu_hat, nu_hat = mu / (1 - b1 ** (t + 1)), nu / (1 - b2 ** (t + 1))
+  return mu_hat / (np.sqrt(nu_hat) + eps), (mu, nu)
+
+
+def ref_steps(params, grads, net, schedule, wd, optimizer, threshold, balance, regularize_bias):
+  """Runs a whole PathProx recipe in float64; returns params and the optimiser's state per leaf.
+
+  ``optimizer`` is "sgd" (with ``momentum``, ``nesterov``: the decay joins the gradient) or
+  "adamw" (with ``b1``, ``b2``, ``eps``: the decay is added to Adam's direction);
+  ``threshold(lr)`` is the prox's tau.
+  """
+  name, options = optimizer
   p = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
-  trace = jax.tree.map(np.zeros_like, p)
+  zeros = jax.tree.map(np.zeros_like, p)
+  state = zeros if name == "sgd" else jax.tree.map(lambda z: (z, z), zeros)
   for t, g in enumerate(grads):
     lr = float(schedule(t))
     for layer, leaves in p.items():
       for leaf in leaves:
         d = np.asarray(g[layer][leaf], np.float64)
-        if is_decayed(net, layer, leaf, regularize_bias):
-          d = d + wd * leaves[leaf]
-        trace[layer][leaf] = d + momentum * trace[layer][leaf]
-        direction = d + momentum * trace[layer][leaf] if nesterov else trace[layer][leaf]
+        decay = wd * leaves[leaf] if is_decayed(net, layer, leaf, regularize_bias) else 0.0
+        if name == "sgd":
+          direction, state[layer][leaf] = sgd_direction(d + decay, state[layer][leaf], **options)
+        else:
+          direction, state[layer][leaf] = adam_direction(d, state[layer][leaf], t, **options)
+          direction = direction + decay
         leaves[leaf] = leaves[leaf] - lr * direction
-    ref_prox(p, net, wd * lr, balance, regularize_bias)
-  return p, trace
+    ref_prox(p, net, threshold(lr), balance, regularize_bias)
+  return p, state
+
+
+def reference_inputs(net_name):
+  """Params, groups and three gradients for a net (with weak units to switch off)."""
+  net = NETS[net_name]
+  params, groups = make_params(net), make_groups(net)
+  grads = [make_params(net, seed) for seed in (1, 2, 3)]
+  if "attn_out" in params:
+    # Small gradients and one weak head and neuron, so that the threshold switches units off.
+    grads = jax.tree.map(lambda g: 0.1 * g, grads)
+    params["attn_out"]["kernel"][0] *= 0.05
+    params["ffn_down"]["kernel"][0] *= 0.05
+  return net, params, groups, grads
+
+
+def run_steps(tx, params, grads):
+  """The jitted optax loop: final params and optimiser state."""
+
+  @jax.jit
+  def step(params, state, grad):
+    updates, state = tx.update(grad, state, params)
+    return optax.apply_updates(params, updates), state
+
+  state = tx.init(params)
+  for grad in grads:
+    params, state = step(params, state, grad)
+  return params, state
+
+
+def assert_close(actual, expected):
+  jax.tree.map(
+    lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), actual, expected
+  )
+
+
+def assert_both_threshold_branches(expected, net):
+  """The prox must have switched some units off and kept others."""
+  v_norms = np.concatenate(
+    [np.linalg.norm(unit_rows(expected, v), axis=1) for _, v in layer_names(net)]
+  )
+  assert np.any(v_norms == 0) and np.any(v_norms > 0)
 
 
 CASES = {
@@ -201,6 +265,7 @@ CASES = {
   "dense-no-balance": dict(net="dense", balance=False),
   "dense-regularize-bias": dict(net="dense", regularize_bias=True),
   "dense-momentum": dict(net="dense", momentum=0.9),
+  "dense-momentum-paper-rule": dict(net="dense", momentum=0.9, threshold_rule="paper"),
   "dense-nesterov-schedule": dict(net="dense", momentum=0.5, nesterov=True, schedule=True),
   "conv": dict(net="conv"),
   "conv-no-balance-momentum": dict(net="conv", balance=False, momentum=0.9),
@@ -208,6 +273,9 @@ CASES = {
   # Attention heads and FFN neurons of a transformer block: never balanced (residual stream).
   "attention-heads": dict(net="attention", balance=False),
   "attention-heads-nesterov": dict(net="attention", balance=False, momentum=0.9, nesterov=True),
+  "attention-heads-nesterov-paper-rule": dict(
+    net="attention", balance=False, momentum=0.9, nesterov=True, threshold_rule="paper"
+  ),
   "attention-heads-regularize-bias": dict(net="attention", regularize_bias=True),
   "attention-heads-no-bias-schedule": dict(
     net="attention-no-bias", balance=False, momentum=0.5, schedule=True
@@ -217,58 +285,73 @@ CASES = {
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_pathprox_sgd_matches_numpy_reference(case):
-  net = NETS[case["net"]]
+  net, params, groups, grads = reference_inputs(case["net"])
   momentum, nesterov = case.get("momentum", 0.0), case.get("nesterov", False)
   balance, regularize_bias = case.get("balance", True), case.get("regularize_bias", False)
+  rule = case.get("threshold_rule", "fixed_point")
   # The schedule halves the step each time: tau must follow it step by step.
   lr = optax.exponential_decay(0.4, 1, 0.5) if case.get("schedule") else 0.2
-  wd = 1.5
-  params, groups = make_params(net), make_groups(net)
-  grads = [make_params(net, seed) for seed in (1, 2, 3)]
-  if "attn_out" in params:
-    # Small gradients and one weak head and neuron, so that the threshold switches units off.
-    grads = jax.tree.map(lambda g: 0.1 * g, grads)
-    params["attn_out"]["kernel"][0] *= 0.05
-    params["ffn_down"]["kernel"][0] *= 0.05
+  scale = 1 / (1 - momentum) if rule == "fixed_point" else 1.0
+  wd = 1.5 / scale  # tau = 1.5 lr for every rule: some units die, others live
   tx = pp.pathprox_sgd(
     lr,
     wd,
     groups,
     momentum=momentum,
     nesterov=nesterov,
+    threshold_rule=rule,
     balance=balance,
     regularize_bias=regularize_bias,
   )
-
-  @jax.jit
-  def step(params, state, grad):
-    updates, state = tx.update(grad, state, params)
-    return optax.apply_updates(params, updates), state
-
-  state = tx.init(params)
-  jax_params = params
-  for grad in grads:
-    jax_params, state = step(jax_params, state, grad)
+  jax_params, state = run_steps(tx, params, grads)
 
   schedule = lr if callable(lr) else (lambda _: lr)
   expected, trace = ref_steps(
-    params, grads, net, schedule, wd, momentum, nesterov, balance, regularize_bias
+    params,
+    grads,
+    net,
+    schedule,
+    wd,
+    ("sgd", dict(momentum=momentum, nesterov=nesterov)),
+    lambda lr: scale * wd * lr,
+    balance,
+    regularize_bias,
   )
-  jax.tree.map(
-    lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), jax_params, expected
-  )
-  # The prox must exercise both branches of the soft-threshold.
-  v_norms = np.concatenate(
-    [np.linalg.norm(unit_rows(expected, v), axis=1) for _, v in layer_names(net)]
-  )
-  assert np.any(v_norms == 0) and np.any(v_norms > 0)
+  assert_close(jax_params, expected)
+  assert_both_threshold_branches(expected, net)
   if momentum:
     # The trace holds the (decayed) gradients only: the prox never touches it.
-    jax.tree.map(
-      lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6),
-      optax.tree_utils.tree_get(state, "trace"),
-      trace,
-    )
+    assert_close(optax.tree_utils.tree_get(state, "trace"), trace)
+
+
+ADAMW_CASES = {
+  "dense-schedule": dict(net="dense"),
+  "dense-regularize-bias": dict(net="dense", regularize_bias=True),
+  "conv-no-balance": dict(net="conv", balance=False),
+  "attention-heads": dict(net="attention", balance=False),
+}
+
+
+@pytest.mark.parametrize("case", ADAMW_CASES.values(), ids=ADAMW_CASES.keys())
+def test_pathprox_adamw_matches_numpy_reference(case):
+  """Adam's bias-corrected moments, decoupled decay outside the groups, prox with tau = λγ_t."""
+  net, params, groups, grads = reference_inputs(case["net"])
+  balance, regularize_bias = case.get("balance", True), case.get("regularize_bias", False)
+  lr = optax.exponential_decay(0.1, 1, 0.5)  # tau must follow the schedule step by step
+  wd, adam = 2.0, dict(b1=0.8, b2=0.9, eps=1e-3)
+  tx = pp.pathprox_adamw(lr, wd, groups, **adam, balance=balance, regularize_bias=regularize_bias)
+  jax_params, state = run_steps(tx, params, grads)
+
+  expected, moments = ref_steps(
+    params, grads, net, lr, wd, ("adamw", adam), lambda lr: wd * lr, balance, regularize_bias
+  )
+  assert_close(jax_params, expected)
+  assert_both_threshold_branches(expected, net)
+  # Adam's moments hold the raw gradients: neither the decay nor the prox touches them.
+  mu = jax.tree.map(lambda m: m[0], moments, is_leaf=lambda x: isinstance(x, tuple))
+  nu = jax.tree.map(lambda m: m[1], moments, is_leaf=lambda x: isinstance(x, tuple))
+  assert_close(optax.tree_utils.tree_get(state, "mu"), mu)
+  assert_close(optax.tree_utils.tree_get(state, "nu"), nu)
 
 
 @pytest.mark.parametrize("net", ["dense", "conv", "attention"])

@@ -281,7 +281,10 @@ def test_compare_help_lists_the_pass_through_flags():
   assert "flags of mnist_mlp, passed to both runs" in text and "  --lr FLOAT " in text
   assert "  --method " not in text and text.rstrip().endswith("NO JAX")
   listed = " ".join(help_text("experiments.compare").split())
-  assert "one of cifar_vgg, fashion_mnist_vit, mnist_mlp, mnist_subset_mlp" in listed
+  assert (
+    "one of cifar_vgg, fashion_mnist_vit, fashion_mnist_vit_adamw, mnist_mlp, mnist_subset_mlp"
+    in listed
+  )
 
 
 def test_compare_refuses_method_and_unknown_flags(capsys, tmp_path):

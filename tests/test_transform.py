@@ -264,7 +264,9 @@ def test_sharded_step_equals_single_device_step(sharded):
 # gradient accumulation, and low-precision params checked by value.
 FACTORIES = {
   "pathprox_sgd": (pp.pathprox_sgd, dict(momentum=0.9, nesterov=True, eps=1e-5)),
-  "pathprox": (pp.pathprox, dict(balance=False, eps=1e-5)),
+  "pathprox_sgd-paper-rule": (pp.pathprox_sgd, dict(momentum=0.9, threshold_rule="paper")),
+  "pathprox": (pp.pathprox, dict(momentum=0.5, balance=False, eps=1e-5)),
+  "pathprox_adamw": (pp.pathprox_adamw, dict(b1=0.8, nesterov=True, prox_eps=1e-5)),
 }
 
 
@@ -284,7 +286,9 @@ def test_inject_hyperparams_under_jit(factory, kwargs):
   for _ in range(3):
     p, s, _ = step(p, s, grads)
     q, t, _ = sgd_step(direct)(q, t, grads)
-  chex.assert_trees_all_close(p, q, rtol=1e-6, atol=1e-6)
+  # Injected hyper-parameters are float32 arrays, not Python floats: Adam's bias correction rounds
+  # differently (optax.adamw's own injected steps differ by 2e-6 here).
+  chex.assert_trees_all_close(p, q, rtol=1e-5, atol=1e-5)
   # Changing an injected value reuses the compiled step and changes the result.
   s.hyperparams["weight_decay"] = jnp.full_like(s.hyperparams["weight_decay"], 3.0)
   changed, _, _ = step(p, s, grads)

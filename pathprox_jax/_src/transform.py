@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,23 +29,51 @@ class PathProxState(NamedTuple):
   count: jax.Array
 
 
-def check_weight_decay(weight_decay: optax.ScalarOrSchedule) -> None:
-  """Raises unless a concrete ``weight_decay`` is a finite number >= 0.
+ThresholdRule = Literal["fixed_point", "paper"]
+THRESHOLD_RULES: tuple[ThresholdRule, ...] = ("fixed_point", "paper")
 
-  Schedules and traced values (``optax.inject_hyperparams`` under ``jit``) cannot be checked.
+
+def check_hyperparameter(
+  name: str,
+  value: Any,
+  requirement: str,
+  is_valid: Callable[[float], bool],
+  *,
+  schedule: bool = True,
+) -> None:
+  """Raises a one-line ``ValueError`` unless a concrete ``value`` is finite and ``is_valid``.
+
+  Schedules (when ``schedule``) and traced values (``optax.inject_hyperparams`` under ``jit``)
+  cannot be checked and pass.
+
+  Args:
+    name: the argument's name, for the message.
+    value: the argument.
+    requirement: what ``is_valid`` asks, for the message (e.g. ``"finite and > 0"``).
+    is_valid: the test of a finite float.
+    schedule: ``value`` may be a schedule.
   """
-  if callable(weight_decay):
+  if schedule and callable(value):
     return
   try:
-    value = float(weight_decay)
+    number = float(value)
   except jax.errors.ConcretizationTypeError:
     return
-  except TypeError as error:
-    raise ValueError(
-      f"PathProx weight_decay must be a number or a schedule, got {weight_decay!r}."
-    ) from error
-  if not math.isfinite(value) or value < 0:
-    raise ValueError(f"PathProx weight_decay must be finite and >= 0, got {value}.")
+  except (TypeError, ValueError) as error:
+    kind = "a number or a schedule" if schedule else "a number"
+    raise ValueError(f"PathProx {name} must be {kind}, got {value!r}.") from error
+  if not (math.isfinite(number) and is_valid(number)):
+    raise ValueError(f"PathProx {name} must be {requirement}, got {number}.")
+
+
+def _check_threshold_args(learning_rate, weight_decay, momentum, threshold_rule) -> None:
+  """The checks of :func:`pathprox`'s arguments that drive the threshold."""
+  check_hyperparameter("learning_rate", learning_rate, "finite and > 0", lambda x: x > 0)
+  check_hyperparameter("weight_decay", weight_decay, "finite and >= 0", lambda x: x >= 0)
+  check_hyperparameter("momentum", momentum, "in [0, 1)", lambda x: 0 <= x < 1, schedule=False)
+  if threshold_rule not in THRESHOLD_RULES:
+    names = ", ".join(repr(rule) for rule in THRESHOLD_RULES)
+    raise ValueError(f"PathProx threshold_rule must be one of {names}, got {threshold_rule!r}.")
 
 
 def pathprox(
@@ -52,6 +81,8 @@ def pathprox(
   weight_decay: optax.ScalarOrSchedule,
   groups: GroupSpecTree,
   *,
+  momentum: float | jax.Array = 0.0,
+  threshold_rule: ThresholdRule = "fixed_point",
   balance: bool = True,
   regularize_bias: bool = False,
   eps: float = 1e-6,
@@ -62,32 +93,51 @@ def pathprox(
   become :math:`\\mathrm{prox}_\\tau(p + u)` (see :func:`pathprox_jax.prox`: layer
   balance unless ``balance=False`` or ``regularize_bias``, then normalisation of
   each unit's "in" weights, then the group soft-threshold of its "out" weights)
-  with
+  with the threshold
 
   .. math::
-    \\tau_t = \\lambda_t \\, \\gamma_t ,
+    \\tau_t = \\frac{\\lambda_t \\, \\gamma_t}{1 - \\beta} \\ (\\texttt{"fixed_point"}),
+    \\qquad \\tau_t = \\lambda_t \\, \\gamma_t \\ (\\texttt{"paper"}),
 
-  where :math:`\\gamma_t` is ``learning_rate`` and :math:`\\lambda_t` is
+  where :math:`\\gamma_t` is ``learning_rate``, :math:`\\lambda_t` is
   ``weight_decay`` at this transform's own step count (one per ``update``; give
-  the base optimiser the same schedule). The returned update is
-  :math:`\\mathrm{prox}_\\tau(p + u) - p` for grouped leaves; ungrouped leaves
-  pass their updates through unchanged. Optimiser states (e.g. SGD's momentum
-  trace) are not touched by the prox.
+  the base optimiser the same schedule) and :math:`\\beta` is ``momentum``. The
+  returned update is :math:`\\mathrm{prox}_\\tau(p + u) - p` for grouped leaves;
+  ungrouped leaves pass their updates through unchanged. Optimiser states (e.g.
+  SGD's momentum trace) are not touched by the prox.
 
-  PathProx is defined for SGD, with or without momentum; after adaptive
-  optimisers :math:`\\tau = \\lambda \\gamma_t` is a heuristic. Wrappers such as
-  ``optax.MultiSteps`` must wrap the whole chain. The arithmetic runs in float32
-  even for bfloat16 params, but a bfloat16 parameter cannot hold a shrink as
-  small as :math:`\\lambda \\gamma_t` (``v (1 - tau/||v||)`` rounds back to ``v``):
-  keep float32 master weights.
+  The "fixed_point" rule makes the iteration stop at a stationary point of
+  :math:`L + \\lambda R`: a heavy-ball trace (``optax.sgd`` with ``momentum=β``,
+  Nesterov too) settles at :math:`\\nabla L / (1 - \\beta)`, and with
+  :math:`\\tau = \\lambda\\gamma` the fixed point would be that of
+  :math:`L + \\lambda (1 - \\beta) R`. The "paper" rule is the reference code's,
+  whatever the optimiser; the two agree at ``momentum=0``. Pass ``momentum``
+  as follows (see the guide, "Momentum, AdamW and the threshold"):
+
+  - after ``optax.sgd(γ)``: ``momentum=0`` (the default);
+  - after ``optax.sgd(γ, momentum=β)``, with or without Nesterov: ``momentum=β``;
+  - after Adam (AdamW's recipe, :func:`pathprox_adamw`): ``momentum=0``. Adam's
+    first moment is an average that settles at the gradient, and AdamW's
+    decoupled decay is the proximal step of :math:`(\\lambda/2)\\|\\theta\\|^2`
+    with step :math:`\\gamma_t`: :math:`\\tau = \\lambda\\gamma_t` is the same
+    decay, with PathProx's regulariser in place of the squared norm.
+
+  Wrappers such as ``optax.MultiSteps`` must wrap the whole chain. The
+  arithmetic runs in float32 even for bfloat16 params, but a bfloat16 parameter
+  cannot hold a shrink as small as :math:`\\tau` (``v (1 - tau/||v||)`` rounds
+  back to ``v``): keep float32 master weights.
 
   Args:
-    learning_rate: the base optimiser's learning rate, a float or a schedule.
-    weight_decay: :math:`\\lambda`, a float >= 0 or a schedule. A concrete value
-      is checked (finite, >= 0) when the transform is built; a schedule's values
-      and a traced value (``optax.inject_hyperparams`` under ``jit``) cannot be.
+    learning_rate: the base optimiser's learning rate :math:`\\gamma`, a float
+      > 0 or a schedule.
+    weight_decay: :math:`\\lambda`, a float >= 0 or a schedule.
     groups: the spec pytree from :func:`pathprox_jax.group_spec` (a pytree, not
       a callable: transforms receive plain arrays without metadata).
+    momentum: the base optimiser's heavy-ball momentum :math:`\\beta` in [0, 1)
+      (0 for plain SGD and for Adam); used by the "fixed_point" rule only.
+    threshold_rule: one of :data:`pathprox_jax.THRESHOLD_RULES`: "fixed_point"
+      (:math:`\\lambda\\gamma/(1-\\beta)`) or "paper" (:math:`\\lambda\\gamma`).
+      A string, hence static under ``optax.inject_hyperparams``.
     balance: balance the groups' path norms before the prox (skipped with
       ``regularize_bias``, where it would not preserve the objective). Refused
       for groups outside a Dense/Conv chain (attention heads, followers): see
@@ -98,13 +148,21 @@ def pathprox(
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
 
+  Raises:
+    ValueError: when built, for a concrete ``learning_rate`` that is not finite
+      and > 0, a ``weight_decay`` not finite and >= 0, a ``momentum`` outside
+      [0, 1), or an unknown ``threshold_rule``. A schedule's values and traced
+      values (``optax.inject_hyperparams`` under ``jit``) cannot be checked.
+
   Example:
     >>> import jax.numpy as jnp, optax
     >>> import pathprox_jax
     >>> G = pathprox_jax.GroupSpec
     >>> params = {"w": jnp.ones((3, 4)), "v": jnp.ones((4, 2))}
     >>> groups = {"w": G(0, "in"), "v": G(0, "out")}
-    >>> tx = optax.chain(optax.sgd(0.1), pathprox_jax.pathprox(0.1, 1e-4, groups))
+    >>> tx = optax.chain(
+    ...   optax.sgd(0.1, momentum=0.9), pathprox_jax.pathprox(0.1, 1e-4, groups, momentum=0.9)
+    ... )
     >>> state = tx.init(params)
     >>> updates, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params)
 
@@ -112,7 +170,7 @@ def pathprox(
     Yang et al., `A Better Way to Decay: Proximal Gradient Training Algorithms
     for Neural Nets <https://arxiv.org/abs/2210.03069>`_, 2022.
   """
-  check_weight_decay(weight_decay)
+  _check_threshold_args(learning_rate, weight_decay, momentum, threshold_rule)
   balancing = balance and not regularize_bias
 
   def init_fn(params):
@@ -128,6 +186,8 @@ def pathprox(
     lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
     wd = weight_decay(state.count) if callable(weight_decay) else weight_decay
     threshold = jnp.asarray(wd, jnp.float32) * jnp.asarray(lr, jnp.float32)
+    if threshold_rule == "fixed_point":
+      threshold = threshold / (1 - jnp.asarray(momentum, jnp.float32))
     param_leaves, treedef = jax.tree.flatten(params)
     update_leaves = treedef.flatten_up_to(updates)
     layouts = groups_lib.group_layouts(params, groups)
@@ -167,6 +227,7 @@ def pathprox_sgd(
   *,
   momentum: float | None = None,
   nesterov: bool = False,
+  threshold_rule: ThresholdRule = "fixed_point",
   balance: bool = True,
   regularize_bias: bool = False,
   eps: float = 1e-6,
@@ -179,14 +240,23 @@ def pathprox_sgd(
   .. math::
     g \\leftarrow \\nabla L + \\lambda_t\\, \\theta_{\\text{ungrouped}}, \\qquad
     u = \\mathrm{sgd}(g), \\qquad
-    \\theta \\leftarrow \\mathrm{prox}_{\\lambda_t\\gamma_t}(\\theta + u).
+    \\theta \\leftarrow \\mathrm{prox}_{\\tau_t}(\\theta + u), \\qquad
+    \\tau_t = \\frac{\\lambda_t\\gamma_t}{1 - \\beta} .
+
+  The threshold follows ``threshold_rule`` (see :func:`pathprox`): by default
+  "fixed_point", which divides by :math:`1 - \\beta` so that grouped units are
+  regularised as strongly as the ungrouped kernels, whose decay enters the
+  momentum trace, and the iteration stops at a stationary point of
+  :math:`L + \\lambda R` for every momentum. "paper" is the reference code's
+  :math:`\\tau_t = \\lambda_t\\gamma_t`; the two agree without momentum.
 
   Ungrouped kernels (the kernel rule, :func:`pathprox_jax.is_kernel`) are
   decayed, "follow" ones too; ungrouped biases, and grouped layers' "out"
   biases, only with ``regularize_bias``. With ``weight_decay=0`` and no groups
   this is ``optax.sgd(learning_rate, momentum, nesterov)``.
 
-  It works with ``optax.inject_hyperparams`` (``groups`` is static):
+  It works with ``optax.inject_hyperparams`` (``groups`` is static; the string
+  ``threshold_rule`` and the bools are static by themselves):
 
   >>> import optax, pathprox_jax
   >>> make = optax.inject_hyperparams(pathprox_jax.pathprox_sgd, static_args=("groups",))
@@ -194,20 +264,25 @@ def pathprox_sgd(
   then ``make(learning_rate=0.1, weight_decay=1e-4, groups=groups, momentum=0.9)``.
 
   Args:
-    learning_rate: a float or an optax schedule (drives SGD and the threshold).
+    learning_rate: :math:`\\gamma`, a float > 0 or an optax schedule (drives SGD
+      and the threshold).
     weight_decay: :math:`\\lambda`, a float >= 0 or a schedule (as in
-      ``optax.add_decayed_weights``; drives the decay and the threshold). A
-      concrete value is checked (finite, >= 0); schedules and traced values
-      (``optax.inject_hyperparams`` under ``jit``) cannot be.
+      ``optax.add_decayed_weights``; drives the decay and the threshold).
     groups: the spec pytree from :func:`pathprox_jax.group_spec`.
-    momentum: SGD momentum (``None``: none), passed to ``optax.sgd`` unchanged.
-    nesterov: Nesterov momentum.
+    momentum: SGD momentum :math:`\\beta` in [0, 1) (``None``: none, as 0 for the
+      threshold), passed to ``optax.sgd`` unchanged.
+    nesterov: Nesterov momentum (its trace settles at the same
+      :math:`\\nabla L/(1-\\beta)`: the same threshold).
+    threshold_rule: "fixed_point" or "paper" (:data:`pathprox_jax.THRESHOLD_RULES`).
     balance: layer balance before each prox (see :func:`pathprox`).
     regularize_bias: decay biases too, and normalise by :math:`\\|[w_i, a_i]\\|`.
     eps: the clip of every norm in the prox.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
+
+  Raises:
+    ValueError: as :func:`pathprox`, when built.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax
@@ -216,19 +291,125 @@ def pathprox_sgd(
     >>> model = nn.Sequential([nn.Dense(8, **pathprox_jax.group_inits(0, "in")), nn.relu,
     ...                        nn.Dense(2, **pathprox_jax.group_inits(0, "out"))])
     >>> boxed = model.init(jax.random.key(0), jnp.ones((1, 4)))["params"]
-    >>> tx = pathprox_jax.pathprox_sgd(0.1, 1e-4, pathprox_jax.group_spec(boxed))
+    >>> tx = pathprox_jax.pathprox_sgd(0.1, 1e-4, pathprox_jax.group_spec(boxed), momentum=0.9)
     >>> params = nn.meta.unbox(boxed)
     >>> opt_state = tx.init(params)
   """
-  return optax.chain(  # pathprox() checks weight_decay
+  return optax.chain(  # pathprox() checks the hyper-parameters
     optax.add_decayed_weights(weight_decay, mask=_decayed_mask(groups, regularize_bias)),
     optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
     pathprox(
       learning_rate,
       weight_decay,
       groups,
+      momentum=0.0 if momentum is None else momentum,
+      threshold_rule=threshold_rule,
       balance=balance,
       regularize_bias=regularize_bias,
       eps=eps,
+    ),
+  )
+
+
+def pathprox_adamw(
+  learning_rate: optax.ScalarOrSchedule,
+  weight_decay: optax.ScalarOrSchedule,
+  groups: GroupSpecTree,
+  *,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  eps_root: float = 0.0,
+  mu_dtype: Any | None = None,
+  nesterov: bool = False,
+  balance: bool = True,
+  regularize_bias: bool = False,
+  prox_eps: float = 1e-6,
+) -> optax.GradientTransformationExtraArgs:
+  """AdamW with the PathProx step in place of its decoupled decay on the grouped units.
+
+  Adam's direction :math:`d_t` (``optax.scale_by_adam``: bias-corrected
+  moments, :math:`\\hat m_t / (\\sqrt{\\hat v_t + \\epsilon_{root}} + \\epsilon)`)
+  comes first. Parameters in no group then get AdamW's decoupled weight decay,
+  and grouped units the PathProx prox:
+
+  .. math::
+    \\theta_{\\text{ungrouped}} \\leftarrow \\theta - \\gamma_t (d_t + \\lambda_t \\theta),
+    \\qquad
+    \\theta_{\\text{grouped}} \\leftarrow
+    \\mathrm{prox}_{\\lambda_t\\gamma_t}(\\theta - \\gamma_t d_t).
+
+  AdamW's decay :math:`\\theta (1 - \\gamma\\lambda)` is (to first order) the
+  proximal step of :math:`(\\lambda/2)\\|\\theta\\|^2` with step :math:`\\gamma`;
+  PathProx's prox with :math:`\\tau = \\lambda\\gamma` is the same step for its
+  regulariser :math:`R`, so grouped and ungrouped parameters are decayed alike.
+  No momentum trace holds the decay, so there is no :math:`1/(1-\\beta)` (both
+  threshold rules of :func:`pathprox` give :math:`\\lambda\\gamma` here).
+
+  The decay mask is :func:`pathprox_sgd`'s: ungrouped kernels (the kernel rule,
+  :func:`pathprox_jax.is_kernel`) and "follow" kernels; biases only with
+  ``regularize_bias``. With no groups this is ``optax.adamw(learning_rate, b1,
+  b2, eps, eps_root, mu_dtype, weight_decay, mask=pathprox_jax.kernel_mask,
+  nesterov=nesterov)``. The layer balance is function-preserving, as with SGD,
+  and on by default as in :func:`pathprox_sgd` (pass ``balance=False`` for
+  transformer blocks). It works with schedules and ``optax.inject_hyperparams``
+  (``static_args=("groups",)``).
+
+  Args:
+    learning_rate: :math:`\\gamma`, a float > 0 or a schedule (drives Adam's
+      step, the decay and the threshold).
+    weight_decay: :math:`\\lambda`, a float >= 0 or a schedule.
+    groups: the spec pytree from :func:`pathprox_jax.group_spec`.
+    b1: Adam's first-moment decay.
+    b2: Adam's second-moment decay.
+    eps: added to Adam's denominator (outside the square root).
+    eps_root: added inside the square root.
+    mu_dtype: the first moment's dtype (``None``: the params').
+    nesterov: Nesterov momentum in Adam (NAdamW).
+    balance: layer balance before each prox (see :func:`pathprox`).
+    regularize_bias: decay biases too, and normalise by :math:`\\|[w_i, a_i]\\|`.
+    prox_eps: the clip of every norm in the prox (``eps`` of :func:`pathprox`).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  Raises:
+    ValueError: as :func:`pathprox`, when built.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import flax.linen as nn
+    >>> import pathprox_jax
+    >>> model = nn.Sequential([nn.Dense(8, **pathprox_jax.group_inits(0, "in")), nn.relu,
+    ...                        nn.Dense(2, **pathprox_jax.group_inits(0, "out"))])
+    >>> boxed = model.init(jax.random.key(0), jnp.ones((1, 4)))["params"]
+    >>> schedule = optax.warmup_cosine_decay_schedule(0.0, 1e-3, 10, 100)
+    >>> tx = pathprox_jax.pathprox_adamw(schedule, 1e-2, pathprox_jax.group_spec(boxed))
+    >>> params = nn.meta.unbox(boxed)
+    >>> opt_state = tx.init(params)
+    >>> grads = jax.tree.map(jnp.ones_like, params)
+    >>> updates, opt_state = tx.update(grads, opt_state, params)
+    >>> params = optax.apply_updates(params, updates)
+
+  References:
+    Loshchilov and Hutter, `Decoupled Weight Decay Regularization
+    <https://arxiv.org/abs/1711.05101>`_, 2019.
+
+    Yang et al., `A Better Way to Decay: Proximal Gradient Training Algorithms
+    for Neural Nets <https://arxiv.org/abs/2210.03069>`_, 2022.
+  """
+  return optax.chain(  # pathprox() checks the hyper-parameters
+    optax.scale_by_adam(
+      b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype, nesterov=nesterov
+    ),
+    optax.add_decayed_weights(weight_decay, mask=_decayed_mask(groups, regularize_bias)),
+    optax.scale_by_learning_rate(learning_rate),
+    pathprox(
+      learning_rate,
+      weight_decay,
+      groups,
+      balance=balance,
+      regularize_bias=regularize_bias,
+      eps=prox_eps,
     ),
   )
