@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from matplotlib import image
 
-from experiments import plot, run_folder
+from experiments import entries as entries_lib
+from experiments import plot, report, run_folder
 
 REPO = Path(__file__).resolve().parents[1]
 TOTAL = 20_000
@@ -130,8 +131,8 @@ def parse_table(report: str) -> dict:
 
 def test_figures_are_valid_pngs_and_no_temporary_files_remain(produced):
   out, stdout, _ = produced
-  assert sorted(p.name for p in out.iterdir()) == sorted([*plot.FIGURES, "report.md"])
-  for name in plot.FIGURES:
+  assert sorted(p.name for p in out.iterdir()) == sorted([*report.FIGURES, "report.md"])
+  for name in report.FIGURES:
     path = out / name
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert path.stat().st_size > 20_000
@@ -161,7 +162,7 @@ def test_report_table_holds_the_metrics_at_each_iteration(runs, produced):
     cells = table[at, names[path]]
     assert cells["method"] == runs[path][0]["method"]
     if index is None:  # the run in progress has not reached 10,000
-      assert set(cells.values()) - {at, names[path], "pathprox"} == {plot.MISSING}
+      assert set(cells.values()) - {at, names[path], "pathprox"} == {report.MISSING}
       continue
     row = runs[path][index]
     assert int(cells["step"]) == row["step"]
@@ -286,10 +287,10 @@ def sweep(tmp_path_factory):
 
 def test_sweep_is_drawn_as_its_mean_with_a_band_and_tabulated_with_its_spread(sweep, tmp_path):
   root, rows = sweep
-  entries = plot.load_entries(root / "lambdas") + plot.load_entries(root / "seeds")
+  entries = entries_lib.load_entries(root / "lambdas") + entries_lib.load_entries(root / "seeds")
   assert [e.weight_decay for e in entries] == ["0.0001", "0.0003", ""]
   assert [[run.path.name for run in e.runs] for e in entries][2] == ["seed3", "seed10"]
-  assert plot.labels(entries) == [
+  assert entries_lib.labels(entries) == [
     "PathProx λ=0.0001 (3 seeds)", "PathProx λ=0.0003 (3 seeds)", "Weight decay (2 seeds)",
   ]  # fmt: skip
   steps, values = entries[0].curve("path_norm")
@@ -307,12 +308,12 @@ def test_sweep_is_drawn_as_its_mean_with_a_band_and_tabulated_with_its_spread(sw
   for shown, value in ((mean, sum(at_10k) / 3), (low, min(at_10k)), (high, max(at_10k))):
     assert math.isclose(shown, value, rel_tol=5e-4)
   assert table["last", "Weight decay (2 seeds)"]["step"] == str(TOTAL)
-  assert sorted(p.name for p in out.iterdir()) == sorted([*plot.FIGURES, "report.md"])
+  assert sorted(p.name for p in out.iterdir()) == sorted([*report.FIGURES, "report.md"])
 
 
 def test_band_spans_the_runs_min_and_max(sweep):
   root, _ = sweep
-  (entry,) = plot.load_entries(root / "seeds")
+  (entry,) = entries_lib.load_entries(root / "seeds")
   figure = plot._draw([entry], [plot._Curve("test_acc", "test", "-", 1.8, band=True)], "", "")
   (band,) = figure.axes[0].collections
   steps, values = entry.curve("test_acc")
@@ -366,11 +367,11 @@ def paired(tmp_path_factory):
 
 
 def test_diverged_members_are_left_out_of_the_mean_and_band_and_named(paired, tmp_path):
-  (entry,) = plot.load_entries(paired / "pathprox")
+  (entry,) = entries_lib.load_entries(paired / "pathprox")
   assert [run.diverged_at for run in entry.runs] == [None, None, 25000, 41, None]
   assert [run.seed for run in entry.drawn] == [0, 1, 4]
   label = "PathProx (3 of 5 seeds; seed2 diverged at step 25000, seed3 diverged at step 41)"
-  assert plot.labels([entry]) == [label]
+  assert entries_lib.labels([entry]) == [label]
   figure = plot._draw([entry], [plot._Curve("wd_objective", "", "-", 1.8, band=True)], "", "")
   (legend,) = figure.legends[0].get_texts()  # one line per note, to spare the axes
   assert legend.get_text() == label.replace("; ", ";\n")
@@ -399,8 +400,8 @@ def test_a_lone_diverged_run_is_drawn_to_its_last_row_and_flagged(tmp_path):
   rows = [metrics_row("pathprox", step, 0.0) for step in range(0, 10001, 2500)]
   rows[-1] |= {"train_loss": math.nan, "wd_objective": math.nan}  # the evaluation that diverged
   write_folder(tmp_path / "run", "pathprox", rows, diverged={"step": 10000, "loss": "nan"})
-  (entry,) = plot.load_entries(tmp_path / "run")
-  assert plot.labels([entry]) == ["PathProx (diverged at step 10000)"]
+  (entry,) = entries_lib.load_entries(tmp_path / "run")
+  assert entries_lib.labels([entry]) == ["PathProx (diverged at step 10000)"]
   assert entry.curve("path_norm")[0].tolist() == [0, 2500, 5000, 7500, 10000]
   code, stdout, _ = run_main([tmp_path / "run", "--out", tmp_path / "out", "--at", "5000"])
   assert code == 0
@@ -417,10 +418,12 @@ def test_a_sweep_still_running_or_all_diverged_is_labelled_as_such(tmp_path):
     write_run(tmp_path / "running" / f"seed{seed}", "wd", last, seed, seed=seed)
     marker = {"step": last + 7, "loss": "nan"}
     write_run(tmp_path / "lost" / f"seed{seed}", "wd", last, seed, seed=seed, diverged=marker)
-  running, lost = plot.load_entries(tmp_path / "running") + plot.load_entries(tmp_path / "lost")
+  running, lost = entries_lib.load_entries(tmp_path / "running") + entries_lib.load_entries(
+    tmp_path / "lost"
+  )
   assert running.curve("path_norm")[0].tolist() == [0, 2500, 5000]  # the slowest member's
   assert lost.drawn == lost.runs and lost.last_step == 5000
-  assert plot.labels([running, lost]) == [
+  assert entries_lib.labels([running, lost]) == [
     "Weight decay (running; 3 seeds)",
     "Weight decay (lost; 3 seeds, all diverged; seed0 diverged at step 20007, "
     "seed1 diverged at step 5007, seed2 diverged at step 12507)",
@@ -480,12 +483,12 @@ def test_seed_statistics_of_a_sweep_still_running_group_the_seeds_left_out(paire
   table = seed_statistics_table((out / "report.md").read_text())
   late = "Weight decay not there yet (step 5000)"
   assert table["wd objective PathProx / Weight decay at 6000"] == [
-    plot.MISSING,
+    report.MISSING,
     "0",
     f"seed0, seed1, seed2: {late}; seed3: PathProx diverged at step 41, {late}",
   ]
   assert table["wd objective: PathProx first below Weight decay (iteration)"] == [
-    plot.MISSING,
+    report.MISSING,
     "0",
     "seed0, seed1, seed2: none by step 5000; seed3: PathProx diverged at step 41",
   ]
