@@ -35,10 +35,10 @@ import torch
 import torch.nn.functional as F
 
 import configs
-from experiments import evaluation, input_pipeline, models
+from experiments import dataset_facts, evaluation, models
 from experiments.experiment import Experiment
 
-MEAN, STD = input_pipeline.NORMALIZATION["mnist"]
+MEAN, STD = dataset_facts.DATASETS["mnist"].mean, dataset_facts.DATASETS["mnist"].std
 
 
 # ---------------------------------------------------------------- PyTorch side

@@ -138,7 +138,7 @@ def parse_command(experiment: str, argv: Sequence[str] | None = None) -> Command
     if not applies(key, config):
       setting, option = owner(key)
       raise ConfigError(f"{flag(key)} applies only to --{setting} {option}")
-  from experiments.data import RAW_DIR_ENV
+  from experiments.raw_files import RAW_DIR_ENV
 
   if not config.raw_data_dir and os.environ.get(RAW_DIR_ENV):
     config.raw_data_dir = os.environ[RAW_DIR_ENV]  # config.json records the directory used

@@ -7,11 +7,12 @@ say which keys only one model or split reads, and which a resumed run may change
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any
 
 import ml_collections
 
 from configs import ConfigError
+from experiments.dataset_facts import DATASETS
 
 METHODS = ("pathprox", "wd")
 OPTIMIZERS = ("sgd", "adamw")
@@ -44,21 +45,6 @@ RESUMABLE_KEYS = frozenset(
     "tensorboard",
   )  # fmt: skip
 )
-
-
-class DataSetSize(NamedTuple):
-  """What the split checks need to know of a data set before loading it."""
-
-  train: int  # training images
-  smallest_class: int  # training images of the rarest class
-  classes: int
-
-
-DATA_SET_SIZES = {
-  "mnist": DataSetSize(60_000, 5_421, 10),
-  "fashion_mnist": DataSetSize(60_000, 6_000, 10),
-  "cifar10": DataSetSize(50_000, 5_000, 10),
-}
 
 
 def flag(key: str) -> str:
@@ -96,8 +82,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Raises :class:`ConfigError` naming the first unusable value (before anything is built)."""
   import jax
 
-  from experiments import data
-
   check(config.method in METHODS, f"--method must be one of {METHODS}, got {config.method!r}")
   check(
     config.parallel in PARALLEL, f"--parallel must be one of {PARALLEL}, got {config.parallel!r}"
@@ -105,8 +89,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check(config.model in MODELS, f"--model must be one of {MODELS}, got {config.model!r}")
   check(config.split in SPLITS, f"--split must be one of {SPLITS}, got {config.split!r}")
   check(
-    config.dataset in data.DATASETS,
-    f"unknown data set {config.dataset!r}; known: {', '.join(data.DATASETS)}",
+    config.dataset in DATASETS,
+    f"unknown data set {config.dataset!r}; known: {', '.join(DATASETS)}",
   )
   for key in ("lr", "lr_decay", "batch_size", "total_iter", "log_freq", "save_freq"):
     check(
@@ -162,9 +146,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def _validate_split(config: ml_collections.ConfigDict) -> None:
-  size = DATA_SET_SIZES.get(config.dataset)
-  if size is None:
-    return
+  size = DATASETS[config.dataset]
   if config.split == "subset":
     check(
       1 <= config.train_per_class < size.smallest_class,
@@ -181,7 +163,7 @@ def _validate_split(config: ml_collections.ConfigDict) -> None:
 
 
 def _validate_model(config: ml_collections.ConfigDict) -> None:
-  classes = DATA_SET_SIZES[config.dataset].classes if config.dataset in DATA_SET_SIZES else 1
+  classes = DATASETS[config.dataset].classes
   if config.model == "mlp":
     widths, key = config.features, "features"
     check(

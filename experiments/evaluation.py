@@ -21,7 +21,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import pathprox_jax as pp
-from experiments import input_pipeline, models
+from experiments import dataset_facts, input_pipeline, models
 
 
 def eval_batch_size(num_examples: int, max_batch_size: int, num_devices: int) -> int:
@@ -84,7 +84,7 @@ class Evaluator:
     self,
     model: nn.Module,
     config: ml_collections.ConfigDict,
-    splits: dict[str, input_pipeline.Arrays],
+    splits: dict[str, dataset_facts.Arrays],
     groups: Any,
     mesh: jax.sharding.Mesh,
     *,

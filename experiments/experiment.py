@@ -21,7 +21,15 @@ import numpy as np
 import optax
 
 import pathprox_jax as pp
-from experiments import data, distributed, evaluation, input_pipeline, models, parallel
+from experiments import (
+  data,
+  dataset_facts,
+  distributed,
+  evaluation,
+  input_pipeline,
+  models,
+  parallel,
+)
 from experiments.train_step import TrainState, make_train_steps
 
 
@@ -103,7 +111,7 @@ def initial_params(
   return runs
 
 
-def _load_arrays(config: ml_collections.ConfigDict) -> dict[str, input_pipeline.Arrays]:
+def _load_arrays(config: ml_collections.ConfigDict) -> dict[str, dataset_facts.Arrays]:
   """The data set's arrays; with several processes, process 0 prepares it first.
 
   The processes may share ``data_dir`` (one machine, a network file system), and two of

@@ -8,15 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Per-channel mean and std of the training images scaled to [0, 1].
-NORMALIZATION = {
-  "mnist": ((0.1307,), (0.3081,)),
-  "fashion_mnist": ((0.2860,), (0.3530,)),
-  "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-}
-SPLIT_SEED = 42  # the fixed permutation behind the subset and the holdout split
+from experiments.dataset_facts import DATASETS, Arrays
 
-Arrays = tuple[np.ndarray, np.ndarray]
+SPLIT_SEED = 42  # the fixed permutation behind the subset and the holdout split
 
 
 def split(
@@ -59,7 +53,7 @@ def split(
 
 def normalize(images: jax.Array, dataset: str) -> jax.Array:
   """uint8 images → float32 scaled to [0, 1], then per-channel standardised."""
-  mean, std = NORMALIZATION[dataset]
+  mean, std = DATASETS[dataset].mean, DATASETS[dataset].std
   x = images.astype(jnp.float32) / 255.0
   return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 

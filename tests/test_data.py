@@ -14,7 +14,7 @@ import pytest
 import tensorflow_datasets as tfds
 from conftest import write_idx
 
-from experiments import data
+from experiments import data, raw_files, releases
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 UNREACHABLE_URL = "http://127.0.0.1:1/"  # connection refused: no test touches the internet
@@ -23,8 +23,8 @@ REAL_FASHION_MNIST = pathlib.Path("/usr/share/datasets/fashion-mnist")  # Debian
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
-  monkeypatch.delenv(data.RAW_DIR_ENV, raising=False)
-  monkeypatch.setenv(data.URL_ENV, UNREACHABLE_URL)
+  monkeypatch.delenv(raw_files.RAW_DIR_ENV, raising=False)
+  monkeypatch.setenv(raw_files.URL_ENV, UNREACHABLE_URL)
 
 
 def random_split(rng: np.random.Generator, n: int, shape: tuple[int, ...]) -> data.Arrays:
@@ -36,7 +36,7 @@ def write_idx_files(directory: pathlib.Path) -> dict[str, data.Arrays]:
   rng = np.random.default_rng(0)
   directory.mkdir(parents=True, exist_ok=True)
   arrays = {"train": random_split(rng, 30, (28, 28, 1)), "test": random_split(rng, 12, (28, 28, 1))}
-  for split, (images_file, labels_file) in data.IdxBuilder.FILES.items():
+  for split, (images_file, labels_file) in releases.IdxBuilder.FILES.items():
     write_idx(directory / images_file, arrays[split][0][..., 0])
     write_idx(directory / labels_file, arrays[split][1])
   return arrays
@@ -95,7 +95,7 @@ def test_real_mnist_prepared_once_then_reused(real_mnist, tmp_path):
 
 def test_fashion_mnist_from_raw_dir_env(tmp_path, monkeypatch):
   expected = write_idx_files(tmp_path / "raw")
-  monkeypatch.setenv(data.RAW_DIR_ENV, str(tmp_path / "raw"))
+  monkeypatch.setenv(raw_files.RAW_DIR_ENV, str(tmp_path / "raw"))
   arrays = data.load_arrays("fashion_mnist", data_dir=str(tmp_path / "tfds"), allow_unofficial=True)
   assert_arrays_equal(arrays, expected)
   # A registered TFDS builder: TFDS's own reader finds the prepared data by name.
@@ -107,7 +107,7 @@ def write_cifar_folder(folder: pathlib.Path) -> dict[str, data.Arrays]:
   """CIFAR-10's pickle batches with random contents; returns the expected arrays."""
   rng = np.random.default_rng(1)
   folder.mkdir(parents=True)
-  names = data.PathproxCifar10.BATCHES
+  names = releases.PathproxCifar10.BATCHES
   batches = {name: random_split(rng, 4, (32, 32, 3)) for name in names["train"] + names["test"]}
   for name, (images, labels) in batches.items():
     rows = images.transpose(0, 3, 1, 2).reshape(len(images), -1)  # red, green, blue planes
@@ -142,9 +142,9 @@ def test_cifar10_from_pickle_batches(tmp_path, packed):
 def test_download_verified_by_file_name(tmp_path, http_server, monkeypatch):
   served, url = http_server
   expected = write_idx_files(served)
-  sha256s = {name: sha256(served / name) for name in data.PathproxMnist.SHA256}
-  monkeypatch.setattr(data.PathproxMnist, "SHA256", sha256s)
-  monkeypatch.setenv(data.URL_ENV, url)
+  sha256s = {name: sha256(served / name) for name in releases.PathproxMnist.SHA256}
+  monkeypatch.setattr(releases.PathproxMnist, "SHA256", sha256s)
+  monkeypatch.setenv(raw_files.URL_ENV, url)
   arrays = data.load_arrays("mnist", data_dir=str(tmp_path / "tfds"), allow_unofficial=True)
   assert_arrays_equal(arrays, expected)
   downloads = tmp_path / "tfds" / "downloads" / "pathprox_mnist"
@@ -154,9 +154,9 @@ def test_download_verified_by_file_name(tmp_path, http_server, monkeypatch):
 def test_corrupted_download_rejected_and_discarded(tmp_path, http_server, monkeypatch):
   served, url = http_server
   write_idx_files(served)
-  sha256s = {name: sha256(served / name) for name in data.PathproxMnist.SHA256}
-  monkeypatch.setattr(data.PathproxMnist, "SHA256", sha256s)
-  monkeypatch.setenv(data.URL_ENV, url)
+  sha256s = {name: sha256(served / name) for name in releases.PathproxMnist.SHA256}
+  monkeypatch.setattr(releases.PathproxMnist, "SHA256", sha256s)
+  monkeypatch.setenv(raw_files.URL_ENV, url)
   with gzip.open(served / "train-labels-idx1-ubyte.gz", "ab") as f:
     f.write(b"\x07")  # one more byte: a different file of the same name
 
@@ -173,7 +173,13 @@ def test_missing_data_set_says_how_to_get_it(tmp_path, name):
   with pytest.raises(data.DatasetUnavailableError) as error:
     data.load_arrays(name, data_dir=str(tmp_path / "tfds"), raw_dir=str(tmp_path))
   message = str(error.value)
-  for expected in ("internet", "--raw-data-dir", data.RAW_DIR_ENV, UNREACHABLE_URL, str(tmp_path)):
+  for expected in (
+    "internet",
+    "--raw-data-dir",
+    raw_files.RAW_DIR_ENV,
+    UNREACHABLE_URL,
+    str(tmp_path),
+  ):
     assert expected in message
   assert all(file_name in message for file_name in data.BUILDERS[name].SHA256)
 
@@ -209,7 +215,7 @@ def digests_of(directory: pathlib.Path) -> dict[str, str]:
   """sha256 of each IDX file's decompressed bytes, by file name."""
   return {
     name: hashlib.sha256(gzip.decompress((directory / name).read_bytes())).hexdigest()
-    for name in data.IdxBuilder.FILES["train"] + data.IdxBuilder.FILES["test"]
+    for name in releases.IdxBuilder.FILES["train"] + releases.IdxBuilder.FILES["test"]
   }
 
 
@@ -222,14 +228,14 @@ def recompress(source: pathlib.Path, target: pathlib.Path, level: int) -> None:
 
 def test_raw_files_are_identified_by_their_decompressed_content(tmp_path, monkeypatch):
   expected = write_idx_files(tmp_path / "official")
-  monkeypatch.setattr(data.PathproxMnist, "CONTENT", digests_of(tmp_path / "official"))
+  monkeypatch.setattr(releases.PathproxMnist, "CONTENT", digests_of(tmp_path / "official"))
   recompress(tmp_path / "official", tmp_path / "copy", level=1)
   copy = tmp_path / "copy" / "train-images-idx3-ubyte.gz"
   assert copy.read_bytes() != (tmp_path / "official" / copy.name).read_bytes()
   arrays = data.load_arrays("mnist", data_dir=str(tmp_path / "tfds"), raw_dir=str(copy.parent))
   assert_arrays_equal(arrays, expected)
   recorded = data.builder("mnist", data_dir=str(tmp_path / "tfds")).info.metadata
-  assert recorded["raw_content"] == data.PathproxMnist.CONTENT
+  assert recorded["raw_content"] == releases.PathproxMnist.CONTENT
 
   # One label changed: no longer the official release, whatever the file name.
   labels = expected["test"][1].copy()
@@ -251,7 +257,7 @@ def test_another_data_sets_files_are_refused_even_when_unofficial_is_allowed(
   tmp_path, monkeypatch, allow_unofficial
 ):
   write_idx_files(tmp_path / "digits")
-  monkeypatch.setattr(data.PathproxMnist, "CONTENT", digests_of(tmp_path / "digits"))
+  monkeypatch.setattr(releases.PathproxMnist, "CONTENT", digests_of(tmp_path / "digits"))
   with pytest.raises(data.DatasetUnavailableError) as error:
     data.load_arrays(
       "fashion_mnist",
@@ -272,7 +278,7 @@ def test_real_fashion_mnist_is_recognised_and_never_prepared_as_mnist(tmp_path):
       "mnist", data_dir=str(tmp_path), raw_dir=str(REAL_FASHION_MNIST), allow_unofficial=True
     )
   # Debian's copy differs from the served files in its gzip headers, not in content.
-  assert digests_of(REAL_FASHION_MNIST) == data.PathproxFashionMnist.CONTENT
+  assert digests_of(REAL_FASHION_MNIST) == releases.PathproxFashionMnist.CONTENT
 
 
 def test_prepared_data_from_unofficial_files_needs_the_same_permission(tmp_path):
@@ -343,8 +349,8 @@ def test_cifar10_batches_are_identified_by_their_md5(tmp_path, monkeypatch):
     data.load_arrays("cifar10", data_dir=str(tmp_path / "a"), raw_dir=str(folder.parent))
   md5s = {
     name: hashlib.md5((folder / name).read_bytes()).hexdigest()
-    for name in data.PathproxCifar10.CONTENT
+    for name in releases.PathproxCifar10.CONTENT
   }
-  monkeypatch.setattr(data.PathproxCifar10, "CONTENT", md5s)
+  monkeypatch.setattr(releases.PathproxCifar10, "CONTENT", md5s)
   arrays = data.load_arrays("cifar10", data_dir=str(tmp_path / "b"), raw_dir=str(folder.parent))
   assert len(arrays["train"][1]) == 20

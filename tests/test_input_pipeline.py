@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import input_pipeline
+from experiments import data, dataset_facts, input_pipeline
 
 
 def test_subset_and_holdout_splits():
@@ -28,7 +28,10 @@ def test_subset_and_holdout_splits():
 def test_random_crop_pads_with_black_before_normalising():
   white = jnp.full((64, 8, 8, 3), 255, jnp.uint8)
   x = np.asarray(input_pipeline.train_inputs(white, "cifar10", jax.random.key(0)))
-  mean, std = (np.asarray(v) for v in input_pipeline.NORMALIZATION["cifar10"])
+  mean, std = (
+    np.asarray(v)
+    for v in (dataset_facts.DATASETS["cifar10"].mean, dataset_facts.DATASETS["cifar10"].std)
+  )
   black, white_value = -mean / std, (1 - mean) / std
   is_black = np.isclose(x, black, atol=1e-5).all(-1)
   assert np.isclose(x, white_value, atol=1e-5).all(-1).sum() + is_black.sum() == x[..., 0].size
@@ -38,3 +41,7 @@ def test_random_crop_pads_with_black_before_normalising():
   # Without a key, the images are only normalised.
   clean = np.asarray(input_pipeline.train_inputs(white, "cifar10"))
   np.testing.assert_allclose(clean, np.broadcast_to(white_value, clean.shape), rtol=1e-6)
+
+
+def test_every_data_set_has_its_facts():
+  assert set(dataset_facts.DATASETS) == set(data.DATASETS)
