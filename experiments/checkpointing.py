@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import inspect
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +36,17 @@ def all_finite(tree: Any) -> bool:
   return bool(jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))) if leaves else True
 
 
-def _drop_echoes_of_failed_restores() -> None:
-  """Makes ``sys.unraisablehook`` drop what a failed Orbax restore leaves behind.
+@contextlib.contextmanager
+def _quiet_failed_restores() -> Iterator[None]:
+  """While restoring, ``sys.unraisablehook`` drops what a failed Orbax restore leaves behind.
 
   When a restore fails, its abandoned coroutines and TensorStore's late callbacks
   (for the restore's finished event loop) each print a traceback ("Event loop is
   closed"); the failure itself is already reported. Anything else goes on to the
-  hook installed before.
+  hook installed before, which is back in place when the block ends (after a garbage
+  collection has finalised what the failed restores abandoned).
   """
   previous = sys.unraisablehook
-  if getattr(previous, "drops_restore_echoes", False):
-    return
 
   def hook(unraisable) -> None:
     error = unraisable.exc_value
@@ -51,8 +54,12 @@ def _drop_echoes_of_failed_restores() -> None:
     if not (closed_loop or inspect.iscoroutine(unraisable.object)):
       previous(unraisable)
 
-  hook.drops_restore_echoes = True
   sys.unraisablehook = hook
+  try:
+    yield
+  finally:
+    gc.collect()
+    sys.unraisablehook = previous
 
 
 def _first_line(error: Exception) -> str:
@@ -131,26 +138,26 @@ class Checkpoints:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
     key_template = {"key": ocp.utils.to_shape_dtype_struct(jax.random.key_data(data_key))}
     steps = [s for s in self.manager.all_steps() if at_most is None or s <= at_most]
-    for step in sorted(steps, reverse=True):
-      try:
-        restored = self.manager.restore(
-          step,
-          args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract),
-            data_key=ocp.args.StandardRestore(key_template),
-            history=ocp.args.JsonRestore(),
-          ),
-        )
-        problem = _problem((restored.state, restored.data_key), (abstract, key_template))
-        if problem is None and not isinstance(restored.history, list):
-          problem = "its metrics history is not a list"
-      except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise many kinds on bad files
-        problem = _first_line(e)
-        _drop_echoes_of_failed_restores()
-      if problem is None:
-        key = jax.random.wrap_key_data(restored.data_key["key"])
-        return restored.state, key, list(restored.history)
-      self.unreadable.append((step, problem))
+    with _quiet_failed_restores():
+      for step in sorted(steps, reverse=True):
+        try:
+          restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(abstract),
+              data_key=ocp.args.StandardRestore(key_template),
+              history=ocp.args.JsonRestore(),
+            ),
+          )
+          problem = _problem((restored.state, restored.data_key), (abstract, key_template))
+          if problem is None and not isinstance(restored.history, list):
+            problem = "its metrics history is not a list"
+        except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise many kinds on bad files
+          problem = _first_line(e)
+        if problem is None:
+          key = jax.random.wrap_key_data(restored.data_key["key"])
+          return restored.state, key, list(restored.history)
+        self.unreadable.append((step, problem))
     if self.unreadable:
       details = "; ".join(f"step {step}: {why}" for step, why in self.unreadable)
       raise NoReadableCheckpointError(f"no readable checkpoint in {self.directory} ({details})")

@@ -24,7 +24,6 @@ the others go on, and the sweep exits with 1 naming it (a resumed sweep leaves i
 from __future__ import annotations
 
 import argparse
-import math
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -115,9 +114,7 @@ def members(
       a resume that changes a member's trajectory.
   """
   seeds = _numbers(args.seeds, int, "--seeds")
-  weight_decays = _numbers(args.weight_decays, float, "--weight-decays")
-  if any(not math.isfinite(w) or w < 0 for w in weight_decays):
-    raise cli.ConfigError(f"--weight-decays must be finite and >= 0, got {args.weight_decays}")
+  weight_decays = _numbers(args.weight_decays, float, "--weight-decays")  # checked by validate
   resume.check_workdir(args.workdir)
   configs, workdirs = [], []
   for weight_decay in weight_decays or [command.config.weight_decay]:

@@ -35,9 +35,10 @@ import jax.numpy as jnp
 from pathprox_jax._src import groups as groups_lib
 from pathprox_jax._src import unit_norms
 from pathprox_jax._src.annotations import GroupSpecTree
+from pathprox_jax._src.unit_norms import EPS
 
 
-def balance_scales(path_norms: jax.Array, eps: float = 1e-6) -> jax.Array:
+def balance_scales(path_norms: jax.Array, eps: float = EPS) -> jax.Array:
   """The cumulative scales :math:`\\alpha_k` of the layer balance, in f32.
 
   Args:
@@ -76,7 +77,7 @@ def check_chain(layouts: Sequence[groups_lib.GroupLayout]) -> None:
 def balance_leaves(
   leaves: Mapping[int, unit_norms.ScaledUnits],
   layouts: Sequence[groups_lib.GroupLayout],
-  eps: float = 1e-6,
+  eps: float = EPS,
 ) -> dict[int, unit_norms.ScaledUnits]:
   """The layer balance as a rescaling stage (see :func:`unit_norms.apply_stages`).
 
@@ -104,7 +105,7 @@ def balance_leaves(
   return new
 
 
-def balance(params: Any, groups: GroupSpecTree, *, eps: float = 1e-6) -> Any:
+def balance(params: Any, groups: GroupSpecTree, *, eps: float = EPS) -> Any:
   """Rescales the groups so that every group has the same path norm.
 
   The network function is unchanged (see the module docstring for when).

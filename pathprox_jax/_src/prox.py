@@ -32,6 +32,7 @@ from pathprox_jax._src import balance as balance_lib
 from pathprox_jax._src import groups as groups_lib
 from pathprox_jax._src import unit_norms
 from pathprox_jax._src.annotations import GroupSpecTree
+from pathprox_jax._src.unit_norms import EPS
 
 
 def normalize_inputs(
@@ -39,7 +40,7 @@ def normalize_inputs(
   layouts: Sequence[groups_lib.GroupLayout],
   *,
   regularize_bias: bool = False,
-  eps: float = 1e-6,
+  eps: float = EPS,
 ) -> dict[int, unit_norms.ScaledUnits]:
   """Scales each unit's "in" weights (and "in" bias) to unit norm: a rescaling stage.
 
@@ -70,7 +71,7 @@ def soft_threshold_outputs(
   layouts: Sequence[groups_lib.GroupLayout],
   threshold: jax.Array | float,
   *,
-  eps: float = 1e-6,
+  eps: float = EPS,
 ) -> dict[int, unit_norms.ScaledUnits]:
   """The group soft-threshold of each unit's "out" weights: a rescaling stage.
 
@@ -97,7 +98,7 @@ def prox_leaves(
   *,
   balance: bool = True,
   regularize_bias: bool = False,
-  eps: float = 1e-6,
+  eps: float = EPS,
 ) -> dict[int, jax.Array]:
   """The proximal step on flat leaves: balance, normalise inputs, soft-threshold outputs.
 
@@ -129,7 +130,7 @@ def prox(
   *,
   balance: bool = True,
   regularize_bias: bool = False,
-  eps: float = 1e-6,
+  eps: float = EPS,
 ) -> Any:
   """Applies the PathProx proximal step (balance, normalise, soft-threshold) to params.
 

@@ -16,6 +16,7 @@ from pathprox_jax._src import groups as groups_lib
 from pathprox_jax._src import params as params_lib
 from pathprox_jax._src import prox as prox_lib
 from pathprox_jax._src.annotations import GroupSpecTree
+from pathprox_jax._src.unit_norms import EPS
 
 NO_PARAMS_MSG = (
   "PathProx requires the current value of parameters: pass them to update, "
@@ -85,7 +86,7 @@ def pathprox(
   threshold_rule: ThresholdRule = "fixed_point",
   balance: bool = True,
   regularize_bias: bool = False,
-  eps: float = 1e-6,
+  eps: float = EPS,
 ) -> optax.GradientTransformationExtraArgs:
   """The PathProx proximal step, last in a chain after a base optimiser.
 
@@ -230,7 +231,7 @@ def pathprox_sgd(
   threshold_rule: ThresholdRule = "fixed_point",
   balance: bool = True,
   regularize_bias: bool = False,
-  eps: float = 1e-6,
+  eps: float = EPS,
 ) -> optax.GradientTransformationExtraArgs:
   """The paper's recipe: weight decay outside the groups, SGD, then PathProx.
 
@@ -324,7 +325,7 @@ def pathprox_adamw(
   nesterov: bool = False,
   balance: bool = True,
   regularize_bias: bool = False,
-  prox_eps: float = 1e-6,
+  prox_eps: float = EPS,
 ) -> optax.GradientTransformationExtraArgs:
   """AdamW with the PathProx step in place of its decoupled decay on the grouped units.
 

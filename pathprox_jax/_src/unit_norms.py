@@ -13,6 +13,8 @@ import jax.numpy as jnp
 
 from pathprox_jax._src.groups import GroupLayout
 
+EPS = 1e-6  # the default clip of every norm a scale divides by (PathProx's epsilon)
+
 
 def unit_norms(x: jax.Array, axis: int) -> jax.Array:
   """:math:`\\|x_j\\|` for every unit ``j``: the norm over all axes but ``axis``, in f32.
