@@ -95,6 +95,7 @@ def two_processes(argv, one_process, tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow  # several processes
 def test_two_processes_equal_one_process_with_as_many_devices(one_process, two_processes):
   rows = read_rows(two_processes)
   assert [r["step"] for r in rows] == list(range(0, STEPS + 1, 100))  # one writer: no repeats
@@ -103,6 +104,7 @@ def test_two_processes_equal_one_process_with_as_many_devices(one_process, two_p
   assert sorted(p.name for p in (two_processes / "checkpoints").iterdir()) == ["100", "200", "300"]
 
 
+@pytest.mark.slow  # several processes
 def test_killed_processes_resume_to_bitwise_identical_parameters(argv, two_processes, tmp_path):
   workdir = tmp_path / "killed"
   processes = start(argv + ["--workdir", workdir], processes=2, devices_per_process=2)
@@ -128,6 +130,7 @@ SLURM_TASK_1 = {"SLURM_JOB_ID": "77", "SLURM_STEP_NODELIST": "localhost", "SLURM
                 "SLURM_PROCID": "1", "SLURM_LOCALID": "0"}  # fmt: skip
 
 
+@pytest.mark.slow  # several processes
 @pytest.mark.parametrize(
   "launch, who",
   [("process 0", "process 0 of 2"), ("process 1", "process 1 of 2"), ("slurm", "this process")],
@@ -181,6 +184,7 @@ np.save(f"{sys.argv[1]}/p{jax.process_index()}.npy", mine.transpose(1, 0, 2).res
 """
 
 
+@pytest.mark.slow  # several processes
 def test_two_processes_take_disjoint_parts_that_make_up_the_global_batch(tmp_path):
   command = [sys.executable, "-c", PARTS, str(tmp_path)]
   for code, err in finish(start([], 2, 2, command=command), timeout=300):

@@ -11,6 +11,7 @@ in ``NOTEBOOKS``.
 from __future__ import annotations
 
 import pathlib
+import re
 import time
 from typing import Any
 
@@ -25,15 +26,21 @@ NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 CELL_TIMEOUT_S = 600
 
 # (notebook, its small CPU settings on top of INSTALL, RAW_DIR and DATA_DIR)
+# and a check of a value it prints: compaction keeps the logits; both runs reach the end.
 NOTEBOOKS = [
   pytest.param(
     "quickstart.ipynb",
     {"TRAIN_SIZE": 1000, "STEPS": 30, "EVAL_EVERY": 10, "BATCH": 100, "NNX_STEPS": 5},
+    (r"largest change of a test logit: (\S+)", lambda found: float(found[0]) < 1e-3),
     id="quickstart",
   ),
   pytest.param(
     "colab_tpu_mnist.ipynb",
     {"TOTAL_ITER": 40, "LOG_FREQ": 20, "BATCH": 200},
+    (
+      r"(?m)^(?:pathprox|wd): step (\d+), test accuracy ([\d.]+)%",
+      lambda found: len(found) == 2 and all(s == "40" and 10 < float(a) <= 100 for s, a in found),
+    ),
     id="colab_tpu_mnist",
   ),
 ]
@@ -57,8 +64,11 @@ def inject_parameters(notebook: nbformat.NotebookNode, parameters: dict[str, Any
   notebook.cells.insert(parameters_index(notebook) + 1, cell)
 
 
-def run_notebook(path: pathlib.Path, parameters: dict[str, Any]) -> float:
-  """Executes a notebook in a python3 kernel with cwd = the repo root; returns its seconds.
+def run_notebook(path: pathlib.Path, parameters: dict[str, Any]) -> tuple[float, str]:
+  """Executes a notebook in a python3 kernel with cwd = the repo root.
+
+  Returns:
+    Its seconds, and the text its cells printed.
 
   Raises:
     CellExecutionError: a cell failed (the message holds its source and traceback).
@@ -73,7 +83,14 @@ def run_notebook(path: pathlib.Path, parameters: dict[str, Any]) -> float:
   )
   start = time.perf_counter()
   client.execute()
-  return time.perf_counter() - start
+  seconds = time.perf_counter() - start
+  printed = [
+    output.get("text", "")
+    for cell in notebook.cells
+    for output in cell.get("outputs", [])
+    if output.get("output_type") == "stream"
+  ]
+  return seconds, "".join(printed)
 
 
 @pytest.fixture(scope="module")
@@ -82,16 +99,21 @@ def data_dir(tmp_path_factory) -> pathlib.Path:
   return tmp_path_factory.mktemp("tensorflow_datasets")
 
 
-@pytest.mark.parametrize("name, settings", NOTEBOOKS)
-def test_notebook_runs(name, settings, real_mnist, data_dir, tmp_path, record_property, capsys):
+@pytest.mark.parametrize("name, settings, check", NOTEBOOKS)
+def test_notebook_runs(
+  name, settings, check, real_mnist, data_dir, tmp_path, record_property, capsys
+):
   parameters = {
     "INSTALL": False,
     "RAW_DIR": str(real_mnist),
     "DATA_DIR": str(data_dir),
     "WORKDIR": str(tmp_path / "runs"),
   }
-  seconds = run_notebook(NOTEBOOK_DIR / name, {**parameters, **settings})
+  seconds, printed = run_notebook(NOTEBOOK_DIR / name, {**parameters, **settings})
   record_property("notebook_seconds", seconds)
+  pattern, holds = check
+  found = re.findall(pattern, printed)
+  assert found and holds(found), f"{name} printed {found} for {pattern!r}"
   with capsys.disabled():
     print(f"\n{name} ran in {seconds:.1f}s")
 
@@ -108,6 +130,7 @@ def test_notebook_committed_clean(path):
     assert f"\n{name} = " in f"\n{parameters}", f"{path.name}: no {name} in the parameters cell"
 
 
+@pytest.mark.slow  # starts a kernel
 def test_failing_cell_fails_the_run(tmp_path):
   notebook = nbformat.v4.new_notebook(
     cells=[

@@ -14,7 +14,7 @@ import sys
 import pytest
 from conftest import REPO, flags
 from test_experiments import assert_rows_close, assert_same_run, wait_for_rows
-from test_run_integrity import DIVERGE, snapshot, truncate_arrays
+from test_resume import DIVERGE, snapshot, truncate_arrays
 
 from experiments import checkpointing, cli, sweep, workdir_lock
 
