@@ -116,7 +116,7 @@ def restore_run(directory: Path) -> TrainedRun:
     run_folder.NotARunError: its ``config.json`` is malformed.
     data.DatasetUnavailableError: the run's data set cannot be loaded here.
   """
-  config_file, checkpoint_dir = directory / run_folder.CONFIG, directory / "checkpoints"
+  config_file, checkpoint_dir = directory / run_folder.CONFIG, directory / run_folder.CHECKPOINTS
   if not config_file.is_file():
     raise UsageError(f"{directory} is not a run folder: it has no config.json")
   # Checked before Checkpoints(), whose manager would create the folder.

@@ -459,13 +459,7 @@ def _write_config(
     resume = {"command": command, "step": resumed_from, "changed": changed}
     record.setdefault("resumes", []).append(resume)
   if record is None:
-    units = {}
-
-    def note_units(path, param, spec):
-      if spec is not None and spec.role == "in" and pp.is_kernel(path, param):
-        units[str(spec.group)] = int(param.shape[-1 if spec.unit_axis is None else spec.unit_axis])
-
-    jax.tree_util.tree_map_with_path(note_units, params, groups)
+    units = {str(g): n for g, n in pp.unit_counts(params, groups).items()}
     record = config.to_dict()
     record.update(
       command=command,

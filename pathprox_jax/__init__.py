@@ -14,6 +14,7 @@ from pathprox_jax._src.decay import decayed_mask as decayed_mask
 from pathprox_jax._src.discovery import GroupReport as GroupReport
 from pathprox_jax._src.discovery import discover_groups as discover_groups
 from pathprox_jax._src.discovery import explain_groups as explain_groups
+from pathprox_jax._src.groups import unit_counts as unit_counts
 from pathprox_jax._src.metrics import ActiveUnits as ActiveUnits
 from pathprox_jax._src.metrics import PathNorm as PathNorm
 from pathprox_jax._src.metrics import Summary as Summary

@@ -99,10 +99,7 @@ def compact(
     v = np.abs(np.asarray(leaves[g.out_kernel], np.float32))
     largest = v.max(axis=tuple(a for a in range(v.ndim) if a != g.out_axis))
     indices = np.flatnonzero(largest > atol)
-    sliced = [(g.in_kernel, g.in_axis), (g.out_kernel, g.out_axis), *g.followers]
-    if g.in_bias is not None:
-      sliced.append((g.in_bias, g.in_bias_axis))
-    for i, axis in sliced:
+    for i, axis in g.sliced:
       new[i] = leaves[i][(slice(None),) * axis + (indices,)]
     kept[g.group] = KeptUnits(indices, g.units)
   return treedef.unflatten(new), kept

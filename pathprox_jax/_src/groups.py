@@ -45,6 +45,22 @@ class GroupLayout:
   followers: tuple[tuple[int, int], ...]
   plain: bool
 
+  @property
+  def unit_axes(self) -> dict[int, int | None]:
+    """``{leaf: unit axis}`` of the leaves the prox rescales: the "in" and "out" kernels and
+    the biases the layers have (``None``: the "out" bias, scaled as a whole)."""
+    axes = {self.in_kernel: self.in_axis, self.out_kernel: self.out_axis}
+    if self.in_bias is not None:
+      axes[self.in_bias] = self.in_bias_axis
+    if self.out_bias is not None:
+      axes[self.out_bias] = None
+    return axes
+
+  @property
+  def sliced(self) -> tuple[tuple[int, int], ...]:
+    """``(leaf, unit axis)`` of every leaf with a slice per unit: what removing a unit cuts."""
+    return (*((i, a) for i, a in self.unit_axes.items() if a is not None), *self.followers)
+
 
 def spec_leaves(params: Any, groups: GroupSpecTree) -> list[GroupSpec | None]:
   """Flattens ``groups`` up to the structure of ``params``, with a clear error."""
@@ -122,6 +138,21 @@ def _bias_axis(p: _Params, bias: int, spec: GroupSpec, kernel: int, kernel_axis:
       "shape and its unit axis counted from the end)."
     )
   return inferred
+
+
+def unit_counts(params: Any, groups: GroupSpecTree) -> dict[int, int]:
+  """``{group: its number of units}``, in the order of the groups' "in" kernels in ``params``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import pathprox_jax
+    >>> G = pathprox_jax.GroupSpec
+    >>> params = {"w": jnp.ones((3, 4)), "v": jnp.ones((4, 2))}
+    >>> pathprox_jax.unit_counts(params, {"w": G(0, "in"), "v": G(0, "out")})
+    {0: 4}
+  """
+  layouts = group_layouts(params_lib.unwrap_variables(params), groups)
+  return {g.group: g.units for g in sorted(layouts, key=lambda g: g.in_kernel)}
 
 
 def group_layouts(params: Any, groups: GroupSpecTree) -> tuple[GroupLayout, ...]:

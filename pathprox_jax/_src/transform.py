@@ -192,11 +192,9 @@ def pathprox(
     param_leaves, treedef = jax.tree.flatten(params)
     update_leaves = treedef.flatten_up_to(updates)
     layouts = groups_lib.group_layouts(params, groups)
-    grouped = {i for g in layouts for i in (g.in_kernel, g.in_bias, g.out_kernel, g.out_bias)}
+    grouped = {i for g in layouts for i in g.unit_axes}
     stepped = {
-      i: param_leaves[i].astype(jnp.float32) + update_leaves[i].astype(jnp.float32)
-      for i in grouped
-      if i is not None
+      i: param_leaves[i].astype(jnp.float32) + update_leaves[i].astype(jnp.float32) for i in grouped
     }
     new = prox_lib.prox_leaves(
       stepped, layouts, threshold, balance=balancing, regularize_bias=regularize_bias, eps=eps

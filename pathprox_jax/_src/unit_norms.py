@@ -84,15 +84,12 @@ def scaled_groups(
   """The grouped leaves ("in" and "out" kernels and biases) as :class:`ScaledUnits`, scale one."""
   scaled = {}
   for g in layouts:
-    for kernel, axis in ((g.in_kernel, g.in_axis), (g.out_kernel, g.out_axis)):
+    for i, axis in g.unit_axes.items():
       # Every stage reads the kernels' norms: compute them once, here.
-      scaled[kernel] = ScaledUnits(
-        leaves[kernel], axis, value_norms=unit_norms(leaves[kernel], axis)
+      kernel = i in (g.in_kernel, g.out_kernel)
+      scaled[i] = ScaledUnits(
+        leaves[i], axis, value_norms=unit_norms(leaves[i], axis) if kernel else None
       )
-    if g.in_bias is not None:
-      scaled[g.in_bias] = ScaledUnits(leaves[g.in_bias], g.in_bias_axis)
-    if g.out_bias is not None:
-      scaled[g.out_bias] = ScaledUnits(leaves[g.out_bias], None)
   return scaled
 
 
