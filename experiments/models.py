@@ -137,17 +137,16 @@ def fold_linear_layers(model: MLP, params: Mapping[str, Any]) -> tuple[MLP, dict
 class NNXMLP(nnx.Module):
   """:class:`MLP` in NNX: same layers, init, annotations and parameter names.
 
-    Layer ``i`` is the attribute ``Dense_{i}``, linen's automatic name, so a
-    linen params dict is a pure dict of this model's ``nnx.Param`` state.
+  Layer ``i`` is the attribute ``Dense_{i}``, linen's automatic name, so a
+  linen params dict is a pure dict of this model's ``nnx.Param`` state.
 
-    Example:
-      >>> import ml_collections
-  from flax import nnx
-      >>> import pathprox_jax as pp
-      >>> from experiments import models
-      >>> model = models.NNXMLP(784, (400, 400, 10), (True, True, False), rngs=nnx.Rngs(0))
-      >>> pp.group_spec(nnx.state(model, nnx.Param))["Dense_0"]["bias"]
-      GroupSpec(group=0, role='in')
+  Example:
+    >>> from flax import nnx
+    >>> import pathprox_jax as pp
+    >>> from experiments import models
+    >>> model = models.NNXMLP(784, (400, 400, 10), (True, True, False), rngs=nnx.Rngs(0))
+    >>> pp.group_spec(nnx.state(model, nnx.Param))["Dense_0"]["bias"]
+    GroupSpec(group=0, role='in')
   """
 
   def __init__(
