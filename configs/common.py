@@ -14,10 +14,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.experiment = ""  # the config's name (set by each config, not a flag)
   config.method = "pathprox"  # "pathprox" (PathProx's prox) or "wd" (the optimiser's weight decay)
   config.optimizer = "sgd"  # "sgd" (pathprox_sgd / SGD on loss + λ/2 ||kernels||²) or "adamw"
-  # PathProx's threshold, per optimizer: sgd "fixed_point" (λγ/(1-β)) or "paper" (λγ); adamw
-  # "decoupled" (λγ, AdamW's λ) or "preconditioned" (λγ/d_i per unit, d_i Adam's denominator:
-  # λ on the objective's scale, as with SGD). "auto": the optimizer's first one.
-  config.threshold_rule = "auto"  # sgd: fixed_point, paper; adamw: decoupled, preconditioned
+  config.threshold_rule = "fixed_point"  # pathprox + sgd: "fixed_point" (λγ/(1-β)) or "paper" (λγ)
   config.dataset = "mnist"  # "mnist", "fashion_mnist" or "cifar10"
   config.data_dir = ""  # TFDS data_dir for prepared data ("": TFDS's default)
   config.raw_data_dir = ""  # raw files to prepare from offline ("": $PATHPROX_RAW_DATA_DIR)

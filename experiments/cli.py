@@ -25,11 +25,7 @@ import ml_collections
 
 METHODS = ("pathprox", "wd")
 OPTIMIZERS = ("sgd", "adamw")
-# --threshold-rule per --optimizer ("auto": the first named rule, "fixed_point" or "decoupled").
-THRESHOLD_RULES = {
-  "sgd": ("auto", "fixed_point", "paper"),
-  "adamw": ("auto", "decoupled", "preconditioned"),
-}
+THRESHOLD_RULES = ("fixed_point", "paper")
 LR_SCHEDULES = ("step", "cosine")
 PARALLEL = ("shard_map", "pmap")
 MODELS = ("mlp", "vgg", "vit")
@@ -321,11 +317,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     f"--momentum is SGD's; with --optimizer {config.optimizer} pass --momentum 0 "
     f"(AdamW's b1 is 0.9), got {config.momentum}",
   )
-  rules = THRESHOLD_RULES[config.optimizer]
   _check(
-    config.threshold_rule in rules,
-    f"--threshold-rule with --optimizer {config.optimizer} must be one of {rules}, "
-    f"got {config.threshold_rule!r}",
+    config.threshold_rule in THRESHOLD_RULES,
+    f"--threshold-rule must be one of {THRESHOLD_RULES}, got {config.threshold_rule!r}",
   )
   _check(
     config.lr_schedule in LR_SCHEDULES,

@@ -145,8 +145,6 @@ def read_config(path: Path) -> ml_collections.ConfigDict:
     for key, default in config.items():
       if key in record:
         config[key] = _typed(key, default, record[key])
-    if config.optimizer == "adamw" and config.threshold_rule in ("fixed_point", "paper"):
-      config.threshold_rule = "auto"  # recorded before AdamW read the key (its λγ: "decoupled")
   except (ValueError, KeyError, TypeError) as e:  # ConfigError included
     raise NotARunError(f"{path} is not a run's config.json ({type(e).__name__}: {e})") from None
   return config

@@ -106,19 +106,13 @@ def learning_rate_schedule(
   return optax.join_schedules([optax.linear_schedule(0.0, config.lr, warmup), decay], [warmup])
 
 
-def _rule(threshold_rule: str, *, auto: str) -> str:
-  """The config's ``threshold_rule``, with "auto" resolved to the optimiser's default."""
-  return auto if threshold_rule == "auto" else threshold_rule
-
-
 def create_optimizer(
   config: ml_collections.ConfigDict, groups: Any, schedule: optax.Schedule
 ) -> optax.GradientTransformation:
   """The method (PathProx or the optimiser's weight decay) under the optimiser.
 
-  ``optimizer="sgd"``: ``pathprox_sgd`` (with ``threshold_rule``, "auto" being
-  "fixed_point"), or SGD on loss + (λ/2)·Σ‖kernels‖². ``optimizer="adamw"``:
-  ``pathprox_adamw`` (with ``threshold_rule``, "auto" being "decoupled"), or
+  ``optimizer="sgd"``: ``pathprox_sgd`` (with ``threshold_rule``), or SGD on
+  loss + (λ/2)·Σ‖kernels‖². ``optimizer="adamw"``: ``pathprox_adamw``, or
   ``optax.adamw`` with its decoupled decay on the kernels. With
   ``regularize_bias`` the baseline decays every parameter, biases included.
   """
@@ -129,7 +123,6 @@ def create_optimizer(
         schedule,
         config.weight_decay,
         groups,
-        threshold_rule=_rule(config.threshold_rule, auto="decoupled"),
         balance=config.balance,
         regularize_bias=config.regularize_bias,
       )
@@ -141,7 +134,7 @@ def create_optimizer(
       config.weight_decay,
       groups,
       momentum=momentum,
-      threshold_rule=_rule(config.threshold_rule, auto="fixed_point"),
+      threshold_rule=config.threshold_rule,
       balance=config.balance,
       regularize_bias=config.regularize_bias,
     )

@@ -24,9 +24,7 @@ from pathprox_jax._src.prox import prox as prox
 from pathprox_jax._src.rules import PathRule as PathRule
 from pathprox_jax._src.rules import attention_head_rules as attention_head_rules
 from pathprox_jax._src.rules import group_spec_from_paths as group_spec_from_paths
-from pathprox_jax._src.transform import ADAMW_THRESHOLD_RULES as ADAMW_THRESHOLD_RULES
 from pathprox_jax._src.transform import THRESHOLD_RULES as THRESHOLD_RULES
-from pathprox_jax._src.transform import AdamWThresholdRule as AdamWThresholdRule
 from pathprox_jax._src.transform import PathProxState as PathProxState
 from pathprox_jax._src.transform import ThresholdRule as ThresholdRule
 from pathprox_jax._src.transform import pathprox as pathprox

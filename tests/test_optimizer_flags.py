@@ -19,15 +19,7 @@ from tests.conftest import flags
   "bad, message",
   [
     (["--optimizer", "adam"], "--optimizer must be one of ('sgd', 'adamw'), got 'adam'"),
-    (
-      ["--threshold-rule", "exact"],
-      "--threshold-rule with --optimizer sgd must be one of ('auto', 'fixed_point', 'paper')",
-    ),
-    (
-      ["--optimizer", "adamw", "--threshold-rule", "fixed_point"],
-      "--threshold-rule with --optimizer adamw must be one of "
-      "('auto', 'decoupled', 'preconditioned'), got 'fixed_point'",
-    ),
+    (["--threshold-rule", "exact"], "--threshold-rule must be one of ('fixed_point', 'paper')"),
     (["--optimizer", "adamw", "--momentum", "0.9"], "--momentum is SGD's; with --optimizer adamw"),
     (["--lr-schedule", "linear"], "--lr-schedule must be one of ('step', 'cosine')"),
     (["--warmup-iter", "20"], "--warmup-iter must be in [0, --total-iter), got 20"),
@@ -58,45 +50,12 @@ def test_adamw_run_records_its_optimizer_and_trains(method, raw_mnist, tmp_path)
   assert rows[-1]["train_loss"] < rows[0]["train_loss"]
 
 
-def test_adamw_preconditioned_threshold_rule_runs_and_is_recorded(raw_mnist, tmp_path):
-  workdir = tmp_path / "run"
-  argv = [*flags(raw_mnist, tmp_path), "--workdir", str(workdir), "--optimizer", "adamw"]
-  argv += ["--lr", "0.003", "--weight-decay", "1e-3", "--threshold-rule", "preconditioned"]
-  assert cli.main("mnist_subset_mlp", argv) == 0
-  config = json.loads((workdir / "config.json").read_text())
-  assert config["optimizer"] == "adamw" and config["threshold_rule"] == "preconditioned"
-  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  assert rows[-1]["train_loss"] < rows[0]["train_loss"]
-
-
-@pytest.mark.parametrize(
-  "optimizer, rule, expected",
-  [
-    ("sgd", "auto", dict(threshold_rule="fixed_point")),
-    ("adamw", "auto", dict(threshold_rule="decoupled")),
-    ("adamw", "preconditioned", dict(threshold_rule="preconditioned")),
-  ],
-)
-def test_threshold_rule_auto_is_the_optimizers_default(optimizer, rule, expected):
-  params, groups = one_group_mlp()
-  config = common.get_config()
-  config.optimizer, config.threshold_rule, config.weight_decay = optimizer, rule, 0.5
-  config.momentum = 0.9 if optimizer == "sgd" else 0.0
-  ours = updates_of(train.create_optimizer(config, groups, optax.constant_schedule(0.1)), params)
-  if optimizer == "sgd":
-    tx = pp.pathprox_sgd(0.1, 0.5, groups, momentum=0.9, **expected)
-  else:
-    tx = pp.pathprox_adamw(0.1, 0.5, groups, **expected)
-  jax.tree.map(np.testing.assert_array_equal, ours, updates_of(tx, params))
-
-
 def test_help_shows_the_optimizer_and_threshold_rule():
   from tests.test_run_integrity import help_text
 
   text = help_text("experiments.fashion_mnist_vit_adamw")
   assert "--optimizer TEXT" in text and "--threshold-rule TEXT" in text
-  assert "preconditioned (default: 'auto')" in text and "sgd: fixed_point, paper" in text
-  assert "(default: 'adamw')" in text
+  assert "(λγ) (default: 'fixed_point')" in text and "(default: 'adamw')" in text
 
 
 def one_group_mlp():

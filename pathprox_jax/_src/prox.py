@@ -65,26 +65,10 @@ def normalize_inputs(
   return new
 
 
-Threshold = jax.Array | float | Sequence[jax.Array | float]
-"""A threshold :math:`\\tau`: one scalar, or one per group (each a scalar or ``[units]``)."""
-
-
-def _group_thresholds(threshold: Threshold, layouts: Sequence[groups_lib.GroupLayout]) -> list:
-  """``threshold`` as one entry per group: a scalar or a vector of the group's units."""
-  if not isinstance(threshold, (list, tuple)):
-    return [threshold] * len(layouts)
-  if len(threshold) != len(layouts):
-    raise ValueError(
-      f"PathProx: {len(threshold)} thresholds for {len(layouts)} groups; pass one scalar, or "
-      "one threshold (a scalar or a vector of its units) per group."
-    )
-  return list(threshold)
-
-
 def soft_threshold_outputs(
   leaves: Mapping[int, unit_norms.ScaledUnits],
   layouts: Sequence[groups_lib.GroupLayout],
-  threshold: Threshold,
+  threshold: jax.Array | float,
   *,
   eps: float = 1e-6,
 ) -> dict[int, unit_norms.ScaledUnits]:
@@ -93,21 +77,15 @@ def soft_threshold_outputs(
   Args:
     leaves: the grouped leaves (see :func:`unit_norms.apply_stages`).
     layouts: the groups.
-    threshold: :math:`\\tau`, one scalar for every unit, or a sequence with
-      one entry per group (in ``layouts``' order): a scalar, or a vector of
-      shape ``[units]`` (:math:`\\tau_i` per unit, e.g. Adam's preconditioned
-      threshold of :func:`pathprox_jax.pathprox_adamw`).
+    threshold: :math:`\\tau`.
     eps: the clip of :math:`\\|v_i\\|` (a zero row stays zero).
 
   Returns:
     ``{leaf index: rescaled leaf}`` for the "out" kernels.
-
-  Raises:
-    ValueError: a sequence of thresholds whose length is not the number of groups.
   """
   new = {}
-  for g, tau in zip(layouts, _group_thresholds(threshold, layouts), strict=True):
-    shrink = jnp.maximum(0.0, 1.0 - tau / jnp.maximum(leaves[g.out_kernel].norms(), eps))
+  for g in layouts:
+    shrink = jnp.maximum(0.0, 1.0 - threshold / jnp.maximum(leaves[g.out_kernel].norms(), eps))
     new[g.out_kernel] = leaves[g.out_kernel].times(shrink)
   return new
 
@@ -115,7 +93,7 @@ def soft_threshold_outputs(
 def prox_leaves(
   leaves: Sequence[jax.Array] | Mapping[int, jax.Array],
   layouts: Sequence[groups_lib.GroupLayout],
-  threshold: Threshold,
+  threshold: jax.Array | float,
   *,
   balance: bool = True,
   regularize_bias: bool = False,
@@ -127,9 +105,7 @@ def prox_leaves(
     leaves: the flat parameter leaves (or a mapping holding at least the
       grouped ones), indexed as in ``layouts``.
     layouts: from :func:`groups_lib.group_layouts`.
-    threshold: :math:`\\tau`, the soft-threshold of the "out" weights: a
-      scalar, or one per group (a scalar or ``[units]``, see
-      :func:`soft_threshold_outputs`).
+    threshold: :math:`\\tau`, the soft-threshold of the "out" weights.
     balance: apply the layer balance first (ignored with ``regularize_bias``).
     regularize_bias: normalise by :math:`\\|[w_i, a_i]\\|`, no balance.
     eps: the clip of every norm (and of path norms, for the balance).

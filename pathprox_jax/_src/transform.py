@@ -14,7 +14,6 @@ from pathprox_jax._src import balance as balance_lib
 from pathprox_jax._src import groups as groups_lib
 from pathprox_jax._src import params as params_lib
 from pathprox_jax._src import prox as prox_lib
-from pathprox_jax._src import unit_norms as unit_norms_lib
 from pathprox_jax._src.annotations import GroupSpec, GroupSpecTree, regularized_by_pathprox
 
 NO_PARAMS_MSG = (
@@ -31,8 +30,6 @@ class PathProxState(NamedTuple):
 
 ThresholdRule = Literal["fixed_point", "paper"]
 THRESHOLD_RULES: tuple[ThresholdRule, ...] = ("fixed_point", "paper")
-AdamWThresholdRule = Literal["decoupled", "preconditioned"]
-ADAMW_THRESHOLD_RULES: tuple[AdamWThresholdRule, ...] = ("decoupled", "preconditioned")
 
 
 def check_hyperparameter(
@@ -185,61 +182,32 @@ def pathprox(
     del extra_args
     if params is None:
       raise ValueError(NO_PARAMS_MSG)
-    threshold = _decay_times_step(learning_rate, weight_decay, state.count)
+    lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+    wd = weight_decay(state.count) if callable(weight_decay) else weight_decay
+    threshold = jnp.asarray(wd, jnp.float32) * jnp.asarray(lr, jnp.float32)
     if threshold_rule == "fixed_point":
       threshold = threshold / (1 - jnp.asarray(momentum, jnp.float32))
+    param_leaves, treedef = jax.tree.flatten(params)
+    update_leaves = treedef.flatten_up_to(updates)
     layouts = groups_lib.group_layouts(params, groups)
-    updates = _prox_updates(
-      updates,
-      params,
-      layouts,
-      threshold,
-      balance=balancing,
-      regularize_bias=regularize_bias,
-      eps=eps,
+    grouped = {i for g in layouts for i in (g.in_kernel, g.in_bias, g.out_kernel, g.out_bias)}
+    stepped = {
+      i: param_leaves[i].astype(jnp.float32) + update_leaves[i].astype(jnp.float32)
+      for i in grouped
+      if i is not None
+    }
+    new = prox_lib.prox_leaves(
+      stepped, layouts, threshold, balance=balancing, regularize_bias=regularize_bias, eps=eps
     )
-    return updates, PathProxState(count=optax.safe_increment(state.count))
+    out = [
+      (new[i] - param_leaves[i].astype(jnp.float32)).astype(param_leaves[i].dtype)
+      if i in new
+      else u
+      for i, u in enumerate(update_leaves)
+    ]
+    return treedef.unflatten(out), PathProxState(count=optax.safe_increment(state.count))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def _decay_times_step(learning_rate, weight_decay, count) -> jax.Array:
-  """:math:`\\lambda_t \\gamma_t` at step ``count``, f32 (schedules or numbers)."""
-  lr = learning_rate(count) if callable(learning_rate) else learning_rate
-  wd = weight_decay(count) if callable(weight_decay) else weight_decay
-  return jnp.asarray(wd, jnp.float32) * jnp.asarray(lr, jnp.float32)
-
-
-def _prox_updates(
-  updates: Any,
-  params: Any,
-  layouts: tuple[groups_lib.GroupLayout, ...],
-  threshold: prox_lib.Threshold,
-  *,
-  balance: bool,
-  regularize_bias: bool,
-  eps: float,
-) -> Any:
-  """``prox_tau(params + updates) - params`` on the grouped leaves; the others' updates as given.
-
-  ``threshold`` is a scalar or one per group (see :func:`prox_lib.soft_threshold_outputs`).
-  """
-  param_leaves, treedef = jax.tree.flatten(params)
-  update_leaves = treedef.flatten_up_to(updates)
-  grouped = {i for g in layouts for i in (g.in_kernel, g.in_bias, g.out_kernel, g.out_bias)}
-  stepped = {
-    i: param_leaves[i].astype(jnp.float32) + update_leaves[i].astype(jnp.float32)
-    for i in grouped
-    if i is not None
-  }
-  new = prox_lib.prox_leaves(
-    stepped, layouts, threshold, balance=balance, regularize_bias=regularize_bias, eps=eps
-  )
-  out = [
-    (new[i] - param_leaves[i].astype(jnp.float32)).astype(param_leaves[i].dtype) if i in new else u
-    for i, u in enumerate(update_leaves)
-  ]
-  return treedef.unflatten(out)
 
 
 def _decayed_mask(groups: GroupSpecTree, regularize_bias: bool):
@@ -362,7 +330,6 @@ def pathprox_adamw(
   eps_root: float = 0.0,
   mu_dtype: Any | None = None,
   nesterov: bool = False,
-  threshold_rule: AdamWThresholdRule = "decoupled",
   balance: bool = True,
   regularize_bias: bool = False,
   prox_eps: float = 1e-6,
@@ -386,33 +353,6 @@ def pathprox_adamw(
   regulariser :math:`R`, so grouped and ungrouped parameters are decayed alike.
   No momentum trace holds the decay, so there is no :math:`1/(1-\\beta)` (both
   threshold rules of :func:`pathprox` give :math:`\\lambda\\gamma` here).
-  This is ``threshold_rule="decoupled"``, the default: :math:`\\lambda` has
-  AdamW's decoupled scale (e.g. 0.05 to 0.5).
-
-  ``threshold_rule="preconditioned"`` (opt-in) gives each unit :math:`i` of a
-  group its own threshold, from Adam's bias-corrected second moment
-  :math:`\\hat\\nu` of the group's "out" kernel, averaged over the unit's
-  "out" weights :math:`v_i` (:math:`n_i` entries):
-
-  .. math::
-    \\tau_i = \\frac{\\lambda_t \\gamma_t}{d_i}, \\qquad
-    d_i = \\sqrt{\\frac{1}{n_i} \\sum_{k \\in v_i} \\hat\\nu_{t,k} + \\epsilon_{root}}
-      + \\epsilon .
-
-  Adam's step on :math:`v_i` is about :math:`\\gamma \\nabla_{v_i} L / d_i`
-  (one scalar per unit in place of Adam's per-entry scale), so iterating
-  :math:`v \\leftarrow \\mathrm{prox}_{\\tau}(v - \\gamma \\nabla L / d)` stops
-  where :math:`0 \\in \\nabla_{v_i} L / d_i + (\\tau_i / \\gamma) \\partial \\|v_i\\|`,
-  that is at a stationary point of :math:`L + \\lambda R` exactly when
-  :math:`\\tau_i = \\lambda\\gamma / d_i`. :math:`\\lambda` then has the scale of
-  the objective's :math:`\\lambda`, as with SGD (e.g. 1e-4 to 4e-3), not
-  AdamW's decoupled scale. Only the grouped units change: ungrouped kernels
-  keep AdamW's decoupled decay :math:`\\gamma_t\\lambda_t\\theta` with the same
-  :math:`\\lambda`, which at that scale is a much weaker decay than AdamW
-  users pick (a mix of two regimes: pass the :math:`\\lambda` meant for the
-  grouped units' objective). A unit whose "out" weights have had no gradient
-  yet has :math:`d_i = \\sqrt{\\epsilon_{root}} + \\epsilon`, hence a huge
-  threshold: it is switched off at once (Adam would not move it either).
 
   The decay mask is :func:`pathprox_sgd`'s: ungrouped kernels (the kernel rule,
   :func:`pathprox_jax.is_kernel`) and "follow" kernels; biases only with
@@ -421,8 +361,7 @@ def pathprox_adamw(
   nesterov=nesterov)``. The layer balance is function-preserving, as with SGD,
   and on by default as in :func:`pathprox_sgd` (pass ``balance=False`` for
   transformer blocks). It works with schedules and ``optax.inject_hyperparams``
-  (``static_args=("groups",)``; the string ``threshold_rule`` is static by
-  itself).
+  (``static_args=("groups",)``).
 
   Args:
     learning_rate: :math:`\\gamma`, a float > 0 or a schedule (drives Adam's
@@ -435,10 +374,6 @@ def pathprox_adamw(
     eps_root: added inside the square root.
     mu_dtype: the first moment's dtype (``None``: the params').
     nesterov: Nesterov momentum in Adam (NAdamW).
-    threshold_rule: one of :data:`pathprox_jax.ADAMW_THRESHOLD_RULES`:
-      "decoupled" (:math:`\\tau = \\lambda\\gamma`, AdamW's scale of
-      :math:`\\lambda`) or "preconditioned" (:math:`\\tau_i = \\lambda\\gamma/d_i`
-      per unit, the objective's scale of :math:`\\lambda`).
     balance: layer balance before each prox (see :func:`pathprox`).
     regularize_bias: decay biases too, and normalise by :math:`\\|[w_i, a_i]\\|`.
     prox_eps: the clip of every norm in the prox (``eps`` of :func:`pathprox`).
@@ -447,8 +382,7 @@ def pathprox_adamw(
     An ``optax.GradientTransformationExtraArgs``.
 
   Raises:
-    ValueError: as :func:`pathprox`, when built, and for an unknown
-      ``threshold_rule``.
+    ValueError: as :func:`pathprox`, when built.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax
@@ -472,33 +406,12 @@ def pathprox_adamw(
     Yang et al., `A Better Way to Decay: Proximal Gradient Training Algorithms
     for Neural Nets <https://arxiv.org/abs/2210.03069>`_, 2022.
   """
-  if threshold_rule not in ADAMW_THRESHOLD_RULES:
-    names = ", ".join(repr(rule) for rule in ADAMW_THRESHOLD_RULES)
-    raise ValueError(
-      f"PathProx-AdamW threshold_rule must be one of {names}, got {threshold_rule!r}."
-    )
-  adamw = [
+  return optax.chain(  # pathprox() checks the hyper-parameters
     optax.scale_by_adam(
       b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype, nesterov=nesterov
     ),
     optax.add_decayed_weights(weight_decay, mask=_decayed_mask(groups, regularize_bias)),
     optax.scale_by_learning_rate(learning_rate),
-  ]
-  if threshold_rule == "preconditioned":
-    return _adam_preconditioned_pathprox(
-      optax.chain(*adamw),
-      learning_rate,
-      weight_decay,
-      groups,
-      b2=b2,
-      eps=eps,
-      eps_root=eps_root,
-      balance=balance,
-      regularize_bias=regularize_bias,
-      prox_eps=prox_eps,
-    )
-  return optax.chain(  # pathprox() checks the hyper-parameters
-    *adamw,
     pathprox(
       learning_rate,
       weight_decay,
@@ -508,93 +421,3 @@ def pathprox_adamw(
       eps=prox_eps,
     ),
   )
-
-
-class PreconditionedPathProxState(NamedTuple):
-  """State of ``pathprox_adamw(..., threshold_rule="preconditioned")``.
-
-  Attributes:
-    adamw: the state of AdamW's chain (``scale_by_adam``, the decay, the learning rate).
-    count: the prox's step count, which indexes the learning rate and weight decay.
-  """
-
-  adamw: optax.OptState
-  count: jax.Array
-
-
-def unit_preconditioners(
-  nu_hat: Any,
-  layouts: tuple[groups_lib.GroupLayout, ...],
-  *,
-  eps: float | jax.Array,
-  eps_root: float | jax.Array,
-) -> list[jax.Array]:
-  """Adam's denominator :math:`d_i` per unit of each group, one scalar per unit.
-
-  :math:`d_i = \\sqrt{\\mathrm{mean}_{v_i} \\hat\\nu + \\epsilon_{root}} + \\epsilon`, the
-  mean over unit :math:`i`'s "out" weights.
-
-  Args:
-    nu_hat: Adam's bias-corrected second moment, a pytree shaped like the params.
-    layouts: the groups, indexed as the flat leaves of ``nu_hat``.
-    eps: added outside the square root, as Adam does.
-    eps_root: added inside it.
-
-  Returns:
-    One f32 vector ``[units]`` per group, from its "out" kernel along the unit axis.
-  """
-  leaves = jax.tree.leaves(nu_hat)
-  return [
-    jnp.sqrt(unit_norms_lib.unit_means(leaves[g.out_kernel], g.out_axis) + eps_root) + eps
-    for g in layouts
-  ]
-
-
-def _adam_preconditioned_pathprox(
-  adamw: optax.GradientTransformation,
-  learning_rate: optax.ScalarOrSchedule,
-  weight_decay: optax.ScalarOrSchedule,
-  groups: GroupSpecTree,
-  *,
-  b2: float | jax.Array,
-  eps: float | jax.Array,
-  eps_root: float | jax.Array,
-  balance: bool,
-  regularize_bias: bool,
-  prox_eps: float,
-) -> optax.GradientTransformationExtraArgs:
-  """``adamw`` (a chain starting with ``scale_by_adam``) then the prox, τ_i = λγ/d_i per unit."""
-  _check_threshold_args(learning_rate, weight_decay, 0.0, "paper")
-  balancing = balance and not regularize_bias
-
-  def init_fn(params):
-    layouts = groups_lib.group_layouts(params_lib.unwrap_variables(params), groups)
-    if balancing:
-      balance_lib.check_chain(layouts)
-    return PreconditionedPathProxState(adamw=adamw.init(params), count=jnp.zeros([], jnp.int32))
-
-  def update_fn(updates, state, params=None, **extra_args):
-    if params is None:
-      raise ValueError(NO_PARAMS_MSG)
-    updates, adamw_state = adamw.update(updates, state.adamw, params, **extra_args)
-    adam = adamw_state[0]  # scale_by_adam's state: its count is already this step's
-    nu_hat = optax.tree_utils.tree_bias_correction(adam.nu, b2, adam.count)
-    layouts = groups_lib.group_layouts(params, groups)
-    decay = _decay_times_step(learning_rate, weight_decay, state.count)
-    thresholds = [
-      decay / d for d in unit_preconditioners(nu_hat, layouts, eps=eps, eps_root=eps_root)
-    ]
-    updates = _prox_updates(
-      updates,
-      params,
-      layouts,
-      thresholds,
-      balance=balancing,
-      regularize_bias=regularize_bias,
-      eps=prox_eps,
-    )
-    return updates, PreconditionedPathProxState(
-      adamw=adamw_state, count=optax.safe_increment(state.count)
-    )
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -25,25 +25,7 @@ def unit_norms(x: jax.Array, axis: int) -> jax.Array:
     Shape ``[x.shape[axis]]``.
   """
   x = x.astype(jnp.float32)
-  return jnp.sqrt(jnp.sum(x * x, axis=_other_axes(x, axis)))
-
-
-def unit_means(x: jax.Array, axis: int) -> jax.Array:
-  """The mean of ``x`` over each unit ``j``'s slice (all axes but ``axis``), in f32.
-
-  Args:
-    x: a kernel-shaped array (e.g. Adam's second moment of a kernel).
-    axis: its unit axis (non-negative).
-
-  Returns:
-    Shape ``[x.shape[axis]]``.
-  """
-  return jnp.mean(x.astype(jnp.float32), axis=_other_axes(x, axis))
-
-
-def _other_axes(x: jax.Array, axis: int) -> tuple[int, ...]:
-  """Every axis of ``x`` but the unit axis: what a per-unit reduction sums over."""
-  return tuple(a for a in range(x.ndim) if a != axis)
+  return jnp.sqrt(jnp.sum(x * x, axis=tuple(a for a in range(x.ndim) if a != axis)))
 
 
 def scale_units(x: jax.Array, scale: jax.Array, axis: int) -> jax.Array:
