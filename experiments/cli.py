@@ -171,6 +171,13 @@ def add_config_arguments(
   return config
 
 
+def flag_value(value: Any) -> str:
+  """A config value as the command-line text that :func:`parse_command` reads back."""
+  if isinstance(value, (tuple, list)):
+    return ",".join(map(flag_value, value))
+  return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def _format(value: Any) -> str:
   if isinstance(value, (tuple, list)):
     return ",".join(map(str, value)) or "none"
@@ -391,9 +398,12 @@ def _validate_model(config: ml_collections.ConfigDict) -> None:
       f"--pool-after must be conv indices in [0, {len(widths) - 1}], got "
       f"{_format(config.pool_after)}",
     )
+  # A ViT block without heads or neurons is still a block (a pruned or compact model's):
+  # its residual connection carries the signal past it.
+  least = 0 if config.model == "vit" else 1
   _check(
-    len(widths) > 0 and all(w >= 1 for w in widths),
-    f"{flag(key)} must be widths >= 1, got {_format(widths)}",
+    len(widths) > 0 and all(w >= least for w in widths),
+    f"{flag(key)} must be widths >= {least}, got {_format(widths)}",
   )
   if config.model == "mlp":
     _check(
@@ -480,15 +490,16 @@ def exit_code(run: Callable[[], Any], resume_with: Callable[[], str]) -> int:
   """Runs a command's ``run()``; returns its exit code, its errors printed as one line.
 
   0: done; 1: the training loss became non-finite; 2: bad input (config, data set,
-  run directory, launch); 128 + the signal: interrupted, with the command that
+  ``init_params``, run directory, launch); 128 + the signal: interrupted, with the command that
   resumes (``resume_with()``).
   """
-  from experiments import data, distributed, train
+  from experiments import checkpointing, data, distributed, train
 
   try:
     run()
   except (
     ConfigError,
+    checkpointing.InitParamsError,
     distributed.LaunchError,
     data.DatasetUnavailableError,
     train.WorkdirError,

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from experiments import cli, run_folder, train
+from experiments import checkpointing, cli, run_folder, train
 
 
 class MemberOptState(NamedTuple):
@@ -108,7 +108,7 @@ class Sweep:
     seeds = [c.seed for c in self.configs]
     initial = train.initial_params(model, seeds, train_images[:1])
     for index, (boxed, data_key) in zip(self._indices, initial, strict=True):
-      params = nn.meta.unbox(boxed)
+      params = checkpointing.restore_init_params(config.init_params, nn.meta.unbox(boxed))
       self.states.append(
         train.TrainState(jnp.zeros((), jnp.int32), params, txs[index].init(params))
       )

@@ -360,7 +360,7 @@ class Experiment:
     ((boxed, data_key),) = initial_params(model, [config.seed], train_images[:1])
     self.data_key = jax.random.wrap_key_data(_replicated(jax.random.key_data(data_key), self.mesh))
     self.groups = group_spec(model, boxed)
-    params = nn.meta.unbox(boxed)
+    params = checkpointing.restore_init_params(config.init_params, nn.meta.unbox(boxed))
     self.schedule = learning_rate_schedule(config, per_epoch)
     tx = create_optimizer(config, self.groups, self.schedule)
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))

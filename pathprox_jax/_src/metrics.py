@@ -32,8 +32,20 @@ class ActiveUnits(NamedTuple):
   per_group_fraction: dict[int, jax.Array]
 
 
-def _unit_path_norms(params: Any, groups: GroupSpecTree) -> dict[int, jax.Array]:
-  """``{group: ||w_i|| ||v_i|| per unit}`` (weights only, f32)."""
+def unit_path_norms(params: Any, groups: GroupSpecTree) -> dict[int, jax.Array]:
+  """Each unit's path norm :math:`\\|w_i\\| \\|v_i\\|`, per group (weights only, f32).
+
+  :math:`w_i` and :math:`v_i` are unit ``i``'s slices of the group's "in" and "out"
+  kernels on their unit axes (a Dense neuron's column and row, an attention head's
+  value and output projections). Magnitude pruning ranks units by these scores.
+
+  Args:
+    params: the (unboxed) parameters, or an NNX ``State`` of them.
+    groups: the spec pytree from :func:`pathprox_jax.group_spec`.
+
+  Returns:
+    ``{group: scores}``, each of shape ``[units]``.
+  """
   params = params_lib.unwrap_variables(params)
   layouts = groups_lib.group_layouts(params, groups)
   scaled = unit_norms.scaled_groups(jax.tree.leaves(params), layouts)
@@ -52,7 +64,7 @@ def path_norm(params: Any, groups: GroupSpecTree) -> PathNorm:
   Returns:
     A :class:`PathNorm` with the total and ``{group: path norm}``.
   """
-  per_group = {g: jnp.sum(p) for g, p in _unit_path_norms(params, groups).items()}
+  per_group = {g: jnp.sum(p) for g, p in unit_path_norms(params, groups).items()}
   total = sum(per_group.values(), jnp.zeros((), jnp.float32))
   return PathNorm(total, per_group)
 
@@ -67,7 +79,7 @@ def active_units(params: Any, groups: GroupSpecTree) -> ActiveUnits:
   Returns:
     An :class:`ActiveUnits` (fractions in [0, 1]; 0 units give fraction 0).
   """
-  units = _unit_path_norms(params, groups)
+  units = unit_path_norms(params, groups)
   per_group = {g: jnp.sum(p > 0).astype(jnp.int32) for g, p in units.items()}
   count = sum(per_group.values(), jnp.zeros((), jnp.int32))
   total = sum(p.shape[0] for p in units.values())
