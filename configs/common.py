@@ -43,6 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.save_freq = 10_000  # steps between checkpoints (also saved at the end)
   config.eval_batch_size = 10_000  # examples per evaluation batch
   config.seed = 0  # initialisation and data-order seed
+  config.init_params = ""  # orbax params to start from, not the random init (compact/prune params/)
   config.parallel = "shard_map"  # data parallelism: "shard_map" or "pmap"
   config.num_devices = 0  # devices to train on (0: all)
   config.tensorboard = False  # also write TensorBoard scalars to <workdir>/tensorboard

@@ -11,8 +11,9 @@ def get_config() -> ml_collections.ConfigDict:
   lr 0.05 (×0.1 at epochs 12 and 16), λ 2e-3, batch 128, 8,000 iterations, eval
   every 1,000. Block ``b``'s heads are group ``2b``, its FFN neurons group
   ``2b + 1``; the blocks are joined by residual connections, so there is no
-  layer balance. SGD with momentum is PathProx's home: after an adaptive
-  optimiser such as Adam its threshold λγ would be a heuristic.
+  layer balance. With momentum 0.9 PathProx thresholds at λγ/(1 − β)
+  (``--threshold-rule paper``: λγ); ``fashion_mnist_vit_adamw`` is the same
+  model under AdamW.
   """
   config = common.get_config()
   config.experiment = "fashion_mnist_vit"

@@ -20,6 +20,10 @@ class NoReadableCheckpointError(ValueError):
   """Every checkpoint of a run failed to restore or to pass the checks."""
 
 
+class InitParamsError(ValueError):
+  """The params a run is asked to start from cannot be restored for its model."""
+
+
 def latest_step(directory: Path) -> int | None:
   """The step of the latest checkpoint in ``directory`` (None: none, or no such folder)."""
   if not Path(directory).is_dir():
@@ -67,11 +71,18 @@ def _first_line(error: Exception) -> str:
   return f"{type(error).__name__}: {text[0][:100] if text else ''}"
 
 
+def _leaf_paths(tree: Any) -> set[str]:
+  return {jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(tree)}
+
+
 def _problem(restored: Any, abstract: Any) -> str | None:
   """What is wrong with a restored tree against its template (structure, shapes, values)."""
-  got, want = jax.tree.structure(restored), jax.tree.structure(abstract)
-  if got != want:
-    return f"its structure {got} is not the run's {want}"
+  if jax.tree.structure(restored) != jax.tree.structure(abstract):
+    saved, expected = _leaf_paths(restored), _leaf_paths(abstract)
+    return (
+      f"its structure is not the run's (missing {sorted(expected - saved)[:3]}, "
+      f"unexpected {sorted(saved - expected)[:3]})"
+    )
   paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(abstract)]
   for path, a, b in zip(paths, jax.tree.leaves(restored), jax.tree.leaves(abstract), strict=True):
     if a.shape != b.shape or a.dtype != b.dtype:
@@ -79,6 +90,37 @@ def _problem(restored: Any, abstract: Any) -> str | None:
   if not all_finite(restored):
     return "it holds non-finite values"
   return None
+
+
+def restore_init_params(directory: str, params: Any) -> Any:
+  """The params saved in ``directory`` (``init_params``), else ``params`` when it is "".
+
+  Args:
+    directory: an orbax params checkpoint (a compact or prune output's ``params/``), or "".
+    params: the model's freshly initialised params: the structure, shapes and dtypes
+      the saved ones must have.
+
+  Returns:
+    The params to start the run from.
+
+  Raises:
+    InitParamsError: ``directory`` is no folder, or no params checkpoint of this model.
+  """
+  if not directory:
+    return params
+  path = Path(directory).absolute()
+  if not path.is_dir():
+    raise InitParamsError(f"--init-params {directory}: no such folder")
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, params)
+  try:
+    with _quiet_failed_restores(), ocp.StandardCheckpointer() as checkpointer:
+      restored = checkpointer.restore(path)  # as saved: the check below compares shapes
+    problem = _problem(restored, abstract)
+  except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise many kinds on bad files
+    problem = _first_line(e)
+  if problem is not None:
+    raise InitParamsError(f"--init-params {directory} does not fit the model: {problem}")
+  return restored
 
 
 class Checkpoints:

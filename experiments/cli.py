@@ -223,15 +223,16 @@ def exit_code(run: Callable[[], Any], resume_with: Callable[[], str]) -> int:
   """Runs a command's ``run()``; returns its exit code, its errors printed as one line.
 
   0: done; 1: the training loss became non-finite; 2: bad input (config, data set,
-  run directory, launch); 128 + the signal: interrupted, with the command that
+  ``init_params``, run directory, launch); 128 + the signal: interrupted, with the command that
   resumes (``resume_with()``).
   """
-  from experiments import data, distributed, train
+  from experiments import checkpointing, data, distributed, train
 
   try:
     run()
   except (
     ConfigError,
+    checkpointing.InitParamsError,
     distributed.LaunchError,
     data.DatasetUnavailableError,
     WorkdirError,

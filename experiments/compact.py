@@ -57,6 +57,10 @@ class UsageError(ValueError):
   """The run folder or the output folder cannot be used."""
 
 
+# What the commands that read a run report as bad input (one line, exit code 2).
+USAGE_ERRORS = (cli.ConfigError, UsageError, run_folder.NotARunError, data.DatasetUnavailableError)
+
+
 class TrainedRun(NamedTuple):
   """A run's config, latest parameters and test set.
 
@@ -121,11 +125,11 @@ def restore_run(directory: Path) -> TrainedRun:
     raise UsageError(f"{directory} is not a run folder: it has no config.json")
   # Checked before Checkpoints(), whose manager would create the folder.
   if not checkpoint_dir.is_dir():
-    raise UsageError(f"{directory} has no checkpoint to compact: no checkpoints/ folder")
+    raise UsageError(f"{directory} has no checkpoint: no checkpoints/ folder")
   checkpoints = checkpointing.Checkpoints(checkpoint_dir)
   try:
     if checkpoints.latest_step() is None:
-      raise UsageError(f"{directory} has no checkpoint to compact: checkpoints/ is empty")
+      raise UsageError(f"{directory} has no checkpoint: checkpoints/ is empty")
     config = run_folder.read_config(config_file)
     template, groups = abstract_state(config)
     try:
@@ -163,6 +167,11 @@ def logits_on_test_set(model, params: Any, run: TrainedRun) -> np.ndarray:
   return out[mask.reshape(-1)]
 
 
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+  """The fraction of examples whose largest logit is their label's."""
+  return float(np.mean(logits.argmax(-1) == labels))
+
+
 def check_outputs(sparse: np.ndarray, compact: np.ndarray, labels: np.ndarray) -> Check:
   """Compares two models' logits on the same examples, whose labels are ``labels``.
 
@@ -173,8 +182,8 @@ def check_outputs(sparse: np.ndarray, compact: np.ndarray, labels: np.ndarray) -
   return Check(
     max_abs_diff=float(np.max(np.abs(sparse - compact))),
     tolerance=OUTPUT_TOLERANCE * max(1.0, float(np.max(np.abs(sparse)))),
-    sparse_acc=float(np.mean(sparse.argmax(-1) == labels)),
-    compact_acc=float(np.mean(compact.argmax(-1) == labels)),
+    sparse_acc=accuracy(sparse, labels),
+    compact_acc=accuracy(compact, labels),
   )
 
 
@@ -250,17 +259,29 @@ def without_empty_arrays(tree: Mapping[str, Any]) -> dict[str, Any]:
   return out
 
 
-def check_output_folder(out: Path) -> None:
-  """Raises :class:`UsageError` unless ``out`` is absent, empty or a previous compact output."""
-  if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / MARKER).is_file())):
+def check_output_folder(out: Path, marker: str = MARKER) -> None:
+  """Raises :class:`UsageError` unless ``out`` is absent, empty or a previous output.
+
+  Args:
+    out: the output folder.
+    marker: the record file that only the command's outputs hold (``compact.json``,
+      ``prune.json``).
+  """
+  if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / marker).is_file())):
     raise UsageError(
-      f"{out} exists and is not a previous compact output (no {MARKER}); "
+      f"{out} exists and is not a previous {Path(marker).stem} output (no {marker}); "
       "remove it or choose another --out"
     )
 
 
-def write_output(out: Path, config: ml_collections.ConfigDict, params: Any, record: dict) -> None:
-  """Writes ``params/``, ``config.json`` and ``compact.json``, replacing a previous output.
+def write_output(
+  out: Path,
+  config: ml_collections.ConfigDict,
+  params: Any,
+  record: dict,
+  marker: str = MARKER,
+) -> None:
+  """Writes ``params/``, ``config.json`` and the record ``marker``, replacing a previous output.
 
   The folder is written under a temporary name and renamed at the end, so that
   an interrupted write never leaves a folder that looks like a complete output.
@@ -272,33 +293,83 @@ def write_output(out: Path, config: ml_collections.ConfigDict, params: Any, reco
       checkpointer.save(folder.absolute() / "params", params)
       checkpointer.wait_until_finished()
     (folder / run_folder.CONFIG).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    (folder / MARKER).write_text(json.dumps(record, indent=2) + "\n")
+    (folder / marker).write_text(json.dumps(record, indent=2) + "\n")
 
   out.absolute().parent.mkdir(parents=True, exist_ok=True)
   run_folder.write_atomic(out, write)
 
 
-def _row(name: str, sparse: float | None, compact: float | None, spec: str) -> str:
+def table_row(name: str, before: float | None, after: float | None, spec: str) -> str:
+  """A row of :func:`print_table`: the name, both values (format ``spec``), after / before."""
+
   def cell(v):
     return f"{'n/a':>14}" if v is None else f"{v:>14{spec}}"
 
-  ratio = f"{compact / sparse:>10.3f}" if sparse and compact is not None else f"{'n/a':>10}"
-  return f"{name:<30}{cell(sparse)}{cell(compact)}{ratio}"
+  ratio = f"{after / before:>10.3f}" if before and after is not None else f"{'n/a':>10}"
+  return f"{name:<30}{cell(before)}{cell(after)}{ratio}"
 
 
-def print_table(sparse: Benchmark, compact: Benchmark, repeats: int) -> None:
-  """Prints both models' size and speed side by side, with the ratio compact / sparse."""
-  print(f"{'':<30}{'sparse':>14}{'compact':>14}{'ratio':>10}")
-  print(_row("parameters", sparse.parameters, compact.parameters, ",d"))
-  print(_row("FLOPs / example (XLA)", sparse.flops, compact.flops, ",.0f"))
+def print_table(
+  before: Benchmark,
+  after: Benchmark,
+  repeats: int,
+  names: tuple[str, str] = ("sparse", "compact"),
+  rows: Sequence[str] = (),
+) -> None:
+  """Prints two models' size and speed side by side, with the ratio after / before.
+
+  Args:
+    before: the original model's benchmark.
+    after: the smaller model's.
+    repeats: the timed calls per batch size (for the footnote).
+    names: the two columns' headings.
+    rows: further rows (:func:`table_row`), printed after the parameters and FLOPs.
+  """
+  print(f"{'':<30}{names[0]:>14}{names[1]:>14}{'ratio':>10}")
+  print(table_row("parameters", before.parameters, after.parameters, ",d"))
+  print(table_row("FLOPs / example (XLA)", before.flops, after.flops, ",.0f"))
+  for row in rows:
+    print(row)
   for batch in BENCHMARK_BATCHES:
-    before, after = sparse.ms_per_call[batch], compact.ms_per_call[batch]
-    print(_row(f"batch {batch:,}: ms / call", before, after, ".3f"))
-    print(_row(f"batch {batch:,}: examples / s", 1e3 * batch / before, 1e3 * batch / after, ",.0f"))
+    slow, fast = before.ms_per_call[batch], after.ms_per_call[batch]
+    print(table_row(f"batch {batch:,}: ms / call", slow, fast, ".3f"))
+    print(
+      table_row(f"batch {batch:,}: examples / s", 1e3 * batch / slow, 1e3 * batch / fast, ",.0f")
+    )
   print(
     "FLOPs: XLA's cost analysis of the jitted apply at batch 1. Times: median of "
     f"{repeats} jitted calls (after a warm-up) on {jax.devices()[0].device_kind}."
   )
+
+
+def compact_run(
+  run: TrainedRun, run_dir: Path, how: str, **options: Any
+) -> tuple[Any, dict[int, pp.KeptUnits], ml_collections.ConfigDict]:
+  """The run's smaller model (:func:`pathprox_jax.compact`), printing what it keeps.
+
+  Args:
+    run: the restored run.
+    run_dir: its folder (for the printout).
+    how: what chose the units (for the printout), e.g. ``"--atol 0"``.
+    **options: :func:`pathprox_jax.compact`'s ``atol`` or ``keep``.
+
+  Returns:
+    ``(smaller params without zero-size arrays, kept units per group, smaller config)``.
+  """
+  config = run.config
+  print(
+    f"run {run_dir}: {config.experiment}, {config.method}, "
+    f"checkpoint at step {run.step} of {config.total_iter}"
+  )
+  small, kept = pp.compact(run.params, run.groups, **options)
+  print(
+    f"kept units ({how}): "
+    + ", ".join(f"group {g} {k.width}/{k.original_width}" for g, k in kept.items())
+  )
+  small_config = models.compacted_config(config, kept)
+  for key in models.widths_keys(config):
+    print(f"{key}: {tuple(config[key])} -> {small_config[key]}")
+  return without_empty_arrays(small), kept, small_config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -321,21 +392,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out) if args.out else run_dir / "compact"
     check_output_folder(out)
     run = restore_run(run_dir)
-  except (cli.ConfigError, UsageError, run_folder.NotARunError, data.DatasetUnavailableError) as e:
+  except USAGE_ERRORS as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
 
   config = run.config
-  print(
-    f"run {run_dir}: {config.experiment}, {config.method}, "
-    f"checkpoint at step {run.step} of {config.total_iter}"
-  )
-  small, kept = pp.compact(run.params, run.groups, atol=args.atol)
-  small = without_empty_arrays(small)
-  print(
-    f"kept units (--atol {args.atol:g}): "
-    + ", ".join(f"group {g} {k.width}/{k.original_width}" for g, k in kept.items())
-  )
+  small, kept, small_config = compact_run(run, run_dir, f"--atol {args.atol:g}", atol=args.atol)
   # A ViT's residual connections carry the signal past a block with no units left.
   empty = [g for g, k in kept.items() if k.width == 0 and config.model != "vit"]
   if empty:
@@ -345,10 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       file=sys.stderr,
     )
     return 1
-  small_config = models.compacted_config(config, kept)
   keys = models.widths_keys(config)
-  for key in keys:
-    print(f"{key}: {tuple(config[key])} -> {small_config[key]}")
   model, small_model = models.create_model(config), models.create_model(small_config)
 
   check = check_outputs(

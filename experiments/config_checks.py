@@ -52,6 +52,13 @@ def flag(key: str) -> str:
   return f"--{key.replace('_', '-')}"
 
 
+def flag_value(value: Any) -> str:
+  """A config value as the command-line text that ``cli.parse_command`` reads back."""
+  if isinstance(value, (tuple, list)):
+    return ",".join(map(flag_value, value))
+  return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def owner(key: str) -> tuple[str, str] | None:
   """``("model" or "split", option)`` of a key only that option reads; None for the others."""
   for setting, keys_of in (("model", MODEL_KEYS), ("split", SPLIT_KEYS)):
@@ -184,9 +191,12 @@ def _validate_model(config: ml_collections.ConfigDict) -> None:
       f"--pool-after must be conv indices in [0, {len(widths) - 1}], got "
       f"{format_value(config.pool_after)}",
     )
+  # A ViT block without heads or neurons is still a block (a pruned or compact model's):
+  # its residual connection carries the signal past it.
+  least = 0 if config.model == "vit" else 1
   check(
-    len(widths) > 0 and all(w >= 1 for w in widths),
-    f"{flag(key)} must be widths >= 1, got {format_value(widths)}",
+    len(widths) > 0 and all(w >= least for w in widths),
+    f"{flag(key)} must be widths >= {least}, got {format_value(widths)}",
   )
   if config.model == "mlp":
     check(

@@ -22,6 +22,7 @@ import optax
 
 import pathprox_jax as pp
 from experiments import (
+  checkpointing,
   data,
   dataset_facts,
   distributed,
@@ -217,7 +218,7 @@ class Experiment:
     self._indices = [weight_decays.index(c.weight_decay) for c in self.configs]
     self.states, self.data_keys = [], []
     for index, (boxed, data_key) in zip(self._indices, initial, strict=True):
-      params = nn.meta.unbox(boxed)
+      params = checkpointing.restore_init_params(config.init_params, nn.meta.unbox(boxed))
       self.states.append(TrainState(jnp.zeros((), jnp.int32), params, txs[index].init(params)))
       self.data_keys.append(data_key)
     self._stacked = len(self.configs) > 1

@@ -21,6 +21,7 @@ from pathprox_jax._src.metrics import Summary as Summary
 from pathprox_jax._src.metrics import active_units as active_units
 from pathprox_jax._src.metrics import path_norm as path_norm
 from pathprox_jax._src.metrics import summarize as summarize
+from pathprox_jax._src.metrics import unit_path_norms as unit_path_norms
 from pathprox_jax._src.metrics import weight_decay_objective as weight_decay_objective
 from pathprox_jax._src.params import is_kernel as is_kernel
 from pathprox_jax._src.params import kernel_mask as kernel_mask

@@ -167,8 +167,8 @@ def test_vgg_run_with_zeroed_units_compacts(raw_cifar, tmp_path, capsys):
   "files, message",
   [
     ((), "is not a run folder: it has no config.json"),
-    (("config.json",), "has no checkpoint to compact: no checkpoints/ folder"),
-    (("config.json", "checkpoints/"), "has no checkpoint to compact: checkpoints/ is empty"),
+    (("config.json",), "has no checkpoint: no checkpoints/ folder"),
+    (("config.json", "checkpoints/"), "has no checkpoint: checkpoints/ is empty"),
   ],
 )
 def test_folder_without_a_checkpoint_is_a_one_line_error(files, message, tmp_path, capsys):

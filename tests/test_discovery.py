@@ -59,9 +59,8 @@ def test_project_mlps(features, relu):
   report = pp.explain_groups(model.apply, nn.meta.unbox(boxed), IMAGES)
   assert _renumbered(report.groups) == pp.group_spec(boxed)
   assert report.groups == pp.group_spec(boxed)  # numbered in forward order too
-  assert report.chains == (tuple(range(len(features) // 2)),) and report.balance == (
-    len(features) > 3
-  )
+  assert report.chains == (tuple(range(len(features) // 2)),)
+  assert report.balance == (report.chains if len(features) > 3 else False)
 
 
 def test_project_vgg_is_one_chain():
@@ -71,7 +70,7 @@ def test_project_vgg_is_one_chain():
   boxed = jax.eval_shape(model.init, jax.random.key(0), x)["params"]
   report = pp.explain_groups(model.apply, nn.meta.unbox(boxed), x)
   assert report.groups == pp.group_spec(boxed)
-  assert report.chains == (tuple(range(len(config.channels) // 2)),) and report.balance
+  assert report.chains == (tuple(range(len(config.channels) // 2)),) == report.balance
 
 
 def test_project_vit_heads_and_neurons():
@@ -79,7 +78,7 @@ def test_project_vit_heads_and_neurons():
   boxed = _init(model, IMAGES)
   report = pp.explain_groups(model.apply, nn.meta.unbox(boxed), IMAGES)
   assert report.groups == model.group_spec(boxed)
-  assert report.chains == ((0,), (1,), (2,), (3,)) and not report.balance
+  assert report.chains == ((0,), (1,), (2,), (3,)) and report.balance is False
   text = str(report)
   assert "head/kernel (16, 10): no group: its outputs are also an output" in text
   assert 'block_0/attention/out/kernel (2, 4, 16): group 0 "out"' in text
@@ -223,6 +222,52 @@ def test_nnx_attention_heads():
   groups = pp.discover_groups(lambda s, x: nnx.merge(graphdef, s)(x), state, x)
   rules = pp.group_spec_from_paths(state, pp.attention_head_rules("", 0))
   assert groups == rules
+
+
+class TrunkAndResidualFFN(nn.Module):
+  """An MLP trunk of two chained groups, then a residual block whose FFN neurons are a group."""
+
+  @nn.compact
+  def __call__(self, x):
+    for features in (16, 8, 16):
+      x = nn.relu(nn.Dense(features)(x))
+    h = nn.Dense(8)(x)
+    neurons = nn.relu(nn.Dense(16)(h))
+    h = h + nn.Dense(8)(neurons)
+    return nn.Dense(3)(h)
+
+
+def test_discovered_chains_balance_the_trunk_and_not_the_residual_block():
+  model = TrunkAndResidualFFN()
+  x = jax.random.normal(jax.random.key(1), (4, 5))
+  params = _init(model, x)
+  params["Dense_1"] = {**params["Dense_1"], "kernel": 5.0 * params["Dense_1"]["kernel"]}
+  report = pp.explain_groups(model.apply, params, x)
+  assert report.chains == ((0, 1), (2,)) and report.balance == ((0, 1),)
+  assert report.groups["Dense_4"]["kernel"] == G(2, "in")
+
+  apply = jax.jit(model.apply)
+  out = apply({"params": params}, x)
+  chained = pp.balance(params, report.groups, chains=report.balance)
+  np.testing.assert_allclose(apply({"params": chained}, x), out, rtol=1e-5, atol=1e-5)
+  before, after = (pp.path_norm(p, report.groups).per_group for p in (params, chained))
+  np.testing.assert_allclose(after[0], after[1], rtol=1e-5)
+  assert not np.isclose(before[0], before[1], rtol=1e-2) and before[2] == after[2]
+  whole = pp.balance(params, report.groups)  # one chain through the residual add
+  assert not np.allclose(apply({"params": whole}, x), out, atol=1e-3)
+
+  grads = jax.grad(lambda p: jnp.sum(model.apply({"params": p}, x) ** 2))(params)
+  steps = {}
+  for balance in (report.balance, report.chains, False):
+    tx = pp.pathprox_sgd(0.1, 1e-2, report.groups, momentum=0.9, balance=balance)
+    step = jax.jit(lambda p, g, tx=tx: optax.apply_updates(p, tx.update(g, tx.init(p), p)[0]))
+    steps[balance] = step(params, grads)
+  jax.tree.map(np.testing.assert_array_equal, steps[report.balance], steps[report.chains])
+  for layer in ("Dense_4", "Dense_5"):  # group 2 is not balanced
+    jax.tree.map(np.testing.assert_array_equal, steps[report.balance][layer], steps[False][layer])
+  assert not np.allclose(
+    steps[report.balance]["Dense_1"]["kernel"], steps[False]["Dense_1"]["kernel"]
+  )
 
 
 # Refusals, each with its reason in the report.

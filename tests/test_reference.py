@@ -49,8 +49,11 @@ ATTENTION = {
   "head": ((6, 2), True, None),
 }
 ATTENTION_NO_BIAS = {name: (shape, False, group) for name, (shape, _, group) in ATTENTION.items()}
+# Four groups, for two chains of two.
+DENSE4 = {**DENSE, "h_in3": ((4, 6), True, (3, "in")), "i_out3": ((6, 2), False, (3, "out"))}
 NETS = {
   "dense": DENSE,
+  "dense4": DENSE4,
   "conv": CONV,
   "attention": ATTENTION,
   "attention-no-bias": ATTENTION_NO_BIAS,
@@ -142,19 +145,25 @@ def scale_bias(p, layer, s):
     p[layer]["bias"] = p[layer]["bias"] * s
 
 
+def ref_balance(p, chain):
+  """Balances one chain of (w layer, v layer) sequentially, group after group; in place."""
+  norms = [group_path_norm(p, w, v) for w, v in chain]
+  if min(norms) > EPS:
+    target = np.exp(np.mean(np.log(norms)))
+    for k in range(len(chain) - 1):
+      s = target / group_path_norm(p, *chain[k])
+      p[chain[k][1]]["kernel"] = p[chain[k][1]]["kernel"] * s
+      scale_bias(p, chain[k][1], s)
+      scale_bias(p, chain[k + 1][0], s)
+      p[chain[k + 1][1]]["kernel"] = p[chain[k + 1][1]]["kernel"] / s
+
+
 def ref_prox(p, net, tau, balance, regularize_bias):
-  """Balance (sequentially, group after group), normalise w, soft-threshold v; in place."""
+  """Balance (all groups as one chain, or each given chain), normalise w, soft-threshold v."""
   groups = layer_names(net)
-  if balance and not regularize_bias:
-    norms = [group_path_norm(p, w, v) for w, v in groups]
-    if min(norms) > EPS:
-      target = np.exp(np.mean(np.log(norms)))
-      for k in range(len(groups) - 1):
-        s = target / group_path_norm(p, *groups[k])
-        p[groups[k][1]]["kernel"] = p[groups[k][1]]["kernel"] * s
-        scale_bias(p, groups[k][1], s)
-        scale_bias(p, groups[k + 1][0], s)
-        p[groups[k + 1][1]]["kernel"] = p[groups[k + 1][1]]["kernel"] / s
+  chains = [range(len(groups))] if balance is True else balance or []
+  for chain in [] if regularize_bias else chains:
+    ref_balance(p, [groups[k] for k in chain])
   for w_layer, v_layer in groups:
     for i in range(units(p, w_layer)):
       w_i = w_unit(p, w_layer, i)  # views: assigning to them writes into p
@@ -263,6 +272,8 @@ def assert_both_threshold_branches(expected, net):
 CASES = {
   "dense": dict(net="dense"),
   "dense-no-balance": dict(net="dense", balance=False),
+  "dense-two-chains": dict(net="dense4", balance=((0, 1), (2, 3)), momentum=0.9),
+  "dense-chain-of-the-last-two": dict(net="dense", balance=((1, 2),)),
   "dense-regularize-bias": dict(net="dense", regularize_bias=True),
   "dense-momentum": dict(net="dense", momentum=0.9),
   "dense-momentum-paper-rule": dict(net="dense", momentum=0.9, threshold_rule="paper"),
@@ -329,6 +340,7 @@ ADAMW_CASES = {
   "dense-regularize-bias": dict(net="dense", regularize_bias=True),
   "conv-no-balance": dict(net="conv", balance=False),
   "attention-heads": dict(net="attention", balance=False),
+  "attention-ffn-alone": dict(net="attention", balance=((1,),)),
 }
 
 
@@ -485,3 +497,29 @@ def test_balance_is_refused_for_attention_heads():
     pp.prox(params, no_followers, 0.1)
   pp.pathprox_sgd(0.1, 1e-3, groups, balance=False).init(params)  # accepted without balance
   pp.pathprox_sgd(0.1, 1e-3, groups, regularize_bias=True).init(params)  # never balances
+
+
+@pytest.mark.parametrize(
+  "chains, message",
+  [
+    (((0, 1),), "group 0 has followers"),  # the heads
+    (
+      ((1, 2),),
+      r"chain \(1, 2\) names group 2, which is not a group of the spec \(groups \[0, 1\]\)",
+    ),
+    (((1,), (0, 1)), "group 1 is in more than one chain"),
+    ((1, 0), "balance must be True, False or a sequence of chains"),
+  ],
+  ids=["head-group", "unknown-id", "group-in-two-chains", "not-chains"],
+)
+def test_bad_balance_chains_raise_one_line(chains, message):
+  params, groups = make_params(ATTENTION), make_groups(ATTENTION)
+  for call in (
+    lambda: pp.pathprox_sgd(0.1, 1e-3, groups, balance=chains).init(params),
+    lambda: pp.pathprox_adamw(0.1, 1e-3, groups, balance=chains).init(params),
+    lambda: pp.prox(params, groups, 0.1, balance=chains),
+    lambda: pp.balance(params, groups, chains=chains),
+  ):
+    with pytest.raises(ValueError, match=message) as error:
+      call()
+    assert "\n" not in str(error.value)

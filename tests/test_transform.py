@@ -100,6 +100,51 @@ def test_balance_preserves_function_and_equalises_path_norms(model, x_shape):
   )
 
 
+def test_one_chain_of_all_groups_is_balance_true_bit_for_bit():
+  x = jax.random.normal(jax.random.key(1), (4, 20))
+  params, groups = init(FACTORISED, x)
+  params["Dense_1"]["kernel"] = params["Dense_1"]["kernel"] * 7.0
+  grads = jax.tree.map(lambda p: jnp.cos(3.0 * p), params)
+  results = []
+  for balance in (True, ((0, 1, 2),), [[0, 1, 2]]):
+    tx = pp.pathprox_sgd(0.1, 0.3, groups, momentum=0.9, balance=balance)
+    stepped = jax.jit(sgd_step(tx))(params, tx.init(params), grads)
+    results.append((stepped, pp.prox(params, groups, 0.05, balance=balance)))
+    results[-1] += (pp.balance(params, groups, chains=balance),)
+  chex.assert_trees_all_equal(results[0], results[1])
+  chex.assert_trees_all_equal(results[0], results[2])
+
+
+EIGHT_GROUPED = tuple((k // 2, (IN, OUT)[k % 2]) for k in range(8))
+FOUR_GROUPS = MLP((WIDTH, 12) * 3 + (WIDTH, 10), (True, False) * 4, EIGHT_GROUPED)
+
+
+def test_two_chains_are_balanced_each_on_its_own():
+  x = jax.random.normal(jax.random.key(1), (4, 20))
+  params, groups = init(FOUR_GROUPS, x)
+  for layer, scale in (("Dense_1", 7.0), ("Dense_4", 0.2), ("Dense_7", 3.0)):
+    params[layer]["kernel"] = params[layer]["kernel"] * scale
+  before = {k: float(v) for k, v in pp.path_norm(params, groups).per_group.items()}
+
+  balanced = jax.jit(lambda p: pp.balance(p, groups, chains=((0, 1), (2, 3))))(params)
+  # The chains are independent: balancing them one after the other is the same, bit for bit.
+  halves = pp.balance(pp.balance(params, groups, chains=((0, 1),)), groups, chains=((2, 3),))
+  chex.assert_trees_all_equal(balanced, halves)
+  # Each chain's groups reach the float64 geometric mean of that chain's path norms.
+  after = pp.path_norm(balanced, groups).per_group
+  for chain in ((0, 1), (2, 3)):
+    mean = np.exp(np.mean(np.log([before[k] for k in chain], dtype=np.float64)))
+    np.testing.assert_allclose([after[k] for k in chain], [mean, mean], rtol=1e-5)
+  assert not np.isclose(float(after[1]), float(after[2]), rtol=1e-2)
+  # A chain's first "in" layer is untouched: the scale stays inside the chain.
+  for layer in ("Dense_0", "Dense_4"):
+    chex.assert_trees_all_equal(balanced[layer], params[layer])
+  apply = jax.jit(FOUR_GROUPS.apply)
+  np.testing.assert_allclose(
+    apply({"params": balanced}, x), apply({"params": params}, x), rtol=1e-5, atol=1e-5
+  )
+
+
 @pytest.mark.parametrize("momentum, nesterov", [(0.0, False), (0.9, False), (0.9, True)])
 def test_ungrouped_updates_equal_base_optimiser(momentum, nesterov):
   x = jnp.ones((2, 20))
@@ -267,6 +312,7 @@ FACTORIES = {
   "pathprox_sgd-paper-rule": (pp.pathprox_sgd, dict(momentum=0.9, threshold_rule="paper")),
   "pathprox": (pp.pathprox, dict(momentum=0.5, balance=False, eps=1e-5)),
   "pathprox_adamw": (pp.pathprox_adamw, dict(b1=0.8, nesterov=True, prox_eps=1e-5)),
+  "pathprox_adamw-chains": (pp.pathprox_adamw, dict(balance=((1, 2),))),
 }
 
 
@@ -279,6 +325,8 @@ def test_inject_hyperparams_under_jit(factory, kwargs):
     learning_rate=0.1, weight_decay=0.3, groups=groups, **kwargs
   )
   direct = factory(0.1, 0.3, groups, **kwargs)
+  # A bool or a tuple of chains is static without static_args: not a hyper-parameter array.
+  assert "balance" not in injected.init(params).hyperparams
   chex.clear_trace_counter()  # chex counts traces per function name, across parameters
   step = jax.jit(chex.assert_max_traces(sgd_step(injected), n=1))
   p, s = params, injected.init(params)
@@ -300,7 +348,7 @@ def test_inject_hyperparams_under_jit(factory, kwargs):
 @pytest.mark.parametrize("factory, kwargs", FACTORIES.values(), ids=FACTORIES.keys())
 def test_extra_args_are_accepted(factory, kwargs):
   x = jnp.ones((2, 20))
-  params, groups = init(SMALL, x)
+  params, groups = init(FACTORISED, x)
   tx = factory(0.1, 0.3, groups, **kwargs)
   grads = jax.tree.map(jnp.sin, params)
   plain, _ = tx.update(grads, tx.init(params), params)

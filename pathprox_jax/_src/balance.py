@@ -14,14 +14,19 @@ by ``1/s``, one group after another. It preserves the network function when
 group ``k``'s "out" layer feeds group ``k+1``'s "in" layer through positively
 homogeneous operations only (ReLU, max or average pooling, identity).
 
-**The chain rule.** The groups must form one chain: an MLP or a VGG-style stack
-of Dense/Conv groups. A residual connection breaks the chain (the scale of group
-``k``'s output would reach the residual stream), and so do attention heads and
-"follow" parameters (a gate or a query reads the rescaled input through a
-non-homogeneous function). The balance therefore refuses any group that is not
-in the Dense/Conv layout or has followers: a transformer's spec with heads needs
-``balance=False``. A transformer whose only groups are Dense FFN neurons cannot
-be told from an MLP by its parameters: pass ``balance=False`` yourself.
+**The chain rule.** The balanced groups must form chains: an MLP or a VGG-style
+stack of Dense/Conv groups is one chain. A residual connection breaks a chain (the
+scale of group ``k``'s output would reach the residual stream), and so do attention
+heads and "follow" parameters (a gate or a query reads the rescaled input through
+a non-homogeneous function). ``balance=True`` takes all groups, in group order, as
+one chain; a sequence of chains (group ids in forward order, e.g.
+:attr:`pathprox_jax.GroupReport.chains` from the trace) balances each chain of two
+or more groups on its own, with its own :math:`G`, and leaves every other group
+as it is. The balance refuses a balanced group that is not in the Dense/Conv
+layout or has followers: a transformer's spec with heads needs ``balance=False``
+or chains without the heads. A transformer whose only groups are Dense FFN
+neurons cannot be told from an MLP by its parameters: pass ``balance=False`` (or
+the discovered chains) yourself.
 """
 
 from __future__ import annotations
@@ -62,6 +67,10 @@ def previous_scales(alpha: jax.Array) -> jax.Array:
   return jnp.concatenate([jnp.ones((1,), alpha.dtype), alpha[:-1]])
 
 
+Chains = Sequence[Sequence[int]]
+"""Chains of group ids, each in forward order: ``((0, 1), (2, 3))``, ``GroupReport.chains``."""
+
+
 def check_chain(layouts: Sequence[groups_lib.GroupLayout]) -> None:
   """Refuses to balance groups that do not form a Dense/Conv chain (the module's chain rule)."""
   for g in layouts:
@@ -70,57 +79,112 @@ def check_chain(layouts: Sequence[groups_lib.GroupLayout]) -> None:
         f"PathProx layer balance rescales group k+1 through group k's output, which only "
         f"holds along a chain of Dense/Conv groups; group {g.group} has "
         f"{'followers' if g.followers else 'units on a non-Dense/Conv axis'} (attention heads "
-        "or gated units, i.e. a transformer with residual blocks): pass balance=False."
+        "or gated units, i.e. a transformer with residual blocks): pass balance=False, or chains "
+        "without it."
       )
+
+
+def chain_layouts(
+  layouts: Sequence[groups_lib.GroupLayout], balance: bool | Chains
+) -> tuple[tuple[groups_lib.GroupLayout, ...], ...]:
+  """The chains that the layer balance rescales, as layouts, checked.
+
+  Args:
+    layouts: every group, sorted by group id (:func:`groups_lib.group_layouts`).
+    balance: ``True`` (all groups form one chain), ``False`` (none), or chains of
+      group ids in forward order.
+
+  Returns:
+    For ``True``, all groups as one chain (none if there is no group); for chains,
+    those of two or more groups (a single group has nothing to balance against).
+
+  Raises:
+    ValueError: if a chain names a group the spec does not have, a group is in
+      two chains (or twice in one), or a balanced group breaks the chain rule.
+  """
+  if isinstance(balance, bool):
+    chains = (tuple(layouts),) if balance and layouts else ()
+  else:
+    by_id = {g.group: g for g in layouts}
+    try:
+      ids = tuple(tuple(chain) for chain in balance)
+    except TypeError as error:
+      raise ValueError(
+        f"PathProx balance must be True, False or a sequence of chains (tuples of group ids), "
+        f"got {balance!r}."
+      ) from error
+    seen: set[int] = set()
+    for chain in ids:
+      for k in chain:
+        if k not in by_id:
+          raise ValueError(
+            f"PathProx balance chain {chain} names group {k!r}, which is not a group of the "
+            f"spec (groups {sorted(by_id)})."
+          )
+        if k in seen:
+          raise ValueError(
+            f"PathProx balance: group {k} is in more than one chain (or twice in {chain}); "
+            "each group belongs to at most one chain."
+          )
+        seen.add(k)
+    chains = tuple(tuple(by_id[k] for k in chain) for chain in ids if len(chain) > 1)
+  for chain in chains:
+    check_chain(chain)
+  return chains
 
 
 def balance_leaves(
   leaves: Mapping[int, unit_norms.ScaledUnits],
-  layouts: Sequence[groups_lib.GroupLayout],
+  chains: Sequence[Sequence[groups_lib.GroupLayout]],
   eps: float = EPS,
 ) -> dict[int, unit_norms.ScaledUnits]:
   """The layer balance as a rescaling stage (see :func:`unit_norms.apply_stages`).
 
   Args:
-    leaves: the grouped leaves, indexed as in ``layouts``.
-    layouts: the groups, in forward order.
-    eps: the balance is skipped when some group's path norm is at most ``eps``.
+    leaves: the grouped leaves, indexed as in the layouts.
+    chains: the chains to balance, each in forward order (from :func:`chain_layouts`).
+    eps: a chain's balance is skipped when one of its groups' path norm is at most ``eps``.
 
   Returns:
     ``{leaf index: rescaled leaf}`` for the "out" kernels and the biases it scales.
   """
-  check_chain(layouts)
-  if not layouts:
-    return {}
-  path_norms = jnp.stack([jnp.sum(unit_norms.unit_path_norms(leaves, g)) for g in layouts])
-  alpha = balance_scales(path_norms, eps)
-  prev = previous_scales(alpha)
   new = {}
-  for k, g in enumerate(layouts):
-    new[g.out_kernel] = leaves[g.out_kernel].times(alpha[k] / prev[k])
-    if g.out_bias is not None:
-      new[g.out_bias] = leaves[g.out_bias].times(alpha[k])
-    if g.in_bias is not None:
-      new[g.in_bias] = leaves[g.in_bias].times(prev[k])
+  for chain in chains:
+    path_norms = jnp.stack([jnp.sum(unit_norms.unit_path_norms(leaves, g)) for g in chain])
+    alpha = balance_scales(path_norms, eps)
+    prev = previous_scales(alpha)
+    for k, g in enumerate(chain):
+      new[g.out_kernel] = leaves[g.out_kernel].times(alpha[k] / prev[k])
+      if g.out_bias is not None:
+        new[g.out_bias] = leaves[g.out_bias].times(alpha[k])
+      if g.in_bias is not None:
+        new[g.in_bias] = leaves[g.in_bias].times(prev[k])
   return new
 
 
-def balance(params: Any, groups: GroupSpecTree, *, eps: float = EPS) -> Any:
-  """Rescales the groups so that every group has the same path norm.
+def balance(
+  params: Any, groups: GroupSpecTree, *, chains: bool | Chains = True, eps: float = EPS
+) -> Any:
+  """Rescales the groups of each chain so that they all have the chain's path norm.
 
   The network function is unchanged (see the module docstring for when).
 
   Args:
     params: the (unboxed) parameters, or an NNX ``State`` of them.
     groups: the spec pytree from :func:`pathprox_jax.group_spec`.
-    eps: balance is skipped when some group's path norm is at most ``eps``.
+    chains: ``True``: all groups, in group order, form one chain; ``False``: no
+      balance; or chains of group ids in forward order, e.g.
+      ``explain_groups(...).balance``: each chain of two or more groups is
+      balanced on its own, and groups in no chain are left as they are.
+    eps: a chain is left as it is when one of its groups' path norm is at most ``eps``.
 
   Returns:
     The balanced parameters, with the dtypes of ``params``.
 
   Raises:
-    ValueError: if a group is not in the Dense/Conv layout or has followers
-      (attention heads, gates: see the chain rule in the module docstring).
+    ValueError: if a balanced group is not in the Dense/Conv layout or has
+      followers (attention heads, gates: see the chain rule in the module
+      docstring), or a chain names an unknown group or one already in a chain.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -133,11 +197,15 @@ def balance(params: Any, groups: GroupSpecTree, *, eps: float = EPS) -> Any:
     >>> norms = pathprox_jax.path_norm(pathprox_jax.balance(params, groups), groups)
     >>> [round(float(x), 3) for x in norms.per_group.values()]
     [8.239, 8.239]
+    >>> alone = pathprox_jax.balance(params, groups, chains=((0,), (1,)))
+    >>> [round(float(x), 3) for x in pathprox_jax.path_norm(alone, groups).per_group.values()]
+    [24.0, 2.828]
   """
-  return groups_lib.update_grouped(
-    params,
-    groups,
-    lambda leaves, layouts: unit_norms.apply_stages(
-      leaves, layouts, [lambda scaled: balance_leaves(scaled, layouts, eps)]
-    ),
-  )
+
+  def step(leaves, layouts):
+    balanced = chain_layouts(layouts, chains)
+    return unit_norms.apply_stages(
+      leaves, layouts, [lambda scaled: balance_leaves(scaled, balanced, eps)]
+    )
+
+  return groups_lib.update_grouped(params, groups, step)

@@ -12,6 +12,7 @@ contributes nothing, so its slices of the value, query and key projections
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -40,9 +41,13 @@ class KeptUnits(NamedTuple):
 
 
 def compact(
-  params: Any, groups: GroupSpecTree, *, atol: float = 0.0
+  params: Any,
+  groups: GroupSpecTree,
+  *,
+  atol: float = 0.0,
+  keep: Mapping[int, Sequence[int]] | None = None,
 ) -> tuple[Any, dict[int, KeptUnits]]:
-  """Drops every unit whose "out" weights are (at most ``atol``) zero.
+  """Drops every unit whose "out" weights are (at most ``atol``) zero, or those not in ``keep``.
 
   Unit ``i`` of a group is dropped when :math:`\\max_j |v_{ij}| \\le`
   ``atol``: its slice of the "in" kernel ``w`` (for Dense and Conv: its
@@ -70,15 +75,26 @@ def compact(
   ``jax.jit``. The same ``groups`` spec describes the smaller params, whose
   tree structure and dtypes are those of ``params``.
 
+  With ``keep``, a group it lists keeps exactly the units it names, whatever their
+  weights: structured pruning (e.g. by :func:`pathprox_jax.unit_path_norms`). The
+  result then computes the function of ``params`` with the other units' "out"
+  weights set to zero.
+
   Args:
     params: the (unboxed) parameters, or an NNX ``State`` of Params (its
       Variables are replaced by their values).
     groups: the spec pytree from :func:`pathprox_jax.group_spec`.
     atol: the largest absolute "out" weight of a unit that is dropped.
+    keep: ``{group: indices of the units to keep}`` (distinct, in range); the
+      groups it does not list go by ``atol``.
 
   Returns:
     ``(smaller_params, kept)`` with ``kept[group]`` a :class:`KeptUnits`. Build
     the smaller model with each group's "in" layer ``kept[group].width`` wide.
+
+  Raises:
+    ValueError: ``keep`` names a group that does not exist, or units out of range
+      or twice.
 
   Example:
     >>> import jax.numpy as jnp
@@ -94,11 +110,24 @@ def compact(
   leaves, treedef = jax.tree.flatten(params)
   new = list(leaves)
   kept = {}
-  for g in groups_lib.group_layouts(params, groups):
-    # Max, not the norm ||v_i||: squares of tiny weights underflow to zero in f32.
-    v = np.abs(np.asarray(leaves[g.out_kernel], np.float32))
-    largest = v.max(axis=tuple(a for a in range(v.ndim) if a != g.out_axis))
-    indices = np.flatnonzero(largest > atol)
+  layouts = groups_lib.group_layouts(params, groups)
+  keep = {} if keep is None else keep
+  unknown = sorted(set(keep) - {g.group for g in layouts})
+  if unknown:
+    raise ValueError(f"compact: keep names group {unknown[0]}, which the groups do not have.")
+  for g in layouts:
+    if g.group in keep:
+      indices = np.unique(np.asarray(keep[g.group], np.int64))  # sorted, each once
+      if len(indices) != np.size(keep[g.group]) or np.any((indices < 0) | (indices >= g.units)):
+        raise ValueError(
+          f"compact: keep[{g.group}] must be distinct unit indices in [0, {g.units}), got "
+          f"{np.asarray(keep[g.group]).tolist()}."
+        )
+    else:
+      # Max, not the norm ||v_i||: squares of tiny weights underflow to zero in f32.
+      v = np.abs(np.asarray(leaves[g.out_kernel], np.float32))
+      largest = v.max(axis=tuple(a for a in range(v.ndim) if a != g.out_axis))
+      indices = np.flatnonzero(largest > atol)
     for i, axis in g.sliced:
       new[i] = leaves[i][(slice(None),) * axis + (indices,)]
     kept[g.group] = KeptUnits(indices, g.units)

@@ -100,9 +100,13 @@ class GroupReport:
   lines: tuple[str, ...]
 
   @property
-  def balance(self) -> bool:
-    """Whether all groups form one chain: ``pathprox_sgd(..., balance=report.balance)``."""
-    return len(self.chains) == 1 and len(self.chains[0]) > 1
+  def balance(self) -> tuple[tuple[int, ...], ...] | bool:
+    """What to pass as ``balance``: the chains of two or more groups, or ``False`` if none.
+
+    ``pathprox_sgd(lr, wd, report.groups, balance=report.balance)`` balances exactly the chains
+    along which the layer balance preserves the function, and no other group.
+    """
+    return tuple(chain for chain in self.chains if len(chain) > 1) or False
 
   def __str__(self) -> str:
     chains = ", ".join(str(c) for c in self.chains) or "none"

@@ -74,6 +74,23 @@ def unit_norms_by_group(params: Any, groups: GroupSpecTree) -> dict[int, UnitNor
   }
 
 
+def unit_path_norms(params: Any, groups: GroupSpecTree) -> dict[int, jax.Array]:
+  """Each unit's path norm :math:`\\|w_i\\| \\|v_i\\|`, per group (weights only, f32).
+
+  :math:`w_i` and :math:`v_i` are unit ``i``'s slices of the group's "in" and "out"
+  kernels on their unit axes (a Dense neuron's column and row, an attention head's
+  value and output projections). Magnitude pruning ranks units by these scores.
+
+  Args:
+    params: the (unboxed) parameters, or an NNX ``State`` of them.
+    groups: the spec pytree from :func:`pathprox_jax.group_spec`.
+
+  Returns:
+    ``{group: scores}``, each of shape ``[units]``.
+  """
+  return {g: u.path_norms() for g, u in unit_norms_by_group(params, groups).items()}
+
+
 def _path_norm(units: dict[int, UnitNorms]) -> PathNorm:
   per_group = {g: jnp.sum(u.path_norms()) for g, u in units.items()}
   total = sum(per_group.values(), jnp.zeros((), jnp.float32))

@@ -1,7 +1,8 @@
 """The PathProx proximal step on a network's unit groups.
 
 For every unit ``i`` of a group with "in" weights :math:`w_i` (bias :math:`a_i`)
-and "out" weights :math:`v_i`, after the optional layer balance:
+and "out" weights :math:`v_i`, after the optional layer balance (of all groups, or
+of given chains of groups):
 
 .. math::
   w_i \\leftarrow \\frac{w_i}{\\max(\\|w_i\\|, \\epsilon)}, \\qquad
@@ -96,7 +97,7 @@ def prox_leaves(
   layouts: Sequence[groups_lib.GroupLayout],
   threshold: jax.Array | float,
   *,
-  balance: bool = True,
+  balance: bool | balance_lib.Chains = True,
   regularize_bias: bool = False,
   eps: float = EPS,
 ) -> dict[int, jax.Array]:
@@ -107,7 +108,9 @@ def prox_leaves(
       grouped ones), indexed as in ``layouts``.
     layouts: from :func:`groups_lib.group_layouts`.
     threshold: :math:`\\tau`, the soft-threshold of the "out" weights.
-    balance: apply the layer balance first (ignored with ``regularize_bias``).
+    balance: apply the layer balance first: ``True`` (one chain of all groups),
+      ``False`` or chains of group ids (see :func:`balance_lib.chain_layouts`);
+      ignored with ``regularize_bias``.
     regularize_bias: normalise by :math:`\\|[w_i, a_i]\\|`, no balance.
     eps: the clip of every norm (and of path norms, for the balance).
 
@@ -118,8 +121,9 @@ def prox_leaves(
     lambda scaled: normalize_inputs(scaled, layouts, regularize_bias=regularize_bias, eps=eps),
     lambda scaled: soft_threshold_outputs(scaled, layouts, threshold, eps=eps),
   ]
-  if balance and not regularize_bias:
-    stages.insert(0, lambda scaled: balance_lib.balance_leaves(scaled, layouts, eps))
+  chains = () if regularize_bias else balance_lib.chain_layouts(layouts, balance)
+  if chains:
+    stages.insert(0, lambda scaled: balance_lib.balance_leaves(scaled, chains, eps))
   return unit_norms.apply_stages(leaves, layouts, stages)
 
 
@@ -128,7 +132,7 @@ def prox(
   groups: GroupSpecTree,
   threshold: jax.Array | float,
   *,
-  balance: bool = True,
+  balance: bool | balance_lib.Chains = True,
   regularize_bias: bool = False,
   eps: float = EPS,
 ) -> Any:
@@ -138,8 +142,11 @@ def prox(
     params: the (unboxed) parameters, or an NNX ``State`` of them.
     groups: the spec pytree from :func:`pathprox_jax.group_spec`.
     threshold: :math:`\\tau = \\lambda \\gamma_t`.
-    balance: apply the layer balance first (ignored with ``regularize_bias``;
-      refused for groups outside a Dense/Conv chain, see :func:`pathprox_jax.balance`).
+    balance: apply the layer balance first: ``True`` balances all groups as one
+      chain, ``False`` none, and a sequence of chains (tuples of group ids in
+      forward order, e.g. ``explain_groups(...).balance``) each chain of two or
+      more groups on its own. Ignored with ``regularize_bias``; refused for
+      balanced groups outside a Dense/Conv chain (see :func:`pathprox_jax.balance`).
     regularize_bias: normalise by :math:`\\|[w_i, a_i]\\|` instead of
       :math:`\\|w_i\\|`, without balance.
     eps: the clip of every norm.

@@ -84,7 +84,7 @@ def pathprox(
   *,
   momentum: float | jax.Array = 0.0,
   threshold_rule: ThresholdRule = "fixed_point",
-  balance: bool = True,
+  balance: bool | balance_lib.Chains = True,
   regularize_bias: bool = False,
   eps: float = EPS,
 ) -> optax.GradientTransformationExtraArgs:
@@ -92,9 +92,10 @@ def pathprox(
 
   Given base updates :math:`u` and params :math:`p`, the grouped parameters
   become :math:`\\mathrm{prox}_\\tau(p + u)` (see :func:`pathprox_jax.prox`: layer
-  balance unless ``balance=False`` or ``regularize_bias``, then normalisation of
-  each unit's "in" weights, then the group soft-threshold of its "out" weights)
-  with the threshold
+  balance of all groups, or of the given ``balance`` chains, unless
+  ``balance=False`` or ``regularize_bias``, then normalisation of each unit's
+  "in" weights, then the group soft-threshold of its "out" weights) with the
+  threshold
 
   .. math::
     \\tau_t = \\frac{\\lambda_t \\, \\gamma_t}{1 - \\beta} \\ (\\texttt{"fixed_point"}),
@@ -140,9 +141,15 @@ def pathprox(
       (:math:`\\lambda\\gamma/(1-\\beta)`) or "paper" (:math:`\\lambda\\gamma`).
       A string, hence static under ``optax.inject_hyperparams``.
     balance: balance the groups' path norms before the prox (skipped with
-      ``regularize_bias``, where it would not preserve the objective). Refused
-      for groups outside a Dense/Conv chain (attention heads, followers): see
-      :func:`pathprox_jax.balance`.
+      ``regularize_bias``, where it would not preserve the objective): ``True``
+      takes all groups, in group order, as one chain; ``False`` balances
+      nothing; a sequence of chains, tuples of group ids in forward order such
+      as ``pathprox_jax.explain_groups(...).balance``, balances each chain of
+      two or more groups on its own and leaves the other groups alone. Refused
+      for balanced groups outside a Dense/Conv chain (attention heads,
+      followers), unknown ids and a group in two chains: see
+      :func:`pathprox_jax.balance`. Tuples, like bools, are static under
+      ``optax.inject_hyperparams``.
     regularize_bias: the "in" bias is part of each unit's input weights.
     eps: the clip of every norm.
 
@@ -172,12 +179,11 @@ def pathprox(
     for Neural Nets <https://arxiv.org/abs/2210.03069>`_, 2022.
   """
   _check_threshold_args(learning_rate, weight_decay, momentum, threshold_rule)
-  balancing = balance and not regularize_bias
 
   def init_fn(params):
     layouts = groups_lib.group_layouts(params_lib.unwrap_variables(params), groups)
-    if balancing:
-      balance_lib.check_chain(layouts)
+    if not regularize_bias:
+      balance_lib.chain_layouts(layouts, balance)
     return PathProxState(count=jnp.zeros([], jnp.int32))
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -197,7 +203,7 @@ def pathprox(
       i: param_leaves[i].astype(jnp.float32) + update_leaves[i].astype(jnp.float32) for i in grouped
     }
     new = prox_lib.prox_leaves(
-      stepped, layouts, threshold, balance=balancing, regularize_bias=regularize_bias, eps=eps
+      stepped, layouts, threshold, balance=balance, regularize_bias=regularize_bias, eps=eps
     )
     out = [
       (new[i] - param_leaves[i].astype(jnp.float32)).astype(param_leaves[i].dtype)
@@ -227,7 +233,7 @@ def pathprox_sgd(
   momentum: float | None = None,
   nesterov: bool = False,
   threshold_rule: ThresholdRule = "fixed_point",
-  balance: bool = True,
+  balance: bool | balance_lib.Chains = True,
   regularize_bias: bool = False,
   eps: float = EPS,
 ) -> optax.GradientTransformationExtraArgs:
@@ -255,7 +261,8 @@ def pathprox_sgd(
   this is ``optax.sgd(learning_rate, momentum, nesterov)``.
 
   It works with ``optax.inject_hyperparams`` (``groups`` is static; the string
-  ``threshold_rule`` and the bools are static by themselves):
+  ``threshold_rule``, the bools and a tuple of ``balance`` chains are static by
+  themselves):
 
   >>> import optax, pathprox_jax
   >>> make = optax.inject_hyperparams(pathprox_jax.pathprox_sgd, static_args=("groups",))
@@ -273,7 +280,8 @@ def pathprox_sgd(
     nesterov: Nesterov momentum (its trace settles at the same
       :math:`\\nabla L/(1-\\beta)`: the same threshold).
     threshold_rule: "fixed_point" or "paper" (:data:`pathprox_jax.THRESHOLD_RULES`).
-    balance: layer balance before each prox (see :func:`pathprox`).
+    balance: layer balance before each prox: ``True``, ``False`` or chains of
+      group ids (see :func:`pathprox`).
     regularize_bias: decay biases too, and normalise by :math:`\\|[w_i, a_i]\\|`.
     eps: the clip of every norm in the prox.
 
@@ -321,7 +329,7 @@ def pathprox_adamw(
   eps_root: float = 0.0,
   mu_dtype: Any | None = None,
   nesterov: bool = False,
-  balance: bool = True,
+  balance: bool | balance_lib.Chains = True,
   regularize_bias: bool = False,
   prox_eps: float = EPS,
 ) -> optax.GradientTransformationExtraArgs:
@@ -350,9 +358,9 @@ def pathprox_adamw(
   ``regularize_bias``. With no groups this is ``optax.adamw(learning_rate, b1,
   b2, eps, eps_root, mu_dtype, weight_decay, mask=pathprox_jax.kernel_mask,
   nesterov=nesterov)``. The layer balance is function-preserving, as with SGD,
-  and on by default as in :func:`pathprox_sgd` (pass ``balance=False`` for
-  transformer blocks). It works with schedules and ``optax.inject_hyperparams``
-  (``static_args=("groups",)``).
+  and on by default as in :func:`pathprox_sgd` (pass ``balance=False``, or the
+  discovered chains, for transformer blocks). It works with schedules and
+  ``optax.inject_hyperparams`` (``static_args=("groups",)``).
 
   Args:
     learning_rate: :math:`\\gamma`, a float > 0 or a schedule (drives Adam's
@@ -365,7 +373,8 @@ def pathprox_adamw(
     eps_root: added inside the square root.
     mu_dtype: the first moment's dtype (``None``: the params').
     nesterov: Nesterov momentum in Adam (NAdamW).
-    balance: layer balance before each prox (see :func:`pathprox`).
+    balance: layer balance before each prox: ``True``, ``False`` or chains of
+      group ids (see :func:`pathprox`).
     regularize_bias: decay biases too, and normalise by :math:`\\|[w_i, a_i]\\|`.
     prox_eps: the clip of every norm in the prox (``eps`` of :func:`pathprox`).
 

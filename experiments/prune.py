@@ -1,0 +1,254 @@
+"""Magnitude pruning of a run: the baseline that PathProx's exact compaction is compared with.
+
+``python -m experiments.prune RUN_DIR (--match COMPACT_DIR | --keep N,N,...) [--out DIR]
+[--repeats N]`` restores the run's latest checkpoint (typically a weight-decay run), and in
+every PathProx group keeps the units with the largest :math:`\\|w_i\\| \\|v_i\\|`
+(:func:`pathprox_jax.unit_path_norms`: a neuron's "in" column and "out" row, a head's value
+and output projections), as many as ``--match``'s compact output (of
+``experiments.compact``) keeps in that group, or as ``--keep`` lists in group order. The
+others are removed (:func:`pathprox_jax.compact` with ``keep``): the smaller model computes
+the run's function with their "out" weights set to zero.
+
+``DIR`` (default ``RUN_DIR/prune``) has the layout of a compact output: ``params/``,
+``config.json`` (the run's config with the new widths) and ``prune.json`` (the kept units of
+each group, test accuracy before and after pruning, parameters and FLOPs kept, and the
+command that fine-tunes the pruned model as an ordinary run, ``--init-params DIR/params``,
+for a tenth of the run's steps, in ``DIR-finetune``).
+
+Exit codes: 0 done; 2 bad input (not a run, no compact output to match, counts of the wrong
+length or out of range, an output folder that is not a previous prune output, bad flags).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+
+import configs
+import pathprox_jax as pp
+from experiments import cli, compact, config_checks, input_pipeline, models
+
+MARKER = "prune.json"  # present in, and only in, this command's output folders
+FINETUNE_FRACTION = 0.1  # the fine-tune's steps, as a share of the pruned run's
+
+
+def parse_keep(text: str) -> list[int]:
+  """``--keep``'s comma-separated unit counts, in group order.
+
+  Args:
+    text: the flag's value, e.g. ``"4,100,3,90"``.
+
+  Returns:
+    The counts.
+
+  Raises:
+    cli.ConfigError: ``text`` is not a list of integers >= 0.
+  """
+  if not re.fullmatch(r"\s*\d+\s*(,\s*\d+\s*)*", text):
+    raise cli.ConfigError(f"--keep: {text!r} is not a comma-separated list of unit counts >= 0")
+  return [int(t) for t in text.split(",")]
+
+
+def read_match(folder: Path) -> dict[int, tuple[int, int]]:
+  """The units per group of an ``experiments.compact`` output, from its ``compact.json``.
+
+  Args:
+    folder: the compact output.
+
+  Returns:
+    ``{group: (its units before compaction, the units it kept)}``.
+
+  Raises:
+    compact.UsageError: ``folder`` is no compact output, or its record is malformed.
+  """
+  path = folder / compact.MARKER
+  if not path.is_file():
+    raise compact.UsageError(
+      f"--match {folder} is not a compact output: it has no {compact.MARKER}"
+    )
+  try:
+    record = json.loads(path.read_text())
+    return {int(g): (int(record["original_units"][g]), len(k)) for g, k in record["kept"].items()}
+  except (ValueError, KeyError, TypeError) as e:
+    raise compact.UsageError(f"--match {path} is malformed ({type(e).__name__}: {e})") from None
+
+
+def kept_counts(
+  requested: Sequence[int] | Mapping[int, tuple[int, int]],
+  widths: Mapping[int, int],
+  model: str,
+) -> dict[int, int]:
+  """The units each group keeps, checked against the run's group widths.
+
+  Args:
+    requested: ``--keep``'s counts in group order, or :func:`read_match`'s mapping.
+    widths: ``{group: units}`` of the run's model.
+    model: the run's ``config.model``: in a chain (``"mlp"``, ``"vgg"``) a group keeps
+      at least one unit, else the output would not depend on the input.
+
+  Returns:
+    ``{group: units to keep}``.
+
+  Raises:
+    compact.UsageError: the counts do not fit the groups.
+  """
+  shown = ",".join(str(w) for w in widths.values())
+  if isinstance(requested, Mapping):
+    matched = {g: width for g, (width, _) in requested.items()}
+    if matched != dict(widths):
+      raise compact.UsageError(
+        f"--match was compacted from a model whose groups have "
+        f"{','.join(map(str, matched.values()))} units, not this run's {shown}"
+      )
+    counts = {g: kept for g, (_, kept) in requested.items()}
+  else:
+    if len(requested) != len(widths):
+      raise compact.UsageError(
+        f"--keep lists {len(requested)} counts, but the run has {len(widths)} groups "
+        f"(of {shown} units)"
+      )
+    counts = dict(zip(widths, requested, strict=True))
+  least = 0 if model == "vit" else 1  # a ViT's residual connections bypass an empty block
+  for g, count in counts.items():
+    if not least <= count <= widths[g]:
+      raise compact.UsageError(
+        f"group {g} has {widths[g]} units: it can keep {least} to {widths[g]}, not {count}"
+      )
+  return counts
+
+
+def largest_units(
+  scores: Mapping[int, np.ndarray], counts: Mapping[int, int]
+) -> dict[int, np.ndarray]:
+  """Each group's ``counts[g]`` units with the largest scores, sorted by index.
+
+  Ties go to the lower index.
+
+  Args:
+    scores: ``{group: one score per unit}``.
+    counts: ``{group: units to keep}``.
+
+  Returns:
+    ``{group: kept unit indices}`` (int64, ascending).
+  """
+  return {
+    g: np.sort(np.argsort(-np.asarray(s), kind="stable")[: counts[g]]) for g, s in scores.items()
+  }
+
+
+def finetune_command(
+  run_config: ml_collections.ConfigDict, pruned_config: ml_collections.ConfigDict, out: Path
+) -> str:
+  """The command that fine-tunes the pruned model, as an ordinary run of its experiment.
+
+  It sets every config key where the pruned model's config differs from the experiment's
+  defaults, starts from ``out/params`` (``--init-params``), trains for
+  :data:`FINETUNE_FRACTION` of the run's steps without warm-up, and writes ``out-finetune``.
+
+  Args:
+    run_config: the pruned run's config.
+    pruned_config: the pruned model's (:func:`experiments.compact.compacted_config`).
+    out: the prune output folder.
+
+  Returns:
+    The command line.
+  """
+  config = pruned_config.copy_and_resolve_references()
+  config.init_params = str((out / "params").absolute())
+  config.total_iter = max(1, round(FINETUNE_FRACTION * run_config.total_iter))
+  config.warmup_iter = 0  # the weights are trained already
+  defaults = configs.load_config(config.experiment)
+  argv = [
+    text
+    for key, value in config.items()
+    if key != "experiment" and value != defaults[key]
+    for text in (config_checks.flag(key), config_checks.flag_value(value))
+  ]
+  workdir = out.with_name(f"{out.name}-finetune")
+  return shlex.join(
+    ["python", "-m", f"experiments.{config.experiment}", *argv, "--workdir", str(workdir)]
+  )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Prunes one run from the command line; returns the exit code."""
+  parser = cli.ArgumentParser(prog="python -m experiments.prune", description=__doc__)
+  parser.add_argument("run_dir", help="a run folder (config.json and checkpoints/)")
+  match = parser.add_mutually_exclusive_group(required=True)
+  match.add_argument(
+    "--match", metavar="COMPACT_DIR", help="keep as many units per group as this compact output"
+  )
+  match.add_argument("--keep", metavar="N,N,...", help="units to keep per group, in group order")
+  parser.add_argument("--out", help="output folder (default: RUN_DIR/prune)")
+  parser.add_argument("--repeats", type=int, default=20, help="timed calls per benchmark")
+  try:
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+      raise cli.ConfigError("--repeats must be >= 1")
+    requested = parse_keep(args.keep) if args.keep is not None else read_match(Path(args.match))
+    run_dir = Path(args.run_dir)
+    out = Path(args.out) if args.out else run_dir / "prune"
+    compact.check_output_folder(out, MARKER)
+    run = compact.restore_run(run_dir)
+    scores = {g: np.asarray(s) for g, s in pp.unit_path_norms(run.params, run.groups).items()}
+    counts = kept_counts(requested, {g: len(s) for g, s in scores.items()}, run.config.model)
+  except compact.USAGE_ERRORS as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+
+  config = run.config
+  how = f"largest ||w_i|| ||v_i||, {'--keep' if args.keep is not None else f'--match {args.match}'}"
+  small, kept, small_config = compact.compact_run(
+    run, run_dir, how, keep=largest_units(scores, counts)
+  )
+  keys = compact.widths_keys(config)
+  model, small_model = models.create_model(config), models.create_model(small_config)
+  dense_acc = compact.accuracy(compact.logits_on_test_set(model, run.params, run), run.test_labels)
+  pruned_acc = compact.accuracy(
+    compact.logits_on_test_set(small_model, small, run), run.test_labels
+  )
+
+  x = input_pipeline.normalize(run.test_images[: max(compact.BENCHMARK_BATCHES)], config.dataset)
+  dense = compact.benchmark(model, run.params, x, args.repeats)
+  pruned = compact.benchmark(small_model, small, x, args.repeats)
+  command = finetune_command(config, small_config, out)
+
+  def kept_share(before: float | None, after: float | None) -> dict[str, float | None]:
+    ratio = after / before if before and after is not None else None
+    return {"dense": before, "pruned": after, "ratio": ratio}
+
+  record = {
+    "run_dir": str(run_dir.absolute()),
+    "step": run.step,
+    "match": args.keep if args.keep is not None else str(Path(args.match).absolute()),
+    "original_widths": {key: list(config[key]) for key in keys},
+    "widths": {key: list(small_config[key]) for key in keys},
+    "kept": {str(g): k.indices.tolist() for g, k in kept.items()},
+    "original_units": {str(g): k.original_width for g, k in kept.items()},
+    "test_acc": {"dense": dense_acc, "pruned": pruned_acc},
+    "parameters": kept_share(dense.parameters, pruned.parameters),
+    "flops_per_example": kept_share(dense.flops, pruned.flops),
+    "finetune_command": command,
+  }
+  compact.write_output(out, small_config, small, record, MARKER)
+  compact.print_table(
+    dense,
+    pruned,
+    args.repeats,
+    names=("dense", "pruned"),
+    rows=[compact.table_row("test accuracy", dense_acc, pruned_acc, ".4f")],
+  )
+  print(f"wrote {out}")
+  print(f"fine-tune: {command}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,259 @@
+"""``python -m experiments.prune`` and ``--init-params`` on a tiny weight-decay ViT run."""
+
+import contextlib
+import io
+import json
+import shlex
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+import pathprox_jax as pp
+from experiments import checkpointing, cli, compact, models, prune
+
+KEEP = [3, 10, 1, 0]  # heads and neurons of blocks 0 and 1 (of 4, 16, 4, 16)
+VIT = ["--num-heads", "4,4", "--mlp-dim", "16,16", "--width", "16", "--head-dim", "4"]
+
+
+def toy_flags(raw_dir, tmp_path):
+  """Flags of a toy run on generated data (Fashion-MNIST has MNIST's file format)."""
+  return ["--raw-data-dir", str(raw_dir), "--allow-unofficial-data", "true", "--data-dir",
+          str(tmp_path / "tfds"), "--val-size", "100", "--batch-size", "40",
+          "--eval-batch-size", "200", "--progress", "false"]  # fmt: skip
+
+
+def read_output(out):
+  """``(config, params, record)`` of a prune output folder, restored without a template."""
+  config = ml_collections.ConfigDict(json.loads((out / "config.json").read_text()))
+  with ocp.StandardCheckpointer() as checkpointer:
+    params = checkpointer.restore((out / "params").absolute())
+  return config, params, json.loads((out / prune.MARKER).read_text())
+
+
+def unit_norms(x, axis):
+  """Each unit's norm: over every axis but ``axis``, in float64."""
+  x = np.asarray(x, np.float64)
+  return np.sqrt(np.sum(x * x, axis=tuple(a for a in range(x.ndim) if a != axis)))
+
+
+def numpy_scores(params, blocks):
+  """``{group: ||w_i|| ||v_i||}`` of a ViT's heads (value, out) and FFN neurons (in, out)."""
+  scores = {}
+  for b in range(blocks):
+    attention, block = params[f"block_{b}"]["attention"], params[f"block_{b}"]
+    scores[2 * b] = unit_norms(attention["value"]["kernel"], 1) * unit_norms(
+      attention["out"]["kernel"], 0
+    )
+    scores[2 * b + 1] = unit_norms(block["ffn_in"]["kernel"], 1) * unit_norms(
+      block["ffn_out"]["kernel"], 0
+    )
+  return scores
+
+
+@pytest.fixture(scope="module")
+def vit_run(raw_mnist, tmp_path_factory):
+  """A 30-step weight-decay ViT run (two blocks of 4 heads and 16 neurons)."""
+  tmp = tmp_path_factory.mktemp("vit")
+  argv = ["--workdir", str(tmp / "run"), *toy_flags(raw_mnist, tmp), *VIT, "--method", "wd",
+          "--total-iter", "30", "--log-freq", "30", "--save-freq", "30"]  # fmt: skip
+  assert cli.main("fashion_mnist_vit", argv) == 0
+  return tmp / "run"
+
+
+@pytest.fixture(scope="module")
+def pruned(vit_run):
+  """``(output folder, printed text)`` of ``--keep 3,10,1,0`` on the run."""
+  out = vit_run.parent / "pruned"
+  argv = [str(vit_run), "--keep", ",".join(map(str, KEEP)), "--out", str(out), "--repeats", "1"]
+  printed = io.StringIO()
+  with contextlib.redirect_stdout(printed):
+    assert prune.main(argv) == 0
+  return out, printed.getvalue()
+
+
+def test_pruning_keeps_the_largest_units_and_the_function_without_the_others(vit_run, pruned):
+  out, printed = pruned
+  config, params, record = read_output(out)
+  assert [len(record["kept"][str(g)]) for g in range(4)] == KEEP
+  assert (tuple(config.num_heads), tuple(config.mlp_dim)) == ((3, 1), (10, 0))
+  assert record["widths"] == {"num_heads": [3, 1], "mlp_dim": [10, 0]}
+
+  run = compact.restore_run(vit_run)
+  for g, scores in numpy_scores(run.params, 2).items():
+    expected = np.sort(np.argsort(-scores, kind="stable")[: KEEP[g]])
+    assert record["kept"][str(g)] == expected.tolist()
+    dropped = np.setdiff1d(np.arange(len(scores)), expected)
+    assert scores[expected].min(initial=np.inf) >= scores[dropped].max(initial=0)
+
+  # The pruned model computes the dense one with the dropped units' "out" weights zeroed.
+  zeroed = jax.tree.map(np.array, run.params)
+  for b in range(2):
+    heads, neurons = (np.setdiff1d(np.arange(n), record["kept"][str(2 * b + i)]) for i, n in
+                      enumerate((4, 16)))  # fmt: skip
+    zeroed[f"block_{b}"]["attention"]["out"]["kernel"][heads] = 0
+    zeroed[f"block_{b}"]["ffn_out"]["kernel"][neurons] = 0
+  x = jax.random.normal(jax.random.key(0), (16, 28, 28, 1))
+  with jax.default_matmul_precision("highest"):
+    dense = models.create_model(run.config).apply({"params": zeroed}, x)
+    small = models.create_model(config).apply({"params": params}, x)
+  np.testing.assert_allclose(small, dense, atol=1e-5 * max(1.0, float(np.abs(dense).max())), rtol=0)
+
+  logits = compact.logits_on_test_set(models.create_model(run.config), run.params, run)
+  assert record["test_acc"]["dense"] == compact.accuracy(logits, run.test_labels)
+  assert record["parameters"]["pruned"] < record["parameters"]["dense"]
+  assert 0 < record["flops_per_example"]["ratio"] < 1
+  assert (
+    "test accuracy" in printed and "fine-tune: python -m experiments.fashion_mnist_vit" in printed
+  )
+
+
+def test_match_keeps_the_counts_of_a_compact_output(vit_run, tmp_path):
+  match = tmp_path / "compact"
+  match.mkdir()
+  kept = {"0": [0, 2], "1": list(range(5)), "2": [1, 2, 3], "3": [4]}
+  record = {"kept": kept, "original_units": {"0": 4, "1": 16, "2": 4, "3": 16}}
+  (match / compact.MARKER).write_text(json.dumps(record))
+  out = tmp_path / "out"
+  assert prune.main([str(vit_run), "--match", str(match), "--out", str(out), "--repeats", "1"]) == 0
+  _, _, pruned = read_output(out)
+  assert [len(pruned["kept"][g]) for g in kept] == [2, 5, 3, 1]
+  assert pruned["match"] == str(match.absolute())
+
+
+def test_init_params_starts_the_run_from_the_pruned_params(raw_mnist, pruned, tmp_path):
+  out, _ = pruned
+  config, params, record = read_output(out)
+  python, dash_m, module, *argv = shlex.split(record["finetune_command"])
+  assert (python, dash_m, module) == ("python", "-m", "experiments.fashion_mnist_vit")
+  assert argv[argv.index("--init-params") + 1] == str((out / "params").absolute())
+  assert argv[argv.index("--total-iter") + 1] == "3"  # a tenth of the run's 30 steps
+  workdir = tmp_path / "finetune"
+  argv[argv.index("--workdir") + 1] = str(workdir)
+  assert cli.main("fashion_mnist_vit", [*argv, "--total-iter", "2", "--log-freq", "2"]) == 0
+
+  first = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[0])
+  assert first["step"] == 0
+  assert first["test_acc"] == pytest.approx(record["test_acc"]["pruned"], abs=1e-6)
+  _, groups = compact.abstract_state(config)
+  expected = pp.path_norm(params, groups).per_group
+  assert {g: first[f"path_norm/g{g}"] for g in expected} == pytest.approx(
+    {g: float(v) for g, v in expected.items()}, rel=1e-5
+  )
+
+
+@pytest.mark.parametrize(
+  "init, message",
+  [
+    ("missing", "--init-params {}: no such folder"),
+    ("params", "--init-params {} does not fit the model: "),
+  ],
+)
+def test_init_params_that_do_not_fit_are_a_one_line_error(
+  raw_mnist, pruned, tmp_path, capsys, init, message
+):
+  path = pruned[0] / init
+  workdir = tmp_path / "run"
+  data = toy_flags(raw_mnist, pruned[0].parent)  # the run's data, prepared already
+  argv = ["--workdir", str(workdir), *data, *VIT, "--method", "wd",
+          "--total-iter", "2", "--init-params", str(path)]  # fmt: skip
+  assert cli.main("fashion_mnist_vit", argv) == 2  # the run's widths, not the pruned ones
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and err.startswith("error: ") and message.format(path) in err
+  assert not workdir.exists()
+
+
+def test_init_params_is_the_identity_when_empty():
+  params = {"w": np.ones(2)}
+  assert checkpointing.restore_init_params("", params) is params
+
+
+@pytest.mark.parametrize(
+  "flags, message",
+  [
+    (["--keep", "3,10,1"], "--keep lists 3 counts, but the run has 4 groups (of 4,16,4,16 units)"),
+    (["--keep", "5,10,1,0"], "group 0 has 4 units: it can keep 0 to 4, not 5"),
+    (["--keep", "3,x,1,0"], "--keep: '3,x,1,0' is not a comma-separated list of unit counts"),
+    (["--match", "{tmp}/nowhere"], "--match {tmp}/nowhere is not a compact output"),
+    (["--match", "{tmp}/other"], "--match was compacted from a model whose groups have 4,8"),
+    (["--keep", "1,1,1,1", "--match", "{tmp}"], "not allowed with argument"),
+    ([], "one of the arguments --match --keep is required"),
+  ],
+)
+def test_bad_input_is_a_one_line_error_and_writes_nothing(
+  vit_run, tmp_path, capsys, flags, message
+):
+  other = tmp_path / "other"
+  other.mkdir()
+  record = {"kept": {"0": [0], "1": [0]}, "original_units": {"0": 4, "1": 8}}
+  (other / compact.MARKER).write_text(json.dumps(record))
+  out = tmp_path / "out"
+  flags = [f.format(tmp=tmp_path) for f in flags]
+  assert prune.main([str(vit_run), *flags, "--out", str(out)]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and err.startswith("error: ")
+  assert message.format(tmp=tmp_path) in err
+  assert not out.exists()
+
+
+def test_run_folder_without_a_checkpoint_is_a_one_line_error(tmp_path, capsys):
+  assert prune.main([str(tmp_path / "nowhere"), "--keep", "1"]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "is not a run folder: it has no config.json" in err
+  assert not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.parametrize(
+  "keep, message",
+  [
+    ({0: [0, 0]}, r"keep\[0\] must be distinct unit indices in \[0, 3\)"),
+    ({0: [3]}, r"keep\[0\] must be distinct unit indices in \[0, 3\)"),
+    ({1: [0]}, "keep names group 1, which the groups do not have"),
+  ],
+)
+def test_compact_refuses_a_bad_keep(keep, message):
+  params = {"w": np.ones((2, 3)), "v": np.ones((3, 1))}
+  groups = {"w": pp.GroupSpec(0, "in"), "v": pp.GroupSpec(0, "out")}
+  with pytest.raises(ValueError, match=message):
+    pp.compact(params, groups, keep=keep)
+
+
+def test_compact_keeps_the_named_units_whatever_their_weights():
+  params = {"w": np.ones((2, 3)), "v": np.array([[1.0], [0.0], [2.0]])}
+  groups = {"w": pp.GroupSpec(0, "in"), "v": pp.GroupSpec(0, "out")}
+  small, kept = pp.compact(params, groups, keep={0: [2, 1]})
+  assert kept[0].indices.tolist() == [1, 2] and small["v"].tolist() == [[0.0], [2.0]]
+
+
+def test_mlp_pruning_keeps_the_largest_neurons_and_at_least_one_per_layer(
+  raw_mnist, tmp_path, capsys
+):
+  run_dir = tmp_path / "run"
+  argv = ["--workdir", str(run_dir), "--features", "32,32,32,32,32,10", "--train-per-class", "20",
+          "--batch-size", "40", "--eval-batch-size", "200", "--progress", "false",
+          "--allow-unofficial-data", "true", "--raw-data-dir", str(raw_mnist), "--data-dir",
+          str(tmp_path / "tfds"), "--method", "wd", "--total-iter", "10", "--log-freq", "10",
+          "--save-freq", "10"]  # fmt: skip
+  assert cli.main("mnist_subset_mlp", argv) == 0
+  out = tmp_path / "out"
+  assert prune.main([str(run_dir), "--keep", "5,0,7", "--out", str(out)]) == 2
+  assert "group 1 has 32 units: it can keep 1 to 32, not 0" in capsys.readouterr().err
+  assert not out.exists()
+
+  assert prune.main([str(run_dir), "--keep", "5,2,7", "--out", str(out), "--repeats", "1"]) == 0
+  config, params, record = read_output(out)
+  assert tuple(config.features) == (5, 32, 2, 32, 7, 10)
+  run = compact.restore_run(run_dir)
+  zeroed = jax.tree.map(np.array, run.params)
+  for g, count in enumerate((5, 2, 7)):
+    w, v = run.params[f"Dense_{2 * g}"]["kernel"], run.params[f"Dense_{2 * g + 1}"]["kernel"]
+    scores = unit_norms(w, 1) * unit_norms(v, 0)
+    assert record["kept"][str(g)] == np.sort(np.argsort(-scores, kind="stable")[:count]).tolist()
+    zeroed[f"Dense_{2 * g + 1}"]["kernel"][np.setdiff1d(np.arange(32), record["kept"][str(g)])] = 0
+  x = jax.random.normal(jax.random.key(0), (16, 28, 28, 1))
+  with jax.default_matmul_precision("highest"):
+    dense = models.create_model(run.config).apply({"params": zeroed}, x)
+    small = models.create_model(config).apply({"params": params}, x)
+  np.testing.assert_allclose(small, dense, atol=1e-5 * max(1.0, float(np.abs(dense).max())), rtol=0)
