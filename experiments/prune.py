@@ -154,7 +154,7 @@ def finetune_command(
 
   Args:
     run_config: the pruned run's config.
-    pruned_config: the pruned model's (:func:`experiments.compact.compacted_config`).
+    pruned_config: the pruned model's (:func:`experiments.models.compacted_config`).
     out: the prune output folder.
 
   Returns:
@@ -208,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   small, kept, small_config = compact.compact_run(
     run, run_dir, how, keep=largest_units(scores, counts)
   )
-  keys = compact.widths_keys(config)
+  keys = models.widths_keys(config)
   model, small_model = models.create_model(config), models.create_model(small_config)
   dense_acc = compact.accuracy(compact.logits_on_test_set(model, run.params, run), run.test_labels)
   pruned_acc = compact.accuracy(
