@@ -146,7 +146,7 @@ def test_compact_after_pathprox_training_keeps_outputs():
   x = jax.random.normal(kx, (128, 8))
   y = jnp.argmax(x @ jax.random.normal(kt, (8, 3)), axis=-1)
   params, groups = _init(model, x)
-  tx = pp.pathprox_sgd(0.1, 0.1, groups, momentum=0.9)
+  tx = pp.pathprox_sgd(0.1, 0.01, groups, momentum=0.9)  # τ = λγ/(1-β) = 0.01
 
   def loss(p):
     logits = model.apply({"params": p}, x)
