@@ -226,13 +226,14 @@ def exit_code(run: Callable[[], Any], resume_with: Callable[[], str]) -> int:
   ``init_params``, run directory, launch); 128 + the signal: interrupted, with the command that
   resumes (``resume_with()``).
   """
-  from experiments import checkpointing, data, distributed, train
+  from experiments import checkpointing, data, distributed, groups, train
 
   try:
     run()
   except (
     ConfigError,
     checkpointing.InitParamsError,
+    groups.GroupSourceError,
     distributed.LaunchError,
     data.DatasetUnavailableError,
     WorkdirError,

@@ -45,6 +45,7 @@ import orbax.checkpoint as ocp
 
 import pathprox_jax as pp
 from experiments import checkpointing, cli, data, input_pipeline, models, run_folder
+from experiments import groups as groups_lib
 from experiments.experiment import create_optimizer
 from experiments.train_step import TrainState
 
@@ -104,7 +105,7 @@ def abstract_state(config: ml_collections.ConfigDict) -> tuple[TrainState, Any]:
   model = models.create_model(config)
   image = jax.ShapeDtypeStruct((1, *data.BUILDERS[config.dataset].IMAGE_SHAPE), jnp.float32)
   boxed = jax.eval_shape(model.init, jax.random.key(0), image)["params"]
-  groups = models.group_spec(model, boxed)
+  groups = groups_lib.group_spec(model, boxed, image, config.group_source)
   params = nn.meta.unbox(boxed)
   tx = create_optimizer(config, groups, optax.constant_schedule(config.lr))
   step = jax.ShapeDtypeStruct((), jnp.int32)

@@ -16,6 +16,7 @@ from experiments.dataset_facts import DATASETS
 
 METHODS = ("pathprox", "wd")
 OPTIMIZERS = ("sgd", "adamw")
+GROUP_SOURCES = ("auto", "annotations")
 THRESHOLD_RULES = ("fixed_point", "paper")
 LR_SCHEDULES = ("step", "cosine")
 PARALLEL = ("shard_map", "pmap")
@@ -43,6 +44,7 @@ RESUMABLE_KEYS = frozenset(
     "allow_unofficial_data",
     "progress",
     "tensorboard",
+    "group_source",
   )  # fmt: skip
 )
 
@@ -110,6 +112,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     f"--weight-decay must be a finite number >= 0, got {config.weight_decay}",
   )
   check(0 <= config.momentum < 1, f"--momentum must be in [0, 1), got {config.momentum}")
+  check(
+    config.group_source in GROUP_SOURCES,
+    f"--group-source must be one of {GROUP_SOURCES}, got {config.group_source!r}",
+  )
   check(
     config.optimizer in OPTIMIZERS,
     f"--optimizer must be one of {OPTIMIZERS}, got {config.optimizer!r}",

@@ -31,6 +31,7 @@ from experiments import (
   models,
   parallel,
 )
+from experiments import groups as groups_lib
 from experiments.train_step import TrainState, make_train_steps
 
 
@@ -209,7 +210,10 @@ class Experiment:
     self.schedule = learning_rate_schedule(config, per_epoch)
     model = models.create_model(config)
     initial = initial_params(model, [c.seed for c in self.configs], train_images[:1])
-    self.groups = models.group_spec(model, initial[0][0])
+    self.groups = groups_lib.group_spec(
+      model, initial[0][0], jnp.zeros(train_images[:1].shape, jnp.float32), config.group_source
+    )
+    print(groups_lib.group_summary(nn.meta.unbox(initial[0][0]), self.groups, config.group_source))
     weight_decays = sorted({c.weight_decay for c in self.configs})
     txs = [
       create_optimizer(_with_weight_decay(config, w), self.groups, self.schedule)

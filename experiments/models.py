@@ -470,11 +470,6 @@ def create_model(config: ml_collections.ConfigDict) -> nn.Module:
   return VGG(channels=tuple(config.channels), pool_after=tuple(config.pool_after))
 
 
-def group_spec(model: nn.Module, boxed: Any) -> Any:
-  """The model's PathProx groups: the ViT's from path rules, the others' from annotations."""
-  return model.group_spec(boxed) if isinstance(model, ViT) else pp.group_spec(boxed)
-
-
 def group_names(config: ml_collections.ConfigDict) -> dict[int, str]:
   """What each PathProx group holds, by group number ({}: the numbers say enough)."""
   return vit_group_names(len(config.num_heads)) if config.model == "vit" else {}

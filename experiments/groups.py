@@ -1,0 +1,83 @@
+"""Which PathProx groups a run uses: the model's annotations, checked against its trace."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+
+import pathprox_jax as pp
+from experiments import models
+
+
+def group_spec(model: nn.Module, boxed: Any, example: Any, source: str = "auto") -> Any:
+  """The model's PathProx groups: discovered from its trace, or read from its annotations.
+
+  The ViT's annotations are path rules for the heads plus init annotations for the FFN
+  neurons; the other models' are init annotations. With ``source="auto"`` the groups are
+  also discovered from the traced model (:func:`pathprox_jax.discover_groups`) and must be
+  the annotations' up to group numbering, which the annotations' numbering (and the
+  group names of :func:`group_names`) keep.
+
+  Args:
+    model: the experiment's model.
+    boxed: its boxed params (or their ``jax.eval_shape``).
+    example: an input batch, or its ``jax.ShapeDtypeStruct``.
+    source: ``"auto"`` or ``"annotations"``.
+
+  Returns:
+    The spec pytree.
+
+  Raises:
+    GroupSourceError: the discovered groups are not the annotations'.
+  """
+  annotated = model.group_spec(boxed) if isinstance(model, models.ViT) else pp.group_spec(boxed)
+  if source == "annotations":
+    return annotated
+  report = pp.explain_groups(
+    lambda params, x: model.apply({"params": params}, x), nn.meta.unbox(boxed), example
+  )
+  if _groups_by_leaves(report.groups) != _groups_by_leaves(annotated):
+    raise GroupSourceError(
+      "--group-source auto found groups other than the model's annotations "
+      f"({_count_groups(report.groups)} against {_count_groups(annotated)}): "
+      "pass --group-source annotations"
+    )
+  return annotated
+
+
+class GroupSourceError(ValueError):
+  """The groups discovered from the trace differ from the model's annotations."""
+
+
+def _groups_by_leaves(groups: Any) -> set[frozenset]:
+  """Each group as the set of (leaf path, role, unit axis): the groups up to numbering."""
+  members: dict[int, set] = {}
+  for path, spec in jax.tree_util.tree_flatten_with_path(groups)[0]:
+    if spec is not None:
+      members.setdefault(spec.group, set()).add(
+        (jax.tree_util.keystr(path), spec.role, spec.unit_axis)
+      )
+  return {frozenset(m) for m in members.values()}
+
+
+def _count_groups(groups: Any) -> int:
+  return len(_groups_by_leaves(groups))
+
+
+def group_summary(params: Any, groups: Any, source: str) -> str:
+  """The run's one line on its groups: how many, their units, where from, what is left."""
+  units = pp.unit_counts(params, groups)
+  specs = jax.tree.leaves(groups, is_leaf=lambda x: x is None or isinstance(x, pp.GroupSpec))
+  kernels = jax.tree_util.tree_leaves_with_path(params)
+  left = sum(
+    1
+    for (path, leaf), spec in zip(kernels, specs, strict=True)
+    if spec is None and pp.is_kernel(path, leaf)
+  )
+  where = "from the trace (the annotations' groups)" if source == "auto" else "from annotations"
+  return (
+    f"PathProx groups: {len(units)} ({sum(units.values())} units) {where}; "
+    f"{left} kernel{'s' if left != 1 else ''} left to weight decay"
+  )
