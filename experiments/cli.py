@@ -18,7 +18,15 @@ from typing import Any, NamedTuple
 import ml_collections
 
 from configs import ConfigError, key_descriptions, load_config
-from experiments.config_checks import applies, flag, format_value, owner, validate
+from experiments.config_checks import (
+  FLOAT_BOUNDS,
+  applies,
+  finite_float,
+  flag,
+  format_value,
+  owner,
+  validate,
+)
 from experiments.resume import (
   RUNS_DIR,
   WorkdirError,
@@ -88,18 +96,18 @@ def _dashed(argv: Sequence[str]) -> list[str]:
 
 
 def _parse_value(key: str, default: Any, text: str) -> Any:
-  """Parses ``text`` with the type of the config's default value."""
+  """Parses ``text`` with the type of the config's default value (a float: finite, in bounds)."""
+  if isinstance(default, (tuple, list)):
+    example = default[0] if default else 0.0
+    return tuple(_parse_value(key, example, t.strip()) for t in text.split(",") if t.strip())
+  if isinstance(default, float):
+    return finite_float(flag(key), text, **FLOAT_BOUNDS.get(key, {}))
   try:
     if isinstance(default, bool):
       lowered = text.lower()
       if lowered not in ("true", "false", "1", "0", "yes", "no"):
         raise ValueError(text)
       return lowered in ("true", "1", "yes")
-    if isinstance(default, (tuple, list)):
-      example = default[0] if default else 0.0
-      return tuple(_parse_value(key, example, t.strip()) for t in text.split(",") if t.strip())
-    if isinstance(default, float):
-      return float(text)
     if isinstance(default, int):
       return int(text)
     return text

@@ -44,7 +44,7 @@ import optax
 import orbax.checkpoint as ocp
 
 import pathprox_jax as pp
-from experiments import checkpointing, cli, data, input_pipeline, models, run_folder
+from experiments import checkpointing, cli, config_checks, data, input_pipeline, models, run_folder
 from experiments import groups as groups_lib
 from experiments.experiment import create_optimizer
 from experiments.train_step import TrainState
@@ -382,13 +382,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("run_dir", help="a run folder (config.json and checkpoints/)")
   parser.add_argument("--out", help="output folder (default: RUN_DIR/compact)")
   parser.add_argument(
-    "--atol", type=float, default=0.0, help="drop units whose |out weights| are all <= ATOL"
+    "--atol", default="0", help="drop units whose |out weights| are all <= ATOL (default: 0)"
   )
   parser.add_argument("--repeats", type=int, default=20, help="timed calls per benchmark")
   try:
     args = parser.parse_args(argv)
-    if args.atol < 0 or args.repeats < 1:
-      raise cli.ConfigError("--atol must be >= 0 and --repeats >= 1")
+    args.atol = config_checks.finite_float("--atol", args.atol, minimum=0.0)
+    if args.repeats < 1:
+      raise cli.ConfigError("--repeats must be >= 1")
     run_dir = Path(args.run_dir)
     out = Path(args.out) if args.out else run_dir / "compact"
     check_output_folder(out)

@@ -2,6 +2,7 @@
 
 :func:`validate` names the first unusable value as a :class:`configs.ConfigError`; the tables
 say which keys only one model or split reads, and which a resumed run may change.
+:func:`finite_float` and :func:`seed` are the checks every tool's number flags share.
 """
 
 from __future__ import annotations
@@ -47,6 +48,14 @@ RESUMABLE_KEYS = frozenset(
     "group_source",
   )  # fmt: skip
 )
+# Bounds of float keys beyond being finite (every float key must be finite).
+FLOAT_BOUNDS = {
+  "lr": {"above": 0.0},
+  "lr_decay": {"above": 0.0},
+  "weight_decay": {"minimum": 0.0},
+  "momentum": {"minimum": 0.0},
+}
+SEED_LIMIT = 2**32  # JAX's keys hold 32 bits: seed s and s + 2**32 would train one run
 
 
 def flag(key: str) -> str:
@@ -87,6 +96,59 @@ def check(ok: bool, message: str) -> None:
     raise ConfigError(message)
 
 
+def finite_float(
+  flag_name: str, value: str | float, *, minimum: float | None = None, above: float | None = None
+) -> float:
+  """``value`` (a flag's text or a config's number) as a finite float within its bounds.
+
+  The one check of every float a tool reads: NaN fails every comparison, so a bare
+  ``x < 0`` test lets it through; here NaN and ±inf are refused first.
+
+  Args:
+    flag_name: the flag the messages name (``--atol``).
+    value: the text or number.
+    minimum: the least value allowed (``>=``).
+    above: a bound the value must exceed (``>``).
+
+  Raises:
+    ConfigError: ``value`` is no number, not finite, or out of bounds.
+
+  Example:
+    >>> finite_float("--atol", "1e-3", minimum=0.0)
+    0.001
+  """
+  try:
+    number = float(value)
+  except ValueError:
+    raise ConfigError(f"{flag_name}: {value!r} is not a valid float") from None
+  bound = "" if minimum is None else f" >= {minimum:g}"
+  bound += "" if above is None else f" > {above:g}"
+  check(
+    math.isfinite(number)
+    and (minimum is None or number >= minimum)
+    and (above is None or number > above),
+    f"{flag_name} must be a finite number{bound}, got {number}",
+  )
+  return number
+
+
+def seed(flag_name: str, value: str | int) -> int:
+  """``value`` as a seed: an integer in [0, 2**32), one JAX key each.
+
+  Raises:
+    ConfigError: ``value`` is no integer or out of range.
+  """
+  try:
+    number = int(value)
+  except ValueError:
+    number = -1
+  check(
+    0 <= number < SEED_LIMIT,
+    f"{flag_name} takes integers in [0, 2**32) (JAX keys hold 32 bits), got {value}",
+  )
+  return number
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises :class:`ConfigError` naming the first unusable value (before anything is built)."""
   import jax
@@ -101,17 +163,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     config.dataset in DATASETS,
     f"unknown data set {config.dataset!r}; known: {', '.join(DATASETS)}",
   )
-  for key in ("lr", "lr_decay", "batch_size", "total_iter", "log_freq", "save_freq"):
-    check(
-      math.isfinite(config[key]) and config[key] > 0,
-      f"{flag(key)} must be a finite number > 0, got {config[key]}",
-    )
-  check(config.eval_batch_size > 0, f"--eval-batch-size must be > 0, got {config.eval_batch_size}")
-  check(
-    math.isfinite(config.weight_decay) and config.weight_decay >= 0,
-    f"--weight-decay must be a finite number >= 0, got {config.weight_decay}",
-  )
-  check(0 <= config.momentum < 1, f"--momentum must be in [0, 1), got {config.momentum}")
+  for key, value in config.items():
+    for item in value if isinstance(value, (tuple, list)) else (value,):
+      if isinstance(item, float):
+        finite_float(flag(key), item, **FLOAT_BOUNDS.get(key, {}))
+  for key in ("batch_size", "total_iter", "log_freq", "save_freq", "eval_batch_size"):
+    check(config[key] > 0, f"{flag(key)} must be > 0, got {config[key]}")
+  check(config.momentum < 1, f"--momentum must be in [0, 1), got {config.momentum}")
+  seed("--seed", config.seed)
   check(
     config.group_source in GROUP_SOURCES,
     f"--group-source must be one of {GROUP_SOURCES}, got {config.group_source!r}",
@@ -205,6 +264,11 @@ def _validate_model(config: ml_collections.ConfigDict) -> None:
     f"{flag(key)} must be widths >= {least}, got {format_value(widths)}",
   )
   if config.model == "mlp":
+    check(
+      len(widths) > 1,
+      f"--features: an MLP needs at least one hidden layer before its {classes} outputs, got "
+      f"{format_value(widths)}",
+    )
     check(
       widths[-1] >= classes,
       f"--features: the last width is the number of outputs and must be >= the {classes} "

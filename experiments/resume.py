@@ -44,9 +44,23 @@ def newest_run(config: ml_collections.ConfigDict) -> str:
 
 
 def check_workdir(workdir: str) -> None:
-  """The run directory can be created and written (checked before anything is written)."""
+  """The run directory can be created and written (checked before anything is written).
+
+  Its entries must be of their kind: ``checkpoints`` a folder, ``config.json`` and
+  ``metrics.jsonl`` files; anything else would be lost or misread once the run writes.
+  """
   path = Path(workdir)
   check(not path.exists() or path.is_dir(), f"--workdir {workdir} is a file, not a directory")
+  for name, folder in (
+    (run_folder.CHECKPOINTS, True), (run_folder.CONFIG, False), (run_folder.METRICS, False)
+  ):  # fmt: skip
+    entry = path / name
+    kinds = ("a folder", "a file") if folder else ("a file", "a folder")
+    check(
+      not entry.exists() or entry.is_dir() == folder,
+      f"{entry} is {kinds[1]} where the run keeps {kinds[0]}; move it aside or choose another "
+      "--workdir",
+    )
   existing = next(p for p in (path, *path.absolute().parents) if p.exists())
   check(
     existing.is_dir() and os.access(existing, os.W_OK | os.X_OK),

@@ -286,11 +286,17 @@ def common_curve(runs: Sequence[Run], key: str) -> tuple[np.ndarray, np.ndarray]
 def member_name(seed: int, weight_decay: float | None = None) -> str:
   """A sweep member's run folder name: ``seed<s>``, or ``wd<λ>-seed<s>`` when λ varies too.
 
+  λ is written with ``%g`` where that reads back as the same float, else as its ``repr``
+  (which always does): two members with different λ never share a folder.
+
   Example:
-    >>> member_name(3), member_name(0, 1e-4)
-    ('seed3', 'wd0.0001-seed0')
+    >>> member_name(3), member_name(0, 1e-4), member_name(0, 1.0000001e-4)
+    ('seed3', 'wd0.0001-seed0', 'wd0.00010000001-seed0')
   """
-  return f"seed{seed}" if weight_decay is None else f"wd{weight_decay:g}-seed{seed}"
+  if weight_decay is None:
+    return f"seed{seed}"
+  text = f"{weight_decay:g}"
+  return f"wd{text if float(text) == weight_decay else repr(weight_decay)}-seed{seed}"
 
 
 def sweep_members(path: str | os.PathLike[str]) -> dict[str, list[Path]]:

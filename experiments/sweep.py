@@ -6,7 +6,8 @@ the per-device training loop of :mod:`experiments.train` runs over a leading
 member axis (``--member-loop``: vmapped on GPU and TPU, one member after another
 inside the compiled loop on CPU), the data set is shared, and the evaluation of
 all members is one vmapped pass. Each member writes an ordinary run folder, ``DIR/seed<s>``
-(``DIR/wd<λ>-seed<s>`` when λ varies too), with its own ``config.json``,
+(``DIR/wd<λ>-seed<s>`` when λ varies too; one folder per member), locked as a single
+run's is, with its own ``config.json``,
 ``metrics.jsonl`` and checkpoints, so ``experiments.plot`` and
 ``experiments.compact`` read it as a single run; member ``seed<s>`` follows the
 single run with ``--seed s`` to round-off. Every other flag is the experiment's
@@ -47,7 +48,7 @@ def run_sweep(
   """Trains all members together; each writes its run folder as a single run does.
 
   The loop is the single run's (:func:`experiments.train.train_members`): the
-  sweep's folder is locked, a signal stops every member with a checkpoint at one
+  sweep's folder and each member's are locked, a signal stops every member with a checkpoint at one
   step, and a member that diverges stops alone, recorded in its ``config.json``.
 
   Args:
@@ -63,7 +64,7 @@ def run_sweep(
     Each member's last metrics.
 
   Raises:
-    resume.WorkdirError: another process holds the sweep's folder, a run folder holds
+    resume.WorkdirError: another process holds the sweep's or a member's folder, a run folder holds
       checkpoints and ``resume`` is not set, or the members' checkpoints are at
       different steps.
     train.NonFiniteLossError: a member diverged (once the others have finished).
@@ -110,11 +111,19 @@ def members(
   """Each member's config (validated; on resume, its run's own) and run folder.
 
   Raises:
-    cli.ConfigError: a bad ``--seeds`` or ``--weight-decays``, a bad config value, or
-      a resume that changes a member's trajectory.
+    cli.ConfigError: a bad ``--seeds`` or ``--weight-decays`` (none, a repeat, a seed
+      outside [0, 2**32), a λ that is not a finite number >= 0), a run folder with a
+      file where a folder belongs or the other way round, a bad config value, or a
+      resume that changes a member's trajectory.
   """
-  seeds = _numbers(args.seeds, int, "--seeds")
-  weight_decays = _numbers(args.weight_decays, float, "--weight-decays")  # checked by validate
+  seeds = _distinct(args.seeds, "--seeds", lambda t: config_checks.seed("--seeds", t))
+  if not seeds:
+    raise cli.ConfigError(f"--seeds: {args.seeds!r} lists no seed")
+  weight_decays = _distinct(
+    args.weight_decays,
+    "--weight-decays",
+    lambda t: config_checks.finite_float("--weight-decays", t, minimum=0.0),
+  )
   resume.check_workdir(args.workdir)
   configs, workdirs = [], []
   for weight_decay in weight_decays or [command.config.weight_decay]:
@@ -123,6 +132,7 @@ def members(
       config.seed, config.weight_decay = seed, weight_decay
       name = run_folder.member_name(seed, weight_decay if len(weight_decays) > 1 else None)
       workdir = Path(args.workdir) / name
+      resume.check_workdir(str(workdir))
       if command.resume:
         config = resume.resumed_config(str(workdir), config, command.overrides)
       config_checks.validate(config)
@@ -131,13 +141,9 @@ def members(
   return configs, workdirs
 
 
-def _numbers(text: str, kind: type, flag: str) -> list:
-  try:
-    values = [kind(t) for t in text.split(",") if t.strip()]
-  except ValueError:
-    raise cli.ConfigError(
-      f"{flag}: {text!r} is not a comma-separated list of {kind.__name__}"
-    ) from None
+def _distinct(text: str, flag: str, parse: Callable[[str], float]) -> list:
+  """The comma-separated values of ``text``, each read by ``parse``; a repeat is refused."""
+  values = [parse(t.strip()) for t in text.split(",") if t.strip()]
   if len(set(values)) != len(values):
     raise cli.ConfigError(f"{flag}: {text!r} repeats a value")
   return values

@@ -110,8 +110,8 @@ def train_members(
 
   The members run in compiled stretches of about :data:`STRETCH_SECONDS`, between
   which a signal is noticed; they are evaluated every ``log_freq`` steps and
-  checkpointed every ``save_freq`` steps, all at the same steps. ``lock_dir`` is
-  locked throughout (one writer per run or sweep folder).
+  checkpointed every ``save_freq`` steps, all at the same steps. ``lock_dir`` and every
+  member's folder are locked throughout (one writer per run folder, as a single run's).
 
   A member whose training loss, evaluated training loss or parameters become
   non-finite stops there (its last good checkpoint is kept). A single run
@@ -122,7 +122,7 @@ def train_members(
   Args:
     configs: each member's config (validated; on resume, the run's own).
     workdirs: each member's run folder.
-    lock_dir: the folder to lock (the run folder, or the sweep's).
+    lock_dir: the folder that holds the members (the run folder, or the sweep's), locked too.
     names: how messages name the members (a sweep's); None for a single run.
     resume: continue every member from its newest checkpoint readable in all of them.
     command: the command line, recorded in each ``config.json`` (appended on resume).
@@ -141,10 +141,14 @@ def train_members(
     Interrupted: ``stop_requested`` returned a signal; checkpoints were saved.
   """
   workdirs = [Path(w) for w in workdirs]
-  lock = workdir_lock.WorkdirLock(Path(lock_dir), jax.process_index())
+  locks = [  # released in reverse: a member's folder before the sweep's that holds it
+    workdir_lock.WorkdirLock(folder, jax.process_index())
+    for folder in dict.fromkeys([Path(lock_dir), *workdirs])
+  ]
   error, markers = None, []
   try:
-    lock.acquire()
+    for lock in locks:
+      lock.acquire()
     markers = check_workdirs(configs, workdirs, names, resume)
   except (workdir_lock.WorkdirInUseError, WorkdirError) as e:
     error = e
@@ -160,7 +164,8 @@ def train_members(
     loop = _Loop(members, Path(lock_dir), names is None, stop_requested or (lambda: None))
     return loop.run(resume, command, member_loop)
   finally:
-    lock.release()
+    for lock in reversed(locks):
+      lock.release()
 
 
 @dataclasses.dataclass
