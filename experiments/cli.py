@@ -223,7 +223,8 @@ def exit_code(run: Callable[[], Any], resume_with: Callable[[], str]) -> int:
   """Runs a command's ``run()``; returns its exit code, its errors printed as one line.
 
   0: done; 1: the training loss became non-finite; 2: bad input (config, data set,
-  ``init_params``, run directory, launch); 128 + the signal: interrupted, with the command that
+  ``init_params``, run directory, launch,
+  processes of one job that disagree); 128 + the signal: interrupted, with the command that
   resumes (``resume_with()``).
   """
   from experiments import checkpointing, data, distributed, train
@@ -234,6 +235,7 @@ def exit_code(run: Callable[[], Any], resume_with: Callable[[], str]) -> int:
     ConfigError,
     checkpointing.InitParamsError,
     distributed.LaunchError,
+    distributed.DisagreementError,
     data.DatasetUnavailableError,
     WorkdirError,
   ) as e:

@@ -19,9 +19,12 @@ unless ``JAX_CPU_COLLECTIVES_IMPLEMENTATION`` chooses another).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
 import threading
+from typing import Any
 
 import jax
 import numpy as np
@@ -39,6 +42,10 @@ BACKSTOP_S = 30
 
 class LaunchError(ValueError):
   """The multi-process environment variables are not usable."""
+
+
+class DisagreementError(ValueError):
+  """The processes of one job were started with different configs or run options."""
 
 
 def _int_variable(name: str, minimum: int) -> int | None:
@@ -143,3 +150,45 @@ def sync_processes(name: str) -> None:
     from jax.experimental import multihost_utils
 
     multihost_utils.sync_global_devices(name)
+
+
+def check_agreement(options: dict[str, Any]) -> None:
+  """Checks that every process of the job holds the same ``options`` (a collective).
+
+  A digest of the options is gathered first (a fixed-size array); only when the
+  digests differ are the options themselves exchanged, to name what differs. Every
+  process gets the same answer, so all of them raise together and none is left
+  waiting in a later collective.
+
+  Args:
+    options: a flat dict of JSON-serialisable values (the resolved config, run options).
+
+  Raises:
+    DisagreementError: some processes hold other values; the message names each
+      differing key and every process's value.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax.experimental import multihost_utils
+
+  text = json.dumps(options, sort_keys=True, default=str).encode()
+  digest = np.frombuffer(hashlib.sha256(text).digest(), np.uint8)
+  digests = np.asarray(multihost_utils.process_allgather(digest))
+  if (digests == digests[0]).all():
+    return
+  (longest,) = max_over_processes(len(text))
+  padded = np.zeros(longest, np.uint8)
+  padded[: len(text)] = np.frombuffer(text, np.uint8)
+  gathered = np.asarray(multihost_utils.process_allgather(padded))
+  held = [json.loads(bytes(row).rstrip(b"\0")) for row in gathered]
+  keys = sorted(set().union(*held), key=lambda k: (k not in options, k))
+  differing = []
+  for key in keys:
+    values = [h.get(key, "(unset)") for h in held]
+    if any(v != values[0] for v in values):
+      each = ", ".join(f"process {i}: {v}" for i, v in enumerate(values))
+      differing.append(f"{key} ({each})")
+  raise DisagreementError(
+    f"the processes of this job disagree: {'; '.join(differing)}; start the same command "
+    "on every process"
+  )

@@ -137,10 +137,13 @@ def train_members(
     WorkdirError: a folder is in use, holds a run and ``resume`` is not set, holds no
       readable checkpoint, its checkpoint is past ``total_iter`` or at another step than
       the other members'.
+    distributed.DisagreementError: the processes of the job hold other configs or options
+      (checked before anything is written).
     NonFiniteLossError: a member diverged (raised once the others have finished).
     Interrupted: ``stop_requested`` returned a signal; checkpoints were saved.
   """
   workdirs = [Path(w) for w in workdirs]
+  distributed.check_agreement(_run_options(configs, workdirs, lock_dir, names, resume))
   lock = workdir_lock.WorkdirLock(Path(lock_dir), jax.process_index())
   error, markers = None, []
   try:
@@ -161,6 +164,16 @@ def train_members(
     return loop.run(resume, command, member_loop)
   finally:
     lock.release()
+
+
+def _run_options(configs, workdirs, lock_dir, names, resume: bool) -> dict[str, Any]:
+  """What every process of a job must agree on: the run options and each member's config."""
+  options = {"workdir": str(Path(lock_dir).absolute()), "resume": resume}
+  for name, config, workdir in zip(names or [""], configs, workdirs, strict=True):
+    prefix = f"{name}: " if names else ""
+    options[f"{prefix}workdir"] = str(workdir.absolute())
+    options.update({f"{prefix}{key}": value for key, value in config.to_dict().items()})
+  return options
 
 
 @dataclasses.dataclass
