@@ -222,9 +222,10 @@ def main(
 def exit_code(run: Callable[[], Any], resume_with: Callable[[], str]) -> int:
   """Runs a command's ``run()``; returns its exit code, its errors printed as one line.
 
-  0: done; 1: the training loss became non-finite; 2: bad input (config, data set,
-  ``init_params``, run directory, launch,
-  processes of one job that disagree); 128 + the signal: interrupted, with the command that
+  0: done; 1: the training loss became non-finite, or a checkpoint could not be written (the
+  run folder keeps its complete checkpoints and their rows); 2: bad input (config, data set,
+  ``init_params``, run directory, launch, processes of one job that disagree); 128 + the
+  signal: interrupted, with the command that
   resumes (``resume_with()``).
   """
   from experiments import checkpointing, data, distributed, train
@@ -241,7 +242,7 @@ def exit_code(run: Callable[[], Any], resume_with: Callable[[], str]) -> int:
   ) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  except train.NonFiniteLossError as e:
+  except (train.NonFiniteLossError, checkpointing.SaveError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   except train.Interrupted as e:

@@ -221,11 +221,16 @@ class _Loop:
       raise NonFiniteLossError(_divergence_message(self.everyone, len(self.everyone), self.single))
     # Built before any file is written: bad data fails here.
     experiment = Experiment([m.config for m in self.members], member_loop)
-    with contextlib.ExitStack() as cleanup:  # closes what was opened, however the run ends
-      states, data_keys = self._open(experiment, resume, command, cleanup)
-      progress = self._progress_bar(int(states[0].step))
-      cleanup.callback(progress.close)
-      self._train(experiment, states, data_keys, progress)
+    try:
+      with contextlib.ExitStack() as cleanup:  # closes what was opened, however the run ends
+        cleanup.enter_context(checkpointing.orbax_errors_quiet())
+        states, data_keys = self._open(experiment, resume, command, cleanup)
+        progress = self._progress_bar(int(states[0].step))
+        cleanup.callback(progress.close)
+        self._train(experiment, states, data_keys, progress)
+    except checkpointing.SaveError:
+      self._keep_complete_checkpoints()
+      raise
     diverged = [m for m in self.everyone if m.diverged is not None]
     if diverged:
       raise NonFiniteLossError(_divergence_message(diverged, len(self.everyone), self.single))
@@ -269,6 +274,14 @@ class _Loop:
     if not histories:
       self._log(experiment, experiment.stack(states).params, int(states[0].step))
     return states, data_keys
+
+  def _keep_complete_checkpoints(self) -> None:
+    """After a failed save: no incomplete save's folder, no row past a complete checkpoint.
+
+    Process 0 waits for no other process here: a collective could wait forever."""
+    for m in self.members if self.is_writer else ():
+      if m.checkpoints is not None and m.metrics is not None:
+        m.metrics.roll_back(m.checkpoints.discard_incomplete())
 
   def _progress_bar(self, step: int) -> tqdm:
     config = self.members[0].config

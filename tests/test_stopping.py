@@ -1,20 +1,22 @@
-"""Stopping always works: a run stuck after a signal, a second signal, and a failed save.
+"""Stopping always works: a run stuck after a signal, a second signal, a save that fails.
 
 Each run is a real subprocess; every wait is on a file or a line it writes. A stuck save
 is Orbax's ``CheckpointManager.save`` replaced (in that subprocess only) by one that
-writes a file and never returns.
+writes a file and never returns; a full disk is ``ulimit -f``: a limit on the size of
+the files a subprocess writes.
 """
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
-from conftest import REPO, flags
+from conftest import REPO, flags, read_rows
 
-from experiments import interrupts
+from experiments import checkpointing, cli, interrupts
 
 STUCK_SAVE = """
 import pathlib, sys, time
@@ -82,3 +84,28 @@ def test_a_second_sigterm_ends_a_stuck_run_at_once(raw_mnist, tmp_path):
   assert process.wait(timeout=30) == 128 + signal.SIGTERM  # well before the watchdog
   lines = lines_after(err, offset)
   assert lines[1:] == ["error: a second SIGTERM: stopped at once, without a checkpoint"]
+
+
+@pytest.mark.slow  # a subprocess
+def test_a_full_disk_during_a_save_is_one_line_and_keeps_only_complete_checkpoints(
+  raw_mnist, tmp_path
+):
+  workdir = tmp_path / "run"
+  argv = flags(raw_mnist, tmp_path, workdir=workdir, log_freq=10, save_freq=20, total_iter=20)
+  assert cli.main("mnist_subset_mlp", argv) == 0  # prepares the data set, saves step 20
+  rows = read_rows(workdir)
+  command = [sys.executable, "-m", "experiments.mnist_subset_mlp", *argv, "--resume"]
+  # Files cannot grow past 40 KiB (a checkpoint's parameters take about 100 kB); SIGXFSZ is
+  # ignored, so that a write past the limit fails with EFBIG as on a full disk.
+  limited = f"trap '' XFSZ; ulimit -f 40; exec {shlex.join([*command, '--total-iter', '60'])}"
+  full = subprocess.run(
+    ["bash", "-c", limited], cwd=REPO, capture_output=True, text=True, timeout=300
+  )
+  assert full.returncode == 1
+  assert full.stderr.splitlines() == [
+    f"error: the checkpoint at step 40 could not be written in {workdir / 'checkpoints'}: "
+    "File too large (errno 27)"
+  ]
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["20"]  # no tmp folder
+  assert read_rows(workdir) == rows  # rows 30 and 40 rolled back: no row past step 20
+  assert checkpointing.latest_step(workdir / "checkpoints") == 20
