@@ -12,6 +12,9 @@ Every process runs the same command. The job is described by the environment:
 - ``JAX_INITIALIZATION_TIMEOUT`` (seconds, default 300): how long a process waits for all
   its peers. A process that cannot reach them prints one line and exits with code 1 within
   that time (JAX itself would abort with a C++ stack trace).
+- ``JAX_HEARTBEAT_TIMEOUT`` (seconds, default 100, JAX's): how long the job waits for a
+  silent process before it fails every other one. A collective with a process that is gone
+  fails at once; the CLI then ends each process with one line (:func:`leave`).
 
 On CPU the processes talk through the gloo collectives (``jax_cpu_collectives_implementation``
 unless ``JAX_CPU_COLLECTIVES_IMPLEMENTATION`` chooses another).
@@ -36,6 +39,8 @@ ADDRESS, NUM_PROCESSES, PROCESS_ID = (
 )
 TIMEOUT = "JAX_INITIALIZATION_TIMEOUT"
 DEFAULT_TIMEOUT_S = 300  # JAX's own default
+HEARTBEAT_TIMEOUT = "JAX_HEARTBEAT_TIMEOUT"
+DEFAULT_HEARTBEAT_TIMEOUT_S = 100  # JAX's own default
 # JAX's own deadline comes this much after ours: it only backs up the one-line exit.
 BACKSTOP_S = 30
 
@@ -84,6 +89,7 @@ def initialize() -> None:
   num_processes = _int_variable(NUM_PROCESSES, 1)
   process_id = _int_variable(PROCESS_ID, 0)
   timeout = _int_variable(TIMEOUT, 1) or DEFAULT_TIMEOUT_S
+  heartbeat_timeout = _int_variable(HEARTBEAT_TIMEOUT, 1) or DEFAULT_HEARTBEAT_TIMEOUT_S
   if (address, num_processes, process_id) == (None, None, None) and detected_processes() == 1:
     return
   if num_processes is not None and process_id is not None and process_id >= num_processes:
@@ -97,7 +103,11 @@ def initialize() -> None:
   watchdog.start()
   try:
     jax.distributed.initialize(
-      address, num_processes, process_id, initialization_timeout=timeout + BACKSTOP_S
+      address,
+      num_processes,
+      process_id,
+      initialization_timeout=timeout + BACKSTOP_S,
+      heartbeat_timeout_seconds=heartbeat_timeout,
     )
   except ValueError as e:  # JAX could not detect what the environment left unset
     raise LaunchError(
@@ -109,13 +119,20 @@ def initialize() -> None:
 
 def _give_up(who: str, address: str | None, timeout: int) -> None:
   """Ends the process with one line: JAX's connect blocks, and failing it aborts noisily."""
-  print(
+  leave(
     f"error: {who} could not reach its peers at {address or 'the detected coordinator'} "
     f"within {timeout} s ({TIMEOUT}); start the same command on every process, "
-    f"with {PROCESS_ID} = 0 .. {NUM_PROCESSES}-1 and the address of process 0",
-    file=sys.stderr,
-    flush=True,
+    f"with {PROCESS_ID} = 0 .. {NUM_PROCESSES}-1 and the address of process 0"
   )
+
+
+def leave(line: str) -> None:
+  """Ends the process now with ``line`` on stderr and exit code 1.
+
+  For a process whose peers are gone: JAX's own shutdown would wait for them (its
+  heartbeat, 100 s) and then abort with a C++ stack trace.
+  """
+  print(line, file=sys.stderr, flush=True)
   sys.stdout.flush()
   os._exit(1)
 

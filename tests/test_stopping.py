@@ -15,6 +15,7 @@ import time
 
 import pytest
 from conftest import REPO, flags, read_rows
+from test_multihost import start
 
 from experiments import checkpointing, cli, interrupts
 
@@ -109,3 +110,18 @@ def test_a_full_disk_during_a_save_is_one_line_and_keeps_only_complete_checkpoin
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["20"]  # no tmp folder
   assert read_rows(workdir) == rows  # rows 30 and 40 rolled back: no row past step 20
   assert checkpointing.latest_step(workdir / "checkpoints") == 20
+
+
+@pytest.mark.slow  # two processes
+def test_a_job_whose_process_is_gone_stops_at_once_with_one_line(raw_mnist, tmp_path):
+  workdir = tmp_path / "run"
+  argv = flags(raw_mnist, tmp_path, total_iter=10**6, log_freq=100, save_freq=10**5)
+  job = start(argv + ["--workdir", workdir], processes=2, devices_per_process=1)
+  wait_for(job[0], lambda: (workdir / "metrics.jsonl").exists() and len(read_rows(workdir)) >= 2)
+  job[1].kill()
+  code, err = job[0].wait(timeout=60), job[0].communicate()[1]  # JAX's heartbeat: 100 s
+  job[1].wait()
+  assert code == 1, err
+  assert "Traceback" not in err
+  assert err.strip().splitlines()[-1].startswith("error: this job lost a process (")
+  assert checkpointing.latest_step(workdir / "checkpoints") is None  # none due yet: none
