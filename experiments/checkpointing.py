@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import gc
 import inspect
+import logging
+import os
+import re
 import shutil
 import sys
 from collections.abc import Iterator
@@ -24,6 +27,13 @@ class InitParamsError(ValueError):
   """The params a run is asked to start from cannot be restored for its model."""
 
 
+class SaveError(OSError):
+  """A checkpoint could not be written (a full disk, a lost mount, ...)."""
+
+
+TMP_MARK = ".orbax-checkpoint-tmp"  # in the name of Orbax's folders of a save in progress
+
+
 def latest_step(directory: Path) -> int | None:
   """The step of the latest checkpoint in ``directory`` (None: none, or no such folder)."""
   if not Path(directory).is_dir():
@@ -41,14 +51,16 @@ def all_finite(tree: Any) -> bool:
 
 
 @contextlib.contextmanager
-def _quiet_failed_restores() -> Iterator[None]:
-  """While restoring, ``sys.unraisablehook`` drops what a failed Orbax restore leaves behind.
+def _quiet_abandoned_coroutines(keep_after: type[Exception] | None = None) -> Iterator[None]:
+  """While open, ``sys.unraisablehook`` drops what a failed Orbax restore or save leaves behind.
 
-  When a restore fails, its abandoned coroutines and TensorStore's late callbacks
+  When a restore or a save fails, its abandoned coroutines and TensorStore's late callbacks
   (for the restore's finished event loop) each print a traceback ("Event loop is
   closed"); the failure itself is already reported. Anything else goes on to the
   hook installed before, which is back in place when the block ends (after a garbage
-  collection has finalised what the failed restores abandoned).
+  collection has finalised what the failed restores abandoned) — unless it ends in a
+  ``keep_after`` error: a failed save's threads call back later still, while the process
+  reports the error and exits.
   """
   previous = sys.unraisablehook
 
@@ -59,16 +71,61 @@ def _quiet_failed_restores() -> Iterator[None]:
       previous(unraisable)
 
   sys.unraisablehook = hook
+  ended_in = None
   try:
     yield
+  except BaseException as e:
+    ended_in = e
+    raise
   finally:
     gc.collect()
-    sys.unraisablehook = previous
+    if keep_after is None or not isinstance(ended_in, keep_after):
+      sys.unraisablehook = previous
 
 
-def _first_line(error: Exception) -> str:
+def _first_line(error: Exception, width: int = 100) -> str:
   text = str(error).strip().splitlines()
-  return f"{type(error).__name__}: {text[0][:100] if text else ''}"
+  return f"{type(error).__name__}: {text[0][:width] if text else ''}"
+
+
+def _write_error(error: Exception) -> str:
+  """The system's reason for a failed write (TensorStore's ``os_error_code``), else the error."""
+  code = getattr(error, "errno", None) or re.search(r"os_error_code='(\d+)'", str(error))
+  if code is None:
+    return _first_line(error, 160)
+  number = code if isinstance(code, int) else int(code.group(1))
+  return f"{os.strerror(number)} (errno {number})"
+
+
+def _not_orbax_error(record: logging.LogRecord) -> bool:
+  """False for an error logged by Orbax, or by asyncio about Orbax's tasks."""
+  return not (record.levelno >= logging.ERROR and "/orbax/" in f"{record.pathname} {record.msg}")
+
+
+_LOGGERS = ("absl", "asyncio")  # where Orbax's threads and tasks log a failed save
+
+
+@contextlib.contextmanager
+def orbax_errors_quiet() -> Iterator[None]:
+  """While open, Orbax's own error log lines (and tracebacks) are dropped.
+
+  A failed save is raised by :meth:`Checkpoints.save` or :meth:`Checkpoints.wait` as one
+  :class:`SaveError`; Orbax would also log it from each of its threads, hundreds of lines.
+  When the block ends in a :class:`SaveError`, both filters stay: the failed save's threads
+  log and call back later still, while the process reports the error and exits.
+  """
+  for name in _LOGGERS:
+    logging.getLogger(name).addFilter(_not_orbax_error)
+  failed = False
+  try:
+    with _quiet_abandoned_coroutines(keep_after=SaveError):
+      yield
+  except SaveError:
+    failed = True
+    raise
+  finally:
+    for name in _LOGGERS if not failed else ():
+      logging.getLogger(name).removeFilter(_not_orbax_error)
 
 
 def _leaf_paths(tree: Any) -> set[str]:
@@ -113,7 +170,7 @@ def restore_init_params(directory: str, params: Any) -> Any:
     raise InitParamsError(f"--init-params {directory}: no such folder")
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, params)
   try:
-    with _quiet_failed_restores(), ocp.StandardCheckpointer() as checkpointer:
+    with _quiet_abandoned_coroutines(), ocp.StandardCheckpointer() as checkpointer:
       restored = checkpointer.restore(path)  # as saved: the check below compares shapes
     problem = _problem(restored, abstract)
   except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise many kinds on bad files
@@ -141,23 +198,56 @@ class Checkpoints:
       self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
     )
     self.unreadable: list[tuple[int, str]] = []
+    self.saving: int | None = None  # the step of the save in progress (asynchronous)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
   def save(self, state: Any, data_key: jax.Array, history: list[dict[str, Any]]) -> bool:
-    """Saves ``state`` (a TrainState) unless a parameter is non-finite; returns whether it did."""
+    """Saves ``state`` (a TrainState) unless a parameter is non-finite; returns whether it did.
+
+    Raises:
+      SaveError: this save, or the one before (still being written), failed.
+    """
     if not all_finite(state.params):
       return False
-    self.manager.save(
-      int(state.step),
-      args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data_key=ocp.args.StandardSave({"key": jax.random.key_data(data_key)}),
-        history=ocp.args.JsonSave(history),
-      ),
-    )
+    with self._failures():
+      self.manager.save(
+        int(state.step),
+        args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          data_key=ocp.args.StandardSave({"key": jax.random.key_data(data_key)}),
+          history=ocp.args.JsonSave(history),
+        ),
+      )
+    self.saving = int(state.step)
     return True
+
+  def wait(self) -> None:
+    """Waits for the save in progress.
+
+    Raises:
+      SaveError: it failed.
+    """
+    with self._failures():
+      self.manager.wait_until_finished()
+
+  @contextlib.contextmanager
+  def _failures(self) -> Iterator[None]:
+    """Turns a failed save into a :class:`SaveError` (one line; Orbax's lines are dropped)."""
+    try:
+      yield
+    except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise many kinds on write errors
+      raise SaveError(
+        f"the checkpoint at step {self.saving} could not be written in {self.directory}: "
+        f"{_write_error(e)}"
+      ) from None
+
+  def discard_incomplete(self) -> int | None:
+    """Removes the folders of saves that did not complete; returns the latest complete step."""
+    for path in self.directory.glob(f"*{TMP_MARK}*"):
+      shutil.rmtree(path, ignore_errors=True)
+    return max((int(p.name) for p in self.directory.iterdir() if p.name.isdigit()), default=None)
 
   def restore_latest(self, template: Any, data_key: jax.Array, at_most: int | None = None):
     """``(state, data_key, history)`` from the newest checkpoint that passes the checks.
@@ -180,7 +270,7 @@ class Checkpoints:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
     key_template = {"key": ocp.utils.to_shape_dtype_struct(jax.random.key_data(data_key))}
     steps = [s for s in self.manager.all_steps() if at_most is None or s <= at_most]
-    with _quiet_failed_restores():
+    with _quiet_abandoned_coroutines():
       for step in sorted(steps, reverse=True):
         try:
           restored = self.manager.restore(
@@ -215,5 +305,13 @@ class Checkpoints:
       shutil.move(str(self.directory / str(step)), str(folder / str(step)))
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    """Waits for the save in progress and closes the manager.
+
+    Raises:
+      SaveError: the save in progress failed.
+    """
+    try:
+      self.wait()
+    finally:
+      with contextlib.suppress(Exception):  # its failure, if any, was just raised
+        self.manager.close()

@@ -230,10 +230,15 @@ def main(
 def exit_code(run: Callable[[], Any], resume_with: Callable[[], str]) -> int:
   """Runs a command's ``run()``; returns its exit code, its errors printed as one line.
 
-  0: done; 1: the training loss became non-finite; 2: bad input (config, data set,
-  ``init_params``, run directory, launch); 128 + the signal: interrupted, with the command that
-  resumes (``resume_with()``).
+  0: done; 1: the training loss became non-finite, or a checkpoint could not be written (the
+  run folder keeps its complete checkpoints and their rows); 2: bad input (config, data set,
+  ``init_params``, run directory, launch, processes of one job that disagree); 128 + the
+  signal: interrupted, with the command that resumes (``resume_with()``). A process of a
+  multi-process job whose collective fails (a process is gone) exits 1 at once, without
+  JAX's shutdown (it would wait for the gone process).
   """
+  import jax
+
   from experiments import checkpointing, data, distributed, groups, train
 
   try:
@@ -243,14 +248,23 @@ def exit_code(run: Callable[[], Any], resume_with: Callable[[], str]) -> int:
     checkpointing.InitParamsError,
     groups.GroupSourceError,
     distributed.LaunchError,
+    distributed.DisagreementError,
     data.DatasetUnavailableError,
     WorkdirError,
   ) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  except train.NonFiniteLossError as e:
+  except (train.NonFiniteLossError, checkpointing.SaveError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
+  except jax.errors.JaxRuntimeError as e:
+    if jax.process_count() == 1:
+      raise
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    distributed.leave(
+      f"error: this job lost a process ({reason}); every process stops: resume the job "
+      "from its last checkpoint"
+    )
   except train.Interrupted as e:
     print(
       f"interrupted at step {e.step}; checkpoint saved; resume with: {resume_with()}",

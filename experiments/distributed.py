@@ -12,6 +12,9 @@ Every process runs the same command. The job is described by the environment:
 - ``JAX_INITIALIZATION_TIMEOUT`` (seconds, default 300): how long a process waits for all
   its peers. A process that cannot reach them prints one line and exits with code 1 within
   that time (JAX itself would abort with a C++ stack trace).
+- ``JAX_HEARTBEAT_TIMEOUT`` (seconds, default 100, JAX's): how long the job waits for a
+  silent process before it fails every other one. A collective with a process that is gone
+  fails at once; the CLI then ends each process with one line (:func:`leave`).
 
 On CPU the processes talk through the gloo collectives (``jax_cpu_collectives_implementation``
 unless ``JAX_CPU_COLLECTIVES_IMPLEMENTATION`` chooses another).
@@ -19,9 +22,12 @@ unless ``JAX_CPU_COLLECTIVES_IMPLEMENTATION`` chooses another).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
 import threading
+from typing import Any
 
 import jax
 import numpy as np
@@ -33,12 +39,18 @@ ADDRESS, NUM_PROCESSES, PROCESS_ID = (
 )
 TIMEOUT = "JAX_INITIALIZATION_TIMEOUT"
 DEFAULT_TIMEOUT_S = 300  # JAX's own default
+HEARTBEAT_TIMEOUT = "JAX_HEARTBEAT_TIMEOUT"
+DEFAULT_HEARTBEAT_TIMEOUT_S = 100  # JAX's own default
 # JAX's own deadline comes this much after ours: it only backs up the one-line exit.
 BACKSTOP_S = 30
 
 
 class LaunchError(ValueError):
   """The multi-process environment variables are not usable."""
+
+
+class DisagreementError(ValueError):
+  """The processes of one job were started with different configs or run options."""
 
 
 def _int_variable(name: str, minimum: int) -> int | None:
@@ -77,6 +89,7 @@ def initialize() -> None:
   num_processes = _int_variable(NUM_PROCESSES, 1)
   process_id = _int_variable(PROCESS_ID, 0)
   timeout = _int_variable(TIMEOUT, 1) or DEFAULT_TIMEOUT_S
+  heartbeat_timeout = _int_variable(HEARTBEAT_TIMEOUT, 1) or DEFAULT_HEARTBEAT_TIMEOUT_S
   if (address, num_processes, process_id) == (None, None, None) and detected_processes() == 1:
     return
   if num_processes is not None and process_id is not None and process_id >= num_processes:
@@ -90,7 +103,11 @@ def initialize() -> None:
   watchdog.start()
   try:
     jax.distributed.initialize(
-      address, num_processes, process_id, initialization_timeout=timeout + BACKSTOP_S
+      address,
+      num_processes,
+      process_id,
+      initialization_timeout=timeout + BACKSTOP_S,
+      heartbeat_timeout_seconds=heartbeat_timeout,
     )
   except ValueError as e:  # JAX could not detect what the environment left unset
     raise LaunchError(
@@ -102,13 +119,20 @@ def initialize() -> None:
 
 def _give_up(who: str, address: str | None, timeout: int) -> None:
   """Ends the process with one line: JAX's connect blocks, and failing it aborts noisily."""
-  print(
+  leave(
     f"error: {who} could not reach its peers at {address or 'the detected coordinator'} "
     f"within {timeout} s ({TIMEOUT}); start the same command on every process, "
-    f"with {PROCESS_ID} = 0 .. {NUM_PROCESSES}-1 and the address of process 0",
-    file=sys.stderr,
-    flush=True,
+    f"with {PROCESS_ID} = 0 .. {NUM_PROCESSES}-1 and the address of process 0"
   )
+
+
+def leave(line: str) -> None:
+  """Ends the process now with ``line`` on stderr and exit code 1.
+
+  For a process whose peers are gone: JAX's own shutdown would wait for them (its
+  heartbeat, 100 s) and then abort with a C++ stack trace.
+  """
+  print(line, file=sys.stderr, flush=True)
   sys.stdout.flush()
   os._exit(1)
 
@@ -143,3 +167,45 @@ def sync_processes(name: str) -> None:
     from jax.experimental import multihost_utils
 
     multihost_utils.sync_global_devices(name)
+
+
+def check_agreement(options: dict[str, Any]) -> None:
+  """Checks that every process of the job holds the same ``options`` (a collective).
+
+  A digest of the options is gathered first (a fixed-size array); only when the
+  digests differ are the options themselves exchanged, to name what differs. Every
+  process gets the same answer, so all of them raise together and none is left
+  waiting in a later collective.
+
+  Args:
+    options: a flat dict of JSON-serialisable values (the resolved config, run options).
+
+  Raises:
+    DisagreementError: some processes hold other values; the message names each
+      differing key and every process's value.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax.experimental import multihost_utils
+
+  text = json.dumps(options, sort_keys=True, default=str).encode()
+  digest = np.frombuffer(hashlib.sha256(text).digest(), np.uint8)
+  digests = np.asarray(multihost_utils.process_allgather(digest))
+  if (digests == digests[0]).all():
+    return
+  (longest,) = max_over_processes(len(text))
+  padded = np.zeros(longest, np.uint8)
+  padded[: len(text)] = np.frombuffer(text, np.uint8)
+  gathered = np.asarray(multihost_utils.process_allgather(padded))
+  held = [json.loads(bytes(row).rstrip(b"\0")) for row in gathered]
+  keys = sorted(set().union(*held), key=lambda k: (k not in options, k))
+  differing = []
+  for key in keys:
+    values = [h.get(key, "(unset)") for h in held]
+    if any(v != values[0] for v in values):
+      each = ", ".join(f"process {i}: {v}" for i, v in enumerate(values))
+      differing.append(f"{key} ({each})")
+  raise DisagreementError(
+    f"the processes of this job disagree: {'; '.join(differing)}; start the same command "
+    "on every process"
+  )

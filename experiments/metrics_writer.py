@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,13 @@ class MetricsWriter:
         if isinstance(value, (int, float)) and key != "step":
           self.tensorboard.add_scalar(key, value, row["step"])
       self.tensorboard.flush()
+
+  def roll_back(self, step: int | None) -> None:
+    """Drops the rows past ``step`` (None: all), in the file too (truncated: no new space)."""
+    self.rows = [row for row in self.rows if step is not None and row["step"] <= step]
+    if self.enabled:
+      kept = sum(len((json.dumps(row) + "\n").encode()) for row in self.rows)
+      os.truncate(self.path, kept)
 
   def close(self) -> None:
     if self.tensorboard is not None:

@@ -134,13 +134,13 @@ def train_members(
     Each member's last metrics.
 
   Raises:
-    WorkdirError: a folder is in use, holds a run and ``resume`` is not set, holds no
-      readable checkpoint, its checkpoint is past ``total_iter`` or at another step than
-      the other members'.
+    WorkdirError: a folder is in use, or unfit for (not) resuming (see ``check_workdirs``).
+    distributed.DisagreementError: the job's processes hold other configs or options.
     NonFiniteLossError: a member diverged (raised once the others have finished).
     Interrupted: ``stop_requested`` returned a signal; checkpoints were saved.
   """
   workdirs = [Path(w) for w in workdirs]
+  distributed.check_agreement(_run_options(configs, workdirs, lock_dir, names, resume))
   locks = [  # released in reverse: a member's folder before the sweep's that holds it
     workdir_lock.WorkdirLock(folder, jax.process_index())
     for folder in dict.fromkeys([Path(lock_dir), *workdirs])
@@ -166,6 +166,16 @@ def train_members(
   finally:
     for lock in reversed(locks):
       lock.release()
+
+
+def _run_options(configs, workdirs, lock_dir, names, resume: bool) -> dict[str, Any]:
+  """What every process of a job must agree on: the run options and each member's config."""
+  options = {"workdir": str(Path(lock_dir).absolute()), "resume": resume}
+  for name, config, workdir in zip(names or [""], configs, workdirs, strict=True):
+    prefix = f"{name}: " if names else ""
+    options[f"{prefix}workdir"] = str(workdir.absolute())
+    options.update({f"{prefix}{key}": value for key, value in config.to_dict().items()})
+  return options
 
 
 @dataclasses.dataclass
@@ -213,11 +223,16 @@ class _Loop:
       raise NonFiniteLossError(_divergence_message(self.everyone, len(self.everyone), self.single))
     # Built before any file is written: bad data fails here.
     experiment = Experiment([m.config for m in self.members], member_loop)
-    with contextlib.ExitStack() as cleanup:  # closes what was opened, however the run ends
-      states, data_keys = self._open(experiment, resume, command, cleanup)
-      progress = self._progress_bar(int(states[0].step))
-      cleanup.callback(progress.close)
-      self._train(experiment, states, data_keys, progress)
+    try:
+      with contextlib.ExitStack() as cleanup:  # closes what was opened, however the run ends
+        cleanup.enter_context(checkpointing.orbax_errors_quiet())
+        states, data_keys = self._open(experiment, resume, command, cleanup)
+        progress = self._progress_bar(int(states[0].step))
+        cleanup.callback(progress.close)
+        self._train(experiment, states, data_keys, progress)
+    except checkpointing.SaveError:
+      self._keep_complete_checkpoints()
+      raise
     diverged = [m for m in self.everyone if m.diverged is not None]
     if diverged:
       raise NonFiniteLossError(_divergence_message(diverged, len(self.everyone), self.single))
@@ -261,6 +276,14 @@ class _Loop:
     if not histories:
       self._log(experiment, experiment.stack(states).params, int(states[0].step))
     return states, data_keys
+
+  def _keep_complete_checkpoints(self) -> None:
+    """After a failed save: no incomplete save's folder, no row past a complete checkpoint.
+
+    Process 0 waits for no other process here: a collective could wait forever."""
+    for m in self.members if self.is_writer else ():
+      if m.checkpoints is not None and m.metrics is not None:
+        m.metrics.roll_back(m.checkpoints.discard_incomplete())
 
   def _progress_bar(self, step: int) -> tqdm:
     config = self.members[0].config

@@ -44,14 +44,22 @@ def test_signal_saves_at_the_step_reached_and_resume_ends_identically(signum, ra
   assert_same_run(workdir, reference)
 
 
-def test_a_second_ctrl_c_aborts_at_once():
+def test_the_first_signal_is_recorded_and_the_handlers_are_restored():
   before = signal.getsignal(signal.SIGINT)  # SIG_IGN when started in the background by a shell
   with interrupts.Interrupts() as stop:
     assert stop.requested() is None
-    os.kill(os.getpid(), signal.SIGINT)  # handled: only recorded
+    os.kill(os.getpid(), signal.SIGINT)  # handled: only recorded (a second one ends the process)
     assert stop.requested() == signal.SIGINT
-    assert signal.getsignal(signal.SIGINT) is signal.SIG_DFL  # the next one kills
   assert signal.getsignal(signal.SIGINT) is before
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "nan", "inf", "soon"])
+def test_a_bad_stop_timeout_is_a_one_line_error(text, monkeypatch, capsys, tmp_path):
+  monkeypatch.setenv(interrupts.STOP_TIMEOUT, text)
+  assert run(["--total-iter", "1", "--workdir", tmp_path / "run"]) == 2
+  assert not (tmp_path / "run").exists()
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and f"PATHPROX_STOP_TIMEOUT={text!r}: expected a positive" in err
 
 
 def test_lock_is_per_process_index_and_names_its_holder(tmp_path):

@@ -30,8 +30,11 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def start(argv, processes, devices_per_process, command=None, **env):
-  """Starts the same command (default: the CLI with ``argv``) as ``processes`` processes."""
+def start(argv, processes, devices_per_process, command=None, per_process=False, **env):
+  """Starts the same command (default: the CLI with ``argv``) as ``processes`` processes.
+
+  With ``per_process``, ``argv`` holds each process's own flags (a job started wrongly).
+  """
   port = free_port()
   started = []
   for index in range(processes):
@@ -43,7 +46,13 @@ def start(argv, processes, devices_per_process, command=None, **env):
     process_env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices_per_process}"
     started.append(
       subprocess.Popen(
-        command or [sys.executable, "-m", "experiments.mnist_subset_mlp", *map(str, argv)],
+        command
+        or [
+          sys.executable,
+          "-m",
+          "experiments.mnist_subset_mlp",
+          *map(str, argv[index] if per_process else argv),
+        ],
         cwd=REPO,
         env=process_env,
         stdout=subprocess.DEVNULL,
