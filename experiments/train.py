@@ -61,9 +61,8 @@ def train_and_evaluate(
 ) -> dict[str, float]:
   """Trains one run and writes ``config.json``, ``metrics.jsonl`` and checkpoints.
 
-  The run holds ``workdir``'s lock throughout (one writer per run directory). A
-  checkpoint is written only from a state whose last training loss and parameters
-  are finite; a non-finite loss, in a step or in an evaluation, ends the run.
+  The run holds ``workdir``'s lock throughout. A checkpoint is written only from a
+  finite state; a non-finite loss, in a step or in an evaluation, ends the run.
 
   Args:
     config: the experiment config (see ``configs/``), validated.
@@ -134,7 +133,7 @@ def train_members(
     Each member's last metrics.
 
   Raises:
-    WorkdirError: a folder is in use, or unfit for (not) resuming (see ``check_workdirs``).
+    WorkdirError: a folder is in use, or unfit for (not) resuming (``check_workdirs``).
     distributed.DisagreementError: the job's processes hold other configs or options.
     NonFiniteLossError: a member diverged (raised once the others have finished).
     Interrupted: ``stop_requested`` returned a signal; checkpoints were saved.
