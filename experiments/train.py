@@ -2,9 +2,8 @@
 
 The members of a run (one) or a sweep (several, see :mod:`experiments.experiment`) train
 together in compiled stretches of about :data:`STRETCH_SECONDS`, between which a signal is
-noticed; they are evaluated every ``log_freq`` steps and checkpointed every ``save_freq``
-steps, all at the same steps. Each writes its own run folder: ``config.json``,
-``metrics.jsonl`` and ``checkpoints/`` (:mod:`experiments.run_folder`).
+noticed; they are evaluated every ``log_freq`` and checkpointed every ``save_freq`` steps,
+each into its own run folder (:mod:`experiments.run_folder`).
 """
 
 from __future__ import annotations
