@@ -34,9 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.lr_decay = 0.1  # lr_schedule="step": factor applied to lr at each milestone
   config.warmup_iter = 0  # steps of linear warm-up from 0 to lr (then the schedule)
   config.momentum = 0.0  # optimizer="sgd": momentum β (0: plain SGD)
-  config.group_source = (
-    "auto"  # "auto" (the annotations, checked against the trace) or "annotations"
-  )
+  config.group_source = "auto"  # "auto" (annotations, checked on the trace) or "annotations"
   config.balance = True  # PathProx's layer balance of consecutive groups (a chain: MLP, VGG)
   config.weight_decay = 1e-4  # λ: PathProx's threshold scale, or the baseline's weight decay
   config.regularize_bias = False  # penalise biases too (pathprox: ||[w_i, b_i]||; wd: decay them)

@@ -485,6 +485,7 @@ def compacted_config(
 ) -> ml_collections.ConfigDict:
   """The config of the model that takes :func:`pathprox_jax.compact`'s smaller params."""
   small = config.copy_and_resolve_references()
+  small.group_source = "annotations"  # discovery takes a block's single head for its features
   if config.model == "vit":
     small.num_heads, small.mlp_dim = compacted_vit_widths(config.num_heads, config.mlp_dim, kept)
   else:
