@@ -213,7 +213,11 @@ class Experiment:
     self.groups = groups_lib.group_spec(
       model, initial[0][0], jnp.zeros(train_images[:1].shape, jnp.float32), config.group_source
     )
-    print(groups_lib.group_summary(nn.meta.unbox(initial[0][0]), self.groups, config.group_source))
+    print(
+      groups_lib.group_summary(
+        nn.meta.unbox(initial[0][0]), self.groups, config.group_source, config.regularize_bias
+      )
+    )
     weight_decays = sorted({c.weight_decay for c in self.configs})
     txs = [
       create_optimizer(_with_weight_decay(config, w), self.groups, self.schedule)

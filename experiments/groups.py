@@ -38,11 +38,11 @@ def group_spec(model: nn.Module, boxed: Any, example: Any, source: str = "auto")
   report = pp.explain_groups(
     lambda params, x: model.apply({"params": params}, x), nn.meta.unbox(boxed), example
   )
-  if _groups_by_leaves(report.groups) != _groups_by_leaves(annotated):
+  found, expected = _groups_by_leaves(report.groups), _groups_by_leaves(annotated)
+  if found != expected:
     raise GroupSourceError(
       "--group-source auto found groups other than the model's annotations "
-      f"({_count_groups(report.groups)} against {_count_groups(annotated)}): "
-      "pass --group-source annotations"
+      f"({len(found)} against {len(expected)}): pass --group-source annotations"
     )
   return annotated
 
@@ -62,22 +62,13 @@ def _groups_by_leaves(groups: Any) -> set[frozenset]:
   return {frozenset(m) for m in members.values()}
 
 
-def _count_groups(groups: Any) -> int:
-  return len(_groups_by_leaves(groups))
-
-
-def group_summary(params: Any, groups: Any, source: str) -> str:
-  """The run's one line on its groups: how many, their units, where from, what is left."""
+def group_summary(params: Any, groups: Any, source: str, regularize_bias: bool) -> str:
+  """The run's one line on its groups: how many, their units, where from, what else is decayed."""
   units = pp.unit_counts(params, groups)
-  specs = jax.tree.leaves(groups, is_leaf=lambda x: x is None or isinstance(x, pp.GroupSpec))
-  kernels = jax.tree_util.tree_leaves_with_path(params)
-  left = sum(
-    1
-    for (path, leaf), spec in zip(kernels, specs, strict=True)
-    if spec is None and pp.is_kernel(path, leaf)
-  )
+  decayed = sum(jax.tree.leaves(pp.decayed_mask(params, groups, regularize_bias=regularize_bias)))
+  verb = "parameter gets" if decayed == 1 else "parameters get"
   where = "from the trace (the annotations' groups)" if source == "auto" else "from annotations"
   return (
     f"PathProx groups: {len(units)} ({sum(units.values())} units) {where}; "
-    f"{left} kernel{'s' if left != 1 else ''} left to weight decay"
+    f"{decayed} other {verb} ordinary weight decay"
   )
