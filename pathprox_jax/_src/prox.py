@@ -7,7 +7,8 @@ of given chains of groups):
 .. math::
   w_i \\leftarrow \\frac{w_i}{\\max(\\|w_i\\|, \\epsilon)}, \\qquad
   a_i \\leftarrow \\frac{a_i}{\\max(\\|w_i\\|, \\epsilon)}, \\qquad
-  v_i \\leftarrow v_i \\, \\max\\Big(0, 1 - \\frac{\\tau}{\\max(\\|v_i\\|, \\epsilon)}\\Big).
+  v_i \\leftarrow \\begin{cases} 0 & \\|v_i\\| \\le \\tau, \\\\
+  v_i \\, (1 - \\tau / \\|v_i\\|) & \\text{otherwise.} \\end{cases}
 
 With ``regularize_bias`` the normalising norm is :math:`\\|[w_i, a_i]\\|` and
 there is no balance. The normalisation is a projection onto the unit sphere: ``v``
@@ -71,23 +72,26 @@ def soft_threshold_outputs(
   leaves: Mapping[int, unit_norms.ScaledUnits],
   layouts: Sequence[groups_lib.GroupLayout],
   threshold: jax.Array | float,
-  *,
-  eps: float = EPS,
 ) -> dict[int, unit_norms.ScaledUnits]:
-  """The group soft-threshold of each unit's "out" weights: a rescaling stage.
+  """The exact group soft-threshold of each unit's "out" weights: a rescaling stage.
+
+  A unit with :math:`\\|v_i\\| \\le \\tau` becomes exactly zero at every
+  :math:`\\tau \\ge 0`; the others shrink by :math:`1 - \\tau/\\|v_i\\|`, with no clip
+  of the norm (``tau = 0`` leaves every unit as it is, a zero row stays zero).
 
   Args:
     leaves: the grouped leaves (see :func:`unit_norms.apply_stages`).
     layouts: the groups.
-    threshold: :math:`\\tau`.
-    eps: the clip of :math:`\\|v_i\\|` (a zero row stays zero).
+    threshold: :math:`\\tau \\ge 0`, a scalar or one value per unit.
 
   Returns:
     ``{leaf index: rescaled leaf}`` for the "out" kernels.
   """
   new = {}
   for g in layouts:
-    shrink = jnp.maximum(0.0, 1.0 - threshold / jnp.maximum(leaves[g.out_kernel].norms(), eps))
+    norm = leaves[g.out_kernel].norms()
+    kept = norm > threshold
+    shrink = jnp.where(kept, 1.0 - threshold / jnp.where(kept, norm, 1.0), 0.0)
     new[g.out_kernel] = leaves[g.out_kernel].times(shrink)
   return new
 
@@ -119,7 +123,7 @@ def prox_leaves(
   """
   stages = [
     lambda scaled: normalize_inputs(scaled, layouts, regularize_bias=regularize_bias, eps=eps),
-    lambda scaled: soft_threshold_outputs(scaled, layouts, threshold, eps=eps),
+    lambda scaled: soft_threshold_outputs(scaled, layouts, threshold),
   ]
   chains = () if regularize_bias else balance_lib.chain_layouts(layouts, balance)
   if chains:
