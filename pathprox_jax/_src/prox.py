@@ -1,8 +1,8 @@
 """The PathProx proximal step on a network's unit groups.
 
 For every unit ``i`` of a group with "in" weights :math:`w_i` (bias :math:`a_i`)
-and "out" weights :math:`v_i`, after the optional layer balance (of all groups, or
-of given chains of groups):
+and "out" weights :math:`v_i`, after the optional layer balance (of the chains the
+spec carries, of all groups, or of given chains of groups):
 
 .. math::
   w_i \\leftarrow \\frac{w_i}{\\max(\\|w_i\\|, \\epsilon)}, \\qquad
@@ -112,8 +112,8 @@ def prox_leaves(
       grouped ones), indexed as in ``layouts``.
     layouts: from :func:`groups_lib.group_layouts`.
     threshold: :math:`\\tau`, the soft-threshold of the "out" weights.
-    balance: apply the layer balance first: ``True`` (one chain of all groups),
-      ``False`` or chains of group ids (see :func:`balance_lib.chain_layouts`);
+    balance: apply the layer balance first: ``True`` (the chains the spec
+      carries, or one chain of all groups), ``False`` or chains of group ids (see :func:`balance_lib.chain_layouts`);
       ignored with ``regularize_bias``.
     regularize_bias: normalise by :math:`\\|[w_i, a_i]\\|`, no balance.
     eps: the clip of every norm (and of path norms, for the balance).
@@ -146,8 +146,9 @@ def prox(
     params: the (unboxed) parameters, or an NNX ``State`` of them.
     groups: the spec pytree from :func:`pathprox_jax.group_spec`.
     threshold: :math:`\\tau = \\lambda \\gamma_t`.
-    balance: apply the layer balance first: ``True`` balances all groups as one
-      chain, ``False`` none, and a sequence of chains (tuples of group ids in
+    balance: apply the layer balance first: ``True`` balances the chains the
+      spec carries (discovered groups: :attr:`pathprox_jax.GroupSpec.chain`) or,
+      for a spec without chains, all groups as one chain, ``False`` none, and a sequence of chains (tuples of group ids in
       forward order, e.g. ``explain_groups(...).balance``) each chain of two or
       more groups on its own. Ignored with ``regularize_bias``; refused for
       balanced groups outside a Dense/Conv chain (see :func:`pathprox_jax.balance`).

@@ -92,7 +92,7 @@ def pathprox(
 
   Given base updates :math:`u` and params :math:`p`, the grouped parameters
   become :math:`\\mathrm{prox}_\\tau(p + u)` (see :func:`pathprox_jax.prox`: layer
-  balance of all groups, or of the given ``balance`` chains, unless
+  balance of the spec's chains or all groups, or of the given ``balance`` chains, unless
   ``balance=False`` or ``regularize_bias``, then normalisation of each unit's
   "in" weights, then the group soft-threshold of its "out" weights) with the
   threshold
@@ -142,7 +142,9 @@ def pathprox(
       A string, hence static under ``optax.inject_hyperparams``.
     balance: balance the groups' path norms before the prox (skipped with
       ``regularize_bias``, where it would not preserve the objective): ``True``
-      takes all groups, in group order, as one chain; ``False`` balances
+      takes the chains the spec carries (:func:`pathprox_jax.discover_groups`
+      sets them: never across a residual add) or, for a spec without chains
+      (annotations), all groups, in group order, as one chain; ``False`` balances
       nothing; a sequence of chains, tuples of group ids in forward order such
       as ``pathprox_jax.explain_groups(...).balance``, balances each chain of
       two or more groups on its own and leaves the other groups alone. Refused
