@@ -43,6 +43,7 @@ import jax.numpy as jnp
 from pathprox_jax._src import groups as groups_lib
 from pathprox_jax._src import unit_norms
 from pathprox_jax._src.annotations import GroupSpecTree
+from pathprox_jax._src.checks import check_hyperparameter
 from pathprox_jax._src.unit_norms import EPS
 
 
@@ -209,7 +210,8 @@ def balance(
   Raises:
     ValueError: if a balanced group is not in the Dense/Conv layout or has
       followers (attention heads, gates: see the chain rule in the module
-      docstring), or a chain names an unknown group or one already in a chain.
+      docstring), a chain names an unknown group or one already in a chain, or
+      a concrete ``eps`` is not finite and > 0.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -226,6 +228,8 @@ def balance(
     >>> [round(float(x), 3) for x in pathprox_jax.path_norm(alone, groups).per_group.values()]
     [24.0, 2.828]
   """
+
+  check_hyperparameter("eps", eps, "finite and > 0", lambda x: x > 0, schedule=False)
 
   def step(leaves, layouts):
     balanced = chain_layouts(layouts, chains)

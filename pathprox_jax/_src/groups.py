@@ -238,7 +238,7 @@ def _layout(group, kernels, biases, specs, p: _Params) -> GroupLayout:
       f"but no '{missing[0]}' side; annotate the layer "
       f"{'reading' if missing[0] == 'out' else 'computing'} its units."
     )
-  members = [i for role in ("in", "out", "follow") for i in kernels[(group, role)] + biases[(group, role)]]
+  members = [i for r in ("in", "out", "follow") for i in kernels[(group, r)] + biases[(group, r)]]
   chains = {specs[i].chain for i in members}
   if len(chains) > 1:
     named = ", ".join(f"{p.paths[i]} chain={specs[i].chain}" for i in members)
