@@ -54,11 +54,19 @@ class GroupSpec:
       ``unit_axis=1``, value bias ``[heads, head_dim]`` "in" with
       ``unit_axis=0``, out kernel ``[heads, head_dim, d_model]`` "out" with
       ``unit_axis=0`` (see :func:`pathprox_jax.attention_head_rules`).
+    chain: the layer-balance chain of the group (``None``: none given), as
+      :func:`pathprox_jax.discover_groups` sets it from the trace: with
+      ``balance=True`` the groups sharing a chain are balanced together, in group
+      order, and a group alone in its chain is not balanced. A spec whose groups
+      carry no chain balances all groups as one chain. Every parameter of a group
+      carries the same chain. A hint for the balance, not part of the group:
+      specs that differ only in ``chain`` compare equal.
   """
 
   group: int
   role: Role
   unit_axis: int | None = None
+  chain: int | None = dataclasses.field(default=None, compare=False)
 
   def __post_init__(self):
     if not _is_int(self.group) or self.group < 0:
@@ -70,10 +78,13 @@ class GroupSpec:
       )
     if self.unit_axis is not None and not _is_int(self.unit_axis):
       raise ValueError(f"PathProx unit_axis must be an int or None, got {self.unit_axis!r}.")
+    if self.chain is not None and not (_is_int(self.chain) and self.chain >= 0):
+      raise ValueError(f"PathProx chain must be an int >= 0 or None, got {self.chain!r}.")
 
   def __repr__(self) -> str:
     axis = "" if self.unit_axis is None else f", unit_axis={self.unit_axis}"
-    return f"GroupSpec(group={self.group}, role={self.role!r}{axis})"
+    chain = "" if self.chain is None else f", chain={self.chain}"
+    return f"GroupSpec(group={self.group}, role={self.role!r}{axis}{chain})"
 
 
 def regularized_by_pathprox(spec: GroupSpec | None) -> bool:

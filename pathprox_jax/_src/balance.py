@@ -18,15 +18,18 @@ homogeneous operations only (ReLU, max or average pooling, identity).
 stack of Dense/Conv groups is one chain. A residual connection breaks a chain (the
 scale of group ``k``'s output would reach the residual stream), and so do attention
 heads and "follow" parameters (a gate or a query reads the rescaled input through
-a non-homogeneous function). ``balance=True`` takes all groups, in group order, as
-one chain; a sequence of chains (group ids in forward order, e.g.
+a non-homogeneous function). ``balance=True`` takes the chains the spec carries
+(:attr:`pathprox_jax.GroupSpec.chain`; :func:`pathprox_jax.discover_groups` sets
+them from the trace, so discovered groups are never balanced across a residual
+add), or, for a spec that carries none (annotations), all groups, in group order,
+as one chain. A sequence of chains (group ids in forward order, e.g.
 :attr:`pathprox_jax.GroupReport.chains` from the trace) balances each chain of two
 or more groups on its own, with its own :math:`G`, and leaves every other group
 as it is. The balance refuses a balanced group that is not in the Dense/Conv
-layout or has followers: a transformer's spec with heads needs ``balance=False``
-or chains without the heads. A transformer whose only groups are Dense FFN
-neurons cannot be told from an MLP by its parameters: pass ``balance=False`` (or
-the discovered chains) yourself.
+layout or has followers: an annotated transformer's spec with heads needs
+``balance=False`` or chains without the heads. An annotated transformer whose only
+groups are Dense FFN neurons cannot be told from an MLP by its parameters: pass
+``balance=False`` (or the discovered chains) yourself.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import jax.numpy as jnp
 from pathprox_jax._src import groups as groups_lib
 from pathprox_jax._src import unit_norms
 from pathprox_jax._src.annotations import GroupSpecTree
+from pathprox_jax._src.checks import check_hyperparameter
 from pathprox_jax._src.unit_norms import EPS
 
 
@@ -91,19 +95,20 @@ def chain_layouts(
 
   Args:
     layouts: every group, sorted by group id (:func:`groups_lib.group_layouts`).
-    balance: ``True`` (all groups form one chain), ``False`` (none), or chains of
-      group ids in forward order.
+    balance: ``True`` (the chains the specs carry, or all groups as one chain if
+      they carry none), ``False`` (none), or chains of group ids in forward order.
 
   Returns:
-    For ``True``, all groups as one chain (none if there is no group); for chains,
-    those of two or more groups (a single group has nothing to balance against).
+    The chains of two or more groups (a single group has nothing to balance
+    against): for ``True`` and a spec without chains, all groups as one chain.
 
   Raises:
     ValueError: if a chain names a group the spec does not have, a group is in
-      two chains (or twice in one), or a balanced group breaks the chain rule.
+      two chains (or twice in one), some groups carry a chain and others not (with
+      ``True``), or a balanced group breaks the chain rule.
   """
   if isinstance(balance, bool):
-    chains = (tuple(layouts),) if balance and layouts else ()
+    chains = _carried_chains(layouts) if balance else ()
   else:
     by_id = {g.group: g for g in layouts}
     try:
@@ -131,6 +136,25 @@ def chain_layouts(
   for chain in chains:
     check_chain(chain)
   return chains
+
+
+def _carried_chains(
+  layouts: Sequence[groups_lib.GroupLayout],
+) -> tuple[tuple[groups_lib.GroupLayout, ...], ...]:
+  """What ``balance=True`` balances: the chains the specs carry, else all groups as one."""
+  carried = [g.group for g in layouts if g.chain is not None]
+  if not carried:
+    return (tuple(layouts),) if layouts else ()
+  if len(carried) < len(layouts):
+    bare = [g.group for g in layouts if g.chain is None]
+    raise ValueError(
+      f"PathProx balance=True: groups {carried} carry balance chains (discovered) but groups "
+      f"{bare} do not; pass balance as chains of group ids, e.g. explain_groups(...).balance."
+    )
+  by_chain: dict[int, list[groups_lib.GroupLayout]] = {}
+  for g in layouts:
+    by_chain.setdefault(g.chain, []).append(g)
+  return tuple(tuple(chain) for chain in by_chain.values() if len(chain) > 1)
 
 
 def balance_leaves(
@@ -172,10 +196,12 @@ def balance(
   Args:
     params: the (unboxed) parameters, or an NNX ``State`` of them.
     groups: the spec pytree from :func:`pathprox_jax.group_spec`.
-    chains: ``True``: all groups, in group order, form one chain; ``False``: no
-      balance; or chains of group ids in forward order, e.g.
-      ``explain_groups(...).balance``: each chain of two or more groups is
-      balanced on its own, and groups in no chain are left as they are.
+    chains: ``True``: the chains the spec carries (discovered groups', see
+      :attr:`pathprox_jax.GroupSpec.chain`), or for a spec without chains all
+      groups, in group order, as one chain; ``False``: no balance; or chains of
+      group ids in forward order, e.g. ``explain_groups(...).balance``: each
+      chain of two or more groups is balanced on its own, and groups in no chain
+      are left as they are.
     eps: a chain is left as it is when one of its groups' path norm is at most ``eps``.
 
   Returns:
@@ -184,7 +210,8 @@ def balance(
   Raises:
     ValueError: if a balanced group is not in the Dense/Conv layout or has
       followers (attention heads, gates: see the chain rule in the module
-      docstring), or a chain names an unknown group or one already in a chain.
+      docstring), a chain names an unknown group or one already in a chain, or
+      a concrete ``eps`` is not finite and > 0.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -201,6 +228,8 @@ def balance(
     >>> [round(float(x), 3) for x in pathprox_jax.path_norm(alone, groups).per_group.values()]
     [24.0, 2.828]
   """
+
+  check_hyperparameter("eps", eps, "finite and > 0", lambda x: x > 0, schedule=False)
 
   def step(leaves, layouts):
     balanced = chain_layouts(layouts, chains)

@@ -21,6 +21,7 @@ import numpy as np
 from pathprox_jax._src import groups as groups_lib
 from pathprox_jax._src import params as params_lib
 from pathprox_jax._src.annotations import GroupSpecTree
+from pathprox_jax._src.checks import check_hyperparameter
 
 
 class KeptUnits(NamedTuple):
@@ -94,7 +95,7 @@ def compact(
 
   Raises:
     ValueError: ``keep`` names a group that does not exist, or units out of range
-      or twice.
+      or twice, or ``atol`` is not a finite number >= 0.
 
   Example:
     >>> import jax.numpy as jnp
@@ -106,6 +107,7 @@ def compact(
     >>> smaller["w"].shape, smaller["v"].shape, kept[0].indices.tolist(), kept[0].width
     ((2, 2), (2, 1), [0, 2], 2)
   """
+  check_hyperparameter("atol", atol, "finite and >= 0", lambda x: x >= 0, schedule=False)
   params = params_lib.unwrap_variables(params)
   leaves, treedef = jax.tree.flatten(params)
   new = list(leaves)

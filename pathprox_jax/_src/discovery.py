@@ -16,6 +16,7 @@ and key, a SwiGLU gate) name the "follow" parameters of the group.
 from __future__ import annotations
 
 import dataclasses
+from collections import defaultdict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,9 +26,10 @@ import jax
 from pathprox_jax._src import groups as groups_lib
 from pathprox_jax._src import params as params_lib
 from pathprox_jax._src.annotations import GroupSpec, GroupSpecTree, Role
-from pathprox_jax._src.jaxpr_graph import LAYOUT_OPS, Const, Eqn, Graph, map_axis, trace
+from pathprox_jax._src.jaxpr_graph import LAYOUT_OPS, Const, Eqn, Graph, map_axis, relays, trace
 
-# Functions of one value that are positively homogeneous and act elementwise.
+# Functions of one value that are positively homogeneous and act elementwise (a cast only to a
+# floating type: see ``relays``).
 ELEMENTWISE_HOMOGENEOUS = frozenset({"convert_element_type", "copy", "neg", "reduce_precision"})
 NON_HOMOGENEOUS = frozenset(
   {"tanh", "logistic", "erf", "erfc", "exp", "exp2", "log", "log1p", "expm1", "integer_pow",
@@ -38,6 +40,8 @@ ELEMENTWISE = NON_HOMOGENEOUS | frozenset(
   {"add", "sub", "mul", "div", "max", "min", "neg", "convert_element_type", "copy", "select_n",
    "stop_gradient", "abs", "sign", "clamp", "reduce_precision", "ge", "gt", "le", "lt", "eq", "ne"}
 )  # fmt: skip
+# Elementwise ops that round their input: never positively homogeneous.
+ROUNDING = frozenset({"round", "floor", "ceil", "sign", "nextafter"})
 REDUCTIONS = frozenset({"reduce_sum", "reduce_max", "reduce_min"})
 POOLING = frozenset({"reduce_window_max", "reduce_window_sum"})
 COMPARISONS = frozenset({"ge", "gt", "le", "lt"})
@@ -55,7 +59,7 @@ class Layer:
   bias: int | None
   bias_axes: tuple[int | None, ...]  # the bias's axis of each output axis
   output: int
-  shared: bool  # the kernel is read by more than one product
+  no_role: str  # why the layer can take no role in a group ("" if it can)
 
   def contracted_kernel_axis(self, graph: Graph, axis: int) -> int | None:
     """The kernel axis that the activation's ``axis`` is contracted with (``None``: not)."""
@@ -88,7 +92,9 @@ class GroupReport:
   """What :func:`explain_groups` found.
 
   Attributes:
-    groups: the spec tree (as :func:`discover_groups` returns it; all ``None`` if no group).
+    groups: the spec tree (as :func:`discover_groups` returns it; all ``None`` if no group),
+      each spec carrying its group's chain (:attr:`GroupSpec.chain`), so that ``balance=True``
+      balances exactly :attr:`balance`.
     chains: the groups in forward order split into chains: in each, a group's "out" layer feeds
       the next group's "in" layer through positively homogeneous operations only, so the layer
       balance preserves the function along it.
@@ -104,7 +110,8 @@ class GroupReport:
     """What to pass as ``balance``: the chains of two or more groups, or ``False`` if none.
 
     ``pathprox_sgd(lr, wd, report.groups, balance=report.balance)`` balances exactly the chains
-    along which the layer balance preserves the function, and no other group.
+    along which the layer balance preserves the function, and no other group; so does the
+    default ``balance=True``, since ``report.groups`` carries the chains.
     """
     return tuple(chain for chain in self.chains if len(chain) > 1) or False
 
@@ -123,11 +130,17 @@ def _trace_params(fn: Callable[..., Any], params: Any) -> Callable[..., Any]:
 
 def _layers(graph: Graph, paths: list[tuple[Any, ...]], leaves: list[Any]) -> dict[int, Layer]:
   """Every product with a parameter kernel, by equation index."""
-  uses: dict[int, int] = {}
+  uses: dict[int, list[str]] = defaultdict(list)  # the readers of each parameter, by primitive
   for eqn in graph.eqns:
-    derived = eqn.prim in LAYOUT_OPS and graph.param(eqn.outputs[0]) is not None
+    derived = relays(eqn) and graph.param(eqn.outputs[0]) is not None
     for leaf in {graph.param(v).leaf for v in eqn.inputs if graph.param(v)} if not derived else ():
-      uses[leaf] = uses.get(leaf, 0) + 1
+      uses[leaf].append(eqn.prim)
+  for value in graph.outputs:
+    if graph.param(value) is not None:
+      uses[graph.param(value).leaf].append("the function's output")
+  modules: dict[tuple[Any, ...], list[int]] = defaultdict(list)
+  for leaf, path in enumerate(paths):
+    modules[tuple(path[:-1])].append(leaf)
   layers = {}
   for eqn in graph.eqns:
     if eqn.prim not in ("dot_general", "conv_general_dilated"):
@@ -139,11 +152,39 @@ def _layers(graph: Graph, paths: list[tuple[Any, ...]], leaves: list[Any]) -> di
     if len(kernel_side) != 1 or refs[1 - kernel_side[0]] is not None:
       continue
     act, kernel = 1 - kernel_side[0], refs[kernel_side[0]]
-    layers[eqn.index] = _layer(graph, eqn, act, kernel, paths, uses[kernel.leaf] > 1)
+    layers[eqn.index] = _layer(graph, eqn, act, kernel, paths, leaves)
+  biases = {layer.bias for layer in layers.values()}
+  for index, layer in layers.items():
+    module = modules[tuple(paths[layer.kernel][:-1])]
+    no_role = layer.no_role or _no_role(layer, uses, module, biases, paths, leaves)
+    layers[index] = dataclasses.replace(layer, no_role=no_role)
   return layers
 
 
-def _layer(graph, eqn, act, kernel, paths, shared) -> Layer:
+def _describe(leaf: int, paths, leaves) -> str:
+  return f"{params_lib.path_string(paths[leaf])} {tuple(leaves[leaf].shape)}"
+
+
+def _no_role(layer: Layer, uses, module: list[int], biases: set, paths, leaves) -> str:
+  """Why ``layer`` can take no role in a group: its kernel or bias is also read outside it (a
+  shared layer, a bias reused as a gate or a skip), or its module holds a parameter that is
+  neither a kernel nor a layer's bias (a group takes a module's biases with its kernel);
+  ``""`` if it can."""
+  for leaf, name in ((layer.kernel, "kernel"), (layer.bias, "bias")):
+    if leaf is not None and len(uses[leaf]) > 1:
+      readers = ", ".join(uses[leaf])
+      return f"{name} is also read outside the layer (readers: {readers}): a shared {name}"
+  for leaf in module:
+    kernel = params_lib.is_kernel(paths[leaf], leaves[leaf])
+    if not kernel and leaves[leaf].ndim and leaf not in biases:
+      return (
+        f"module also holds {_describe(leaf, paths, leaves)}, which is no layer's bias (a "
+        "grouped layer's module holds kernels and their biases only)"
+      )
+  return ""
+
+
+def _layer(graph, eqn, act, kernel, paths, leaves) -> Layer:
   raw = eqn.outputs[0]
   if eqn.prim == "conv_general_dilated":
     numbers = eqn.params["dimension_numbers"]
@@ -156,13 +197,18 @@ def _layer(graph, eqn, act, kernel, paths, shared) -> Layer:
     ]
     first = len(batch[0]) + (len(free[0]) if act == 0 else 0)
     unit_axes = [(first + j, kernel.axes[a]) for j, a in enumerate(free[1 - act])]
-  bias, bias_axes, output = None, (), raw
+  bias, bias_axes, output, no_role = None, (), raw, ""
   readers = graph.readers.get(raw, [])
   if len(readers) == 1 and readers[0][0].prim == "add" and raw not in graph.outputs:
     add, position = readers[0]
     ref = graph.param(add.inputs[1 - position])
-    if ref is not None and paths[ref.leaf][:-1] == paths[kernel.leaf][:-1]:
+    if ref is not None and _is_bias(ref.leaf, kernel.leaf, paths, leaves):
       bias, bias_axes, output = ref.leaf, ref.axes, add.outputs[0]
+    elif ref is not None and paths[ref.leaf][:-1] == paths[kernel.leaf][:-1]:
+      no_role = (
+        f"outputs get {_describe(ref.leaf, paths, leaves)} of its module added, which cannot be "
+        "its bias (a bias is no kernel and has the kernel's trailing shape)"
+      )
   return Layer(
     eqn=eqn,
     name=f"{params_lib.path_string(paths[kernel.leaf])} {graph.shape(eqn.inputs[1 - act])}",
@@ -172,7 +218,19 @@ def _layer(graph, eqn, act, kernel, paths, shared) -> Layer:
     bias=bias,
     bias_axes=bias_axes,
     output=output,
-    shared=shared,
+    no_role=no_role,
+  )
+
+
+def _is_bias(leaf: int, kernel: int, paths, leaves) -> bool:
+  """Whether ``leaf`` can be the bias of ``kernel``: in its module, not a kernel, with the
+  kernel's trailing shape (as :func:`pathprox_jax.group_spec` validation wants)."""
+  b, k = leaves[leaf], leaves[kernel]
+  return (
+    paths[leaf][:-1] == paths[kernel][:-1]
+    and not params_lib.is_kernel(paths[leaf], b)
+    and 0 < b.ndim <= k.ndim
+    and tuple(b.shape) == tuple(k.shape[k.ndim - b.ndim :])
   )
 
 
@@ -262,7 +320,12 @@ def _step(graph, layers, eqn, position, value, axis):
   if eqn.index in layers and layers[eqn.index].act_position == position:
     return layers[eqn.index]
   if prim in ELEMENTWISE_HOMOGENEOUS:
+    if not relays(eqn):
+      dtype = eqn.params["new_dtype"]
+      return f"are cast to {dtype} by {prim}, which rounds them (not positively homogeneous)"
     return out, axis, prim
+  if prim in ROUNDING:
+    return f"are rounded by {prim} (not positively homogeneous)"
   if prim in ("max", "min"):
     if all(_is_zero(graph, v) for v in others):
       return out, axis, "relu"
@@ -358,8 +421,8 @@ def _matching_axis(graph, eqn, position, axis, other) -> int | None:
 
 def _unit(graph: Graph, layers: dict[int, Layer], layer: Layer) -> Unit | str:
   """The first unit axis of ``layer`` whose units reach the next layer, or why none does."""
-  if layer.shared:
-    return "kernel is used by more than one product (a shared layer)"
+  if layer.no_role:
+    return layer.no_role
   reasons = []
   for out_axis, kernel_axis in layer.unit_axes:
     if layer.bias is not None and layer.bias_axes[out_axis] is None:
@@ -371,7 +434,10 @@ def _unit(graph: Graph, layers: dict[int, Layer], layer: Layer) -> Unit | str:
       continue
     consumer, axis, ops, sources = found
     consumer_axis = consumer.contracted_kernel_axis(graph, axis)
-    if consumer_axis is None or consumer.shared:
+    if consumer.no_role:
+      reasons.append(f"outputs reach {consumer.name}, whose {consumer.no_role}")
+      continue
+    if consumer_axis is None:
       reasons.append(f"outputs reach {consumer.name}, which does not contract them as its units")
       continue
     seen: set = set()
@@ -470,14 +536,19 @@ def explain_groups(fn: Callable[..., Any], params: Any, *args: Any, **kwargs: An
           group, "follow", axis if specs[kernel].unit_axis is not None else None
         )
 
+  chains = _chains(graph, layers, pairs)
+  chain_of = {group: c for c, chain in enumerate(chains) for group in chain}
   groups = jax.tree.unflatten(
     jax.tree.structure(params, is_leaf=params_lib.is_boxed),
-    [specs.get(i) for i in range(len(paths))],
+    [
+      dataclasses.replace(specs[i], chain=chain_of[specs[i].group]) if i in specs else None
+      for i in range(len(paths))
+    ],
   )
   if specs:
     groups_lib.group_layouts(params_lib.unwrap_variables(params), groups)  # a bug shows here
   lines = tuple(_line(layer, units[i], specs, paths) for i, layer in layers.items())
-  return GroupReport(groups, _chains(graph, layers, pairs), lines)
+  return GroupReport(groups, chains, lines)
 
 
 def _output_axis(layer: Layer, kernel_axis: int) -> int:
@@ -541,7 +612,10 @@ def discover_groups(
   Returns:
     A spec tree like :func:`pathprox_jax.group_spec`'s: the structure of the unboxed params (a
     ``State`` for NNX) with :class:`GroupSpec` or ``None`` leaves, groups numbered in forward
-    order. Pass it to :func:`pathprox_jax.pathprox_sgd`.
+    order. Each spec carries its group's layer-balance chain (``GroupSpec.chain``, the index in
+    :attr:`GroupReport.chains`), so the default ``balance=True`` balances only along the
+    chains that preserve the function, never across a residual add. Pass it to
+    :func:`pathprox_jax.pathprox_sgd`.
 
   Raises:
     ValueError: if no layer's units qualify, with the report saying why for each layer.
@@ -555,7 +629,7 @@ def discover_groups(
     >>> params = model.init(jax.random.key(0), x)["params"]
     >>> groups = pp.discover_groups(model.apply, params, x)
     >>> groups["layers_2"]["kernel"]
-    GroupSpec(group=0, role='out')
+    GroupSpec(group=0, role='out', chain=0)
     >>> tx = pp.pathprox_sgd(0.1, 1e-4, groups)
   """
   report = explain_groups(fn, params, *args, **kwargs)

@@ -30,7 +30,7 @@ class GroupLayout:
   holds ``(leaf index, unit axis)`` of the "follow" parameters; ``plain`` says
   the group has the Dense/Conv layout (units on the last axis of ``w``, the
   second-to-last of ``v``) and no followers: the layer balance chains only such
-  groups.
+  groups. ``chain`` is the balance chain its specs carry (``None``: none).
   """
 
   group: int
@@ -44,6 +44,7 @@ class GroupLayout:
   out_bias: int | None
   followers: tuple[tuple[int, int], ...]
   plain: bool
+  chain: int | None = None
 
   @property
   def unit_axes(self) -> dict[int, int | None]:
@@ -237,6 +238,14 @@ def _layout(group, kernels, biases, specs, p: _Params) -> GroupLayout:
       f"but no '{missing[0]}' side; annotate the layer "
       f"{'reading' if missing[0] == 'out' else 'computing'} its units."
     )
+  members = [i for r in ("in", "out", "follow") for i in kernels[(group, r)] + biases[(group, r)]]
+  chains = {specs[i].chain for i in members}
+  if len(chains) > 1:
+    named = ", ".join(f"{p.paths[i]} chain={specs[i].chain}" for i in members)
+    raise ValueError(
+      f"PathProx group {group}'s parameters carry different balance chains ({named}); give "
+      "every parameter of a group the same chain."
+    )
   (w,), (v,) = kernels[(group, "in")], kernels[(group, "out")]
   in_axis = _kernel_axis(p, w, specs[w])
   out_axis = _kernel_axis(p, v, specs[v])
@@ -285,6 +294,7 @@ def _layout(group, kernels, biases, specs, p: _Params) -> GroupLayout:
     out_bias=out_bias,
     followers=followers,
     plain=(not followers and in_axis == p.leaves[w].ndim - 1 and out_axis == p.leaves[v].ndim - 2),
+    chain=chains.pop(),
   )
 
 

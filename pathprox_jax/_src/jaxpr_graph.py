@@ -1,12 +1,13 @@
 """A traced function as one flat dataflow graph: who computes each value, who reads it.
 
 :func:`trace` runs ``jax.make_jaxpr`` and inlines the nested jaxprs of call-like primitives
-(``jit``, ``custom_jvp_call``, ``custom_vjp_call``, ``remat``, ``closed_call``), so a ReLU (a
-``custom_jvp_call`` around a ``jit`` around ``max``) is just its ``max``. Equations whose outputs
-nobody uses are dropped, so every remaining reader of a value is a real one. Parameters are
-followed through the ops that only re-lay them out (casts, reshapes, transposes, broadcasts): a
-:class:`ParamRef` says which parameter axis each axis of such a value is, so a product with a
-reshaped kernel still names the kernel's own axes.
+(``jit``, ``custom_jvp_call``, ``custom_vjp_call``, ``remat2`` of ``jax.checkpoint`` and
+``nn.remat``, ``closed_call``), so a ReLU (a ``custom_jvp_call`` around a ``jit`` around ``max``)
+is just its ``max``. Equations whose outputs nobody uses are dropped, so every remaining reader of
+a value is a real one. Parameters are followed through the ops that only re-lay them out (casts
+to a floating type, reshapes, transposes, broadcasts: :func:`relays`): a :class:`ParamRef` says
+which parameter axis each axis of such a value is, so a product with a reshaped kernel still
+names the kernel's own axes.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jax_core
 
@@ -30,10 +32,9 @@ CALL_BODIES = {
   "custom_jvp_call": "call_jaxpr",
   "custom_vjp_call": "call_jaxpr",
   "custom_vjp_call_jaxpr": "fun_jaxpr",
-  "remat": "jaxpr",
-  "checkpoint": "jaxpr",
+  "remat2": "jaxpr",  # jax.checkpoint, nn.remat
 }
-# Ops that only re-lay a parameter out: its values are the parameter's, moved.
+# Ops that re-lay their input out: its values, moved (a cast only when :func:`relays`).
 LAYOUT_OPS = frozenset(
   {"convert_element_type", "copy", "copy_p", "reshape", "transpose", "broadcast_in_dim",
    "squeeze", "expand_dims", "reduce_precision"}
@@ -183,7 +184,7 @@ def _index(graph: Graph) -> None:
       if not isinstance(value, Const):
         graph.readers[value].append((eqn, position))
     ref = graph.param(eqn.inputs[0]) if eqn.inputs else None
-    if eqn.prim in LAYOUT_OPS and ref is not None and len(eqn.outputs) == 1:
+    if relays(eqn) and ref is not None and len(eqn.outputs) == 1:
       in_shape, out_shape = graph.shape(eqn.inputs[0]), graph.shape(eqn.outputs[0])
       moved = [map_axis(eqn, in_shape, out_shape, a) for a in range(len(in_shape))]
       axes: list[int | None] = [None] * len(out_shape)
@@ -191,6 +192,14 @@ def _index(graph: Graph) -> None:
         if out_axis is not None and param_axis is not None and in_shape[a] == out_shape[out_axis]:
           axes[out_axis] = param_axis
       graph.params[eqn.outputs[0]] = ParamRef(ref.leaf, tuple(axes))
+
+
+def relays(eqn: Eqn) -> bool:
+  """Whether ``eqn`` only re-lays its input out, keeping its values: a :data:`LAYOUT_OPS` op that
+  is not a cast to an integer or boolean type (which rounds: not positively homogeneous)."""
+  if eqn.prim == "convert_element_type":
+    return bool(jnp.issubdtype(eqn.params["new_dtype"], jnp.floating))
+  return eqn.prim in LAYOUT_OPS
 
 
 def reshaped_axis(in_shape: Sequence[int], out_shape: Sequence[int], axis: int) -> int | None:

@@ -1,8 +1,8 @@
 """The PathProx proximal step on a network's unit groups.
 
 For every unit ``i`` of a group with "in" weights :math:`w_i` (bias :math:`a_i`)
-and "out" weights :math:`v_i`, after the optional layer balance (of all groups, or
-of given chains of groups):
+and "out" weights :math:`v_i`, after the optional layer balance (of the chains the
+spec carries, of all groups, or of given chains of groups):
 
 .. math::
   w_i \\leftarrow \\frac{w_i}{\\max(\\|w_i\\|, \\epsilon)}, \\qquad
@@ -34,6 +34,7 @@ from pathprox_jax._src import balance as balance_lib
 from pathprox_jax._src import groups as groups_lib
 from pathprox_jax._src import unit_norms
 from pathprox_jax._src.annotations import GroupSpecTree
+from pathprox_jax._src.checks import check_hyperparameter
 from pathprox_jax._src.unit_norms import EPS
 
 
@@ -112,9 +113,9 @@ def prox_leaves(
       grouped ones), indexed as in ``layouts``.
     layouts: from :func:`groups_lib.group_layouts`.
     threshold: :math:`\\tau`, the soft-threshold of the "out" weights.
-    balance: apply the layer balance first: ``True`` (one chain of all groups),
-      ``False`` or chains of group ids (see :func:`balance_lib.chain_layouts`);
-      ignored with ``regularize_bias``.
+    balance: apply the layer balance first: ``True`` (the chains the spec
+      carries, or one chain of all groups), ``False`` or chains of group ids
+      (see :func:`balance_lib.chain_layouts`); ignored with ``regularize_bias``.
     regularize_bias: normalise by :math:`\\|[w_i, a_i]\\|`, no balance.
     eps: the clip of every norm (and of path norms, for the balance).
 
@@ -146,10 +147,12 @@ def prox(
     params: the (unboxed) parameters, or an NNX ``State`` of them.
     groups: the spec pytree from :func:`pathprox_jax.group_spec`.
     threshold: :math:`\\tau = \\lambda \\gamma_t`.
-    balance: apply the layer balance first: ``True`` balances all groups as one
-      chain, ``False`` none, and a sequence of chains (tuples of group ids in
-      forward order, e.g. ``explain_groups(...).balance``) each chain of two or
-      more groups on its own. Ignored with ``regularize_bias``; refused for
+    balance: apply the layer balance first: ``True`` balances the chains the
+      spec carries (discovered groups: :attr:`pathprox_jax.GroupSpec.chain`) or,
+      for a spec without chains, all groups as one chain, ``False`` none, and a
+      sequence of chains (tuples of group ids in forward order, e.g.
+      ``explain_groups(...).balance``) each chain of two or more groups on its
+      own. Ignored with ``regularize_bias``; refused for
       balanced groups outside a Dense/Conv chain (see :func:`pathprox_jax.balance`).
     regularize_bias: normalise by :math:`\\|[w_i, a_i]\\|` instead of
       :math:`\\|w_i\\|`, without balance.
@@ -157,6 +160,10 @@ def prox(
 
   Returns:
     The new parameters, with the dtypes of ``params``.
+
+  Raises:
+    ValueError: for a concrete ``threshold`` (a number or an array of them) not
+      finite and >= 0, or an ``eps`` not finite and > 0; a traced one passes.
 
   Example:
     >>> import jax.numpy as jnp
@@ -168,6 +175,10 @@ def prox(
     >>> new["w"].tolist(), new["v"].tolist()
     ([[1.0, 1.0]], [[1.899999976158142], [0.0]])
   """
+  check_hyperparameter(
+    "threshold", threshold, "finite and >= 0", lambda x: x >= 0, schedule=False, scalar=False
+  )
+  check_hyperparameter("eps", eps, "finite and > 0", lambda x: x > 0, schedule=False)
   return groups_lib.update_grouped(
     params,
     groups,

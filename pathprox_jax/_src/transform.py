@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -16,6 +14,7 @@ from pathprox_jax._src import groups as groups_lib
 from pathprox_jax._src import params as params_lib
 from pathprox_jax._src import prox as prox_lib
 from pathprox_jax._src.annotations import GroupSpecTree
+from pathprox_jax._src.checks import check_hyperparameter
 from pathprox_jax._src.unit_norms import EPS
 
 NO_PARAMS_MSG = (
@@ -32,39 +31,6 @@ class PathProxState(NamedTuple):
 
 ThresholdRule = Literal["fixed_point", "paper"]
 THRESHOLD_RULES: tuple[ThresholdRule, ...] = ("fixed_point", "paper")
-
-
-def check_hyperparameter(
-  name: str,
-  value: Any,
-  requirement: str,
-  is_valid: Callable[[float], bool],
-  *,
-  schedule: bool = True,
-) -> None:
-  """Raises a one-line ``ValueError`` unless a concrete ``value`` is finite and ``is_valid``.
-
-  Schedules (when ``schedule``) and traced values (``optax.inject_hyperparams`` under ``jit``)
-  cannot be checked and pass.
-
-  Args:
-    name: the argument's name, for the message.
-    value: the argument.
-    requirement: what ``is_valid`` asks, for the message (e.g. ``"finite and > 0"``).
-    is_valid: the test of a finite float.
-    schedule: ``value`` may be a schedule.
-  """
-  if schedule and callable(value):
-    return
-  try:
-    number = float(value)
-  except jax.errors.ConcretizationTypeError:
-    return
-  except (TypeError, ValueError) as error:
-    kind = "a number or a schedule" if schedule else "a number"
-    raise ValueError(f"PathProx {name} must be {kind}, got {value!r}.") from error
-  if not (math.isfinite(number) and is_valid(number)):
-    raise ValueError(f"PathProx {name} must be {requirement}, got {number}.")
 
 
 def _check_threshold_args(learning_rate, weight_decay, momentum, threshold_rule) -> None:
@@ -92,7 +58,7 @@ def pathprox(
 
   Given base updates :math:`u` and params :math:`p`, the grouped parameters
   become :math:`\\mathrm{prox}_\\tau(p + u)` (see :func:`pathprox_jax.prox`: layer
-  balance of all groups, or of the given ``balance`` chains, unless
+  balance of the spec's chains or all groups, or of the given ``balance`` chains, unless
   ``balance=False`` or ``regularize_bias``, then normalisation of each unit's
   "in" weights, then the group soft-threshold of its "out" weights) with the
   threshold
@@ -142,7 +108,9 @@ def pathprox(
       A string, hence static under ``optax.inject_hyperparams``.
     balance: balance the groups' path norms before the prox (skipped with
       ``regularize_bias``, where it would not preserve the objective): ``True``
-      takes all groups, in group order, as one chain; ``False`` balances
+      takes the chains the spec carries (:func:`pathprox_jax.discover_groups`
+      sets them: never across a residual add) or, for a spec without chains
+      (annotations), all groups, in group order, as one chain; ``False`` balances
       nothing; a sequence of chains, tuples of group ids in forward order such
       as ``pathprox_jax.explain_groups(...).balance``, balances each chain of
       two or more groups on its own and leaves the other groups alone. Refused
@@ -159,7 +127,8 @@ def pathprox(
   Raises:
     ValueError: when built, for a concrete ``learning_rate`` that is not finite
       and > 0, a ``weight_decay`` not finite and >= 0, a ``momentum`` outside
-      [0, 1), or an unknown ``threshold_rule``. A schedule's values and traced
+      [0, 1), an ``eps`` not finite and > 0, a string for a number, or an
+      unknown ``threshold_rule``. A schedule's values and traced
       values (``optax.inject_hyperparams`` under ``jit``) cannot be checked.
 
   Example:
@@ -179,6 +148,7 @@ def pathprox(
     for Neural Nets <https://arxiv.org/abs/2210.03069>`_, 2022.
   """
   _check_threshold_args(learning_rate, weight_decay, momentum, threshold_rule)
+  check_hyperparameter("eps", eps, "finite and > 0", lambda x: x > 0, schedule=False)
 
   def init_fn(params):
     layouts = groups_lib.group_layouts(params_lib.unwrap_variables(params), groups)
@@ -382,7 +352,9 @@ def pathprox_adamw(
     An ``optax.GradientTransformationExtraArgs``.
 
   Raises:
-    ValueError: as :func:`pathprox`, when built.
+    ValueError: as :func:`pathprox`, when built, and for a concrete ``b1`` or
+      ``b2`` outside [0, 1), an ``eps`` or ``eps_root`` not finite and >= 0, or a
+      ``prox_eps`` not finite and > 0.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax
@@ -406,7 +378,12 @@ def pathprox_adamw(
     Yang et al., `A Better Way to Decay: Proximal Gradient Training Algorithms
     for Neural Nets <https://arxiv.org/abs/2210.03069>`_, 2022.
   """
-  return optax.chain(  # pathprox() checks the hyper-parameters
+  for name, value in (("b1", b1), ("b2", b2)):
+    check_hyperparameter(name, value, "in [0, 1)", lambda x: 0 <= x < 1, schedule=False)
+  for name, value in (("eps", eps), ("eps_root", eps_root)):
+    check_hyperparameter(name, value, "finite and >= 0", lambda x: x >= 0, schedule=False)
+  check_hyperparameter("prox_eps", prox_eps, "finite and > 0", lambda x: x > 0, schedule=False)
+  return optax.chain(  # pathprox() checks the others
     optax.scale_by_adam(
       b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype, nesterov=nesterov
     ),
