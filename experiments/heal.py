@@ -155,6 +155,7 @@ def _parse(argv: Sequence[str]):
     usage="%(prog)s SOURCE [SOURCE ...] --steps N [--lrs A,B,C] [--method M] [--out DIR] "
     "[--KEY VALUE ...]",
     description=__doc__,
+    allow_abbrev=False,  # --lr is the experiment's flag (refused), not --lrs
   )
   parser.add_argument("sources", nargs="+", help="compact or prune output folders")
   parser.add_argument("--steps", type=int, required=True, help="the fine-tune's steps")
