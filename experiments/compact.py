@@ -140,6 +140,25 @@ def restore_run(directory: Path) -> TrainedRun:
     run_folder.NotARunError: its ``config.json`` is malformed.
     data.DatasetUnavailableError: the run's data set cannot be loaded here.
   """
+  config, state, groups = restore_latest(directory)
+  splits = input_pipeline.split(
+    data.load_arrays(
+      config.dataset,
+      data_dir=config.data_dir or None,
+      raw_dir=config.raw_data_dir or None,
+      allow_unofficial=config.allow_unofficial_data,
+    ),
+    config.split,
+    val_size=config.val_size,
+    train_per_class=config.train_per_class,
+  )
+  return TrainedRun(config, state.params, groups, int(state.step), *splits["test"], *splits["val"])
+
+
+def restore_latest(directory: Path) -> tuple[ml_collections.ConfigDict, TrainState, Any]:
+  """``(config, training state, group spec)`` of the latest checkpoint of the run in
+  ``directory``; no data is read. Raises as :func:`restore_run`, but reads no data set.
+  """
   config_file, checkpoint_dir = directory / run_folder.CONFIG, directory / run_folder.CHECKPOINTS
   if not config_file.is_file():
     raise UsageError(f"{directory} is not a run folder: it has no config.json")
@@ -161,18 +180,7 @@ def restore_run(directory: Path) -> TrainedRun:
       ) from e
   finally:
     checkpoints.close()
-  splits = input_pipeline.split(
-    data.load_arrays(
-      config.dataset,
-      data_dir=config.data_dir or None,
-      raw_dir=config.raw_data_dir or None,
-      allow_unofficial=config.allow_unofficial_data,
-    ),
-    config.split,
-    val_size=config.val_size,
-    train_per_class=config.train_per_class,
-  )
-  return TrainedRun(config, state.params, groups, int(state.step), *splits["test"], *splits["val"])
+  return config, state, groups
 
 
 def logits_on_test_set(model, params: Any, run: TrainedRun, split: str = "test") -> np.ndarray:
