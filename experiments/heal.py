@@ -159,8 +159,8 @@ def _parse(argv: Sequence[str]):
   )
   parser.add_argument("sources", nargs="+", help="compact or prune output folders")
   parser.add_argument("--steps", type=int, required=True, help="the fine-tune's steps")
-  parser.add_argument("--lrs", help="three learning rates (default: see above)")
-  parser.add_argument("--method", default="wd", choices=config_checks.METHODS)
+  parser.add_argument("--lrs", help="the learning rates, comma-separated (default: see above)")
+  parser.add_argument("--method", default="wd", choices=config_checks.METHODS, help="default: wd")
   parser.add_argument("--out", help="output folder (one source only; default: SOURCE-heal)")
   args, rest = parser.parse_known_args(argv)
   if args.steps < 1:
