@@ -28,6 +28,21 @@ def test_units_at_most_the_tolerance_go_exact_zeros_too():
     np.testing.assert_array_equal(small["v"], np.asarray(v)[kept])
 
 
+def test_heads_go_by_their_value_and_output_projections():
+  value = np.random.default_rng(0).normal(size=(8, 4, 2)).astype(np.float32)  # [d, heads, dh]
+  out = np.random.default_rng(1).normal(size=(4, 2, 8)).astype(np.float32)  # [heads, dh, d]
+  value[:, 1] *= 1e-3  # head 1 is small, not zero
+  params = {"value": jnp.asarray(value), "out": jnp.asarray(out)}
+  groups = {"value": G(0, "in", unit_axis=1), "out": G(0, "out", unit_axis=0)}
+  norms = np.linalg.norm(value, axis=(0, 2)) * np.linalg.norm(out, axis=(1, 2))
+  tol = 2 * norms[1]
+  small, kept = pp.compact(params, groups, path_norm_tol=tol)
+  expected = np.flatnonzero(norms > tol)
+  assert 1 not in expected and kept[0].indices.tolist() == expected.tolist()
+  np.testing.assert_array_equal(small["value"], value[:, expected])
+  np.testing.assert_array_equal(small["out"], out[expected])
+
+
 @pytest.mark.parametrize("tol", [-1e-3, float("nan")])
 def test_a_negative_or_nan_tolerance_is_an_error(tol):
   params, groups = (
