@@ -146,6 +146,7 @@ def restore_run(directory: Path) -> TrainedRun:
       config.dataset,
       data_dir=config.data_dir or None,
       raw_dir=config.raw_data_dir or None,
+      splits=("train", "test"),  # the validation set is part of the training split
       allow_unofficial=config.allow_unofficial_data,
     ),
     config.split,
