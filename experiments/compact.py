@@ -1,24 +1,31 @@
 """Compacts a run: drops the units PathProx switched off, checks, saves and benchmarks.
 
-``python -m experiments.compact RUN_DIR [--out DIR] [--atol 0.0] [--repeats N]``
-restores the run's latest checkpoint, removes every unit whose "out" weights
+``python -m experiments.compact RUN_DIR [--out DIR] [--atol 0.0] [--path-norm-tol TOL]
+[--repeats N]`` restores the run's latest checkpoint, removes every unit whose "out" weights
 are zero (at most ``--atol``) with :func:`pathprox_jax.compact`, checks on the
-run's test set that the smaller model computes the same logits (to
+run's test and validation sets that the smaller model computes the same logits (to
 1e-5 * max(1, max |logit|): only the order of f32 sums changes) and the same
 accuracy, writes it to ``DIR`` (default ``RUN_DIR/compact``), and prints the
-parameters, FLOPs per example and inference throughput of both models. With
-``--atol`` > 0, units with small nonzero out weights go too: the output
-differences are then reported, not enforced.
+parameters, FLOPs per example and inference throughput of both models, and the
+``experiments.heal`` command that fine-tunes the smaller model. With
+``--atol`` > 0, units with small nonzero out weights go too, and with ``--path-norm-tol``
+those whose path norm ``||w_i|| ||v_i||`` is at most ``TOL`` (heads too: value and output
+projections): the largest logit change and the accuracy change on each split are then
+reported, not enforced.
 
 ``DIR`` holds ``params/`` (an orbax checkpoint of the smaller params),
 ``config.json`` (the run's config with the new ``features``, ``channels``, or
 a ViT's ``num_heads`` and ``mlp_dim``)
-and ``compact.json`` (the kept units of each group, and the check's figures)::
+and ``compact.json`` (the kept units of each group, the checks' figures on the test set,
+``check``, and on the validation set, ``check_val``, and ``heal_command``)::
 
   config = ml_collections.ConfigDict(json.loads((DIR / "config.json").read_text()))
   params = orbax.checkpoint.StandardCheckpointer().restore((DIR / "params").absolute())
   x = input_pipeline.normalize(images, config.dataset)
   logits = models.create_model(config).apply({"params": params}, x)
+
+A run starts from the smaller model with ``--init-params DIR/params`` and ``DIR``'s widths,
+as from a prune output.
 
 Exit codes: 0 done; 1 the smaller model's outputs differ, or a group of a chain
 (MLP, VGG) has no units left; 2 bad input (not a run, an output folder that is not a previous
@@ -28,9 +35,7 @@ compact output, bad flags).
 from __future__ import annotations
 
 import json
-import statistics
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -44,14 +49,23 @@ import optax
 import orbax.checkpoint as ocp
 
 import pathprox_jax as pp
-from experiments import checkpointing, cli, config_checks, data, input_pipeline, models, run_folder
+from experiments import (
+  checkpointing,
+  cli,
+  config_checks,
+  data,
+  heal,
+  input_pipeline,
+  models,
+  run_folder,
+)
 from experiments import groups as groups_lib
+from experiments import inference_speed as speed
 from experiments.experiment import create_optimizer
 from experiments.train_step import TrainState
 
 MARKER = "compact.json"  # present in, and only in, this command's output folders
 OUTPUT_TOLERANCE = 1e-5
-BENCHMARK_BATCHES = (1, 1000)
 
 
 class UsageError(ValueError):
@@ -63,7 +77,7 @@ USAGE_ERRORS = (cli.ConfigError, UsageError, run_folder.NotARunError, data.Datas
 
 
 class TrainedRun(NamedTuple):
-  """A run's config, latest parameters and test set.
+  """A run's config, latest parameters, test set and validation set.
 
   Attributes:
     config: the run's config (the config keys of its ``config.json``).
@@ -72,6 +86,8 @@ class TrainedRun(NamedTuple):
     step: the latest checkpoint's step.
     test_images: the run's test images, uint8 ``[N, H, W, C]``.
     test_labels: their labels, ``[N]``.
+    val_images: the run's validation images (its config's split), uint8 ``[M, H, W, C]``.
+    val_labels: their labels, ``[M]``.
   """
 
   config: ml_collections.ConfigDict
@@ -80,10 +96,12 @@ class TrainedRun(NamedTuple):
   step: int
   test_images: np.ndarray
   test_labels: np.ndarray
+  val_images: np.ndarray
+  val_labels: np.ndarray
 
 
 class Check(NamedTuple):
-  """How the compact model's test-set outputs compare with the sparse model's."""
+  """How the compact model's outputs on a split compare with the sparse model's."""
 
   max_abs_diff: float
   tolerance: float
@@ -113,13 +131,34 @@ def abstract_state(config: ml_collections.ConfigDict) -> tuple[TrainState, Any]:
 
 
 def restore_run(directory: Path) -> TrainedRun:
-  """Restores the latest checkpoint of the run in ``directory``, then reads its test set.
+  """Restores the latest checkpoint of the run in ``directory``, then reads its test and
+  validation sets.
 
   Raises:
     UsageError: ``directory`` has no ``config.json`` or no checkpoint, or its
       checkpoint does not fit the model and method its ``config.json`` records.
     run_folder.NotARunError: its ``config.json`` is malformed.
     data.DatasetUnavailableError: the run's data set cannot be loaded here.
+  """
+  config, state, groups = restore_latest(directory)
+  splits = input_pipeline.split(
+    data.load_arrays(
+      config.dataset,
+      data_dir=config.data_dir or None,
+      raw_dir=config.raw_data_dir or None,
+      splits=("train", "test"),  # the validation set is part of the training split
+      allow_unofficial=config.allow_unofficial_data,
+    ),
+    config.split,
+    val_size=config.val_size,
+    train_per_class=config.train_per_class,
+  )
+  return TrainedRun(config, state.params, groups, int(state.step), *splits["test"], *splits["val"])
+
+
+def restore_latest(directory: Path) -> tuple[ml_collections.ConfigDict, TrainState, Any]:
+  """``(config, training state, group spec)`` of the latest checkpoint of the run in
+  ``directory``; no data is read. Raises as :func:`restore_run`, but reads no data set.
   """
   config_file, checkpoint_dir = directory / run_folder.CONFIG, directory / run_folder.CHECKPOINTS
   if not config_file.is_file():
@@ -142,25 +181,23 @@ def restore_run(directory: Path) -> TrainedRun:
       ) from e
   finally:
     checkpoints.close()
-  images, labels = data.load_arrays(
-    config.dataset,
-    data_dir=config.data_dir or None,
-    raw_dir=config.raw_data_dir or None,
-    splits=("test",),
-    allow_unofficial=config.allow_unofficial_data,
-  )["test"]
-  return TrainedRun(config, state.params, groups, int(state.step), images, labels)
+  return config, state, groups
 
 
-def logits_on_test_set(model, params: Any, run: TrainedRun) -> np.ndarray:
-  """The model's logits on the run's test set, ``[N, classes]``, at full f32 precision."""
+def logits_on_test_set(model, params: Any, run: TrainedRun, split: str = "test") -> np.ndarray:
+  """The model's logits on the run's test set (or ``split="val"``: its validation set),
+  ``[N, classes]``, at full f32 precision."""
 
   @jax.jit
   def logits(params, images):
     return model.apply({"params": params}, input_pipeline.normalize(images, run.config.dataset))
 
-  size = min(run.config.eval_batch_size, len(run.test_labels))
-  batches, _, mask = input_pipeline.eval_batches(run.test_images, run.test_labels, size)
+  if split == "val":
+    images, labels = run.val_images, run.val_labels
+  else:
+    images, labels = run.test_images, run.test_labels
+  size = min(run.config.eval_batch_size, len(labels))
+  batches, _, mask = input_pipeline.eval_batches(images, labels, size)
   # Accelerators may multiply f32 in lower precision (TF32) by default, which would
   # hide or fake differences of the order of the tolerance.
   with jax.default_matmul_precision("highest"):
@@ -188,58 +225,13 @@ def check_outputs(sparse: np.ndarray, compact: np.ndarray, labels: np.ndarray) -
   )
 
 
-class Benchmark(NamedTuple):
-  """A model's size and inference speed.
-
-  Attributes:
-    parameters: the number of scalars in its params.
-    flops: FLOPs per example, from XLA's cost analysis of the jitted apply at
-      batch 1 (None where the backend gives none).
-    ms_per_call: batch size -> median wall time of one jitted call, in ms.
-  """
-
-  parameters: int
-  flops: float | None
-  ms_per_call: dict[int, float]
-
-
-def benchmark(model, params: Any, x: np.ndarray, repeats: int) -> Benchmark:
-  """Counts, compiles and times ``model`` at each of :data:`BENCHMARK_BATCHES`.
-
-  Args:
-    model: the linen model.
-    params: its parameters.
-    x: model inputs, repeated to fill each batch.
-    repeats: timed calls per batch size (after one warm-up call).
-
-  Returns:
-    The :class:`Benchmark`.
-  """
-  params = jax.device_put(params)
-  variables = {"params": params}
-  flops, ms = None, {}
-  for batch in BENCHMARK_BATCHES:
-    inputs = jax.device_put(np.resize(x, (batch, *x.shape[1:])))
-    compiled = jax.jit(model.apply).lower(variables, inputs).compile()
-    if batch == 1:
-      flops = xla_flops(compiled)
-    jax.block_until_ready(compiled(variables, inputs))
-    times = []
-    for _ in range(repeats):
-      start = time.perf_counter()
-      jax.block_until_ready(compiled(variables, inputs))
-      times.append(time.perf_counter() - start)
-    ms[batch] = 1e3 * statistics.median(times)
-  parameters = sum(int(np.size(p)) for p in jax.tree.leaves(params))
-  return Benchmark(parameters, flops, ms)
-
-
-def xla_flops(compiled: jax.stages.Compiled) -> float | None:
-  """The FLOPs XLA's cost analysis counts for one call, or None if it gives none."""
-  analysis = compiled.cost_analysis()
-  if isinstance(analysis, list):  # older jax: one dict per program
-    analysis = analysis[0] if analysis else None
-  return analysis.get("flops") if analysis else None
+def check_figures(check: Check) -> str:
+  """A check's largest logit change and accuracies, as printed."""
+  change = 100 * (check.compact_acc - check.sparse_acc)
+  return (
+    f"max |logit difference| {check.max_abs_diff:.3g} (tolerance {check.tolerance:.3g}), "
+    f"accuracy {check.sparse_acc:.4f} -> {check.compact_acc:.4f} ({change:+.2f} points)"
+  )
 
 
 def without_empty_arrays(tree: Mapping[str, Any]) -> dict[str, Any]:
@@ -300,49 +292,6 @@ def write_output(
   run_folder.write_atomic(out, write)
 
 
-def table_row(name: str, before: float | None, after: float | None, spec: str) -> str:
-  """A row of :func:`print_table`: the name, both values (format ``spec``), after / before."""
-
-  def cell(v):
-    return f"{'n/a':>14}" if v is None else f"{v:>14{spec}}"
-
-  ratio = f"{after / before:>10.3f}" if before and after is not None else f"{'n/a':>10}"
-  return f"{name:<30}{cell(before)}{cell(after)}{ratio}"
-
-
-def print_table(
-  before: Benchmark,
-  after: Benchmark,
-  repeats: int,
-  names: tuple[str, str] = ("sparse", "compact"),
-  rows: Sequence[str] = (),
-) -> None:
-  """Prints two models' size and speed side by side, with the ratio after / before.
-
-  Args:
-    before: the original model's benchmark.
-    after: the smaller model's.
-    repeats: the timed calls per batch size (for the footnote).
-    names: the two columns' headings.
-    rows: further rows (:func:`table_row`), printed after the parameters and FLOPs.
-  """
-  print(f"{'':<30}{names[0]:>14}{names[1]:>14}{'ratio':>10}")
-  print(table_row("parameters", before.parameters, after.parameters, ",d"))
-  print(table_row("FLOPs / example (XLA)", before.flops, after.flops, ",.0f"))
-  for row in rows:
-    print(row)
-  for batch in BENCHMARK_BATCHES:
-    slow, fast = before.ms_per_call[batch], after.ms_per_call[batch]
-    print(table_row(f"batch {batch:,}: ms / call", slow, fast, ".3f"))
-    print(
-      table_row(f"batch {batch:,}: examples / s", 1e3 * batch / slow, 1e3 * batch / fast, ",.0f")
-    )
-  print(
-    "FLOPs: XLA's cost analysis of the jitted apply at batch 1. Times: median of "
-    f"{repeats} jitted calls (after a warm-up) on {jax.devices()[0].device_kind}."
-  )
-
-
 def compact_run(
   run: TrainedRun, run_dir: Path, how: str, **options: Any
 ) -> tuple[Any, dict[int, pp.KeptUnits], ml_collections.ConfigDict]:
@@ -352,7 +301,7 @@ def compact_run(
     run: the restored run.
     run_dir: its folder (for the printout).
     how: what chose the units (for the printout), e.g. ``"--atol 0"``.
-    **options: :func:`pathprox_jax.compact`'s ``atol`` or ``keep``.
+    **options: :func:`pathprox_jax.compact`'s ``atol``, ``path_norm_tol`` or ``keep``.
 
   Returns:
     ``(smaller params without zero-size arrays, kept units per group, smaller config)``.
@@ -384,10 +333,19 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument(
     "--atol", default="0", help="drop units whose |out weights| are all <= ATOL (default: 0)"
   )
+  parser.add_argument(
+    "--path-norm-tol",
+    metavar="TOL",
+    help="also drop units whose path norm ||w_i|| ||v_i|| is <= TOL (default: off)",
+  )
   parser.add_argument("--repeats", type=int, default=20, help="timed calls per benchmark")
   try:
     args = parser.parse_args(argv)
     args.atol = config_checks.finite_float("--atol", args.atol, minimum=0.0)
+    if args.path_norm_tol is not None:
+      args.path_norm_tol = config_checks.finite_float(
+        "--path-norm-tol", args.path_norm_tol, minimum=0.0
+      )
     if args.repeats < 1:
       raise cli.ConfigError("--repeats must be >= 1")
     run_dir = Path(args.run_dir)
@@ -399,7 +357,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
   config = run.config
-  small, kept, small_config = compact_run(run, run_dir, f"--atol {args.atol:g}", atol=args.atol)
+  exact = args.atol == 0 and args.path_norm_tol is None
+  how = f"--atol {args.atol:g}"
+  if args.path_norm_tol is not None:
+    how += f", --path-norm-tol {args.path_norm_tol:g}"
+  options = {} if args.path_norm_tol is None else {"path_norm_tol": args.path_norm_tol}
+  small, kept, small_config = compact_run(run, run_dir, how, atol=args.atol, **options)
   # A ViT's residual connections carry the signal past a block with no units left.
   empty = [g for g, k in kept.items() if k.width == 0 and config.model != "vit"]
   if empty:
@@ -412,44 +375,48 @@ def main(argv: Sequence[str] | None = None) -> int:
   keys = models.widths_keys(config)
   model, small_model = models.create_model(config), models.create_model(small_config)
 
-  check = check_outputs(
-    logits_on_test_set(model, run.params, run),
-    logits_on_test_set(small_model, small, run),
-    run.test_labels,
-  )
-  figures = (
-    f"max |logit difference| {check.max_abs_diff:.3g} (tolerance {check.tolerance:.3g}), "
-    f"accuracy {check.sparse_acc:.4f} -> {check.compact_acc:.4f}"
-  )
-  print(f"test set ({len(run.test_labels)} examples): {figures}")
-  if not check.ok:
-    if args.atol == 0:
+  checks = {}
+  for split, labels in (("test", run.test_labels), ("val", run.val_labels)):
+    if len(labels):  # a holdout split of val_size 0 has no validation set
+      checks[split] = check_outputs(
+        logits_on_test_set(model, run.params, run, split),
+        logits_on_test_set(small_model, small, run, split),
+        labels,
+      )
+      print(f"{split} set ({len(labels)} examples): {check_figures(checks[split])}")
+  if not all(check.ok for check in checks.values()):
+    if exact:
       print(
-        f"error: the compact model's test outputs differ from the sparse model's ({figures}); "
-        "nothing written",
+        "error: the compact model's outputs differ from the sparse model's "
+        f"({check_figures(checks['test'])}); nothing written",
         file=sys.stderr,
       )
       return 1
-    print(f"outputs changed: --atol {args.atol:g} also dropped units with nonzero out weights")
+    print(f"outputs changed: {how} also dropped units with nonzero out weights")
 
-  x = input_pipeline.normalize(run.test_images[: max(BENCHMARK_BATCHES)], config.dataset)
-  sparse = benchmark(model, run.params, x, args.repeats)
-  compact = benchmark(small_model, small, x, args.repeats)
+  x = input_pipeline.normalize(run.test_images[: max(speed.BENCHMARK_BATCHES)], config.dataset)
+  sparse = speed.benchmark(model, run.params, x, args.repeats)
+  compact = speed.benchmark(small_model, small, x, args.repeats)
+  command = heal.heal_command(out, config)
   record = {
     "run_dir": str(run_dir.absolute()),
     "step": run.step,
     "atol": args.atol,
+    "path_norm_tol": args.path_norm_tol,
     "original_widths": {key: list(config[key]) for key in keys},
     "widths": {key: list(small_config[key]) for key in keys},
     "kept": {str(g): k.indices.tolist() for g, k in kept.items()},
     "original_units": {str(g): k.original_width for g, k in kept.items()},
-    "check": check._asdict(),
+    "check": checks["test"]._asdict(),
+    "check_val": checks["val"]._asdict() if "val" in checks else None,
     "parameters": {"sparse": sparse.parameters, "compact": compact.parameters},
     "flops_per_example": {"sparse": sparse.flops, "compact": compact.flops},
+    "heal_command": command,
   }
   write_output(out, small_config, small, record)
-  print_table(sparse, compact, args.repeats)
+  speed.print_table(sparse, compact, args.repeats)
   print(f"wrote {out}")
+  print(f"heal: {command}")
   return 0
 
 

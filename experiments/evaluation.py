@@ -59,6 +59,25 @@ def weight_decay_penalty(
   return 0.5 * weight_decay * sum(squares, jnp.zeros((), jnp.float32))
 
 
+def active_unit_path_norms(params: Any, groups: Any) -> dict[str, jax.Array]:
+  """Each group's smallest and median path norm :math:`\\|w_i\\| \\|v_i\\|` of its active units.
+
+  Over the units still switched on (path norm > 0), so that the smallest tells how close
+  the next unit comes to switching off (a ViT's heads and FFN neurons are separate
+  groups); both are 0 in a group with no unit on, and a group of no units has no entry.
+
+  Returns:
+    ``{"unit_path_norm_min/g{k}": ..., "unit_path_norm_median/g{k}": ...}``, f32 scalars.
+  """
+  out = {}
+  for g, norms in pp.unit_path_norms(params, groups).items():
+    if norms.shape[0]:
+      on = jnp.where(norms > 0, norms, jnp.nan)
+      out[f"unit_path_norm_min/g{g}"] = jnp.nan_to_num(jnp.nanmin(on))
+      out[f"unit_path_norm_median/g{g}"] = jnp.nan_to_num(jnp.nanmedian(on))
+  return out
+
+
 class Evaluator:
   """Loss, accuracy and PathProx metrics on the train, validation and test sets.
 
@@ -68,7 +87,8 @@ class Evaluator:
   weight-decay objective at its best rescaling), ``wd_penalty`` and
   ``wd_raw_objective`` (``train_loss + wd_penalty``), ``path_norm``,
   ``active_units``, ``active_units_pct`` and their per-group values
-  (``path_norm/g{k}``, ...).
+  (``path_norm/g{k}``, ...), and each group's smallest and median path norm of its
+  active units (:func:`active_unit_path_norms`).
 
   Args:
     model: the linen model.
@@ -138,6 +158,7 @@ class Evaluator:
         out[f"path_norm/g{g}"] = path_norm.per_group[g]
         out[f"active_units/g{g}"] = active.per_group[g]
         out[f"active_units_pct/g{g}"] = 100 * active.per_group_fraction[g]
+      out.update(active_unit_path_norms(params, groups))
       return out
 
     self._weight_decay = config.weight_decay

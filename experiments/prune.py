@@ -12,8 +12,9 @@ the run's function with their "out" weights set to zero.
 ``DIR`` (default ``RUN_DIR/prune``) has the layout of a compact output: ``params/``,
 ``config.json`` (the run's config with the new widths) and ``prune.json`` (the kept units of
 each group, test accuracy before and after pruning, parameters and FLOPs kept, and the
-command that fine-tunes the pruned model as an ordinary run, ``--init-params DIR/params``,
-for a tenth of the run's steps, in ``DIR-finetune``).
+``experiments.heal`` command that fine-tunes the pruned model as it fine-tunes a compact
+output: ordinary runs from ``--init-params DIR/params``, for a tenth of the run's steps).
+The command prints it too.
 
 Exit codes: 0 done; 2 bad input (not a run, no compact output to match, counts of the wrong
 length or out of range, an output folder that is not a previous prune output, bad flags).
@@ -23,20 +24,17 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import ml_collections
 import numpy as np
 
-import configs
 import pathprox_jax as pp
-from experiments import cli, compact, config_checks, input_pipeline, models
+from experiments import cli, compact, heal, input_pipeline, models
+from experiments import inference_speed as speed
 
 MARKER = "prune.json"  # present in, and only in, this command's output folders
-FINETUNE_FRACTION = 0.1  # the fine-tune's steps, as a share of the pruned run's
 
 
 def parse_keep(text: str) -> list[int]:
@@ -143,40 +141,6 @@ def largest_units(
   }
 
 
-def finetune_command(
-  run_config: ml_collections.ConfigDict, pruned_config: ml_collections.ConfigDict, out: Path
-) -> str:
-  """The command that fine-tunes the pruned model, as an ordinary run of its experiment.
-
-  It sets every config key where the pruned model's config differs from the experiment's
-  defaults, starts from ``out/params`` (``--init-params``), trains for
-  :data:`FINETUNE_FRACTION` of the run's steps without warm-up, and writes ``out-finetune``.
-
-  Args:
-    run_config: the pruned run's config.
-    pruned_config: the pruned model's (:func:`experiments.models.compacted_config`).
-    out: the prune output folder.
-
-  Returns:
-    The command line.
-  """
-  config = pruned_config.copy_and_resolve_references()
-  config.init_params = str((out / "params").absolute())
-  config.total_iter = max(1, round(FINETUNE_FRACTION * run_config.total_iter))
-  config.warmup_iter = 0  # the weights are trained already
-  defaults = configs.load_config(config.experiment)
-  argv = [
-    text
-    for key, value in config.items()
-    if key != "experiment" and value != defaults[key]
-    for text in (config_checks.flag(key), config_checks.flag_value(value))
-  ]
-  workdir = out.with_name(f"{out.name}-finetune")
-  return shlex.join(
-    ["python", "-m", f"experiments.{config.experiment}", *argv, "--workdir", str(workdir)]
-  )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
   """Prunes one run from the command line; returns the exit code."""
   parser = cli.ArgumentParser(prog="python -m experiments.prune", description=__doc__)
@@ -215,10 +179,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     compact.logits_on_test_set(small_model, small, run), run.test_labels
   )
 
-  x = input_pipeline.normalize(run.test_images[: max(compact.BENCHMARK_BATCHES)], config.dataset)
-  dense = compact.benchmark(model, run.params, x, args.repeats)
-  pruned = compact.benchmark(small_model, small, x, args.repeats)
-  command = finetune_command(config, small_config, out)
+  x = input_pipeline.normalize(run.test_images[: max(speed.BENCHMARK_BATCHES)], config.dataset)
+  dense = speed.benchmark(model, run.params, x, args.repeats)
+  pruned = speed.benchmark(small_model, small, x, args.repeats)
+  command = heal.heal_command(out, config)
 
   def kept_share(before: float | None, after: float | None) -> dict[str, float | None]:
     ratio = after / before if before and after is not None else None
@@ -235,18 +199,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     "test_acc": {"dense": dense_acc, "pruned": pruned_acc},
     "parameters": kept_share(dense.parameters, pruned.parameters),
     "flops_per_example": kept_share(dense.flops, pruned.flops),
-    "finetune_command": command,
+    "heal_command": command,
   }
   compact.write_output(out, small_config, small, record, MARKER)
-  compact.print_table(
+  speed.print_table(
     dense,
     pruned,
     args.repeats,
     names=("dense", "pruned"),
-    rows=[compact.table_row("test accuracy", dense_acc, pruned_acc, ".4f")],
+    rows=[speed.table_row("test accuracy", dense_acc, pruned_acc, ".4f")],
   )
   print(f"wrote {out}")
-  print(f"fine-tune: {command}")
+  print(f"heal: {command}")
   return 0
 
 

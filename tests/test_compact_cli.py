@@ -193,7 +193,7 @@ def test_config_of_no_known_experiment_is_a_one_line_error(mlp_run, tmp_path, ca
   assert "unknown experiment 'imagenet_vit'" in err
 
 
-def test_restore_needs_no_experiment_and_reads_only_the_test_set(mlp_run, monkeypatch):
+def test_restore_needs_no_experiment_and_reads_the_test_and_validation_sets(mlp_run, monkeypatch):
   def no_experiment(config):
     raise AssertionError("compact built an Experiment")
 
@@ -207,8 +207,8 @@ def test_restore_needs_no_experiment_and_reads_only_the_test_set(mlp_run, monkey
   monkeypatch.setattr(experiment_lib, "Experiment", no_experiment)
   monkeypatch.setattr(compact.data, "load_arrays", recorded)
   run = compact.restore_run(mlp_run)
-  assert read == [("test",)]
-  assert run.step == 100 and len(run.test_labels) == 100
+  assert read == [("train", "test")]  # the validation set is cut from the training split
+  assert run.step == 100 and len(run.test_labels) == 100 and len(run.val_labels) == 400
   expected = latest_params(mlp_run)
   jax.tree.map(np.testing.assert_array_equal, run.params, expected)
 

@@ -12,7 +12,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 import pathprox_jax as pp
-from experiments import checkpointing, cli, compact, models, prune
+from experiments import checkpointing, cli, compact, heal, models, prune
 
 KEEP = [3, 10, 1, 0]  # heads and neurons of blocks 0 and 1 (of 4, 16, 4, 16)
 VIT = ["--num-heads", "4,4", "--mlp-dim", "16,16", "--width", "16", "--head-dim", "4"]
@@ -105,9 +105,7 @@ def test_pruning_keeps_the_largest_units_and_the_function_without_the_others(vit
   assert record["test_acc"]["dense"] == compact.accuracy(logits, run.test_labels)
   assert record["parameters"]["pruned"] < record["parameters"]["dense"]
   assert 0 < record["flops_per_example"]["ratio"] < 1
-  assert (
-    "test accuracy" in printed and "fine-tune: python -m experiments.fashion_mnist_vit" in printed
-  )
+  assert "test accuracy" in printed and f"heal: python -m experiments.heal {out}" in printed
 
 
 def test_match_keeps_the_counts_of_a_compact_output(vit_run, tmp_path):
@@ -126,13 +124,13 @@ def test_match_keeps_the_counts_of_a_compact_output(vit_run, tmp_path):
 def test_init_params_starts_the_run_from_the_pruned_params(raw_mnist, pruned, tmp_path):
   out, _ = pruned
   config, params, record = read_output(out)
-  python, dash_m, module, *argv = shlex.split(record["finetune_command"])
-  assert (python, dash_m, module) == ("python", "-m", "experiments.fashion_mnist_vit")
+  python, dash_m, module, source, *rest = shlex.split(record["heal_command"])
+  assert (python, dash_m, module, source) == ("python", "-m", "experiments.heal", str(out))
+  assert rest[:2] == ["--steps", "3"]  # a tenth of the run's 30 steps
+  argv = heal.run_argv(heal.heal_config(config, out / "params", 2, 0.005, {"log_freq": 2}))
   assert argv[argv.index("--init-params") + 1] == str((out / "params").absolute())
-  assert argv[argv.index("--total-iter") + 1] == "3"  # a tenth of the run's 30 steps
   workdir = tmp_path / "finetune"
-  argv[argv.index("--workdir") + 1] = str(workdir)
-  assert cli.main("fashion_mnist_vit", [*argv, "--total-iter", "2", "--log-freq", "2"]) == 0
+  assert cli.main("fashion_mnist_vit", [*argv, "--workdir", str(workdir)]) == 0
 
   first = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[0])
   assert first["step"] == 0

@@ -20,6 +20,7 @@ import numpy as np
 
 from pathprox_jax._src import groups as groups_lib
 from pathprox_jax._src import params as params_lib
+from pathprox_jax._src import unit_norms
 from pathprox_jax._src.annotations import GroupSpecTree
 from pathprox_jax._src.checks import check_hyperparameter
 
@@ -46,6 +47,7 @@ def compact(
   groups: GroupSpecTree,
   *,
   atol: float = 0.0,
+  path_norm_tol: float | None = None,
   keep: Mapping[int, Sequence[int]] | None = None,
 ) -> tuple[Any, dict[int, KeptUnits]]:
   """Drops every unit whose "out" weights are (at most ``atol``) zero, or those not in ``keep``.
@@ -76,6 +78,13 @@ def compact(
   ``jax.jit``. The same ``groups`` spec describes the smaller params, whose
   tree structure and dtypes are those of ``params``.
 
+  With ``path_norm_tol``, a unit also goes when its path norm
+  :math:`\\|w_i\\| \\|v_i\\|` (:func:`pathprox_jax.unit_path_norms`) is at most
+  ``path_norm_tol``: units that are small but not exactly zero, such as those weight
+  decay leaves, or those a schedule's tail brings back. Dropping unit ``i`` changes the
+  "out" layer's input by :math:`h_i v_i`, so the output changes, as with ``atol > 0``;
+  a unit with :math:`w_i = 0` goes even though its bias still adds :math:`\\sigma(a_i)\\, v_i`.
+
   With ``keep``, a group it lists keeps exactly the units it names, whatever their
   weights: structured pruning (e.g. by :func:`pathprox_jax.unit_path_norms`). The
   result then computes the function of ``params`` with the other units' "out"
@@ -86,8 +95,10 @@ def compact(
       Variables are replaced by their values).
     groups: the spec pytree from :func:`pathprox_jax.group_spec`.
     atol: the largest absolute "out" weight of a unit that is dropped.
+    path_norm_tol: the largest path norm of a unit that is dropped (``None``: units go by
+      ``atol`` only).
     keep: ``{group: indices of the units to keep}`` (distinct, in range); the
-      groups it does not list go by ``atol``.
+      groups it does not list go by ``atol`` and ``path_norm_tol``.
 
   Returns:
     ``(smaller_params, kept)`` with ``kept[group]`` a :class:`KeptUnits`. Build
@@ -95,7 +106,7 @@ def compact(
 
   Raises:
     ValueError: ``keep`` names a group that does not exist, or units out of range
-      or twice, or ``atol`` is not a finite number >= 0.
+      or twice; ``atol`` or ``path_norm_tol`` is not a finite number >= 0.
 
   Example:
     >>> import jax.numpy as jnp
@@ -108,6 +119,10 @@ def compact(
     ((2, 2), (2, 1), [0, 2], 2)
   """
   check_hyperparameter("atol", atol, "finite and >= 0", lambda x: x >= 0, schedule=False)
+  if path_norm_tol is not None:
+    check_hyperparameter(
+      "path_norm_tol", path_norm_tol, "finite and >= 0", lambda x: x >= 0, schedule=False
+    )
   params = params_lib.unwrap_variables(params)
   leaves, treedef = jax.tree.flatten(params)
   new = list(leaves)
@@ -129,7 +144,12 @@ def compact(
       # Max, not the norm ||v_i||: squares of tiny weights underflow to zero in f32.
       v = np.abs(np.asarray(leaves[g.out_kernel], np.float32))
       largest = v.max(axis=tuple(a for a in range(v.ndim) if a != g.out_axis))
-      indices = np.flatnonzero(largest > atol)
+      on = largest > atol
+      if path_norm_tol is not None:
+        w_norms = unit_norms.unit_norms(leaves[g.in_kernel], g.in_axis)
+        v_norms = unit_norms.unit_norms(leaves[g.out_kernel], g.out_axis)
+        on &= np.asarray(w_norms * v_norms) > path_norm_tol
+      indices = np.flatnonzero(on)
     for i, axis in g.sliced:
       new[i] = leaves[i][(slice(None),) * axis + (indices,)]
     kept[g.group] = KeptUnits(indices, g.units)
