@@ -38,10 +38,15 @@ from experiments.resume import (
 
 
 class ArgumentParser(argparse.ArgumentParser):
-  """argparse with one-line errors (``error: ...``, exit code 2) and docstrings kept as written."""
+  """argparse with one-line errors (``error: ...``, exit code 2) and docstrings kept as written.
+
+  Flags are taken by their exact names only: no prefix of a flag stands for it (argparse's
+  default would read ``--seed 3`` as a sweep's ``--seeds 3``).
+  """
 
   def __init__(self, *args, **kwargs):
     kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+    kwargs.setdefault("allow_abbrev", False)
     super().__init__(*args, **kwargs)
 
   def error(self, message: str):
