@@ -137,7 +137,7 @@ def parse_command(experiment: str, argv: Sequence[str] | None = None) -> Command
     "--workdir",
     metavar="DIR",
     help=f"run directory (default: {RUNS_DIR}/<experiment>-<method>-<time>; with --resume, "
-    "the newest such run)",
+    "the newest such run; in a multi-process job, process 0's choice)",
   )
   parser.add_argument(
     "--resume", action="store_true", help="continue the run in --workdir from its last checkpoint"
