@@ -33,9 +33,11 @@ sys.exit(cli.main("mnist_subset_mlp", sys.argv[2:]))
 
 
 def start_job(argv, cwd, limit="unlimited"):
-  """The same command as 2 processes of 1 device in ``cwd``; files limited to ``limit`` KiB."""
+  """The same command as 2 processes of 1 device in ``cwd`` (or each in its own: a list of 2);
+  files limited to ``limit`` KiB."""
   port, job = free_port(), []
-  for index, clock in enumerate(("right", "ahead")):
+  cwds = cwd if isinstance(cwd, list) else [cwd, cwd]
+  for index, (clock, cwd) in enumerate(zip(("right", "ahead"), cwds, strict=True)):
     env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
            "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(index),
            "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}  # fmt: skip
@@ -127,3 +129,19 @@ def test_tensorboard_events_are_cut_back_with_the_metrics(tmp_path):
   writer.roll_back(20)  # a failed save after step 30: the checkpoint at step 20 is the last
   assert scalar_steps(events) == {"train_loss": [0, 10, 20]}
   assert [r["step"] for r in read_rows(tmp_path)] == [0, 10, 20]
+
+
+@pytest.mark.slow  # two processes
+def test_a_resume_without_a_run_to_resume_is_one_line_on_every_process(tmp_path):
+  # Only process 1 sees a run folder (another host's disk, say): process 0's view decides.
+  zero, one = tmp_path / "zero", tmp_path / "one"
+  zero.mkdir()
+  (one / "runs" / "mnist_subset_mlp-pathprox-20250101-000000").mkdir(parents=True)
+  results = finish(start_job(["--resume"], [zero, one]), timeout=600)
+  message = (
+    "error: --resume: no run of mnist_subset_mlp with --method pathprox in runs/ to resume; "
+    "pass --workdir"
+  )
+  for code, err in results:
+    assert (code, err.splitlines()) == (2, [message])
+  assert list(zero.iterdir()) == [] and list((one / "runs").rglob("*.json")) == []
