@@ -38,10 +38,15 @@ from experiments.resume import (
 
 
 class ArgumentParser(argparse.ArgumentParser):
-  """argparse with one-line errors (``error: ...``, exit code 2) and docstrings kept as written."""
+  """argparse with one-line errors (``error: ...``, exit code 2) and docstrings kept as written.
+
+  Flags are taken by their exact names only: no prefix of a flag stands for it (argparse's
+  default would read ``--seed 3`` as a sweep's ``--seeds 3``).
+  """
 
   def __init__(self, *args, **kwargs):
     kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+    kwargs.setdefault("allow_abbrev", False)
     super().__init__(*args, **kwargs)
 
   def error(self, message: str):
@@ -132,7 +137,7 @@ def parse_command(experiment: str, argv: Sequence[str] | None = None) -> Command
     "--workdir",
     metavar="DIR",
     help=f"run directory (default: {RUNS_DIR}/<experiment>-<method>-<time>; with --resume, "
-    "the newest such run)",
+    "the newest such run; in a multi-process job, process 0's choice)",
   )
   parser.add_argument(
     "--resume", action="store_true", help="continue the run in --workdir from its last checkpoint"
@@ -206,7 +211,9 @@ def main(
     nonlocal workdir
     distributed.initialize()  # multi-host: before anything touches the devices
     config = command.config
-    workdir = workdir or (newest_run(config) if command.resume else new_workdir(config))
+    workdir = workdir or _chosen_by_process_zero(
+      lambda: newest_run(config) if command.resume else new_workdir(config)
+    )
     check_workdir(workdir)
     if command.resume:
       config = resumed_config(workdir, config, command.overrides)
@@ -225,6 +232,29 @@ def main(
   return exit_code(
     run, lambda: resume_with or resume_command(f"experiments.{experiment}", argv, workdir)
   )
+
+
+def _chosen_by_process_zero(choose: Callable[[], str]) -> str:
+  """Process 0's ``choose()`` (a run folder) on every process, or its error on every process.
+
+  Without ``--workdir`` each process would stamp its own ``runs/...-<time>`` (clocks and
+  start-up differ); process 0 chooses, and the job's processes all use its choice.
+
+  Raises:
+    ConfigError: ``choose()`` raised it on process 0.
+  """
+  import json
+
+  from experiments import distributed
+
+  try:
+    chosen = [choose(), ""]
+  except ConfigError as e:
+    chosen = ["", str(e)]
+  folder, error = json.loads(distributed.text_from_process_zero(json.dumps(chosen)))
+  if error:
+    raise ConfigError(error)
+  return folder
 
 
 def exit_code(run: Callable[[], Any], resume_with: Callable[[], str]) -> int:

@@ -146,6 +146,22 @@ def broadcast_from_process_zero(value: np.ndarray) -> np.ndarray:
   return multihost_utils.broadcast_one_to_all(value)
 
 
+def text_from_process_zero(text: str) -> str:
+  """Process 0's ``text`` on every process (a collective: every process must call it).
+
+  Example:
+    >>> text_from_process_zero("runs/mnist_mlp-pathprox-20250101-120000")  # one process
+    'runs/mnist_mlp-pathprox-20250101-120000'
+  """
+  if jax.process_count() == 1:
+    return text
+  encoded = np.frombuffer(text.encode(), np.uint8)
+  (length,) = broadcast_from_process_zero(np.asarray([encoded.size], np.int64))
+  padded = np.zeros(int(length), np.uint8)
+  padded[: min(encoded.size, int(length))] = encoded[: int(length)]
+  return bytes(np.asarray(broadcast_from_process_zero(padded), np.uint8)).decode()
+
+
 def any_process(flag: bool) -> bool:
   """Whether ``flag`` is set on any process of the job (every process gets the same answer)."""
   return bool(max_over_processes(int(flag))[0])

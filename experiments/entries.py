@@ -1,14 +1,15 @@
 """What the figures and ``report.md`` draw: each run folder or sweep as an entry, and its label.
 
 An entry is a run on its own or a sweep's runs of one weight decay (drawn as their mean with a
-min–max band); its label names the method and tells entries of the same method apart.
+min–max band); its label names the method, then what differs among the entries shown
+(:func:`run_names`: optimiser, λ, threshold rule, seed), and tells apart any that still share one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,13 @@ import numpy as np
 from experiments import run_folder
 
 METHOD_NAMES = {"pathprox": "PathProx", "wd": "Weight decay"}
+# How a run's name gives each config key that tells the runs shown apart, in this order.
+NAMED_KEYS = {
+  "optimizer": {"sgd": "SGD", "adamw": "AdamW"}.get,
+  "weight_decay": lambda value: f"λ={value:g}",
+  "threshold_rule": {"fixed_point": "τ=λγ/(1−β)", "paper": "τ=λγ"}.get,
+  "seed": lambda value: f"seed {value}",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +106,7 @@ def load_entries(path: str | os.PathLike[str]) -> list[Entry]:
 
 
 def labels(entries: Sequence[Entry]) -> list[str]:
-  """Legend names: the method (and λ for a sweep over it), told apart when they repeat.
+  """Legend names: :func:`run_names`, told apart when they repeat, and a sweep's seeds.
 
   A name that repeats gets the shortest distinct path tail; a sweep gets its
   number of seeds, and the members that diverged. Example: runs ``a/pathprox``,
@@ -116,8 +124,8 @@ def labels(entries: Sequence[Entry]) -> list[str]:
 
 
 def told_apart(entries: Sequence[Entry]) -> list[tuple[str, str]]:
-  """Each entry's :func:`method_name`, and its shortest distinct path tail if that repeats."""
-  names = [method_name(entry) for entry in entries]
+  """Each entry's :func:`run_names` name, and its shortest distinct path tail if that repeats."""
+  names = run_names([_shared_config(entry) for entry in entries])
   result = []
   for entry, name in zip(entries, names, strict=True):
     twins = [entries[i].path for i, other in enumerate(names) if other == name]
@@ -130,10 +138,62 @@ def legend_labels(entries: Sequence[Entry]) -> list[str]:
   return [label.replace("; ", ";\n") for label in labels(entries)]
 
 
-def method_name(entry: Entry) -> str:
-  """The entry's method, and its λ for a sweep over it: ``PathProx λ=0.0001``."""
-  name = METHOD_NAMES.get(entry.method, entry.method)
-  return name + (f" λ={entry.weight_decay}" if entry.weight_decay else "")
+def run_names(configs: Sequence[Mapping[str, Any]]) -> list[str]:
+  """Each run's name: its method, then each key of :data:`NAMED_KEYS` that differs among them.
+
+  A key is named only where it applies (the threshold rule: PathProx with SGD) and is
+  known (a ``None`` or missing value names nothing, as a sweep's seeds in one entry); a
+  key that every run holding it shares names nothing.
+
+  Args:
+    configs: the runs' ``config.json`` records, one per run (or per sweep) shown.
+
+  Returns:
+    Their names, in order.
+
+  Example:
+    >>> run_names([
+    ...   {"method": "pathprox", "optimizer": "sgd", "weight_decay": 0.01, "seed": 0},
+    ...   {"method": "pathprox", "optimizer": "adamw", "weight_decay": 0.05, "seed": 0},
+    ...   {"method": "wd", "optimizer": "sgd", "weight_decay": 0.01, "seed": 0},
+    ... ])
+    ['PathProx SGD λ=0.01', 'PathProx AdamW λ=0.05', 'Weight decay SGD λ=0.01']
+  """
+  held = [{key: _named_value(config, key) for key in NAMED_KEYS} for config in configs]
+  differing = [key for key in NAMED_KEYS if len({h[key] for h in held if h[key] is not None}) > 1]
+  names = []
+  for config, values in zip(configs, held, strict=True):
+    method = str(config.get("method", "unknown"))
+    parts = [METHOD_NAMES.get(method, method)]
+    for key in differing:
+      if values[key] is not None:
+        parts.append(NAMED_KEYS[key](values[key]) or str(values[key]))
+    names.append(" ".join(parts))
+  return names
+
+
+def _named_value(config: Mapping[str, Any], key: str) -> Any:
+  """``config[key]`` where it applies, else ``None``."""
+  if key == "threshold_rule" and (config.get("method"), config.get("optimizer", "sgd")) != (
+    "pathprox",
+    "sgd",
+  ):
+    return None
+  return config.get(key)
+
+
+def _shared_config(entry: Entry) -> dict[str, Any]:
+  """The method and :data:`NAMED_KEYS` of ``entry``'s runs (``None``: its runs differ in it).
+
+  A sweep member's λ is its folder's ``wd<λ>`` where its config does not record it.
+  """
+  shared = {"method": entry.method}
+  for key in NAMED_KEYS:
+    values = {_named_value(run.config, key) for run in entry.runs}
+    shared[key] = values.pop() if len(values) == 1 else None
+  if shared["weight_decay"] is None and entry.weight_decay:
+    shared["weight_decay"] = float(entry.weight_decay)
+  return shared
 
 
 def _seeds_note(entry: Entry) -> list[str]:

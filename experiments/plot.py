@@ -22,6 +22,10 @@ are drawn as their mean with a min–max band, and tabulated as "mean (min–max
   units, objective ratio and test accuracy at the chosen iterations, per seed and
   then as mean ± std (min–max) with n.
 
+Each entry is named by its method, then by what differs among the entries shown
+(optimiser, λ, threshold rule, seed: ``PathProx AdamW λ=0.05``), from their ``config.json``
+(:func:`experiments.entries.run_names`); entries that still share a name get their path.
+
 A sweep member that diverged (its ``config.json`` records ``diverged``) is left out
 of its sweep's mean, band and cells, and named in the legend
 (``PathProx (4 of 5 seeds; seed3 diverged at step 41)``) and in report.md; a run on

@@ -84,10 +84,15 @@ def run_sweep(
 
 
 def parse_command(argv: Sequence[str]) -> tuple[argparse.Namespace, cli.Command]:
-  """The sweep's own flags, and the experiment's command line (not yet validated; no JAX)."""
+  """The sweep's own flags, and the experiment's command line (not yet validated; no JAX).
+
+  Raises:
+    cli.ConfigError: a flag not spelled out in full, no ``--seeds``, or ``--seed`` (or
+      ``--weight-decay`` beside ``--weight-decays``), which the sweep sets for each member.
+  """
   parser = cli.ArgumentParser(prog="python -m experiments.sweep", description=__doc__)
   parser.add_argument("experiment", help="the experiment (a file in configs/)")
-  parser.add_argument("--seeds", required=True, help="comma-separated seeds, e.g. 0,1,2,3,4")
+  parser.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2,3,4 (required)")
   parser.add_argument(
     "--weight-decays", default="", help="comma-separated λ values (default: the config's)"
   )
@@ -102,7 +107,16 @@ def parse_command(argv: Sequence[str]) -> tuple[argparse.Namespace, cli.Command]
     "each exactly a single run (faster on CPU); auto: map on CPU, else vmap",
   )
   args, rest = parser.parse_known_args(argv)
-  return args, cli.parse_command(args.experiment, rest)
+  command = cli.parse_command(args.experiment, rest)
+  if "seed" in command.overrides:
+    raise cli.ConfigError("--seed: a sweep sets each member's seed from --seeds; pass --seeds")
+  if "weight_decay" in command.overrides and args.weight_decays:
+    raise cli.ConfigError(
+      "--weight-decay: the sweep sets each member's λ from --weight-decays; pass one of them"
+    )
+  if args.seeds is None:
+    raise cli.ConfigError("--seeds is required (comma-separated seeds, e.g. 0,1,2,3,4)")
+  return args, command
 
 
 def members(

@@ -247,9 +247,9 @@ def test_a_batch_that_does_not_divide_by_the_devices_equals_one_device(raw_mnist
     (["--num-devices", "3"], "--num-devices 3 must be a multiple of the 2 processes"),
   ],
 )
-def test_layouts_two_processes_cannot_run_are_refused(argv, message, monkeypatch, capsys):
-  monkeypatch.setattr(jax, "process_count", lambda: 2)
-  assert cli.main("mnist_subset_mlp", argv) == 2
+def test_layouts_two_processes_cannot_run_are_refused(argv, message, monkeypatch, capsys, tmp_path):
+  monkeypatch.setattr(jax, "process_count", lambda: 2)  # one real process: no collective
+  assert cli.main("mnist_subset_mlp", [*argv, "--workdir", str(tmp_path / "run")]) == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and message in err
 
