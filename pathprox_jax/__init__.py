@@ -10,6 +10,8 @@ from pathprox_jax._src.annotations import with_group as with_group
 from pathprox_jax._src.balance import balance as balance
 from pathprox_jax._src.compact import KeptUnits as KeptUnits
 from pathprox_jax._src.compact import compact as compact
+from pathprox_jax._src.costs import relative_costs as relative_costs
+from pathprox_jax._src.costs import unit_costs as unit_costs
 from pathprox_jax._src.decay import decayed_mask as decayed_mask
 from pathprox_jax._src.discovery import GroupReport as GroupReport
 from pathprox_jax._src.discovery import discover_groups as discover_groups
