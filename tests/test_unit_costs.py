@@ -3,6 +3,7 @@
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import pathprox_jax as pp
@@ -54,3 +55,47 @@ def test_units_in_no_product_are_refused():
     pp.unit_costs(
       lambda p, x: x, params, jnp.ones((5, 3)), groups={"w": G(0, "in"), "v": G(0, "out")}
     )
+
+
+G = pp.GroupSpec
+TWO_GROUPS = {
+  "w0": G(0, "in"),
+  "v0": G(0, "out"),
+  "w1": G(1, "in"),
+  "v1": G(1, "out"),
+}
+
+
+def two_groups_params():
+  """Two groups of 3 units; unit i's "out" row has norm 0.1 * (i + 1), its "in" column norm 1."""
+  v = jnp.array([[0.1], [0.2], [0.3]])
+  return {"w0": jnp.eye(3), "v0": v, "w1": jnp.eye(3), "v1": v}
+
+
+def test_costs_scale_each_groups_threshold():
+  params = two_groups_params()
+  # tau = lr * wd = 0.15: group 0 at 0.15 (keeps units 1, 2), group 1 (costs 3x) at 0.45 (none)
+  tx = pp.pathprox(1.0, 0.15, TWO_GROUPS, balance=False, unit_costs={0: 2.0, 1: 6.0})
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zeros, tx.init(params), params)
+  new = jax.tree.map(lambda p, u: p + u, params, updates)
+  np.testing.assert_allclose(new["v0"][:, 0], [0.0, 0.05, 0.15], atol=1e-7)
+  np.testing.assert_array_equal(new["v1"], 0.0)
+  # The same as the uniform threshold when the costs are equal.
+  tx = pp.pathprox(1.0, 0.15, TWO_GROUPS, balance=False, unit_costs={0: 5.0, 1: 5.0})
+  updates, _ = tx.update(zeros, tx.init(params), params)
+  np.testing.assert_allclose(params["v1"][:, 0] + updates["v1"][:, 0], [0.0, 0.05, 0.15], atol=1e-7)
+
+
+def test_costs_must_name_every_group():
+  params = two_groups_params()
+  with pytest.raises(ValueError, match=r"unit_costs name groups \[0\] but the groups are \[0, 1\]"):
+    pp.pathprox_sgd(0.1, 1e-3, TWO_GROUPS, unit_costs={0: 1.0}).init(params)
+
+
+def test_objective_weights_each_group_by_its_cost():
+  params = two_groups_params()  # each group's path norm: 0.6
+  plain = pp.weight_decay_objective(1.0, params, TWO_GROUPS, 0.5)
+  weighted = pp.weight_decay_objective(1.0, params, TWO_GROUPS, 0.5, unit_costs={0: 2.0, 1: 6.0})
+  np.testing.assert_allclose(plain, 1.0 + 0.5 * 1.2, rtol=1e-6)
+  np.testing.assert_allclose(weighted, 1.0 + 0.5 * (0.6 + 3 * 0.6), rtol=1e-6)

@@ -207,3 +207,21 @@ def relative_costs(costs: Mapping[int, float]) -> dict[int, float]:
     raise ValueError(f"PathProx unit_costs must be finite and > 0 per group, got {dict(costs)}.")
   cheapest = min(costs.values())
   return {g: float(c) / cheapest for g, c in costs.items()}
+
+
+def check_costs(costs: Mapping[int, float] | None, layouts) -> None:
+  """Raises a one-line ``ValueError`` unless ``costs`` (if given) names exactly the groups."""
+  if costs is not None and set(costs) != {g.group for g in layouts}:
+    raise ValueError(
+      f"PathProx unit_costs name groups {sorted(costs)} but the groups are "
+      f"{sorted(g.group for g in layouts)}: give one cost per group (pathprox_jax.unit_costs)."
+    )
+
+
+def group_thresholds(
+  threshold: jax.Array, costs: Mapping[int, float] | None
+) -> jax.Array | dict[int, jax.Array]:
+  """:math:`c_g \\tau` per group (``{group: threshold}``), or ``threshold`` itself without costs."""
+  if costs is None:
+    return threshold
+  return {g: c * threshold for g, c in costs.items()}
