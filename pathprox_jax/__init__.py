@@ -16,6 +16,7 @@ from pathprox_jax._src.budget import budget_sgd as budget_sgd
 from pathprox_jax._src.budget import with_budget as with_budget
 from pathprox_jax._src.compact import KeptUnits as KeptUnits
 from pathprox_jax._src.compact import compact as compact
+from pathprox_jax._src.compact import compact_state as compact_state
 from pathprox_jax._src.costs import relative_costs as relative_costs
 from pathprox_jax._src.costs import unit_costs as unit_costs
 from pathprox_jax._src.decay import decayed_mask as decayed_mask

@@ -60,7 +60,8 @@ class BudgetState(NamedTuple):
     log_scale: :math:`u`, the log of the multiplier of :math:`\\lambda` (the controller's output).
     integral: the controller's integral term :math:`I`.
     masks: ``{group: bool[units]}``, the units on after the last step (frozen when healing).
-    kept_fraction: :math:`\\kappa` after the last step.
+    kept_fraction: :math:`\\kappa` after the last step, of the params it stepped (1 on a
+      compacted model: the fraction of the dense model is the harness's to compute).
     base: the base optimiser's state.
   """
 
