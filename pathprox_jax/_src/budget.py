@@ -101,6 +101,16 @@ def _check(target, prox_start, heal_start, selection, learning_rate, weight_deca
     check_hyperparameter("weight_decay", weight_decay, "finite and > 0", lambda x: x > 0)
 
 
+def _add_heal_decay(updates, params, layouts, decay):
+  """The gradient plus ``decay`` times the grouped "in" and "out" kernels."""
+  kernels = {i for g in layouts for i in (g.in_kernel, g.out_kernel)}
+  grads, treedef = jax.tree.flatten(updates)
+  values = treedef.flatten_up_to(params)
+  return treedef.unflatten(
+    [u + decay.astype(u.dtype) * values[i] if i in kernels else u for i, u in enumerate(grads)]
+  )
+
+
 def with_budget(
   base: optax.GradientTransformation,
   groups: GroupSpecTree,
@@ -181,22 +191,10 @@ def with_budget(
       raise ValueError(NO_PARAMS_MSG)
     count = state.count
     layouts = groups_lib.group_layouts(params, groups)
-    sparsify = (count >= prox_start) & (count < heal_start)
     heal = count >= heal_start
-    freeze = count == heal_start - 1  # the last sparsify step fixes the mask
     if heal_weight_decay:
-      kernels = {i for g in layouts for i in (g.in_kernel, g.out_kernel)}
-      grads, treedef = jax.tree.flatten(updates)
-      p_leaves = treedef.flatten_up_to(params)
-      grads = [
-        u + jnp.where(heal, heal_weight_decay, 0.0).astype(u.dtype) * p_leaves[i]
-        if i in kernels
-        else u
-        for i, u in enumerate(grads)
-      ]
-      updates = treedef.unflatten(grads)
+      updates = _add_heal_decay(updates, params, layouts, jnp.where(heal, heal_weight_decay, 0.0))
     base_updates, base_state = base.update(updates, state.base, params, **extra_args)
-
     param_leaves, treedef = jax.tree.flatten(params)
     update_leaves = treedef.flatten_up_to(base_updates)
     grouped = sorted(
@@ -205,74 +203,79 @@ def with_budget(
     stepped = {
       i: param_leaves[i].astype(jnp.float32) + update_leaves[i].astype(jnp.float32) for i in grouped
     }
-    goal = ramp(jnp.asarray(target, jnp.float32), count, prox_start, heal_start)
-    if selection == "prox":
-      lr = learning_rate(count) if callable(learning_rate) else learning_rate
-      wd = weight_decay(count) if callable(weight_decay) else weight_decay
-      tau = jnp.asarray(wd * lr, jnp.float32) * jnp.exp(state.log_scale) / (1.0 - momentum)
-      proxed = prox_lib.prox_leaves(
-        stepped,
-        layouts,
-        costs_lib.group_thresholds(tau, costs),
-        balance=balance,
-        regularize_bias=regularize_bias,
-        eps=eps,
-      )
-      sparse = {**stepped, **proxed}
-      masks = unit_masks.path_norm_masks(sparse, layouts)
-    else:
-      sparse = stepped
-      chosen = unit_masks.magnitude_masks(stepped, layouts, costs, goal)
-      masks = {g: chosen[g] & state.masks[g] for g in ids}
-    controlled = unit_masks.kept_fraction(masks, layouts, costs)
-    # At the freeze, switch off by magnitude what the ramp's end has beyond the target.
-    top_up = unit_masks.magnitude_masks(sparse, layouts, costs, jnp.asarray(target, jnp.float32))
-    masks = {
-      g: jnp.where(heal, state.masks[g], jnp.where(freeze, masks[g] & top_up[g], masks[g]))
-      for g in ids
-    }
-    masks = {g: jnp.where(sparsify | heal, masks[g], True) for g in ids}
-    # masks is computed from the full (replicated or globally sharded) params, so the kept
-    # fraction is already global under jit on several devices or processes: no collective.
+    target_ = jnp.asarray(target, jnp.float32)
+    goal = ramp(target_, count, prox_start, heal_start)
+
+    def masked(values, masks):
+      on = jax.tree.leaves(unit_masks.mask_tree(params, masks, layouts))
+      return {i: unit_masks.zero_off_units(v, on[i]) for i, v in values.items()}
+
+    def warm_up():  # the base's updates, passed on exactly
+      on = {g: jnp.ones_like(m) for g, m in state.masks.items()}
+      return {i: update_leaves[i] for i in grouped}, on, jnp.ones([], jnp.float32)
+
+    def sparsify():
+      if selection == "prox":
+        lr = learning_rate(count) if callable(learning_rate) else learning_rate
+        wd = weight_decay(count) if callable(weight_decay) else weight_decay
+        tau = jnp.asarray(wd * lr, jnp.float32) * jnp.exp(state.log_scale) / (1.0 - momentum)
+        thresholds = costs_lib.group_thresholds(tau, costs)
+        values = {**stepped, **prox_lib.prox_leaves(
+          stepped, layouts, thresholds, balance=balance, regularize_bias=regularize_bias, eps=eps
+        )}  # fmt: skip
+        masks = unit_masks.path_norm_masks(values, layouts)
+      else:
+        values = stepped
+        chosen = unit_masks.magnitude_masks(stepped, layouts, costs, goal)
+        masks = {g: chosen[g] & state.masks[g] for g in ids}
+      controlled = unit_masks.kept_fraction(masks, layouts, costs)
+
+      def freeze():  # the ramp's end: switch off by magnitude what is beyond the target
+        top_up = unit_masks.magnitude_masks(values, layouts, costs, target_)
+        frozen = {g: masks[g] & top_up[g] for g in ids}
+        return masked(values, frozen), frozen
+
+      def go_on():  # the prox zeroes its units itself; GMP's mask zeroes its units
+        return (masked(values, masks) if selection == "magnitude" else values), masks
+
+      values, masks = jax.lax.cond(count == heal_start - 1, freeze, go_on)
+      return _deltas(values), masks, controlled
+
+    def healing():
+      return _deltas(masked(stepped, state.masks)), state.masks, jnp.ones([], jnp.float32)
+
+    def _deltas(values):
+      return {
+        i: (values[i] - param_leaves[i].astype(jnp.float32)).astype(update_leaves[i].dtype)
+        for i in grouped
+      }
+
+    phase = jnp.where(count < prox_start, 0, jnp.where(heal, 2, 1))
+    deltas, masks, controlled = jax.lax.switch(phase, (warm_up, sparsify, healing))
+    # masks come from the full (replicated or globally sharded) params, so the kept fraction is
+    # already global under jit on several devices or processes: no collective is needed.
     kept = unit_masks.kept_fraction(masks, layouts, costs)
-    mask_leaves = jax.tree.leaves(unit_masks.mask_tree(params, masks, layouts))
-    # The prox zeroes its units itself; a mask applies from the freeze on, or always for GMP.
-    masked = (sparsify | heal) if selection == "magnitude" else (freeze | heal)
-    new_leaves = list(param_leaves)
-    for i in grouped:
-      value = jnp.where(sparsify, sparse[i], stepped[i])
-      value = jnp.where(masked, unit_masks.zero_off_units(value, mask_leaves[i]), value)
-      new_leaves[i] = value
-    # Warm-up (and the heal of an unmasked leaf) passes the base's updates on exactly.
-    changed = sparsify | masked
-    out = [
-      jnp.where(
-        changed,
-        (new_leaves[i] - param_leaves[i].astype(jnp.float32)).astype(param_leaves[i].dtype),
-        u,
-      )
-      if i in grouped
-      else u
-      for i, u in enumerate(update_leaves)
-    ]
-    # Momentum would push the units that are off back on: zero their base state too.
-    on_tree = unit_masks.mask_tree(params, masks, layouts)
-    base_state = optax.tree_utils.tree_map_params(
-      base,
-      lambda x, m: jnp.where(masked, unit_masks.zero_off_units(x, m), x),
+    # Momentum would push switched-off units back on: zero their base state too (GMP, heal).
+    zero_state = (count >= heal_start - 1) | ((phase == 1) & (selection == "magnitude"))
+    base_state = jax.lax.cond(
+      zero_state,
+      lambda s: optax.tree_utils.tree_map_params(
+        base, unit_masks.zero_off_units, s, unit_masks.mask_tree(params, masks, layouts)
+      ),
+      lambda s: s,
       base_state,
-      on_tree,
     )
-    error = jnp.where(sparsify, controlled - goal, 0.0)
+    error = jnp.where(phase == 1, controlled - goal, 0.0)
     integral = state.integral + k_i * error
     new_state = BudgetState(
       count=optax.safe_increment(count),
-      log_scale=jnp.where(sparsify, integral + k_p * error, state.log_scale),
+      log_scale=jnp.where(phase == 1, integral + k_p * error, state.log_scale),
       integral=integral,
       masks=masks,
       kept_fraction=kept,
       base=base_state,
     )
+    out = [deltas.get(i, u) for i, u in enumerate(update_leaves)]
     return treedef.unflatten(out), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
