@@ -147,3 +147,20 @@ def test_bad_arguments_are_refused(kwargs, message):
   args = dict(target=0.5, prox_start=1, heal_start=10, learning_rate=0.1, weight_decay=1e-3)
   with pytest.raises(ValueError, match=message):
     pp.with_budget(optax.sgd(0.1), GROUPS, **{**args, **kwargs})
+
+
+def test_heal_weight_decay_decays_the_kept_grouped_kernels_only_when_healing():
+  def update(count, heal_weight_decay):
+    tx = pp.with_budget(
+      optax.sgd(0.1), GROUPS, target=0.5, prox_start=1, heal_start=2, learning_rate=0.1,
+      weight_decay=1e-3, heal_weight_decay=heal_weight_decay,
+    )  # fmt: skip
+    state = tx.init(PARAMS)._replace(count=jnp.asarray(count, jnp.int32))
+    return jax.jit(tx.update)(jax.tree.map(jnp.zeros_like, PARAMS), state, PARAMS)[0]
+
+  healing = update(2, 0.5)
+  expected = -0.05 * PARAMS["Dense_0"]["kernel"]
+  np.testing.assert_allclose(healing["Dense_0"]["kernel"], expected, rtol=1e-5, atol=1e-8)
+  np.testing.assert_array_equal(healing["Dense_0"]["bias"], 0.0)  # kernels only
+  np.testing.assert_array_equal(update(2, 0.0)["Dense_3"]["kernel"], 0.0)  # no penalty
+  np.testing.assert_array_equal(update(0, 0.5)["Dense_0"]["kernel"], 0.0)  # warm-up: none

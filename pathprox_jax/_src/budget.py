@@ -173,7 +173,6 @@ def with_budget(
   k_p, k_i = gains
 
   def init_fn(params):
-    zero = jnp.zeros([], jnp.float32)
     if not jax.tree.leaves(params):  # optax.tree_utils.tree_map_params' placeholder
       masks = {g: jnp.ones(0, bool) for g in ids}
     else:
@@ -183,7 +182,12 @@ def with_budget(
         balance_lib.chain_layouts(layouts, balance)
       masks = {g.group: jnp.ones(g.units, bool) for g in layouts}
     return BudgetState(
-      jnp.zeros([], jnp.int32), zero, zero, masks, jnp.ones([], jnp.float32), base.init(params)
+      count=jnp.zeros([], jnp.int32),
+      log_scale=jnp.zeros([], jnp.float32),
+      integral=jnp.zeros([], jnp.float32),  # distinct buffers: a jitted step may donate them
+      masks=masks,
+      kept_fraction=jnp.ones([], jnp.float32),
+      base=base.init(params),
     )
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -191,7 +195,8 @@ def with_budget(
       raise ValueError(NO_PARAMS_MSG)
     count = state.count
     layouts = groups_lib.group_layouts(params, groups)
-    heal = count >= heal_start
+    warm, heal = count < prox_start, count >= heal_start
+    sparsify, freeze = ~warm & ~heal, count == heal_start - 1
     if heal_weight_decay:
       updates = _add_heal_decay(updates, params, layouts, jnp.where(heal, heal_weight_decay, 0.0))
     base_updates, base_state = base.update(updates, state.base, params, **extra_args)
@@ -205,71 +210,57 @@ def with_budget(
     }
     target_ = jnp.asarray(target, jnp.float32)
     goal = ramp(target_, count, prox_start, heal_start)
-
-    def masked(values, masks):
-      on = jax.tree.leaves(unit_masks.mask_tree(params, masks, layouts))
-      return {i: unit_masks.zero_off_units(v, on[i]) for i, v in values.items()}
-
-    def warm_up():  # the base's updates, passed on exactly
-      on = {g: jnp.ones_like(m) for g, m in state.masks.items()}
-      return {i: update_leaves[i] for i in grouped}, on, jnp.ones([], jnp.float32)
-
-    def sparsify():
-      if selection == "prox":
-        lr = learning_rate(count) if callable(learning_rate) else learning_rate
-        wd = weight_decay(count) if callable(weight_decay) else weight_decay
-        tau = jnp.asarray(wd * lr, jnp.float32) * jnp.exp(state.log_scale) / (1.0 - momentum)
-        thresholds = costs_lib.group_thresholds(tau, costs)
-        values = {**stepped, **prox_lib.prox_leaves(
-          stepped, layouts, thresholds, balance=balance, regularize_bias=regularize_bias, eps=eps
-        )}  # fmt: skip
-        masks = unit_masks.path_norm_masks(values, layouts)
-      else:
-        values = stepped
-        chosen = unit_masks.magnitude_masks(stepped, layouts, costs, goal)
-        masks = {g: chosen[g] & state.masks[g] for g in ids}
-      controlled = unit_masks.kept_fraction(masks, layouts, costs)
-
-      def freeze():  # the ramp's end: switch off by magnitude what is beyond the target
-        top_up = unit_masks.magnitude_masks(values, layouts, costs, target_)
-        frozen = {g: masks[g] & top_up[g] for g in ids}
-        return masked(values, frozen), frozen
-
-      def go_on():  # the prox zeroes its units itself; GMP's mask zeroes its units
-        return (masked(values, masks) if selection == "magnitude" else values), masks
-
-      values, masks = jax.lax.cond(count == heal_start - 1, freeze, go_on)
-      return _deltas(values), masks, controlled
-
-    def healing():
-      return _deltas(masked(stepped, state.masks)), state.masks, jnp.ones([], jnp.float32)
-
-    def _deltas(values):
-      return {
-        i: (values[i] - param_leaves[i].astype(jnp.float32)).astype(update_leaves[i].dtype)
-        for i in grouped
-      }
-
-    phase = jnp.where(count < prox_start, 0, jnp.where(heal, 2, 1))
-    deltas, masks, controlled = jax.lax.switch(phase, (warm_up, sparsify, healing))
+    # Every phase is computed and selected elementwise (no cond): XLA fuses them into the one
+    # pass over the parameters that the prox makes, and vmap needs no branches.
+    if selection == "prox":
+      lr = learning_rate(count) if callable(learning_rate) else learning_rate
+      wd = weight_decay(count) if callable(weight_decay) else weight_decay
+      tau = jnp.asarray(wd * lr, jnp.float32) * jnp.exp(state.log_scale) / (1.0 - momentum)
+      thresholds = costs_lib.group_thresholds(tau, costs)
+      sparse = {**stepped, **prox_lib.prox_leaves(
+        stepped, layouts, thresholds, balance=balance, regularize_bias=regularize_bias, eps=eps
+      )}  # fmt: skip
+      masks = unit_masks.out_masks(sparse, layouts)
+    else:
+      scores = unit_masks.path_norm_scores(stepped, layouts, state.masks)
+      sparse = stepped
+      chosen = unit_masks.magnitude_masks(scores, layouts, costs, goal)
+      masks = {g: chosen[g] & state.masks[g] for g in ids}  # once off, off
+    controlled = unit_masks.kept_fraction(masks, layouts, costs)
+    # The ramp's end: switch off by magnitude what is beyond the target (ranked before the prox).
+    top_up = unit_masks.magnitude_masks(
+      unit_masks.path_norm_scores(stepped, layouts, masks), layouts, costs, target_
+    )
+    masks = {
+      g: jnp.where(heal, state.masks[g], jnp.where(warm, True, masks[g] & (top_up[g] | ~freeze)))
+      for g in ids
+    }
+    # The prox zeroes its units itself (they may come back); masks zero GMP's, and all frozen.
+    zeroed = heal | freeze | (sparsify & (selection == "magnitude"))
+    on = jax.tree.leaves(unit_masks.mask_tree(params, masks, layouts))
+    deltas = {}
+    for i in grouped:
+      new = jnp.where(sparsify, sparse[i], stepped[i])
+      new = jnp.where(zeroed, unit_masks.zero_off_units(new, on[i]), new)
+      delta = (new - param_leaves[i].astype(jnp.float32)).astype(update_leaves[i].dtype)
+      deltas[i] = jnp.where(warm, update_leaves[i], delta)  # warm-up: the base's, exactly
     # masks come from the full (replicated or globally sharded) params, so the kept fraction is
     # already global under jit on several devices or processes: no collective is needed.
     kept = unit_masks.kept_fraction(masks, layouts, costs)
-    # Momentum would push switched-off units back on: zero their base state too (GMP, heal).
-    zero_state = (count >= heal_start - 1) | ((phase == 1) & (selection == "magnitude"))
+    # Momentum would push switched-off units back on: zero their base state too.
     base_state = jax.lax.cond(
-      zero_state,
+      zeroed,
       lambda s: optax.tree_utils.tree_map_params(
         base, unit_masks.zero_off_units, s, unit_masks.mask_tree(params, masks, layouts)
       ),
       lambda s: s,
       base_state,
     )
-    error = jnp.where(phase == 1, controlled - goal, 0.0)
+    error = jnp.where(sparsify, controlled - goal, 0.0)
     integral = state.integral + k_i * error
     new_state = BudgetState(
       count=optax.safe_increment(count),
-      log_scale=jnp.where(phase == 1, integral + k_p * error, state.log_scale),
+      log_scale=jnp.where(sparsify, integral + k_p * error, state.log_scale),
       integral=integral,
       masks=masks,
       kept_fraction=kept,

@@ -32,34 +32,46 @@ def kept_fraction(
   return kept / sum(costs[g.group] * g.units for g in layouts)
 
 
-def path_norm_masks(
+def out_masks(
   leaves: Sequence[jax.Array] | Mapping[int, jax.Array], layouts: Sequence[GroupLayout]
 ) -> Masks:
-  """``{group: ||w_i|| ||v_i|| > 0}``: the units the prox left on."""
+  """``{group: v_i != 0}``: the units that are on (:func:`pathprox_jax.compact`'s rule)."""
+  masks = {}
+  for g in layouts:
+    v = leaves[g.out_kernel]
+    masks[g.group] = jnp.any(v != 0, axis=tuple(a for a in range(v.ndim) if a != g.out_axis))
+  return masks
+
+
+def path_norm_scores(
+  leaves: Sequence[jax.Array] | Mapping[int, jax.Array],
+  layouts: Sequence[GroupLayout],
+  masks: Mapping[int, jax.Array],
+) -> dict[int, jax.Array]:
+  """``{group: ||w_i|| ||v_i||}``, 0 for the units ``masks`` has off: magnitude's scores."""
   scaled = unit_norms.scaled_groups(leaves, layouts)
-  return {g.group: unit_norms.unit_path_norms(scaled, g) > 0 for g in layouts}
+  return {
+    g.group: jnp.where(masks[g.group], unit_norms.unit_path_norms(scaled, g), 0.0) for g in layouts
+  }
 
 
 def magnitude_masks(
-  leaves: Sequence[jax.Array] | Mapping[int, jax.Array],
+  scores: Mapping[int, jax.Array],
   layouts: Sequence[GroupLayout],
   costs: Mapping[int, float],
   fraction: jax.Array,
 ) -> Masks:
-  """Keeps the units of largest :math:`\\|w_i\\|\\|v_i\\| / c_g` so that :math:`\\kappa \\ge`
-  ``fraction``: the units are switched off from the smallest score up while the cost they free
-  stays within :math:`(1 - \\text{fraction}) \\sum_g c_g n_g`. Units already off (score 0) go
-  first. Traceable (``jit``, ``vmap``): one sort of all units.
+  """Keeps the units of largest score :math:`/ c_g` (e.g. :math:`\\|w_i\\|\\|v_i\\|/c_g`) so
+  that :math:`\\kappa \\ge` ``fraction``: the units are switched off from the smallest up while
+  the cost they free stays within :math:`(1 - \\text{fraction}) \\sum_g c_g n_g`. Units already
+  off (score 0) go first. Traceable (``jit``, ``vmap``): one sort of all units.
 
   Dividing by :math:`c_g` ranks as the cost-aware prox does: it switches unit ``i`` off when
   :math:`\\|v_i\\| \\le c_g \\tau` with :math:`\\|w_i\\| = 1`.
   """
-  scaled = unit_norms.scaled_groups(leaves, layouts)
-  scores = jnp.concatenate(
-    [unit_norms.unit_path_norms(scaled, g) / costs[g.group] for g in layouts]
-  )
+  ranked = jnp.concatenate([scores[g.group] / costs[g.group] for g in layouts])
   unit_cost = jnp.concatenate([jnp.full(g.units, costs[g.group], jnp.float32) for g in layouts])
-  order = jnp.argsort(scores)
+  order = jnp.argsort(ranked)
   freed = jnp.cumsum(unit_cost[order])
   budget = (1.0 - fraction) * jnp.sum(unit_cost)
   off_sorted = freed <= budget * (1 + 1e-6)
