@@ -228,12 +228,14 @@ def with_budget(
       masks = {g: chosen[g] & state.masks[g] for g in ids}  # once off, off
     controlled = unit_masks.kept_fraction(masks, layouts, costs)
     # The ramp's end: switch off by magnitude what is beyond the target (ranked before the prox).
-    top_up = unit_masks.magnitude_masks(
-      unit_masks.path_norm_scores(stepped, layouts, masks), layouts, costs, target_
+    top_up = jax.lax.cond(
+      freeze,
+      lambda scores: unit_masks.magnitude_masks(scores, layouts, costs, target_),
+      lambda scores: {g: jnp.ones(s.shape, bool) for g, s in scores.items()},
+      unit_masks.path_norm_scores(stepped, layouts, masks),
     )
     masks = {
-      g: jnp.where(heal, state.masks[g], jnp.where(warm, True, masks[g] & (top_up[g] | ~freeze)))
-      for g in ids
+      g: jnp.where(heal, state.masks[g], jnp.where(warm, True, masks[g] & top_up[g])) for g in ids
     }
     # The prox zeroes its units itself (they may come back); masks zero GMP's, and all frozen.
     zeroed = heal | freeze | (sparsify & (selection == "magnitude"))
