@@ -8,6 +8,10 @@ Fashion-MNIST ViT (4 blocks of 4 heads and 128 neurons, batch 128). The proximal
 step is O(parameters) and the train step O(batch × parameters), so the ratio
 should be close to 1 (goal: <= 1.05).
 
+Then the step with a FLOPs budget (``pp.budget_sgd`` in its sparsify phase: the prox, the
+kept fraction and the controller of lambda) against the plain ``pathprox_sgd`` step with the
+same unit costs, interleaved the same way (goal: <= 1.05).
+
   python benchmarks/step_overhead.py [--steps 200] [--repeats 5]
 """
 
@@ -92,33 +96,85 @@ def compare(name, model, x, y, steps, repeats, optimizer="sgd", lr=0.1, wd=1e-4,
   print(f"{name:<38} {base_name:<6} {b:8.3f} ms   {prox_name:<14} {p:8.3f} ms   ratio {p / b:.3f}")
 
 
+def compare_budget(name, model, x, y, steps, repeats, lr=0.1, wd=1e-4, balance=True):
+  """The budget's sparsify step against the plain PathProx step (SGD, momentum 0.9)."""
+  boxed = model.init(jax.random.key(0), x[:1])["params"]
+  group_spec = model.group_spec if isinstance(model, models.ViT) else pp.group_spec
+  costs = pp.unit_costs(
+    lambda p, x: model.apply({"params": p}, x), nn.meta.unbox(boxed), x, groups=group_spec(boxed)
+  )
+
+  def plain(groups):
+    return pp.pathprox_sgd(lr, wd, groups, momentum=0.9, balance=balance, unit_costs=costs)
+
+  def budgeted(groups):  # sparsify for every step timed
+    return pp.budget_sgd(
+      lr, wd, groups, momentum=0.9, balance=balance, unit_costs=costs, target=0.5,
+      prox_start=0, heal_start=10**9,
+    )  # fmt: skip
+
+  # XLA's own count of the compiled step's work, which the machine's load does not change. It
+  # counts a lax.cond's branches as if both ran: the budget's zeroing of the base state, which
+  # runs only at the freeze, in the heal and for GMP, is counted in its sparsify step.
+  params = nn.meta.unbox(boxed)
+  analyses = []
+  for make_tx in (plain, budgeted):
+    tx = make_tx(group_spec(boxed))
+    compiled = make_step(model, tx).lower(params, tx.init(params), x, y).compile()
+    analyses.append(compiled.cost_analysis())
+  (p_cost, b_cost) = analyses
+  print(
+    f"{name:<38} XLA cost analysis, budget/plain: flops "
+    f"{b_cost['flops'] / p_cost['flops']:.3f}, bytes accessed "
+    f"{b_cost['bytes accessed'] / p_cost['bytes accessed']:.3f}"
+  )
+  plain_ms, budget_ms = [], []
+  for _ in range(4):  # more rounds than above: the difference is small against the noise
+    plain_ms.append(median_step_ms(model, plain, x, y, steps, repeats))
+    budget_ms.append(median_step_ms(model, budgeted, x, y, steps, repeats))
+  p, b = min(plain_ms), min(budget_ms)
+  print(f"{name:<38} {'pathprox_sgd':<12} {p:8.3f} ms   {'budget_sgd':<10} {b:8.3f} ms   "
+        f"ratio {b / p:.3f}")  # fmt: skip
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--steps", type=int, default=100)
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--budget-only", action="store_true", help="time only the budget's step")
   args = parser.parse_args()
   print(f"devices: {jax.devices()}")
   key = jax.random.key(1)
   mlp = models.MLP(
     features=(400, 400, 400, 400, 400, 10), relu=(True, False, True, False, True, False)
   )
-  x = jax.random.normal(key, (200, 28, 28, 1))
-  y = jax.random.randint(key, (200,), 0, 10)
-  compare("factorised MLP, batch 200", mlp, x, y, args.steps, args.repeats)
-  compare("factorised MLP, batch 200", mlp, x, y, args.steps, args.repeats, "adamw", lr=1e-3)
+  mlp_x = jax.random.normal(key, (200, 28, 28, 1))
+  mlp_y = jax.random.randint(key, (200,), 0, 10)
   vit = models.ViT(num_heads=(4,) * 4, mlp_dim=(128,) * 4, width=64, head_dim=16)
-  x = jax.random.normal(key, (128, 28, 28, 1))
-  y = jax.random.randint(key, (128,), 0, 10)
+  vit_x = jax.random.normal(key, (128, 28, 28, 1))
+  vit_y = jax.random.randint(key, (128,), 0, 10)
   vit_steps = max(args.steps // 5, 10)
-  compare(
-    "ViT (4 blocks), batch 128", vit, x, y, vit_steps, args.repeats, "adamw", 1e-3, balance=False
-  )
-  vgg = models.VGG(channels=(16, 16, 32, 32, 64, 64, 64, 64), pool_after=(1, 3))
-  x = jax.random.normal(key, (16, 32, 32, 3))
-  y = jax.random.randint(key, (16,), 0, 10)
-  compare(
-    "VGG-style conv net (8 convs), batch 16", vgg, x, y, max(args.steps // 5, 10), args.repeats
-  )
+  if not args.budget_only:
+    compare("factorised MLP, batch 200", mlp, mlp_x, mlp_y, args.steps, args.repeats)
+    compare(
+      "factorised MLP, batch 200", mlp, mlp_x, mlp_y, args.steps, args.repeats, "adamw", lr=1e-3
+    )
+    compare(
+      "ViT (4 blocks), batch 128", vit, vit_x, vit_y, vit_steps, args.repeats, "adamw", 1e-3,
+      balance=False,
+    )  # fmt: skip
+    vgg = models.VGG(channels=(16, 16, 32, 32, 64, 64, 64, 64), pool_after=(1, 3))
+    x = jax.random.normal(key, (16, 32, 32, 3))
+    y = jax.random.randint(key, (16,), 0, 10)
+    compare(
+      "VGG-style conv net (8 convs), batch 16", vgg, x, y, max(args.steps // 5, 10), args.repeats
+    )
+  print("the step with a FLOPs budget (controller) against the plain PathProx step:")
+  compare_budget("factorised MLP, batch 200", mlp, mlp_x, mlp_y, args.steps, args.repeats)
+  compare_budget(
+    "ViT (4 blocks), batch 128", vit, vit_x, vit_y, vit_steps, args.repeats, lr=1e-3,
+    balance=False,
+  )  # fmt: skip
 
 
 if __name__ == "__main__":

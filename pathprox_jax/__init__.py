@@ -8,8 +8,17 @@ from pathprox_jax._src.annotations import group_metadata as group_metadata
 from pathprox_jax._src.annotations import group_spec as group_spec
 from pathprox_jax._src.annotations import with_group as with_group
 from pathprox_jax._src.balance import balance as balance
+from pathprox_jax._src.budget import SELECTIONS as SELECTIONS
+from pathprox_jax._src.budget import BudgetState as BudgetState
+from pathprox_jax._src.budget import Selection as Selection
+from pathprox_jax._src.budget import budget_adamw as budget_adamw
+from pathprox_jax._src.budget import budget_sgd as budget_sgd
+from pathprox_jax._src.budget import with_budget as with_budget
 from pathprox_jax._src.compact import KeptUnits as KeptUnits
 from pathprox_jax._src.compact import compact as compact
+from pathprox_jax._src.compact import compact_state as compact_state
+from pathprox_jax._src.costs import relative_costs as relative_costs
+from pathprox_jax._src.costs import unit_costs as unit_costs
 from pathprox_jax._src.decay import decayed_mask as decayed_mask
 from pathprox_jax._src.discovery import GroupReport as GroupReport
 from pathprox_jax._src.discovery import discover_groups as discover_groups

@@ -17,7 +17,9 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
+import optax
 
+from pathprox_jax._src import budget as budget_lib
 from pathprox_jax._src import groups as groups_lib
 from pathprox_jax._src import params as params_lib
 from pathprox_jax._src import unit_norms
@@ -154,3 +156,57 @@ def compact(
       new[i] = leaves[i][(slice(None),) * axis + (indices,)]
     kept[g.group] = KeptUnits(indices, g.units)
   return treedef.unflatten(new), kept
+
+
+def compact_state(
+  tx: optax.GradientTransformation,
+  opt_state: optax.OptState,
+  groups: GroupSpecTree,
+  kept: Mapping[int, KeptUnits],
+) -> optax.OptState:
+  """Slices an optimiser state to the units :func:`compact` kept, to train on the smaller model.
+
+  Every params-shaped part of the state (SGD's momentum trace, Adam's :math:`\\mu` and
+  :math:`\\nu`, a wrapped optimiser's, found by ``optax.tree_utils.tree_map_params``) is
+  compacted as :func:`compact` compacts the params, and a :class:`pathprox_jax.BudgetState`'s
+  unit masks keep the same units. Counts, schedules and the controller's state are unchanged.
+  For an optimiser that acts on each parameter entry alone (SGD, Adam, AdamW, the heal of
+  :func:`pathprox_jax.with_budget`) and a model whose dropped units are off (their "out"
+  weights zero), one step on the compacted model from the sliced state equals the dense step
+  restricted to the kept units.
+
+  Args:
+    tx: the optimiser whose state this is (its ``init`` tells the params-shaped parts).
+    opt_state: its state for the dense params.
+    groups: the spec pytree from :func:`pathprox_jax.group_spec` (of the dense params).
+    kept: ``{group: KeptUnits}`` from :func:`compact`, for every group.
+
+  Returns:
+    The state for the compacted params.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, pathprox_jax as pp
+    >>> G = pp.GroupSpec
+    >>> params = {"w": jnp.ones((2, 3)), "v": jnp.array([[1.0], [0.0], [2.0]])}
+    >>> groups = {"w": G(0, "in"), "v": G(0, "out")}
+    >>> tx = optax.sgd(0.1, momentum=0.9)
+    >>> smaller, kept = pp.compact(params, groups)
+    >>> state = pp.compact_state(tx, tx.init(params), groups, kept)
+    >>> state[0].trace["w"].shape
+    (2, 2)
+  """
+  keep = {g: k.indices for g, k in kept.items()}
+
+  def compact_copy(copy):
+    return compact(copy, groups, keep=keep)[0]
+
+  # is_leaf: each params-shaped copy is compacted as a whole, so the group layouts are seen.
+  state = optax.tree_utils.tree_map_params(tx, compact_copy, opt_state, is_leaf=lambda _: True)
+  budget_states = lambda x: isinstance(x, budget_lib.BudgetState)  # noqa: E731
+
+  def compact_masks(x):
+    if not budget_states(x):
+      return x
+    return x._replace(masks={g: m[..., keep[g]] for g, m in x.masks.items()})
+
+  return jax.tree.map(compact_masks, state, is_leaf=budget_states)

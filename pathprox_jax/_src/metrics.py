@@ -5,6 +5,7 @@ A unit is whatever the group's layout makes it: a hidden neuron, a channel, an a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -14,6 +15,7 @@ from pathprox_jax._src import decay, unit_norms
 from pathprox_jax._src import groups as groups_lib
 from pathprox_jax._src import params as params_lib
 from pathprox_jax._src.annotations import GroupSpecTree
+from pathprox_jax._src.costs import relative_costs
 
 
 class PathNorm(NamedTuple):
@@ -117,10 +119,13 @@ def _objective(
   units: dict[int, UnitNorms],
   weight_decay: float | jax.Array,
   regularize_bias: bool,
+  unit_costs: Mapping[int, float] | None,
 ) -> jax.Array:
   params = params_lib.unwrap_variables(params)
+  costs = dict.fromkeys(units, 1.0) if unit_costs is None else relative_costs(unit_costs)
   paths = sum(
-    (jnp.sum(u.regularized(regularize_bias)) for u in units.values()), jnp.zeros((), jnp.float32)
+    (costs[g] * jnp.sum(u.regularized(regularize_bias)) for g, u in units.items()),
+    jnp.zeros((), jnp.float32),
   )
   decayed = jax.tree.leaves(decay.decayed_mask(params, groups, regularize_bias=regularize_bias))
   squared = sum(
@@ -141,6 +146,7 @@ def summarize(
   weight_decay: float | jax.Array = 0.0,
   *,
   regularize_bias: bool = False,
+  unit_costs: Mapping[int, float] | None = None,
 ) -> Summary:
   """Path norm, active units and (given ``loss``) the objective, the unit norms computed once.
 
@@ -150,6 +156,8 @@ def summarize(
     loss: the data loss, or ``None`` for no objective.
     weight_decay: :math:`\\lambda`.
     regularize_bias: biases are regularised (see :func:`weight_decay_objective`).
+    unit_costs: ``{group: cost of one unit}`` of cost-aware thresholds (see
+      :func:`weight_decay_objective`).
 
   Returns:
     A :class:`Summary`.
@@ -157,7 +165,7 @@ def summarize(
   units = unit_norms_by_group(params, groups)
   objective = None
   if loss is not None:
-    objective = _objective(loss, params, groups, units, weight_decay, regularize_bias)
+    objective = _objective(loss, params, groups, units, weight_decay, regularize_bias, unit_costs)
   return Summary(_path_norm(units), _active_units(units), objective)
 
 
@@ -196,11 +204,12 @@ def weight_decay_objective(
   weight_decay: float | jax.Array,
   *,
   regularize_bias: bool = False,
+  unit_costs: Mapping[int, float] | None = None,
 ) -> jax.Array:
   """The weight-decay objective at its best rescaling (the paper's figures' y-axis).
 
   .. math::
-    L + \\lambda \\sum_{\\text{groups}} \\sum_i \\|w_i\\| \\|v_i\\|
+    L + \\lambda \\sum_{\\text{groups } g} c_g \\sum_i \\|w_i\\| \\|v_i\\|
       + \\frac{\\lambda}{2} \\sum_{\\text{decayed } \\theta} \\|\\theta\\|^2
 
   For grouped units :math:`\\frac{\\lambda}{2}(\\|w_i\\|^2 + \\|v_i\\|^2) \\ge
@@ -209,7 +218,9 @@ def weight_decay_objective(
   weight decay (:func:`pathprox_jax.decayed_mask`): ungrouped kernels ("follow" parameters,
   e.g. a head's query and key, count as ungrouped), and with ``regularize_bias`` also
   ungrouped biases and the groups' "out" biases, while :math:`\\|w_i\\|` becomes
-  :math:`\\|[w_i, a_i]\\|`. This is the objective ``pathprox_sgd`` minimises.
+  :math:`\\|[w_i, a_i]\\|`. :math:`c_g` is 1, or with ``unit_costs`` the group's relative
+  cost (:func:`pathprox_jax.relative_costs`). This is the objective ``pathprox_sgd`` (with
+  the same ``unit_costs``) minimises.
 
   Args:
     loss: the data loss :math:`L`.
@@ -217,9 +228,12 @@ def weight_decay_objective(
     groups: the spec pytree from :func:`pathprox_jax.group_spec`.
     weight_decay: :math:`\\lambda`.
     regularize_bias: biases are regularised too (as ``pathprox_sgd(regularize_bias=True)``).
+    unit_costs: ``{group: cost of one unit}``, as given to ``pathprox_sgd``; ``None``: all 1.
 
   Returns:
     The objective, a float32 scalar.
   """
-  summary = summarize(params, groups, loss, weight_decay, regularize_bias=regularize_bias)
+  summary = summarize(
+    params, groups, loss, weight_decay, regularize_bias=regularize_bias, unit_costs=unit_costs
+  )
   return summary.objective

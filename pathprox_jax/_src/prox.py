@@ -72,7 +72,7 @@ def normalize_inputs(
 def soft_threshold_outputs(
   leaves: Mapping[int, unit_norms.ScaledUnits],
   layouts: Sequence[groups_lib.GroupLayout],
-  threshold: jax.Array | float,
+  threshold: jax.Array | float | Mapping[int, jax.Array | float],
 ) -> dict[int, unit_norms.ScaledUnits]:
   """The exact group soft-threshold of each unit's "out" weights: a rescaling stage.
 
@@ -83,16 +83,18 @@ def soft_threshold_outputs(
   Args:
     leaves: the grouped leaves (see :func:`unit_norms.apply_stages`).
     layouts: the groups.
-    threshold: :math:`\\tau \\ge 0`, a scalar or one value per unit.
+    threshold: :math:`\\tau \\ge 0`, a scalar or one value per unit, or
+      ``{group: its threshold}`` (cost-aware thresholds :math:`c_g \\tau`).
 
   Returns:
     ``{leaf index: rescaled leaf}`` for the "out" kernels.
   """
   new = {}
   for g in layouts:
+    tau = threshold[g.group] if isinstance(threshold, Mapping) else threshold
     norm = leaves[g.out_kernel].norms()
-    kept = norm > threshold
-    shrink = jnp.where(kept, 1.0 - threshold / jnp.where(kept, norm, 1.0), 0.0)
+    kept = norm > tau
+    shrink = jnp.where(kept, 1.0 - tau / jnp.where(kept, norm, 1.0), 0.0)
     new[g.out_kernel] = leaves[g.out_kernel].times(shrink)
   return new
 
@@ -100,7 +102,7 @@ def soft_threshold_outputs(
 def prox_leaves(
   leaves: Sequence[jax.Array] | Mapping[int, jax.Array],
   layouts: Sequence[groups_lib.GroupLayout],
-  threshold: jax.Array | float,
+  threshold: jax.Array | float | Mapping[int, jax.Array | float],
   *,
   balance: bool | balance_lib.Chains = True,
   regularize_bias: bool = False,
@@ -112,7 +114,7 @@ def prox_leaves(
     leaves: the flat parameter leaves (or a mapping holding at least the
       grouped ones), indexed as in ``layouts``.
     layouts: from :func:`groups_lib.group_layouts`.
-    threshold: :math:`\\tau`, the soft-threshold of the "out" weights.
+    threshold: :math:`\\tau`, the soft-threshold of the "out" weights (or ``{group: tau}``).
     balance: apply the layer balance first: ``True`` (the chains the spec
       carries, or one chain of all groups), ``False`` or chains of group ids
       (see :func:`balance_lib.chain_layouts`); ignored with ``regularize_bias``.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -9,6 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from pathprox_jax._src import balance as balance_lib
+from pathprox_jax._src import costs as costs_lib
 from pathprox_jax._src import decay
 from pathprox_jax._src import groups as groups_lib
 from pathprox_jax._src import params as params_lib
@@ -53,6 +55,7 @@ def pathprox(
   balance: bool | balance_lib.Chains = True,
   regularize_bias: bool = False,
   eps: float = EPS,
+  unit_costs: Mapping[int, float] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """The PathProx proximal step, last in a chain after a base optimiser.
 
@@ -120,6 +123,10 @@ def pathprox(
       ``optax.inject_hyperparams``.
     regularize_bias: the "in" bias is part of each unit's input weights.
     eps: the clip of every norm.
+    unit_costs: ``{group: cost of one unit}`` (e.g. :func:`pathprox_jax.unit_costs`), or
+      ``None`` for cost 1: group :math:`g` is thresholded at :math:`c_g \\tau`, with
+      :math:`c_g` the costs divided by the smallest (:func:`pathprox_jax.relative_costs`).
+      The objective is then :math:`L + \\lambda \\sum_g c_g \\sum_i \\|w_i\\|\\|v_i\\|`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -149,11 +156,14 @@ def pathprox(
   """
   _check_threshold_args(learning_rate, weight_decay, momentum, threshold_rule)
   check_hyperparameter("eps", eps, "finite and > 0", lambda x: x > 0, schedule=False)
+  costs = None if unit_costs is None else costs_lib.relative_costs(unit_costs)
 
   def init_fn(params):
-    layouts = groups_lib.group_layouts(params_lib.unwrap_variables(params), groups)
-    if not regularize_bias:
-      balance_lib.chain_layouts(layouts, balance)
+    if jax.tree.leaves(params):  # optax.tree_utils.tree_map_params inits with no leaves
+      layouts = groups_lib.group_layouts(params_lib.unwrap_variables(params), groups)
+      costs_lib.check_costs(costs, layouts)
+      if not regularize_bias:
+        balance_lib.chain_layouts(layouts, balance)
     return PathProxState(count=jnp.zeros([], jnp.int32))
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -173,7 +183,12 @@ def pathprox(
       i: param_leaves[i].astype(jnp.float32) + update_leaves[i].astype(jnp.float32) for i in grouped
     }
     new = prox_lib.prox_leaves(
-      stepped, layouts, threshold, balance=balance, regularize_bias=regularize_bias, eps=eps
+      stepped,
+      layouts,
+      costs_lib.group_thresholds(threshold, costs),
+      balance=balance,
+      regularize_bias=regularize_bias,
+      eps=eps,
     )
     out = [
       (new[i] - param_leaves[i].astype(jnp.float32)).astype(param_leaves[i].dtype)
@@ -206,6 +221,7 @@ def pathprox_sgd(
   balance: bool | balance_lib.Chains = True,
   regularize_bias: bool = False,
   eps: float = EPS,
+  unit_costs: Mapping[int, float] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """The paper's recipe: weight decay outside the groups, SGD, then PathProx.
 
@@ -254,6 +270,7 @@ def pathprox_sgd(
       group ids (see :func:`pathprox`).
     regularize_bias: decay biases too, and normalise by :math:`\\|[w_i, a_i]\\|`.
     eps: the clip of every norm in the prox.
+    unit_costs: ``{group: cost of one unit}``: cost-aware thresholds (see :func:`pathprox`).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -284,6 +301,7 @@ def pathprox_sgd(
       balance=balance,
       regularize_bias=regularize_bias,
       eps=eps,
+      unit_costs=unit_costs,
     ),
   )
 
@@ -302,6 +320,7 @@ def pathprox_adamw(
   balance: bool | balance_lib.Chains = True,
   regularize_bias: bool = False,
   prox_eps: float = EPS,
+  unit_costs: Mapping[int, float] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """AdamW with the PathProx step in place of its decoupled decay on the grouped units.
 
@@ -347,6 +366,7 @@ def pathprox_adamw(
       group ids (see :func:`pathprox`).
     regularize_bias: decay biases too, and normalise by :math:`\\|[w_i, a_i]\\|`.
     prox_eps: the clip of every norm in the prox (``eps`` of :func:`pathprox`).
+    unit_costs: ``{group: cost of one unit}``: cost-aware thresholds (see :func:`pathprox`).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -396,5 +416,6 @@ def pathprox_adamw(
       balance=balance,
       regularize_bias=regularize_bias,
       eps=prox_eps,
+      unit_costs=unit_costs,
     ),
   )

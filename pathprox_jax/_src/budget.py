@@ -1,0 +1,390 @@
+"""A FLOPs budget: warm-up, sparsify to a target along a cubic ramp, then heal with a frozen mask.
+
+:func:`with_budget` wraps a base optimiser (it must, to zero the base state of switched-off
+units). Its steps, counted by its own ``count``:
+
+- **warm-up** (``count < prox_start``): the base optimiser's step alone, dense.
+- **sparsify** (``prox_start <= count < heal_start``): the kept fraction :math:`\\kappa`
+  (:mod:`unit_masks`: the cost-weighted fraction of units on) follows the cubic ramp of Zhu and
+  Gupta, from 1 at ``prox_start`` to ``target`` at ``heal_start``:
+
+  .. math::
+    s_t = \\kappa^* + (1 - \\kappa^*)(1 - p_t)^3, \\qquad
+    p_t = \\frac{t + 1 - t_{\\text{prox}}}{t_{\\text{heal}} - t_{\\text{prox}}}.
+
+  ``selection="prox"``: the PathProx prox with threshold :math:`c_g \\lambda_t e^{u_t}
+  \\gamma_t / (1 - \\beta)` (cost-aware, "fixed_point" rule); a controller sets
+  :math:`u_t`, the log of :math:`\\lambda`'s multiplier, from the error
+  :math:`e_t = \\kappa_t - s_t` (positive: too much kept), proportional-integral in
+  :math:`\\log\\lambda`: :math:`I_{t+1} = I_t + k_i e_t`, :math:`u_{t+1} = I_{t+1} + k_p e_t`.
+  ``selection="magnitude"`` (gradual magnitude pruning): after the base step, the units of
+  smallest :math:`\\|w_i\\|\\|v_i\\|/c_g` are switched off so that :math:`\\kappa \\ge s_t`;
+  once off they stay off.
+- **heal** (``count >= heal_start``): the mask is frozen at the last sparsify step, where
+  the units beyond the target, if any, are switched off by magnitude (so the frozen mask meets
+  the budget to within one unit). Off units, and their slices of the base optimiser's state
+  (SGD's trace, Adam's moments: every params-shaped part, found with
+  ``optax.tree_utils.tree_map_params``), are zeroed every step; the kept units train with the
+  base optimiser alone, plus ``heal_weight_decay`` on the grouped kernels if given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from pathprox_jax._src import balance as balance_lib
+from pathprox_jax._src import costs as costs_lib
+from pathprox_jax._src import groups as groups_lib
+from pathprox_jax._src import params as params_lib
+from pathprox_jax._src import prox as prox_lib
+from pathprox_jax._src import unit_masks
+from pathprox_jax._src.annotations import GroupSpec, GroupSpecTree
+from pathprox_jax._src.decay import decayed_mask
+from pathprox_jax._src.transform import NO_PARAMS_MSG, check_hyperparameter
+from pathprox_jax._src.unit_norms import EPS
+
+Selection = Literal["prox", "magnitude"]
+SELECTIONS: tuple[Selection, ...] = ("prox", "magnitude")
+
+
+class BudgetState(NamedTuple):
+  """State of :func:`with_budget`.
+
+  Attributes:
+    count: the steps taken (indexes the phases, the ramp and the schedules).
+    log_scale: :math:`u`, the log of the multiplier of :math:`\\lambda` (the controller's output).
+    integral: the controller's integral term :math:`I`.
+    masks: ``{group: bool[units]}``, the units on after the last step (frozen when healing).
+    kept_fraction: :math:`\\kappa` after the last step, of the params it stepped (1 on a
+      compacted model: the fraction of the dense model is the harness's to compute).
+    base: the base optimiser's state.
+  """
+
+  count: jax.Array
+  log_scale: jax.Array
+  integral: jax.Array
+  masks: dict[int, jax.Array]
+  kept_fraction: jax.Array
+  base: optax.OptState
+
+
+def group_ids(groups: GroupSpecTree) -> list[int]:
+  """The group ids a spec names, sorted."""
+  specs = jax.tree.leaves(groups, is_leaf=lambda x: isinstance(x, GroupSpec))
+  return sorted({s.group for s in specs if isinstance(s, GroupSpec)})
+
+
+def ramp(target: jax.Array, count: jax.Array, prox_start: int, heal_start: int) -> jax.Array:
+  """:math:`s_t`, the kept fraction the ramp asks for after step ``count`` (1 before it)."""
+  progress = jnp.clip((count + 1 - prox_start) / (heal_start - prox_start), 0.0, 1.0)
+  return target + (1.0 - target) * (1.0 - progress) ** 3
+
+
+def _check(target, prox_start, heal_start, selection, learning_rate, weight_decay) -> None:
+  check_hyperparameter("target", target, "in (0, 1]", lambda x: 0 < x <= 1, schedule=False)
+  if not 0 <= prox_start < heal_start:
+    raise ValueError(
+      f"PathProx budget needs 0 <= prox_start < heal_start, got {prox_start} and {heal_start}."
+    )
+  if selection not in SELECTIONS:
+    raise ValueError(f"PathProx selection must be 'prox' or 'magnitude', got {selection!r}.")
+  if selection == "prox":
+    if learning_rate is None or weight_decay is None:
+      raise ValueError(
+        "PathProx budget with selection='prox' needs learning_rate and weight_decay."
+      )
+    check_hyperparameter("weight_decay", weight_decay, "finite and > 0", lambda x: x > 0)
+
+
+def _add_heal_decay(updates, params, layouts, decay):
+  """The gradient plus ``decay`` times the grouped "in" and "out" kernels."""
+  kernels = {i for g in layouts for i in (g.in_kernel, g.out_kernel)}
+  grads, treedef = jax.tree.flatten(updates)
+  values = treedef.flatten_up_to(params)
+  return treedef.unflatten(
+    [u + decay.astype(u.dtype) * values[i] if i in kernels else u for i, u in enumerate(grads)]
+  )
+
+
+def with_budget(
+  base: optax.GradientTransformation,
+  groups: GroupSpecTree,
+  *,
+  target: float | jax.Array,
+  prox_start: int,
+  heal_start: int,
+  selection: Selection = "prox",
+  learning_rate: optax.ScalarOrSchedule | None = None,
+  weight_decay: optax.ScalarOrSchedule | None = None,
+  momentum: float = 0.0,
+  unit_costs: Mapping[int, float] | None = None,
+  gains: tuple[float, float] = (2.0, 1.0),
+  heal_weight_decay: float = 0.0,
+  balance: bool | balance_lib.Chains = True,
+  regularize_bias: bool = False,
+  eps: float = EPS,
+) -> optax.GradientTransformationExtraArgs:
+  """A base optimiser with a FLOPs budget: warm-up, sparsify along a ramp, heal (module doc).
+
+  Args:
+    base: the base optimiser, giving the whole update (its learning rate included), e.g.
+      ``optax.sgd``, with ordinary weight decay of the ungrouped parameters (``selection="prox"``)
+      or of every kernel (``"magnitude"``): see :func:`budget_sgd`.
+    groups: the spec pytree from :func:`pathprox_jax.group_spec`.
+    target: :math:`\\kappa^*` in (0, 1], the fraction of the grouped units' FLOPs to keep (an
+      array under ``vmap``: one per member).
+    prox_start: the first sparsify step.
+    heal_start: the first heal step (the ramp reaches ``target`` at its start).
+    selection: "prox" (PathProx with the controller) or "magnitude" (gradual magnitude pruning).
+    learning_rate: :math:`\\gamma`, the base's learning rate (float or schedule; "prox" only).
+    weight_decay: :math:`\\lambda_t > 0`, the controller's starting point ("prox" only).
+    momentum: the base's heavy-ball momentum :math:`\\beta` (0 for Adam).
+    unit_costs: ``{group: cost of one unit}`` (:func:`pathprox_jax.unit_costs`); ``None``: 1.
+    gains: the controller's :math:`(k_p, k_i)`.
+    heal_weight_decay: ordinary weight decay of the grouped kernels while healing (0: none).
+    balance: layer balance before each prox (see :func:`pathprox_jax.pathprox`).
+    regularize_bias: as :func:`pathprox_jax.pathprox`.
+    eps: the clip of every norm in the prox.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` with a :class:`BudgetState`.
+
+  Raises:
+    ValueError: a concrete ``target`` outside (0, 1], phases out of order, an unknown
+      ``selection``, or (for "prox") no ``learning_rate``/``weight_decay`` or one <= 0.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, pathprox_jax as pp
+    >>> G = pp.GroupSpec
+    >>> params = {"w": jnp.ones((3, 4)), "v": jnp.ones((4, 2))}
+    >>> groups = {"w": G(0, "in"), "v": G(0, "out")}
+    >>> tx = pp.with_budget(optax.sgd(0.1), groups, target=0.5, prox_start=10, heal_start=100,
+    ...                     learning_rate=0.1, weight_decay=1e-3)
+    >>> state = tx.init(params)
+  """
+  _check(target, prox_start, heal_start, selection, learning_rate, weight_decay)
+  ids = group_ids(groups)
+  costs = dict.fromkeys(ids, 1.0) if unit_costs is None else costs_lib.relative_costs(unit_costs)
+  k_p, k_i = gains
+
+  def init_fn(params):
+    if not jax.tree.leaves(params):  # optax.tree_utils.tree_map_params' placeholder
+      masks = {g: jnp.ones(0, bool) for g in ids}
+    else:
+      layouts = groups_lib.group_layouts(params_lib.unwrap_variables(params), groups)
+      costs_lib.check_costs(costs, layouts)
+      if selection == "prox" and not regularize_bias:
+        balance_lib.chain_layouts(layouts, balance)
+      masks = {g.group: jnp.ones(g.units, bool) for g in layouts}
+    return BudgetState(
+      count=jnp.zeros([], jnp.int32),
+      log_scale=jnp.zeros([], jnp.float32),
+      integral=jnp.zeros([], jnp.float32),  # distinct buffers: a jitted step may donate them
+      masks=masks,
+      kept_fraction=jnp.ones([], jnp.float32),
+      base=base.init(params),
+    )
+
+  def update_fn(updates, state, params=None, **extra_args):
+    if params is None:
+      raise ValueError(NO_PARAMS_MSG)
+    count = state.count
+    layouts = groups_lib.group_layouts(params, groups)
+    warm, heal = count < prox_start, count >= heal_start
+    sparsify, freeze = ~warm & ~heal, count == heal_start - 1
+    if heal_weight_decay:
+      updates = _add_heal_decay(updates, params, layouts, jnp.where(heal, heal_weight_decay, 0.0))
+    base_updates, base_state = base.update(updates, state.base, params, **extra_args)
+    param_leaves, treedef = jax.tree.flatten(params)
+    update_leaves = treedef.flatten_up_to(base_updates)
+    grouped = sorted(
+      {i for g in layouts for i, _ in g.sliced} | {i for g in layouts for i in g.unit_axes}
+    )
+    stepped = {
+      i: param_leaves[i].astype(jnp.float32) + update_leaves[i].astype(jnp.float32) for i in grouped
+    }
+    target_ = jnp.asarray(target, jnp.float32)
+    goal = ramp(target_, count, prox_start, heal_start)
+    # Every phase is computed and selected elementwise (no cond): XLA fuses them into the one
+    # pass over the parameters that the prox makes, and vmap needs no branches.
+    if selection == "prox":
+      lr = learning_rate(count) if callable(learning_rate) else learning_rate
+      wd = weight_decay(count) if callable(weight_decay) else weight_decay
+      tau = jnp.asarray(wd * lr, jnp.float32) * jnp.exp(state.log_scale) / (1.0 - momentum)
+      thresholds = costs_lib.group_thresholds(tau, costs)
+      sparse = {**stepped, **prox_lib.prox_leaves(
+        stepped, layouts, thresholds, balance=balance, regularize_bias=regularize_bias, eps=eps
+      )}  # fmt: skip
+      masks = unit_masks.out_masks(sparse, layouts)
+    else:
+      scores = unit_masks.path_norm_scores(stepped, layouts, state.masks)
+      sparse = stepped
+      chosen = unit_masks.magnitude_masks(scores, layouts, costs, goal)
+      masks = {g: chosen[g] & state.masks[g] for g in ids}  # once off, off
+    controlled = unit_masks.kept_fraction(masks, layouts, costs)
+    # The ramp's end: switch off by magnitude what is beyond the target (ranked before the prox).
+    top_up = jax.lax.cond(
+      freeze,
+      lambda scores: unit_masks.magnitude_masks(scores, layouts, costs, target_),
+      lambda scores: {g: jnp.ones(s.shape, bool) for g, s in scores.items()},
+      unit_masks.path_norm_scores(stepped, layouts, masks),
+    )
+    masks = {
+      g: jnp.where(heal, state.masks[g], jnp.where(warm, True, masks[g] & top_up[g])) for g in ids
+    }
+    # The prox zeroes its units itself (they may come back); masks zero GMP's, and all frozen.
+    zeroed = heal | freeze | (sparsify & (selection == "magnitude"))
+    on = jax.tree.leaves(unit_masks.mask_tree(params, masks, layouts))
+    deltas = {}
+    for i in grouped:
+      new = jnp.where(sparsify, sparse[i], stepped[i])
+      new = jnp.where(zeroed, unit_masks.zero_off_units(new, on[i]), new)
+      delta = (new - param_leaves[i].astype(jnp.float32)).astype(update_leaves[i].dtype)
+      deltas[i] = jnp.where(warm, update_leaves[i], delta)  # warm-up: the base's, exactly
+    # masks come from the full (replicated or globally sharded) params, so the kept fraction is
+    # already global under jit on several devices or processes: no collective is needed.
+    kept = unit_masks.kept_fraction(masks, layouts, costs)
+    # Momentum would push switched-off units back on: zero their base state too.
+    base_state = jax.lax.cond(
+      zeroed,
+      lambda s: optax.tree_utils.tree_map_params(
+        base, unit_masks.zero_off_units, s, unit_masks.mask_tree(params, masks, layouts)
+      ),
+      lambda s: s,
+      base_state,
+    )
+    error = jnp.where(sparsify, controlled - goal, 0.0)
+    integral = state.integral + k_i * error
+    new_state = BudgetState(
+      count=optax.safe_increment(count),
+      log_scale=jnp.where(sparsify, integral + k_p * error, state.log_scale),
+      integral=integral,
+      masks=masks,
+      kept_fraction=kept,
+      base=base_state,
+    )
+    out = [deltas.get(i, u) for i, u in enumerate(update_leaves)]
+    return treedef.unflatten(out), new_state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def budget_sgd(
+  learning_rate: optax.ScalarOrSchedule,
+  weight_decay: optax.ScalarOrSchedule,
+  groups: GroupSpecTree,
+  *,
+  target: float | jax.Array,
+  prox_start: int,
+  heal_start: int,
+  selection: Selection = "prox",
+  momentum: float | None = None,
+  nesterov: bool = False,
+  **budget: Any,
+) -> optax.GradientTransformationExtraArgs:
+  """SGD with a FLOPs budget: :func:`with_budget` around SGD with ordinary weight decay.
+
+  The decay (added to the gradient, so it enters the momentum trace) covers what
+  :func:`pathprox_jax.pathprox_sgd` decays for ``selection="prox"`` (the prox regularises the
+  groups), and every kernel for ``"magnitude"`` (gradual magnitude pruning trains with weight
+  decay). The prox's :math:`\\lambda` starts at ``weight_decay`` and the controller scales it;
+  the ungrouped decay stays at ``weight_decay``.
+
+  Args:
+    learning_rate: :math:`\\gamma`, a float > 0 or a schedule.
+    weight_decay: :math:`\\lambda`, a float or a schedule (> 0 for "prox").
+    groups: the spec pytree from :func:`pathprox_jax.group_spec`.
+    target: the fraction of the grouped units' FLOPs to keep (see :func:`with_budget`).
+    prox_start: the first sparsify step.
+    heal_start: the first heal step.
+    selection: "prox" or "magnitude".
+    momentum: SGD's momentum :math:`\\beta` (``None``: none).
+    nesterov: Nesterov momentum.
+    **budget: the other arguments of :func:`with_budget` (``unit_costs``, ``gains``,
+      ``heal_weight_decay``, ``balance``, ``regularize_bias``, ``eps``).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` with a :class:`BudgetState`.
+  """
+  regularize_bias = budget.get("regularize_bias", False)
+  decayed = groups if selection == "prox" else None
+  base = optax.chain(
+    optax.add_decayed_weights(
+      weight_decay, mask=lambda p: decayed_mask(p, decayed, regularize_bias=regularize_bias)
+    ),
+    optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
+  )
+  return with_budget(
+    base,
+    groups,
+    target=target,
+    prox_start=prox_start,
+    heal_start=heal_start,
+    selection=selection,
+    learning_rate=learning_rate,
+    weight_decay=weight_decay,
+    momentum=momentum or 0.0,
+    **budget,
+  )
+
+
+def budget_adamw(
+  learning_rate: optax.ScalarOrSchedule,
+  weight_decay: optax.ScalarOrSchedule,
+  groups: GroupSpecTree,
+  *,
+  target: float | jax.Array,
+  prox_start: int,
+  heal_start: int,
+  selection: Selection = "prox",
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  **budget: Any,
+) -> optax.GradientTransformationExtraArgs:
+  """AdamW with a FLOPs budget: :func:`with_budget` around Adam and decoupled weight decay.
+
+  As :func:`budget_sgd`, with :func:`pathprox_jax.pathprox_adamw`'s base (Adam's direction,
+  the decoupled decay, the learning rate) and no momentum in the threshold.
+
+  Args:
+    learning_rate: :math:`\\gamma`, a float > 0 or a schedule.
+    weight_decay: :math:`\\lambda`, a float or a schedule (> 0 for "prox").
+    groups: the spec pytree from :func:`pathprox_jax.group_spec`.
+    target: the fraction of the grouped units' FLOPs to keep (see :func:`with_budget`).
+    prox_start: the first sparsify step.
+    heal_start: the first heal step.
+    selection: "prox" or "magnitude".
+    b1: Adam's first-moment decay.
+    b2: Adam's second-moment decay.
+    eps: added to Adam's denominator.
+    **budget: the other arguments of :func:`with_budget`.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` with a :class:`BudgetState`.
+  """
+  regularize_bias = budget.get("regularize_bias", False)
+  decayed = groups if selection == "prox" else None
+  base = optax.chain(
+    optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+    optax.add_decayed_weights(
+      weight_decay, mask=lambda p: decayed_mask(p, decayed, regularize_bias=regularize_bias)
+    ),
+    optax.scale_by_learning_rate(learning_rate),
+  )
+  return with_budget(
+    base,
+    groups,
+    target=target,
+    prox_start=prox_start,
+    heal_start=heal_start,
+    selection=selection,
+    learning_rate=learning_rate,
+    weight_decay=weight_decay,
+    **budget,
+  )

@@ -1,0 +1,101 @@
+"""Which units are on: cost-weighted kept fractions, magnitude selection and unit masks.
+
+A group's units are on or off as a boolean vector ``[units]`` (``{group: mask}`` for a model).
+The *kept fraction* weighs each group's units by their relative cost :math:`c_g`
+(:func:`pathprox_jax.relative_costs`; 1 without costs):
+
+.. math::
+  \\kappa = \\frac{\\sum_g c_g \\, \\mathrm{kept}_g}{\\sum_g c_g \\, n_g},
+
+the fraction of the grouped units' FLOPs that the kept units need.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from pathprox_jax._src import unit_norms
+from pathprox_jax._src.groups import GroupLayout
+
+Masks = dict[int, jax.Array]  # {group: bool[units]}, True where the unit is on
+
+
+def kept_fraction(
+  masks: Mapping[int, jax.Array], layouts: Sequence[GroupLayout], costs: Mapping[int, float]
+) -> jax.Array:
+  """:math:`\\kappa`, the cost-weighted fraction of units on (f32 scalar)."""
+  kept = sum((costs[g.group] * jnp.sum(masks[g.group]) for g in layouts), jnp.zeros(()))
+  return kept / sum(costs[g.group] * g.units for g in layouts)
+
+
+def out_masks(
+  leaves: Sequence[jax.Array] | Mapping[int, jax.Array], layouts: Sequence[GroupLayout]
+) -> Masks:
+  """``{group: v_i != 0}``: the units that are on (:func:`pathprox_jax.compact`'s rule)."""
+  masks = {}
+  for g in layouts:
+    v = leaves[g.out_kernel]
+    masks[g.group] = jnp.any(v != 0, axis=tuple(a for a in range(v.ndim) if a != g.out_axis))
+  return masks
+
+
+def path_norm_scores(
+  leaves: Sequence[jax.Array] | Mapping[int, jax.Array],
+  layouts: Sequence[GroupLayout],
+  masks: Mapping[int, jax.Array],
+) -> dict[int, jax.Array]:
+  """``{group: ||w_i|| ||v_i||}``, 0 for the units ``masks`` has off: magnitude's scores."""
+  scaled = unit_norms.scaled_groups(leaves, layouts)
+  return {
+    g.group: jnp.where(masks[g.group], unit_norms.unit_path_norms(scaled, g), 0.0) for g in layouts
+  }
+
+
+def magnitude_masks(
+  scores: Mapping[int, jax.Array],
+  layouts: Sequence[GroupLayout],
+  costs: Mapping[int, float],
+  fraction: jax.Array,
+) -> Masks:
+  """Keeps the units of largest score :math:`/ c_g` (e.g. :math:`\\|w_i\\|\\|v_i\\|/c_g`) so
+  that :math:`\\kappa \\ge` ``fraction``: the units are switched off from the smallest up while
+  the cost they free stays within :math:`(1 - \\text{fraction}) \\sum_g c_g n_g`. Units already
+  off (score 0) go first. Traceable (``jit``, ``vmap``): one sort of all units.
+
+  Dividing by :math:`c_g` ranks as the cost-aware prox does: it switches unit ``i`` off when
+  :math:`\\|v_i\\| \\le c_g \\tau` with :math:`\\|w_i\\| = 1`.
+  """
+  ranked = jnp.concatenate([scores[g.group] / costs[g.group] for g in layouts])
+  unit_cost = jnp.concatenate([jnp.full(g.units, costs[g.group], jnp.float32) for g in layouts])
+  order = jnp.argsort(ranked)
+  freed = jnp.cumsum(unit_cost[order])
+  budget = (1.0 - fraction) * jnp.sum(unit_cost)
+  off_sorted = freed <= budget * (1 + 1e-6)
+  off = jnp.zeros_like(off_sorted).at[order].set(off_sorted)
+  masks, start = {}, 0
+  for g in layouts:
+    masks[g.group] = ~off[start : start + g.units]
+    start += g.units
+  return masks
+
+
+def mask_tree(params: Any, masks: Mapping[int, jax.Array], layouts: Sequence[GroupLayout]) -> Any:
+  """A tree with the structure of ``params``: each sliced leaf's units mask, shaped to broadcast
+  on its unit axis, and ``True`` (a Python bool) for the leaves no group slices."""
+  leaves, treedef = jax.tree.flatten(params)
+  out: list[Any] = [True] * len(leaves)
+  for g in layouts:
+    for i, axis in g.sliced:
+      shape = [1] * leaves[i].ndim
+      shape[axis] = -1
+      out[i] = masks[g.group].reshape(shape)
+  return treedef.unflatten(out)
+
+
+def zero_off_units(x: jax.Array, mask: jax.Array | bool) -> jax.Array:
+  """One leaf with the switched-off units' slices zeroed (``mask`` from :func:`mask_tree`)."""
+  return x if mask is True else jnp.where(mask, x, jnp.zeros_like(x))
