@@ -16,7 +16,7 @@ import numpy as np
 
 from experiments import run_folder
 
-METHOD_NAMES = {"pathprox": "PathProx", "wd": "Weight decay"}
+METHOD_NAMES = {"pathprox": "PathProx", "wd": "Weight decay", "gmp": "GMP"}
 
 
 @dataclasses.dataclass(frozen=True)
