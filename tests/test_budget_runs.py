@@ -13,6 +13,7 @@ import numpy as np
 import optax
 import pytest
 from conftest import flags, read_rows
+from test_evaluation import make_evaluator
 from test_experiments import assert_rows_close, assert_same_run
 
 import configs
@@ -111,6 +112,16 @@ def test_the_budget_optimiser_takes_the_models_unit_costs(method, optimizer):
 def test_flops_kept_weighs_active_units_by_their_cost():
   kept = evaluation.flops_kept({0: 2, 1: 8}, {0: 4, 1: 8}, {0: 10.0, 1: 1.0})
   assert kept == pytest.approx((10 * 2 + 8) / (10 * 4 + 8))
+
+
+def test_every_evaluation_logs_flops_kept_from_the_models_unit_costs():
+  evaluator, params, _, _ = make_evaluator(1)  # no budget; groups 0 and 1 of 16 neurons each
+  params = jax.tree.map(np.array, params)
+  params["Dense_1"]["kernel"][:4] = 0  # four neurons of group 0 off (their "out" rows)
+  params["Dense_3"]["kernel"][:1] = 0  # one of group 1
+  costs = {0: 2 * 784 + 2 * 16, 1: 2 * 16 + 2 * 16}
+  expected = (12 * costs[0] + 15 * costs[1]) / (16 * costs[0] + 16 * costs[1])
+  assert evaluator(params)["flops_kept"] == pytest.approx(expected, rel=1e-6)
 
 
 def hand_flops_kept(row):
