@@ -12,7 +12,7 @@ def get_config() -> ml_collections.ConfigDict:
   """Keys every experiment accepts (each is a command-line flag: ``--batch-size 200``)."""
   config = ml_collections.ConfigDict()
   config.experiment = ""  # the config's name (set by each config, not a flag)
-  config.method = "pathprox"  # "pathprox" (PathProx's prox) or "wd" (the optimiser's weight decay)
+  config.method = "pathprox"  # "pathprox", "wd" (weight decay) or "gmp" (magnitude pruning)
   config.optimizer = "sgd"  # "sgd" (pathprox_sgd / SGD on loss + λ/2 ||kernels||²) or "adamw"
   config.threshold_rule = "fixed_point"  # pathprox + sgd: "fixed_point" (λγ/(1-β)) or "paper" (λγ)
   config.dataset = "mnist"  # "mnist", "fashion_mnist" or "cifar10"
@@ -37,6 +37,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.group_source = "auto"  # "auto" (annotations, checked on the trace) or "annotations"
   config.balance = True  # PathProx's layer balance of consecutive groups (a chain: MLP, VGG)
   config.weight_decay = 1e-4  # λ: PathProx's threshold scale, or the baseline's weight decay
+  config.target_flops = 0.0  # fraction of the FLOPs to keep (cost-weighted units; 0 or 1: none)
+  config.prox_start = 0  # --target-flops: first step of the ramp to the target (dense before it)
+  config.heal_start = 0  # --target-flops: first heal step (ramp's end; the off units stay off)
   config.regularize_bias = False  # penalise biases too (pathprox: ||[w_i, b_i]||; wd: decay them)
   config.batch_size = 200  # global batch, split over all devices
   config.total_iter = 50_000  # training steps (may be raised on --resume)

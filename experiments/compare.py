@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from experiments import cli, config_checks
+from experiments import cli
 
 EXPERIMENTS = tuple(
   sorted(
@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   runs = []
-  for method in config_checks.METHODS:
+  for method in ("pathprox", "wd"):
     run_dir = str(Path(args.workdir) / method)
     code = cli.main(
       args.experiment,

@@ -15,7 +15,7 @@ import ml_collections
 from configs import ConfigError
 from experiments.dataset_facts import DATASETS
 
-METHODS = ("pathprox", "wd")
+METHODS = ("pathprox", "wd", "gmp")
 OPTIMIZERS = ("sgd", "adamw")
 GROUP_SOURCES = ("auto", "annotations")
 THRESHOLD_RULES = ("fixed_point", "paper")
@@ -54,6 +54,7 @@ FLOAT_BOUNDS = {
   "lr_decay": {"above": 0.0},
   "weight_decay": {"minimum": 0.0},
   "momentum": {"minimum": 0.0},
+  "target_flops": {"minimum": 0.0},
 }
 SEED_LIMIT = 2**32  # JAX's keys hold 32 bits: seed s and s + 2**32 would train one run
 
@@ -202,6 +203,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   )
   _validate_split(config)
   _validate_model(config)
+  _validate_budget(config)
   check(
     0 <= config.num_devices <= jax.device_count(),
     f"--num-devices must be in [0, {jax.device_count()}], got {config.num_devices}",
@@ -215,6 +217,49 @@ def validate(config: ml_collections.ConfigDict) -> None:
     config.parallel != "pmap" or processes == 1,
     f"--parallel pmap runs on one process, not {processes}: use --parallel shard_map",
   )
+
+
+def has_budget(config: ml_collections.ConfigDict) -> bool:
+  """Whether the run trains to a FLOPs budget: ``target_flops`` in (0, 1)."""
+  return 0 < config.target_flops < 1
+
+
+def _validate_budget(config: ml_collections.ConfigDict) -> None:
+  check(
+    config.target_flops <= 1,
+    f"--target-flops must be in [0, 1] (0 or 1: no budget), got {config.target_flops}",
+  )
+  if not has_budget(config):
+    check(
+      config.method != "gmp",
+      "--method gmp needs --target-flops in (0, 1): the fraction of the FLOPs to keep",
+    )
+    check(
+      config.prox_start == config.heal_start == 0,
+      f"--prox-start and --heal-start apply only with --target-flops in (0, 1), got "
+      f"{config.prox_start} and {config.heal_start}",
+    )
+    return
+  check(
+    config.method != "wd",
+    "--target-flops needs --method pathprox or gmp (--method wd trains without a budget)",
+  )
+  check(
+    0 <= config.prox_start < config.heal_start <= config.total_iter,
+    f"--target-flops needs 0 <= --prox-start < --heal-start <= --total-iter, got "
+    f"{config.prox_start}, {config.heal_start} and {config.total_iter}",
+  )
+  if config.method == "pathprox":
+    check(
+      config.weight_decay > 0,
+      "--target-flops with --method pathprox needs --weight-decay > 0 (the controller's "
+      f"starting λ), got {config.weight_decay}",
+    )
+    check(
+      config.optimizer != "sgd" or config.threshold_rule == "fixed_point",
+      "--target-flops thresholds at λγ/(1-β) with λ set by its controller: pass "
+      "--threshold-rule fixed_point",
+    )
 
 
 def _validate_split(config: ml_collections.ConfigDict) -> None:

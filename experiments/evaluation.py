@@ -8,7 +8,7 @@ masked examples, so any device count evaluates every split exactly.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -22,6 +22,8 @@ from jax.sharding import PartitionSpec as P
 
 import pathprox_jax as pp
 from experiments import dataset_facts, input_pipeline, models
+from experiments import groups as groups_lib
+from experiments.config_checks import has_budget
 
 
 def eval_batch_size(num_examples: int, max_batch_size: int, num_devices: int) -> int:
@@ -78,6 +80,27 @@ def active_unit_path_norms(params: Any, groups: Any) -> dict[str, jax.Array]:
   return out
 
 
+def flops_kept(
+  active: Mapping[int, jax.Array], units: Mapping[int, int], unit_costs: Mapping[int, float]
+) -> jax.Array:
+  """The fraction of the grouped units' FLOPs per example that the active units need.
+
+  .. math::
+    \\frac{\\sum_g c_g \\, a_g}{\\sum_g c_g \\, n_g},
+
+  with :math:`a_g` the active units of group :math:`g`, :math:`n_g` its units (the dense
+  model's) and :math:`c_g` the FLOPs per example of one of them (``pp.unit_costs``): the kept
+  fraction a FLOPs budget (``--target-flops``) aims at.
+
+  Args:
+    active: ``{group: active units}``.
+    units: ``{group: units of the dense model}``.
+    unit_costs: ``{group: cost of one unit}``.
+  """
+  kept = sum(unit_costs[g] * active[g] for g in units)
+  return kept / sum(unit_costs[g] * n for g, n in units.items())
+
+
 class Evaluator:
   """Loss, accuracy and PathProx metrics on the train, validation and test sets.
 
@@ -87,8 +110,8 @@ class Evaluator:
   weight-decay objective at its best rescaling), ``wd_penalty`` and
   ``wd_raw_objective`` (``train_loss + wd_penalty``), ``path_norm``,
   ``active_units``, ``active_units_pct`` and their per-group values
-  (``path_norm/g{k}``, ...), and each group's smallest and median path norm of its
-  active units (:func:`active_unit_path_norms`).
+  (``path_norm/g{k}``, ...), each group's smallest and median path norm of its active
+  units (:func:`active_unit_path_norms`), and ``flops_kept`` (:func:`flops_kept`).
 
   Args:
     model: the linen model.
@@ -98,6 +121,8 @@ class Evaluator:
     mesh: the devices; each batch is sharded over all of its axes.
     fold_linear_layers: evaluate an MLP with its linear bottlenecks multiplied out
       (:func:`experiments.models.fold_linear_layers`: the same function, fewer products).
+    unit_costs: ``{group: FLOPs per example of one unit}`` (``pp.unit_costs``; ``None``: traced
+      from ``model`` here).
   """
 
   def __init__(
@@ -109,7 +134,15 @@ class Evaluator:
     mesh: jax.sharding.Mesh,
     *,
     fold_linear_layers: bool = True,
+    unit_costs: Mapping[int, float] | None = None,
   ):
+    if unit_costs is None:
+      image = splits["train"][0][:1]
+      example = jax.ShapeDtypeStruct(image.shape, jnp.float32)
+      boxed = jax.eval_shape(model.init, jax.random.key(0), example)["params"]
+      unit_costs = groups_lib.unit_costs(model, boxed, example, groups)
+    # A budget's PathProx thresholds each group at c_g τ: its objective weighs them so.
+    budget_costs = unit_costs if has_budget(config) and config.method == "pathprox" else None
     batch_sharding = NamedSharding(mesh, P(None, mesh.axis_names))
     self._splits = {
       name: tuple(
@@ -143,7 +176,12 @@ class Evaluator:
       for name, arrays in splits.items():
         out[f"{name}_loss"], out[f"{name}_acc"] = split_means(*net, *arrays)
       summary = pp.summarize(
-        params, groups, out["train_loss"], weight_decay, regularize_bias=config.regularize_bias
+        params,
+        groups,
+        out["train_loss"],
+        weight_decay,
+        regularize_bias=config.regularize_bias,
+        unit_costs=budget_costs,
       )
       path_norm, active = summary.path_norm, summary.active_units
       out["wd_objective"] = summary.objective
@@ -159,6 +197,7 @@ class Evaluator:
         out[f"active_units/g{g}"] = active.per_group[g]
         out[f"active_units_pct/g{g}"] = 100 * active.per_group_fraction[g]
       out.update(active_unit_path_norms(params, groups))
+      out["flops_kept"] = flops_kept(active.per_group, pp.unit_counts(params, groups), unit_costs)
       return out
 
     self._weight_decay = config.weight_decay

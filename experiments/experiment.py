@@ -10,7 +10,7 @@ its own :class:`~experiments.train_step.TrainState` and data key.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -23,6 +23,7 @@ import optax
 import pathprox_jax as pp
 from experiments import (
   checkpointing,
+  config_checks,
   data,
   dataset_facts,
   distributed,
@@ -57,18 +58,49 @@ def learning_rate_schedule(
 
 
 def create_optimizer(
-  config: ml_collections.ConfigDict, groups: Any, schedule: optax.Schedule
+  config: ml_collections.ConfigDict,
+  groups: Any,
+  schedule: optax.Schedule,
+  unit_costs: Mapping[int, float] | None = None,
 ) -> optax.GradientTransformation:
-  """The method (PathProx or the optimiser's weight decay) under the optimiser.
+  """The method (PathProx, the optimiser's weight decay, or GMP) under the optimiser.
 
   ``optimizer="sgd"``: ``pathprox_sgd`` (with ``threshold_rule``), or SGD on
   loss + (λ/2)·Σ‖kernels‖². ``optimizer="adamw"``: ``pathprox_adamw``, or
   ``optax.adamw`` with its decoupled decay on the kernels. With
   ``regularize_bias`` the baseline decays every parameter, biases included.
+  With ``target_flops`` in (0, 1): ``budget_sgd`` or ``budget_adamw``, warm-up until
+  ``prox_start``, a ramp to the target until ``heal_start``, then the heal; ``"pathprox"``
+  selects the units with the cost-aware prox and its controller, ``"gmp"`` by magnitude
+  (under weight decay of every kernel).
+
+  Args:
+    config: the run's config.
+    groups: the model's group spec.
+    schedule: the learning-rate schedule.
+    unit_costs: ``{group: FLOPs per example of one unit}`` (``pp.unit_costs``), for a budget
+      (``None``: every unit costs the same; the state's structure does not depend on them).
   """
   # The baseline decays what the library's rule decays without groups: the kernels, or with
   # regularize_bias every leaf (which needs no mask).
   decayed = None if config.regularize_bias else pp.decayed_mask
+  momentum = config.momentum or None  # a config float, never traced: 0 means no trace at all
+  if config_checks.has_budget(config):
+    budget = pp.budget_adamw if config.optimizer == "adamw" else pp.budget_sgd
+    extra = {} if config.optimizer == "adamw" else {"momentum": momentum}
+    return budget(
+      schedule,
+      config.weight_decay,
+      groups,
+      target=config.target_flops,
+      prox_start=config.prox_start,
+      heal_start=config.heal_start,
+      selection="magnitude" if config.method == "gmp" else "prox",
+      unit_costs=unit_costs,
+      balance=config.balance,
+      regularize_bias=config.regularize_bias,
+      **extra,
+    )
   if config.optimizer == "adamw":
     if config.method == "pathprox":
       return pp.pathprox_adamw(
@@ -79,7 +111,6 @@ def create_optimizer(
         regularize_bias=config.regularize_bias,
       )
     return optax.adamw(schedule, weight_decay=config.weight_decay, mask=decayed)
-  momentum = config.momentum or None  # a config float, never traced: 0 means no trace at all
   if config.method == "pathprox":
     return pp.pathprox_sgd(
       schedule,
@@ -187,6 +218,7 @@ class Experiment:
     mesh: the devices, on axis ``"data"``.
     splits: ``{"train", "val", "test"}``: ``(uint8 images, int32 labels)`` on the host.
     groups: the model's PathProx group spec.
+    unit_costs: ``{group: FLOPs per example of one of its units}`` (``pp.unit_costs``).
     schedule: the learning-rate schedule.
     states: each member's initial :class:`TrainState` (a single run's replicated over
       ``mesh``).
@@ -210,17 +242,17 @@ class Experiment:
     self.schedule = learning_rate_schedule(config, per_epoch)
     model = models.create_model(config)
     initial = initial_params(model, [c.seed for c in self.configs], train_images[:1])
-    self.groups = groups_lib.group_spec(
-      model, initial[0][0], jnp.zeros(train_images[:1].shape, jnp.float32), config.group_source
-    )
+    example = jax.ShapeDtypeStruct(train_images[:1].shape, jnp.float32)
+    self.groups = groups_lib.group_spec(model, initial[0][0], example, config.group_source)
     print(
       groups_lib.group_summary(
         nn.meta.unbox(initial[0][0]), self.groups, config.group_source, config.regularize_bias
       )
     )
+    self.unit_costs = groups_lib.unit_costs(model, initial[0][0], example, self.groups)
     weight_decays = sorted({c.weight_decay for c in self.configs})
     txs = [
-      create_optimizer(_with_weight_decay(config, w), self.groups, self.schedule)
+      create_optimizer(_with_weight_decay(config, w), self.groups, self.schedule, self.unit_costs)
       for w in weight_decays
     ]
     self._indices = [weight_decays.index(c.weight_decay) for c in self.configs]
@@ -241,7 +273,9 @@ class Experiment:
       run, self.mesh, config.parallel
     )  # the members share one copy of the data on the devices
     self.train_data = self.to_device((train_images, train_labels))
-    self.evaluate = evaluation.Evaluator(model, config, splits, self.groups, self.mesh)
+    self.evaluate = evaluation.Evaluator(
+      model, config, splits, self.groups, self.mesh, unit_costs=self.unit_costs
+    )
 
   def stack(self, states: Sequence[TrainState]) -> TrainState:
     """The members' states as one (host): a sweep's stacked, each tagged with its weight decay."""

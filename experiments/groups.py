@@ -47,6 +47,20 @@ def group_spec(model: nn.Module, boxed: Any, example: Any, source: str = "auto")
   return annotated
 
 
+def unit_costs(model: nn.Module, boxed: Any, example: Any, groups: Any) -> dict[int, float]:
+  """``{group: FLOPs per example of one of its units}``, from the traced model (nothing runs).
+
+  See :func:`pathprox_jax.unit_costs`; ``example`` is an input batch or its
+  ``jax.ShapeDtypeStruct``.
+  """
+  return pp.unit_costs(
+    lambda params, x: model.apply({"params": params}, x),
+    nn.meta.unbox(boxed),
+    example,
+    groups=groups,
+  )
+
+
 class GroupSourceError(ValueError):
   """The groups discovered from the trace differ from the model's annotations."""
 

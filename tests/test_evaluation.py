@@ -23,6 +23,7 @@ def make_evaluator(num_devices, eval_batch_size=64):
       "weight_decay": 1e-3,
       "eval_batch_size": eval_batch_size,
       "regularize_bias": False,
+      "target_flops": 0.0,
     }
   )
   model = models.MLP(FEATURES, (True, False, True, False, False))
