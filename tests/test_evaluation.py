@@ -94,6 +94,7 @@ def test_raw_penalty_decays_biases_too_with_regularize_bias():
   np.testing.assert_allclose(with_bias, 0.5 * 0.1 * 52)
 
 
+@pytest.mark.slow  # trains a run
 def test_logged_objective_is_the_minimised_one_with_regularize_bias(raw_mnist, tmp_path):
   """wd_objective, recomputed from the saved params: L + λ Σ ‖[w_i, a_i]‖‖v_i‖ + λ/2 Σ ‖b_out‖²."""
   workdir = tmp_path / "run"

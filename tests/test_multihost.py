@@ -229,6 +229,7 @@ def test_the_processes_parts_make_up_the_global_batch(batch_size, num_devices, p
     assert (union >= 0).sum() == (global_batch >= 0).sum()  # each index taken once
 
 
+@pytest.mark.slow  # trains two runs
 def test_a_batch_that_does_not_divide_by_the_devices_equals_one_device(raw_mnist, tmp_path):
   rows = {}
   for n in (1, 3):

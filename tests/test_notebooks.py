@@ -99,6 +99,7 @@ def data_dir(tmp_path_factory) -> pathlib.Path:
   return tmp_path_factory.mktemp("tensorflow_datasets")
 
 
+@pytest.mark.slow  # starts a kernel and trains on real MNIST
 @pytest.mark.parametrize("name, settings, check", NOTEBOOKS)
 def test_notebook_runs(
   name, settings, check, real_mnist, data_dir, tmp_path, record_property, capsys

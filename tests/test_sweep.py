@@ -27,6 +27,7 @@ def read_rows(workdir):
   return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # trains sweeps and a run
 @pytest.mark.parametrize("member_loop", ["vmap", "map"])
 def test_members_equal_single_runs(raw_mnist, tmp_path, member_loop):
   data = ["--raw-data-dir", str(raw_mnist), "--data-dir", str(tmp_path / "tfds"),
@@ -52,6 +53,7 @@ def test_members_equal_single_runs(raw_mnist, tmp_path, member_loop):
   assert read_rows(tmp_path / "sweep" / "wd0.0001-seed1")[-1]["path_norm"] > got[-1]["path_norm"]
 
 
+@pytest.mark.slow  # trains a sweep and resumes it
 def test_rerun_without_resume_is_refused(raw_mnist, tmp_path, capsys):
   data = ["--raw-data-dir", str(raw_mnist), "--data-dir", str(tmp_path / "tfds"),
           "--allow-unofficial-data", "true"]  # fmt: skip
@@ -99,6 +101,7 @@ def copy_of(finished_sweep, tmp_path):
   return tmp_path / "s", [*argv, "--workdir", tmp_path / "s"]
 
 
+@pytest.mark.slow  # trains a sweep
 def test_a_diverged_member_stops_alone_and_stays_stopped_on_resume(
   finished_sweep, tmp_path, capsys
 ):
@@ -130,6 +133,7 @@ def test_a_diverged_member_stops_alone_and_stays_stopped_on_resume(
   assert [r["step"] for r in read_rows(good)] == [0, 10, 20, 30]
 
 
+@pytest.mark.slow  # trains a sweep
 @pytest.mark.parametrize(
   "total_iter, why, step",
   [(11, "the evaluated training loss is nan", 11), (30, "the training loss became nan", 12)],
@@ -159,6 +163,7 @@ def test_when_every_member_diverges_the_sweep_stops(
   assert snapshot(folder) == before
 
 
+@pytest.mark.slow  # a subprocess
 def test_interrupted_sweep_saves_every_member_at_one_step_and_resumes_identically(
   raw_mnist, tmp_path
 ):
@@ -191,6 +196,7 @@ def test_interrupted_sweep_saves_every_member_at_one_step_and_resumes_identicall
     assert_same_run(folder / name, reference / name)
 
 
+@pytest.mark.slow  # trains a sweep
 def test_a_corrupt_checkpoint_in_one_member_resumes_all_from_a_common_step(
   finished_sweep, tmp_path, capsys
 ):
@@ -208,6 +214,7 @@ def test_a_corrupt_checkpoint_in_one_member_resumes_all_from_a_common_step(
     assert_same_run(folder / name, finished_sweep[0] / name)
 
 
+@pytest.mark.slow  # trains a sweep (finished_sweep)
 def test_resume_refuses_changes_in_one_line_and_touches_nothing(finished_sweep, tmp_path, capsys):
   folder, argv = copy_of(finished_sweep, tmp_path)
   before = snapshot(folder)
