@@ -139,6 +139,7 @@ def test_compact_is_eager_only():
     jax.jit(lambda p: pp.compact(p, groups)[0])(params)
 
 
+@pytest.mark.slow  # trains 300 steps
 def test_compact_after_pathprox_training_keeps_outputs():
   features, relu = (16, 16, 16, 3), (True, False, True, False)
   model = models.MLP(features, relu)

@@ -73,7 +73,7 @@ def test_links_resolve(page):
   assert broken_links(page) == []
 
 
-# The guide trains several small models (minutes on 2 cores): `slow`.
+# The guide's 30 blocks compile many small models and steps: the longest page, `slow`.
 SLOW_PAGES = {REPO_ROOT / "docs" / "guide.md"}
 
 

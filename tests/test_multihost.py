@@ -20,6 +20,9 @@ from test_experiments import REPO, assert_rows_close, flags, read_rows
 
 from experiments import cli, distributed, input_pipeline
 
+# One xdist worker runs this file (--dist loadgroup): its runs are made once.
+pytestmark = pytest.mark.xdist_group("multihost")
+
 STEPS = 300
 RUN = {"total_iter": STEPS, "log_freq": 100, "save_freq": 100, "lr": 0.02}
 

@@ -14,6 +14,9 @@ import pytest
 import pathprox_jax as pp
 from experiments import checkpointing, cli, compact, models, prune
 
+# One xdist worker runs this file (--dist loadgroup): vit_run and pruned are made once.
+pytestmark = pytest.mark.xdist_group("prune")
+
 KEEP = [3, 10, 1, 0]  # heads and neurons of blocks 0 and 1 (of 4, 16, 4, 16)
 VIT = ["--num-heads", "4,4", "--mlp-dim", "16,16", "--width", "16", "--head-dim", "4"]
 

@@ -18,6 +18,9 @@ from test_resume import DIVERGE, snapshot, truncate_arrays
 
 from experiments import checkpointing, cli, sweep, workdir_lock
 
+# One xdist worker runs this file (--dist loadgroup): finished_sweep is made once.
+pytestmark = pytest.mark.xdist_group("sweep")
+
 TINY = ["--features", "32,32,32,32,32,10", "--train-per-class", "20", "--batch-size", "40",
         "--eval-batch-size", "200", "--lr", "0.05", "--progress", "false", "--total-iter", "200",
         "--log-freq", "100", "--save-freq", "100"]  # fmt: skip
