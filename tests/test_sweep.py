@@ -30,19 +30,26 @@ def read_rows(workdir):
   return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.slow  # trains sweeps and a run
-@pytest.mark.parametrize("member_loop", ["vmap", "map"])
-def test_members_equal_single_runs(raw_mnist, tmp_path, member_loop):
-  data = ["--raw-data-dir", str(raw_mnist), "--data-dir", str(tmp_path / "tfds"),
+@pytest.fixture(scope="module")
+def single_run(raw_mnist, tmp_path_factory):
+  """The single run that sweep member wd0.01-seed1 equals, and the data flags it used."""
+  tmp = tmp_path_factory.mktemp("single")
+  data = ["--raw-data-dir", str(raw_mnist), "--data-dir", str(tmp / "tfds"),
           "--allow-unofficial-data", "true"]  # fmt: skip
+  flags = [*TINY, *data, "--seed", "1", "--weight-decay", "1e-2", "--workdir", str(tmp / "run")]
+  assert cli.main("mnist_subset_mlp", flags) == 0
+  return tmp / "run", data
+
+
+@pytest.mark.slow  # trains sweeps (and single_run)
+@pytest.mark.parametrize("member_loop", ["vmap", "map"])
+def test_members_equal_single_runs(single_run, tmp_path, member_loop):
+  single, data = single_run
   argv = ["mnist_subset_mlp", "--seeds", "0,1", "--weight-decays", "1e-4,1e-2", *TINY, *data,
           "--member-loop", member_loop]  # fmt: skip
   assert sweep.main([*argv, "--workdir", str(tmp_path / "sweep")]) == 0
   names = sorted(p.name for p in (tmp_path / "sweep").iterdir())
   assert names == ["wd0.0001-seed0", "wd0.0001-seed1", "wd0.01-seed0", "wd0.01-seed1"]
-  single = tmp_path / "single"
-  flags = [*TINY, *data, "--seed", "1", "--weight-decay", "1e-2", "--workdir", str(single)]
-  assert cli.main("mnist_subset_mlp", flags) == 0
 
   member = tmp_path / "sweep" / "wd0.01-seed1"
   got = read_rows(member)
