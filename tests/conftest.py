@@ -11,7 +11,9 @@ os.environ["XLA_FLAGS"] = (
   os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 
+import contextlib  # noqa: E402
 import gzip  # noqa: E402
+import io  # noqa: E402
 import json  # noqa: E402
 import pathlib  # noqa: E402
 import pickle  # noqa: E402
@@ -118,3 +120,23 @@ def read_rows(workdir) -> list[dict]:
   """A run's ``metrics.jsonl`` rows."""
   with open(pathlib.Path(workdir) / "metrics.jsonl") as f:
     return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="session")
+def finished_run(raw_mnist, tmp_path_factory) -> tuple[pathlib.Path, list[str]]:
+  """``(workdir, flags)`` of one finished 20-step tiny run, shared by the whole session.
+
+  The run of ``flags(raw_mnist, ...)`` (PathProx, checkpoints at steps 10 and 20), and its flags
+  without ``--workdir``. What it printed is in ``stdout.txt`` beside ``workdir``. Tests only
+  read it: one that changes it copies it first (``shutil.copytree``).
+  """
+  from experiments import cli
+
+  tmp = tmp_path_factory.mktemp("finished")
+  workdir = tmp / "run"
+  argv = flags(raw_mnist, tmp, workdir=workdir)
+  printed = io.StringIO()
+  with contextlib.redirect_stdout(printed):
+    assert cli.main("mnist_subset_mlp", [str(a) for a in argv]) == 0
+  (tmp / "stdout.txt").write_text(printed.getvalue())
+  return workdir, argv[: argv.index("--workdir")]

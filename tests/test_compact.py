@@ -70,6 +70,7 @@ def test_compact_mlp_drops_exactly_the_zero_output_units():
   np.testing.assert_array_equal(smaller["Dense_4"]["kernel"], params["Dense_4"]["kernel"])
 
 
+@pytest.mark.slow  # about 12 s of CPU compiling the VGGs (the MLP tests cover compact quickly)
 def test_compact_vgg_drops_zero_output_channels():
   channels, pool_after = (4, 6, 5, 3), (1,)
   model = models.VGG(channels, pool_after, num_classes=3)
@@ -139,6 +140,7 @@ def test_compact_is_eager_only():
     jax.jit(lambda p: pp.compact(p, groups)[0])(params)
 
 
+@pytest.mark.slow  # trains 300 steps
 def test_compact_after_pathprox_training_keeps_outputs():
   features, relu = (16, 16, 16, 3), (True, False, True, False)
   model = models.MLP(features, relu)

@@ -70,6 +70,13 @@ def mlp_run(raw_mnist, tmp_path_factory):
   return tmp / "run"
 
 
+@pytest.fixture
+def any_run(finished_run):
+  """The session's finished 20-step run: the checks below need a run, not its dead units."""
+  return finished_run[0]
+
+
+@pytest.mark.slow  # trains a 100-step run (mlp_run)
 def test_mlp_run_compacts_to_the_same_function(mlp_run, capsys):
   last = json.loads((mlp_run / "metrics.jsonl").read_text().splitlines()[-1])
   active = [last[f"active_units/g{g}"] for g in range(3)]
@@ -114,7 +121,7 @@ def test_output_folder_is_replaced_only_if_it_is_a_compact_output(tmp_path, caps
   assert sorted(p.name for p in tmp_path.iterdir()) == ["compact", "notes"]
 
 
-def test_compaction_that_changes_outputs_fails(mlp_run, tmp_path, monkeypatch, capsys):
+def test_compaction_that_changes_outputs_fails(any_run, tmp_path, monkeypatch, capsys):
   real = pp.compact
 
   def off_by_a_little(params, groups, atol):
@@ -122,17 +129,18 @@ def test_compaction_that_changes_outputs_fails(mlp_run, tmp_path, monkeypatch, c
     return jax.tree.map(lambda p: p * 1.001, small), kept
 
   monkeypatch.setattr(pp, "compact", off_by_a_little)
-  assert compact.main([str(mlp_run), "--out", str(tmp_path / "out")]) == 1
+  assert compact.main([str(any_run), "--out", str(tmp_path / "out")]) == 1
   assert "outputs differ from the sparse model's" in capsys.readouterr().err
   assert not (tmp_path / "out").exists()
 
 
-def test_group_without_units_is_an_error(mlp_run, tmp_path, capsys):
-  assert compact.main([str(mlp_run), "--atol", "1e9", "--out", str(tmp_path / "out")]) == 1
+def test_group_without_units_is_an_error(any_run, tmp_path, capsys):
+  assert compact.main([str(any_run), "--atol", "1e9", "--out", str(tmp_path / "out")]) == 1
   assert "group 0 has no units left" in capsys.readouterr().err
   assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # trains a VGG run
 def test_vgg_run_with_zeroed_units_compacts(raw_cifar, tmp_path, capsys):
   argv = ["--workdir", str(tmp_path / "run"), "--raw-data-dir", str(raw_cifar),
           "--allow-unofficial-data", "true",
@@ -184,8 +192,8 @@ def test_folder_without_a_checkpoint_is_a_one_line_error(files, message, tmp_pat
   assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
-def test_config_of_no_known_experiment_is_a_one_line_error(mlp_run, tmp_path, capsys):
-  shutil.copytree(mlp_run / "checkpoints", tmp_path / "checkpoints")
+def test_config_of_no_known_experiment_is_a_one_line_error(any_run, tmp_path, capsys):
+  shutil.copytree(any_run / "checkpoints", tmp_path / "checkpoints")
   (tmp_path / "config.json").write_text('{"experiment": "imagenet_vit"}')
   assert compact.main([str(tmp_path)]) == 2
   err = capsys.readouterr().err
@@ -193,7 +201,7 @@ def test_config_of_no_known_experiment_is_a_one_line_error(mlp_run, tmp_path, ca
   assert "unknown experiment 'imagenet_vit'" in err
 
 
-def test_restore_needs_no_experiment_and_reads_the_test_and_validation_sets(mlp_run, monkeypatch):
+def test_restore_needs_no_experiment_and_reads_the_test_and_validation_sets(any_run, monkeypatch):
   def no_experiment(config):
     raise AssertionError("compact built an Experiment")
 
@@ -206,10 +214,10 @@ def test_restore_needs_no_experiment_and_reads_the_test_and_validation_sets(mlp_
 
   monkeypatch.setattr(experiment_lib, "Experiment", no_experiment)
   monkeypatch.setattr(compact.data, "load_arrays", recorded)
-  run = compact.restore_run(mlp_run)
+  run = compact.restore_run(any_run)
   assert read == [("train", "test")]  # the validation set is cut from the training split
-  assert run.step == 100 and len(run.test_labels) == 100 and len(run.val_labels) == 400
-  expected = latest_params(mlp_run)
+  assert run.step == 20 and len(run.test_labels) == 100 and len(run.val_labels) == 400
+  expected = latest_params(any_run)
   jax.tree.map(np.testing.assert_array_equal, run.params, expected)
 
 
@@ -223,10 +231,10 @@ def test_restore_needs_no_experiment_and_reads_the_test_and_validation_sets(mlp_
   ],
 )
 def test_config_value_of_the_wrong_type_is_a_one_line_error(
-  mlp_run, tmp_path, capsys, key, value, message
+  any_run, tmp_path, capsys, key, value, message
 ):
-  shutil.copytree(mlp_run / "checkpoints", tmp_path / "checkpoints")
-  record = json.loads((mlp_run / "config.json").read_text())
+  shutil.copytree(any_run / "checkpoints", tmp_path / "checkpoints")
+  record = json.loads((any_run / "config.json").read_text())
   (tmp_path / "config.json").write_text(json.dumps({**record, key: value}))
   before = sorted(p.name for p in tmp_path.iterdir())
   assert compact.main([str(tmp_path)]) == 2
@@ -236,8 +244,8 @@ def test_config_value_of_the_wrong_type_is_a_one_line_error(
   assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
-def test_config_that_is_not_utf8_is_a_one_line_error(mlp_run, tmp_path, capsys):
-  shutil.copytree(mlp_run / "checkpoints", tmp_path / "checkpoints")
+def test_config_that_is_not_utf8_is_a_one_line_error(any_run, tmp_path, capsys):
+  shutil.copytree(any_run / "checkpoints", tmp_path / "checkpoints")
   (tmp_path / "config.json").write_bytes(b'{"experiment": "mnist_subset_mlp\xff"}')
   assert compact.main([str(tmp_path)]) == 2
   err = capsys.readouterr().err
@@ -247,10 +255,10 @@ def test_config_that_is_not_utf8_is_a_one_line_error(mlp_run, tmp_path, capsys):
 
 @pytest.mark.parametrize("key, value", [("features", [16, 32, 32, 32, 32, 10]), ("method", "wd")])
 def test_checkpoint_that_does_not_fit_the_config_is_a_one_line_error(
-  mlp_run, tmp_path, capsys, key, value
+  any_run, tmp_path, capsys, key, value
 ):
-  shutil.copytree(mlp_run / "checkpoints", tmp_path / "checkpoints")
-  record = json.loads((mlp_run / "config.json").read_text())
+  shutil.copytree(any_run / "checkpoints", tmp_path / "checkpoints")
+  record = json.loads((any_run / "config.json").read_text())
   (tmp_path / "config.json").write_text(json.dumps({**record, key: value}))
   assert compact.main([str(tmp_path)]) == 2
   err = capsys.readouterr().err

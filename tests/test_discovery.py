@@ -1,7 +1,5 @@
 """Groups discovered from the trace: the project's models, user-style models, and refusals."""
 
-import time
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -307,16 +305,3 @@ def test_refusals(kind, reason):
   assert first.startswith("Dense_0/kernel (5, 16): no group: its outputs") and reason in first
   with pytest.raises(ValueError, match="found no PathProx unit group"):
     pp.discover_groups(model.apply, params, x)
-
-
-def test_discovery_time_on_the_vit_and_vgg():
-  """Not a timed test: prints the seconds (the goal is < 2 s each)."""
-  config = cifar_vgg.get_config()
-  for name, model, x in [
-    ("vgg19", models.VGG(config.channels, config.pool_after), jnp.zeros((2, 32, 32, 3))),
-    ("vit", models.ViT(num_heads=(4,) * 6, mlp_dim=(256,) * 6, width=64), IMAGES),
-  ]:
-    params = nn.meta.unbox(jax.eval_shape(model.init, jax.random.key(0), x)["params"])
-    start = time.perf_counter()
-    pp.discover_groups(model.apply, params, x)
-    print(f"discover_groups on {name}: {time.perf_counter() - start:.2f} s")

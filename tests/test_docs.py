@@ -73,6 +73,17 @@ def test_links_resolve(page):
   assert broken_links(page) == []
 
 
-@pytest.mark.parametrize("page", pages_with_code(), ids=lambda p: str(p.relative_to(REPO_ROOT)))
+# The guide's 30 blocks compile many small models and steps: the longest page, `slow`.
+SLOW_PAGES = {REPO_ROOT / "docs" / "guide.md"}
+
+
+@pytest.mark.parametrize(
+  "page",
+  [
+    pytest.param(page, marks=[pytest.mark.slow] if page in SLOW_PAGES else [])
+    for page in pages_with_code()
+  ],
+  ids=lambda p: str(p.relative_to(REPO_ROOT)),
+)
 def test_page_runs(page):
   run_page(page)

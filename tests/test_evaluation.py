@@ -13,6 +13,9 @@ from test_experiments import restore_params
 import pathprox_jax as pp
 from experiments import cli, evaluation, models
 
+# One xdist worker runs this file (--dist loadgroup): one_device is compiled once.
+pytestmark = pytest.mark.xdist_group("evaluation")
+
 FEATURES = (16, 16, 16, 16, 10)  # an unpaired last layer: ordinary weight decay on it
 
 
@@ -44,10 +47,17 @@ def make_evaluator(num_devices, eval_batch_size=64):
   return evaluator, nn.meta.unbox(boxed), splits, model
 
 
-def test_three_devices_give_the_single_device_metrics():
-  one, params, splits, model = make_evaluator(1)
+@pytest.fixture(scope="module")
+def one_device():
+  """``(params, splits, model, metrics)`` of the evaluator on one device, compiled and run once."""
+  evaluator, params, splits, model = make_evaluator(1)
+  return params, splits, model, evaluator(params)
+
+
+def test_three_devices_give_the_single_device_metrics(one_device):
+  params, splits, model, expected = one_device
   three, _, _, _ = make_evaluator(3)
-  expected, got = one(params), three(params)
+  got = three(params)
   assert expected.keys() == got.keys()
   for key in expected:
     np.testing.assert_allclose(got[key], expected[key], rtol=1e-5, err_msg=key)
@@ -74,12 +84,11 @@ def test_eval_batch_size_covers_the_split_with_whole_device_shares(
   assert size < max_batch + devices
 
 
-def test_raw_penalty_decays_every_kernel_and_no_bias():
-  evaluator, params, _, _ = make_evaluator(1)
+def test_raw_penalty_decays_every_kernel_and_no_bias(one_device):
+  params, _, _, metrics = one_device
   kernels = [params[f"Dense_{i}"]["kernel"] for i in range(len(FEATURES))]
   penalty = 0.5 * 1e-3 * sum(float(np.sum(np.square(k))) for k in kernels)
   np.testing.assert_allclose(evaluation.weight_decay_penalty(params, 1e-3), penalty, rtol=1e-6)
-  metrics = evaluator(params)
   np.testing.assert_allclose(metrics["wd_penalty"], penalty, rtol=1e-6)
   np.testing.assert_allclose(
     metrics["wd_raw_objective"], metrics["train_loss"] + penalty, rtol=1e-6
@@ -95,6 +104,7 @@ def test_raw_penalty_decays_biases_too_with_regularize_bias():
   np.testing.assert_allclose(with_bias, 0.5 * 0.1 * 52)
 
 
+@pytest.mark.slow  # trains a run
 def test_logged_objective_is_the_minimised_one_with_regularize_bias(raw_mnist, tmp_path):
   """wd_objective, recomputed from the saved params: L + λ Σ ‖[w_i, a_i]‖‖v_i‖ + λ/2 Σ ‖b_out‖²."""
   workdir = tmp_path / "run"

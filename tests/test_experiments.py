@@ -1,6 +1,7 @@
 """The experiment harness end to end, on generated raw data (and real MNIST when present)."""
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ def assert_rows_close(a, b, rtol):
         np.testing.assert_allclose(ra[key], rb[key], rtol=rtol, atol=1e-7, err_msg=key)
 
 
+@pytest.mark.slow  # trains a run
 def test_run_writes_config_and_metrics(raw_mnist, tmp_path, monkeypatch, capsys):
   workdir = tmp_path / "run"
   argv = flags(raw_mnist, tmp_path, workdir=workdir, tensorboard="true")
@@ -52,16 +54,16 @@ def test_run_writes_config_and_metrics(raw_mnist, tmp_path, monkeypatch, capsys)
     "checkpoints", "config.json", "metrics.jsonl", "tensorboard"]  # fmt: skip
 
 
-def test_one_and_eight_devices_agree(raw_mnist, tmp_path):
-  rows = {}
-  for n in (1, 8):
-    workdir = tmp_path / f"d{n}"
-    argv = flags(raw_mnist, tmp_path, workdir=workdir, num_devices=n)
-    assert cli.main("mnist_subset_mlp", argv) == 0
-    rows[n] = read_rows(workdir)
-  assert_rows_close(rows[1], rows[8], rtol=1e-4)
+@pytest.mark.slow  # trains a run
+def test_one_and_eight_devices_agree(raw_mnist, finished_run, tmp_path):
+  eight, _ = finished_run
+  assert json.loads((eight / "config.json").read_text())["devices"] == "8 x cpu"
+  one = tmp_path / "d1"
+  assert cli.main("mnist_subset_mlp", flags(raw_mnist, tmp_path, workdir=one, num_devices=1)) == 0
+  assert_rows_close(read_rows(one), read_rows(eight), rtol=1e-4)
 
 
+@pytest.mark.slow  # trains two runs
 def test_pmap_equals_shard_map(raw_mnist, tmp_path):
   rows = {}
   for parallel in ("shard_map", "pmap"):
@@ -119,6 +121,7 @@ def assert_same_run(workdir, reference):
   jax.tree.map(np.testing.assert_array_equal, state_a, state_b)
 
 
+@pytest.mark.slow  # a subprocess
 def test_killed_run_holds_its_lock_then_resumes_to_identical_parameters(
   raw_mnist, tmp_path, capsys
 ):
@@ -188,12 +191,13 @@ def test_unusable_workdir_is_a_one_line_error(where, message, tmp_path, capsys):
   assert (tmp_path / "file").read_text() == "not a folder"
 
 
-def test_cli_exit_code_and_existing_run_untouched(raw_mnist, tmp_path):
+@pytest.mark.slow  # a subprocess
+def test_cli_exit_code_and_existing_run_untouched(finished_run, tmp_path):
   workdir = tmp_path / "run"
-  assert cli.main("mnist_subset_mlp", flags(raw_mnist, tmp_path, workdir=workdir)) == 0
+  shutil.copytree(finished_run[0], workdir)
   before = (workdir / "metrics.jsonl").read_bytes()
-  command = [sys.executable, "-m", "experiments.mnist_subset_mlp",
-             *flags(raw_mnist, tmp_path, workdir=workdir)]  # fmt: skip
+  command = [sys.executable, "-m", "experiments.mnist_subset_mlp", *finished_run[1],
+             "--workdir", str(workdir)]  # fmt: skip
   result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 2
   assert "already holds checkpoints and metrics.jsonl; pass --resume" in result.stderr
@@ -208,6 +212,7 @@ def test_epoch_order_visits_every_example_once_and_keeps_the_last_batch():
   assert not (order[:45] == other[:45]).all()
 
 
+@pytest.mark.slow  # trains two VGG runs
 def test_cifar_vgg_comparison_smoke(raw_cifar, tmp_path):
   argv = ["cifar_vgg", "--workdir", str(tmp_path / "cmp"), "--raw-data-dir", str(raw_cifar),
           "--allow-unofficial-data", "true",
@@ -223,6 +228,7 @@ def test_cifar_vgg_comparison_smoke(raw_cifar, tmp_path):
   assert (tmp_path / "cmp" / "objective.png").exists()
 
 
+@pytest.mark.slow  # prepares real MNIST and trains
 def test_real_mnist_subset_short_run(real_mnist, tmp_path):
   argv = ["--raw-data-dir", str(real_mnist), "--data-dir", str(tmp_path / "tfds"),
           "--workdir", str(tmp_path / "run"), "--total-iter", "100", "--log-freq", "50",

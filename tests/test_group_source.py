@@ -44,10 +44,9 @@ def test_auto_refuses_annotations_that_the_trace_contradicts(monkeypatch):
   assert groups.group_spec(model, boxed, x, "annotations") is wrong
 
 
-def test_run_prints_and_records_its_groups(raw_mnist, tmp_path, capsys):
-  workdir = tmp_path / "run"
-  assert cli.main("mnist_subset_mlp", [*flags(raw_mnist, tmp_path), "--workdir", str(workdir)]) == 0
-  out = capsys.readouterr().out
+def test_run_prints_and_records_its_groups(finished_run):
+  workdir, _ = finished_run
+  out = (workdir.parent / "stdout.txt").read_text()
   assert "PathProx groups: 3 (96 units) from the trace (the annotations' groups); " in out
   record = json.loads((workdir / "config.json").read_text())
   assert record["group_source"] == "auto" and record["units"] == {"0": 32, "1": 32, "2": 32}

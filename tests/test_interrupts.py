@@ -19,6 +19,7 @@ def run(argv):
   return cli.main("mnist_subset_mlp", [str(a) for a in argv])
 
 
+@pytest.mark.slow  # a subprocess
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_saves_at_the_step_reached_and_resume_ends_identically(signum, raw_mnist, tmp_path):
   argv = flags(raw_mnist, tmp_path, total_iter=10**6, log_freq=100, save_freq=10**5)

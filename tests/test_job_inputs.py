@@ -12,13 +12,10 @@ import subprocess
 import sys
 
 import pytest
-import test_resume
 from conftest import REPO, flags
 from test_experiments import wait_for_rows
 
 from experiments import cli, compact, compare, plot, sweep
-
-finished_run = test_resume.finished_run  # a fixture: a 20-step run and its flags
 
 
 def tree(folder):
@@ -36,6 +33,7 @@ def refused(code, capsys, phrase):
   assert err.count("\n") == 1 and err.startswith("error: ") and phrase in err, err
 
 
+@pytest.mark.slow  # trains a sweep
 def test_members_whose_weight_decays_print_alike_get_their_own_folders(raw_mnist, tmp_path):
   folder = tmp_path / "s"
   argv = ["mnist_subset_mlp", "--seeds", "0", "--weight-decays", "0.0001,0.00010000001",
@@ -94,6 +92,7 @@ def test_a_sweep_takes_each_members_lock(raw_mnist, tmp_path, capsys):
     holder.communicate("")
 
 
+@pytest.mark.slow  # a subprocess
 def test_a_single_run_on_a_member_of_a_running_sweep_is_refused(raw_mnist, tmp_path, capsys):
   common = flags(raw_mnist, tmp_path, total_iter=10**6, log_freq=100, save_freq=10**5)
   folder, member = tmp_path / "s", tmp_path / "s" / "seed0"

@@ -20,6 +20,9 @@ from test_experiments import REPO, assert_rows_close, flags, read_rows
 
 from experiments import cli, distributed, input_pipeline
 
+# One xdist worker runs this file (--dist loadgroup): its runs are made once.
+pytestmark = pytest.mark.xdist_group("multihost")
+
 STEPS = 300
 RUN = {"total_iter": STEPS, "log_freq": 100, "save_freq": 100, "lr": 0.02}
 
@@ -229,6 +232,7 @@ def test_the_processes_parts_make_up_the_global_batch(batch_size, num_devices, p
     assert (union >= 0).sum() == (global_batch >= 0).sum()  # each index taken once
 
 
+@pytest.mark.slow  # trains two runs
 def test_a_batch_that_does_not_divide_by_the_devices_equals_one_device(raw_mnist, tmp_path):
   rows = {}
   for n in (1, 3):

@@ -20,6 +20,9 @@ import pytest
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
+# One xdist worker runs this file (--dist loadgroup): data_dir is prepared once.
+pytestmark = pytest.mark.xdist_group("notebooks")
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 # Outside the repository: ../shared/data/mnist in CI, read-only.
@@ -99,6 +102,7 @@ def data_dir(tmp_path_factory) -> pathlib.Path:
   return tmp_path_factory.mktemp("tensorflow_datasets")
 
 
+@pytest.mark.slow  # starts a kernel and trains on real MNIST
 @pytest.mark.parametrize("name, settings, check", NOTEBOOKS)
 def test_notebook_runs(
   name, settings, check, real_mnist, data_dir, tmp_path, record_property, capsys

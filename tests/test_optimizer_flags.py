@@ -37,6 +37,7 @@ def test_bad_optimizer_flags_are_one_line_exit_2_with_nothing_written(
   assert not workdir.exists()
 
 
+@pytest.mark.slow  # trains a run
 @pytest.mark.parametrize("method", ["pathprox", "wd"])
 def test_adamw_run_records_its_optimizer_and_trains(method, raw_mnist, tmp_path):
   workdir = tmp_path / method

@@ -16,6 +16,9 @@ from matplotlib import image
 from experiments import entries as entries_lib
 from experiments import plot, report, run_folder
 
+# One xdist worker runs this file (--dist loadgroup): its folders and figures are made once.
+pytestmark = pytest.mark.xdist_group("plot")
+
 REPO = Path(__file__).resolve().parents[1]
 TOTAL = 20_000
 GROUPS = (0, 1, 2)

@@ -14,6 +14,9 @@ import pytest
 import pathprox_jax as pp
 from experiments import checkpointing, cli, compact, heal, models, prune
 
+# One xdist worker runs this file (--dist loadgroup): vit_run and pruned are made once.
+pytestmark = pytest.mark.xdist_group("prune")
+
 KEEP = [3, 10, 1, 0]  # heads and neurons of blocks 0 and 1 (of 4, 16, 4, 16)
 VIT = ["--num-heads", "4,4", "--mlp-dim", "16,16", "--width", "16", "--head-dim", "4"]
 
@@ -74,6 +77,7 @@ def pruned(vit_run):
   return out, printed.getvalue()
 
 
+@pytest.mark.slow  # trains a ViT run (vit_run)
 def test_pruning_keeps_the_largest_units_and_the_function_without_the_others(vit_run, pruned):
   out, printed = pruned
   config, params, record = read_output(out)
@@ -108,6 +112,7 @@ def test_pruning_keeps_the_largest_units_and_the_function_without_the_others(vit
   assert "test accuracy" in printed and f"heal: python -m experiments.heal {out}" in printed
 
 
+@pytest.mark.slow  # trains a ViT run (vit_run)
 def test_match_keeps_the_counts_of_a_compact_output(vit_run, tmp_path):
   match = tmp_path / "compact"
   match.mkdir()
@@ -121,6 +126,7 @@ def test_match_keeps_the_counts_of_a_compact_output(vit_run, tmp_path):
   assert pruned["match"] == str(match.absolute())
 
 
+@pytest.mark.slow  # trains a ViT run and fine-tunes it
 def test_init_params_starts_the_run_from_the_pruned_params(raw_mnist, pruned, tmp_path):
   out, _ = pruned
   config, params, record = read_output(out)
@@ -142,6 +148,7 @@ def test_init_params_starts_the_run_from_the_pruned_params(raw_mnist, pruned, tm
   )
 
 
+@pytest.mark.slow  # trains a ViT run (vit_run)
 @pytest.mark.parametrize(
   "init, message",
   [
@@ -168,6 +175,7 @@ def test_init_params_is_the_identity_when_empty():
   assert checkpointing.restore_init_params("", params) is params
 
 
+@pytest.mark.slow  # trains a ViT run (vit_run)
 @pytest.mark.parametrize(
   "flags, message",
   [
@@ -226,15 +234,9 @@ def test_compact_keeps_the_named_units_whatever_their_weights():
 
 
 def test_mlp_pruning_keeps_the_largest_neurons_and_at_least_one_per_layer(
-  raw_mnist, tmp_path, capsys
+  finished_run, tmp_path, capsys
 ):
-  run_dir = tmp_path / "run"
-  argv = ["--workdir", str(run_dir), "--features", "32,32,32,32,32,10", "--train-per-class", "20",
-          "--batch-size", "40", "--eval-batch-size", "200", "--progress", "false",
-          "--allow-unofficial-data", "true", "--raw-data-dir", str(raw_mnist), "--data-dir",
-          str(tmp_path / "tfds"), "--method", "wd", "--total-iter", "10", "--log-freq", "10",
-          "--save-freq", "10"]  # fmt: skip
-  assert cli.main("mnist_subset_mlp", argv) == 0
+  run_dir, _ = finished_run  # the 32,32,32,32,32,10 MLP
   out = tmp_path / "out"
   assert prune.main([str(run_dir), "--keep", "5,0,7", "--out", str(out)]) == 2
   assert "group 1 has 32 units: it can keep 1 to 32, not 0" in capsys.readouterr().err

@@ -1,7 +1,7 @@
 """Resume and the run folder's record: divergence, resume rules, corrupt checkpoints.
 
 A run directory is an honest record of one run, or the command refuses in one line. Runs are
-tiny MLPs on generated data.
+tiny MLPs on generated data; the refusals read copies of the session's ``finished_run``.
 """
 
 import json
@@ -27,16 +27,6 @@ def snapshot(folder):
   }
 
 
-@pytest.fixture(scope="module")
-def finished_run(raw_mnist, tmp_path_factory):
-  """A 20-step run with checkpoints at 10 and 20 (copied by each test that changes it)."""
-  tmp = tmp_path_factory.mktemp("finished")
-  workdir = tmp / "run"
-  argv = flags(raw_mnist, tmp, workdir=workdir)
-  assert run(argv) == 0
-  return workdir, argv[: argv.index("--workdir")]
-
-
 def copy_of(finished_run, tmp_path):
   workdir, argv = finished_run
   shutil.copytree(workdir, tmp_path / "run")
@@ -48,6 +38,7 @@ def copy_of(finished_run, tmp_path):
 DIVERGE = ["--lr-milestones", "2", "--lr-decay", "1e38", "--method", "wd"]
 
 
+@pytest.mark.slow  # trains two runs
 @pytest.mark.parametrize(
   "total_iter, message",
   [
@@ -83,6 +74,7 @@ def test_resume_refuses_trajectory_changes_listing_them(finished_run, tmp_path, 
   assert snapshot(workdir) == before
 
 
+@pytest.mark.slow  # trains 10 more steps
 def test_resume_continues_the_same_run_and_records_each_resume(finished_run, tmp_path, monkeypatch):
   monkeypatch.delenv("PATHPROX_RAW_DATA_DIR", raising=False)  # it would be a changed path
   workdir, argv = copy_of(finished_run, tmp_path)
@@ -140,6 +132,7 @@ def nan_parameters(step_dir):
   manager.close()
 
 
+@pytest.mark.slow  # trains 10 more steps, 3 times
 @pytest.mark.parametrize("corrupt", [truncate_arrays, remove_metadata, nan_parameters])
 def test_corrupt_checkpoint_falls_back_to_the_previous_one(corrupt, finished_run, tmp_path, capsys):
   workdir, argv = copy_of(finished_run, tmp_path)
@@ -164,6 +157,7 @@ def test_no_readable_checkpoint_is_a_one_line_error(finished_run, tmp_path, caps
   assert snapshot(workdir) == before
 
 
+@pytest.mark.slow  # trains a run and resumes it
 def test_resume_without_workdir_takes_the_newest_run(raw_mnist, tmp_path, monkeypatch, capsys):
   monkeypatch.chdir(tmp_path)
   argv = flags(raw_mnist, tmp_path)

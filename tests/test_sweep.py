@@ -18,6 +18,9 @@ from test_resume import DIVERGE, snapshot, truncate_arrays
 
 from experiments import checkpointing, cli, sweep, workdir_lock
 
+# One xdist worker runs this file (--dist loadgroup): finished_sweep is made once.
+pytestmark = pytest.mark.xdist_group("sweep")
+
 TINY = ["--features", "32,32,32,32,32,10", "--train-per-class", "20", "--batch-size", "40",
         "--eval-batch-size", "200", "--lr", "0.05", "--progress", "false", "--total-iter", "200",
         "--log-freq", "100", "--save-freq", "100"]  # fmt: skip
@@ -27,18 +30,26 @@ def read_rows(workdir):
   return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("member_loop", ["vmap", "map"])
-def test_members_equal_single_runs(raw_mnist, tmp_path, member_loop):
-  data = ["--raw-data-dir", str(raw_mnist), "--data-dir", str(tmp_path / "tfds"),
+@pytest.fixture(scope="module")
+def single_run(raw_mnist, tmp_path_factory):
+  """The single run that sweep member wd0.01-seed1 equals, and the data flags it used."""
+  tmp = tmp_path_factory.mktemp("single")
+  data = ["--raw-data-dir", str(raw_mnist), "--data-dir", str(tmp / "tfds"),
           "--allow-unofficial-data", "true"]  # fmt: skip
+  flags = [*TINY, *data, "--seed", "1", "--weight-decay", "1e-2", "--workdir", str(tmp / "run")]
+  assert cli.main("mnist_subset_mlp", flags) == 0
+  return tmp / "run", data
+
+
+@pytest.mark.slow  # trains sweeps (and single_run)
+@pytest.mark.parametrize("member_loop", ["vmap", "map"])
+def test_members_equal_single_runs(single_run, tmp_path, member_loop):
+  single, data = single_run
   argv = ["mnist_subset_mlp", "--seeds", "0,1", "--weight-decays", "1e-4,1e-2", *TINY, *data,
           "--member-loop", member_loop]  # fmt: skip
   assert sweep.main([*argv, "--workdir", str(tmp_path / "sweep")]) == 0
   names = sorted(p.name for p in (tmp_path / "sweep").iterdir())
   assert names == ["wd0.0001-seed0", "wd0.0001-seed1", "wd0.01-seed0", "wd0.01-seed1"]
-  single = tmp_path / "single"
-  flags = [*TINY, *data, "--seed", "1", "--weight-decay", "1e-2", "--workdir", str(single)]
-  assert cli.main("mnist_subset_mlp", flags) == 0
 
   member = tmp_path / "sweep" / "wd0.01-seed1"
   got = read_rows(member)
@@ -52,6 +63,7 @@ def test_members_equal_single_runs(raw_mnist, tmp_path, member_loop):
   assert read_rows(tmp_path / "sweep" / "wd0.0001-seed1")[-1]["path_norm"] > got[-1]["path_norm"]
 
 
+@pytest.mark.slow  # trains a sweep and resumes it
 def test_rerun_without_resume_is_refused(raw_mnist, tmp_path, capsys):
   data = ["--raw-data-dir", str(raw_mnist), "--data-dir", str(tmp_path / "tfds"),
           "--allow-unofficial-data", "true"]  # fmt: skip
@@ -99,6 +111,7 @@ def copy_of(finished_sweep, tmp_path):
   return tmp_path / "s", [*argv, "--workdir", tmp_path / "s"]
 
 
+@pytest.mark.slow  # trains a sweep
 def test_a_diverged_member_stops_alone_and_stays_stopped_on_resume(
   finished_sweep, tmp_path, capsys
 ):
@@ -130,6 +143,7 @@ def test_a_diverged_member_stops_alone_and_stays_stopped_on_resume(
   assert [r["step"] for r in read_rows(good)] == [0, 10, 20, 30]
 
 
+@pytest.mark.slow  # trains a sweep
 @pytest.mark.parametrize(
   "total_iter, why, step",
   [(11, "the evaluated training loss is nan", 11), (30, "the training loss became nan", 12)],
@@ -159,6 +173,7 @@ def test_when_every_member_diverges_the_sweep_stops(
   assert snapshot(folder) == before
 
 
+@pytest.mark.slow  # a subprocess
 def test_interrupted_sweep_saves_every_member_at_one_step_and_resumes_identically(
   raw_mnist, tmp_path
 ):
@@ -191,6 +206,7 @@ def test_interrupted_sweep_saves_every_member_at_one_step_and_resumes_identicall
     assert_same_run(folder / name, reference / name)
 
 
+@pytest.mark.slow  # trains a sweep
 def test_a_corrupt_checkpoint_in_one_member_resumes_all_from_a_common_step(
   finished_sweep, tmp_path, capsys
 ):
@@ -208,6 +224,7 @@ def test_a_corrupt_checkpoint_in_one_member_resumes_all_from_a_common_step(
     assert_same_run(folder / name, finished_sweep[0] / name)
 
 
+@pytest.mark.slow  # trains a sweep (finished_sweep)
 def test_resume_refuses_changes_in_one_line_and_touches_nothing(finished_sweep, tmp_path, capsys):
   folder, argv = copy_of(finished_sweep, tmp_path)
   before = snapshot(folder)

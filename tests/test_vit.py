@@ -117,6 +117,7 @@ def test_narrower_vit_computes_the_same_without_dead_heads_and_neurons(heads, ne
   )
 
 
+@pytest.mark.slow  # trains two ViT runs
 def test_vit_comparison_runs_end_to_end(raw_mnist, tmp_path):
   """Both methods at toy size, then the figures (with one panel per block's heads and neurons)."""
   argv = ["fashion_mnist_vit", "--workdir", str(tmp_path / "cmp"), *toy_flags(raw_mnist, tmp_path),
@@ -138,6 +139,7 @@ def test_vit_comparison_runs_end_to_end(raw_mnist, tmp_path):
   assert "active_units_by_group.png" in (tmp_path / "cmp" / "report.md").read_text()
 
 
+@pytest.mark.slow  # trains a ViT run
 def test_vit_pathprox_run_compacts_to_the_same_function(raw_mnist, tmp_path, capsys):
   run = tmp_path / "run"
   argv = ["--workdir", str(run), *toy_flags(raw_mnist, tmp_path), "--num-heads", "4,4",
