@@ -83,8 +83,12 @@ def test_prox_budget_meets_each_members_target_and_heals_frozen():
   assert np.all(kept[:PROX_START] == 1.0)  # warm-up: dense
   # The controller alone, at the last step before the freeze, and the frozen mask: within 2%.
   np.testing.assert_allclose(kept[HEAL_START - 2], targets, atol=0.02)
-  np.testing.assert_allclose(kept[-1], targets, atol=0.02)
-  assert np.all(kept[-1] <= np.asarray(targets) + 1e-6)  # the freeze switches off any excess
+  # The freeze tops the mask up both ways: the target, from above, to within one unit.
+  one_unit = max(COSTS.values()) / sum(
+    COSTS[g] * n for g, n in pp.unit_counts(PARAMS, GROUPS).items()
+  )
+  assert np.all(kept[-1] >= np.asarray(targets) - 1e-6)
+  assert np.all(kept[-1] <= np.asarray(targets) + one_unit + 1e-6)
   for member in range(2):
     member_params = jax.tree.map(lambda p, m=member: p[m], params)
     active = pp.unit_path_norms(member_params, GROUPS)

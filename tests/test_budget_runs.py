@@ -155,16 +155,8 @@ def test_a_budget_run_logs_flops_kept_and_holds_its_units_through_the_heal(budge
 
 
 @pytest.mark.slow  # the runs of the test above
-def test_a_budget_run_ends_within_three_percent_of_its_target(budget_run, request):
+def test_a_budget_run_ends_within_three_percent_of_its_target(budget_run):
   method, workdir, _ = budget_run
-  if method == "pathprox":
-    request.applymarker(
-      pytest.mark.xfail(
-        strict=True,
-        reason="the controller overshoots on this short ramp: a cliff of switch-offs ends at "
-        "0.25 of the FLOPs, and the freeze only tops up an excess (library issue 25)",
-      )
-    )
   assert read_rows(workdir)[-1]["flops_kept"] == pytest.approx(TARGET, rel=0.03)
 
 

@@ -21,11 +21,14 @@ units). Its steps, counted by its own ``count``:
   smallest :math:`\\|w_i\\|\\|v_i\\|/c_g` are switched off so that :math:`\\kappa \\ge s_t`;
   once off they stay off.
 - **heal** (``count >= heal_start``): the mask is frozen at the last sparsify step, where
-  the units beyond the target, if any, are switched off by magnitude (so the frozen mask meets
-  the budget to within one unit). Off units, and their slices of the base optimiser's state
-  (SGD's trace, Adam's moments: every params-shaped part, found with
-  ``optax.tree_utils.tree_map_params``), are zeroed every step; the kept units train with the
-  base optimiser alone, plus ``heal_weight_decay`` on the grouped kernels if given.
+  the units are ranked by :math:`\\|w_i\\|\\|v_i\\|/c_g` before that step's prox and the largest
+  kept so that the frozen mask meets the budget to within one unit, from above: the units the
+  controller kept beyond the target go, and where it switched off too many, the units just
+  below the threshold come back on, with their out-weights from before the prox. Off units,
+  and their slices of the base optimiser's state (SGD's trace, Adam's moments: every
+  params-shaped part, found with ``optax.tree_utils.tree_map_params``), are zeroed every step;
+  the kept units train with the base optimiser alone, plus ``heal_weight_decay`` on the grouped
+  kernels if given.
 """
 
 from __future__ import annotations
@@ -227,16 +230,29 @@ def with_budget(
       chosen = unit_masks.magnitude_masks(scores, layouts, costs, goal)
       masks = {g: chosen[g] & state.masks[g] for g in ids}  # once off, off
     controlled = unit_masks.kept_fraction(masks, layouts, costs)
-    # The ramp's end: switch off by magnitude what is beyond the target (ranked before the prox).
-    top_up = jax.lax.cond(
+    # The ramp's end: the frozen mask meets the target to within one unit, from above. The
+    # units are ranked by their path norm before the prox, so that PathProx's mask is topped
+    # up both ways: what the controller kept beyond the target goes, and where it switched off
+    # too much, the units the threshold only just took (the largest below it) come back on.
+    # GMP's off units stay off (score 0: they go first).
+    candidates = (
+      masks if selection == "magnitude" else {g: jnp.ones_like(m) for g, m in masks.items()}
+    )
+    frozen = jax.lax.cond(
       freeze,
       lambda scores: unit_masks.magnitude_masks(scores, layouts, costs, target_),
-      lambda scores: {g: jnp.ones(s.shape, bool) for g, s in scores.items()},
-      unit_masks.path_norm_scores(stepped, layouts, masks),
+      lambda scores: masks,
+      unit_masks.path_norm_scores(stepped, layouts, candidates),
     )
-    masks = {
-      g: jnp.where(heal, state.masks[g], jnp.where(warm, True, masks[g] & top_up[g])) for g in ids
-    }
+    if selection == "prox":  # a unit back on restarts from its out-weights before the prox
+      for g in layouts:
+        back = freeze & frozen[g.group] & ~masks[g.group]
+        sparse[g.out_kernel] = jnp.where(
+          unit_masks.on_axis(back, sparse[g.out_kernel].ndim, g.out_axis),
+          stepped[g.out_kernel],
+          sparse[g.out_kernel],
+        )
+    masks = {g: jnp.where(heal, state.masks[g], jnp.where(warm, True, frozen[g])) for g in ids}
     # The prox zeroes its units itself (they may come back); masks zero GMP's, and all frozen.
     zeroed = heal | freeze | (sparsify & (selection == "magnitude"))
     on = jax.tree.leaves(unit_masks.mask_tree(params, masks, layouts))

@@ -84,16 +84,21 @@ def magnitude_masks(
 
 
 def mask_tree(params: Any, masks: Mapping[int, jax.Array], layouts: Sequence[GroupLayout]) -> Any:
-  """A tree with the structure of ``params``: each sliced leaf's units mask, shaped to broadcast
-  on its unit axis, and ``True`` (a Python bool) for the leaves no group slices."""
+  """A tree with the structure of ``params``: each sliced leaf's units masks, shaped to
+  broadcast on their unit axes, and ``True`` (a Python bool) for the leaves no group slices."""
   leaves, treedef = jax.tree.flatten(params)
   out: list[Any] = [True] * len(leaves)
   for g in layouts:
-    for i, axis in g.sliced:
-      shape = [1] * leaves[i].ndim
-      shape[axis] = -1
-      out[i] = masks[g.group].reshape(shape)
+    for i, axis in g.sliced:  # a kernel between two groups of a chain takes both masks
+      out[i] = out[i] & on_axis(masks[g.group], leaves[i].ndim, axis)
   return treedef.unflatten(out)
+
+
+def on_axis(mask: jax.Array, ndim: int, axis: int) -> jax.Array:
+  """A units mask shaped to broadcast on ``axis`` of an array of ``ndim`` dimensions."""
+  shape = [1] * ndim
+  shape[axis] = -1
+  return mask.reshape(shape)
 
 
 def zero_off_units(x: jax.Array, mask: jax.Array | bool) -> jax.Array:
