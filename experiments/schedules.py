@@ -88,7 +88,7 @@ def check_resumed_schedule(
   before = run_folder.read_config(path)
   end, last = before.total_iter, max(before.total_iter, config.total_iter)
   steps = jnp.arange(last + 1)
-  old = np.asarray(jax.vmap(learning_rate_schedule(before, steps_per_epoch))(steps))
+  old = np.array(jax.vmap(learning_rate_schedule(before, steps_per_epoch))(steps))
   new = np.asarray(jax.vmap(learning_rate_schedule(config, steps_per_epoch))(steps))
   old[end:] = old[end]  # past its planned end, the run would go on at the end's rate
   differs = ~np.isclose(new, old, rtol=1e-6, atol=0.0)
