@@ -368,12 +368,11 @@ def compact_run(
 
 def main(argv: Sequence[str] | None = None) -> int:
   """Compacts one run from the command line; returns the exit code."""
-  parser = cli.ArgumentParser(
-    prog="python -m experiments.compact",
-    description=__doc__,
-  )
+  parser = cli.ArgumentParser(prog="python -m experiments.compact", description=__doc__)
   parser.add_argument("run_dir", help="a run folder (config.json and checkpoints/)")
-  parser.add_argument("--out", help="output folder (default: RUN_DIR/compact)")
+  parser.add_argument(
+    "--out", help="output folder, absent or empty: never replaced (default: RUN_DIR/compact)"
+  )
   parser.add_argument(
     "--atol", default="0", help="drop units whose |out weights| are all <= ATOL (default: 0)"
   )

@@ -187,7 +187,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     "--match", metavar="COMPACT_DIR", help="keep as many units per group as this compact output"
   )
   match.add_argument("--keep", metavar="N,N,...", help="units to keep per group, in group order")
-  parser.add_argument("--out", help="output folder (default: RUN_DIR/prune)")
+  parser.add_argument(
+    "--out", help="output folder, absent or empty: never replaced (default: RUN_DIR/prune)"
+  )
   parser.add_argument("--repeats", type=int, default=20, help="timed calls per benchmark")
   try:
     args = parser.parse_args(argv)
