@@ -407,8 +407,7 @@ class ViT(nn.Module):
     Returns:
       The spec pytree: block ``b``'s heads in group ``2b`` (value projection "in", out
       projection "out", query and key removed with their head by :func:`pathprox_jax.compact`),
-      its FFN neurons in group ``2b + 1``, everything else ``None`` (a block with no heads or
-      neurons left has no group).
+      its FFN neurons in group ``2b + 1`` (where it has any), everything else ``None``.
     """
     base = pp.group_spec(boxed) if any(self.mlp_dim) else None  # a compact ViT may have none
     with_heads = "|".join(str(b) for b, heads in enumerate(self.num_heads) if heads)
