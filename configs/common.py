@@ -42,7 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.heal_start = 0  # --target-flops: first heal step (ramp's end; the off units stay off)
   config.regularize_bias = False  # penalise biases too (pathprox: ||[w_i, b_i]||; wd: decay them)
   config.batch_size = 200  # global batch, split over all devices
-  config.total_iter = 50_000  # training steps (may be raised on --resume)
+  config.total_iter = 50_000  # training steps (on --resume: only where the lr stays the same)
   config.log_freq = 1000  # steps between evaluations (a row of metrics.jsonl)
   config.save_freq = 10_000  # steps between checkpoints (also saved at the end)
   config.eval_batch_size = 10_000  # examples per evaluation batch

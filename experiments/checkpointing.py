@@ -149,25 +149,30 @@ def _problem(restored: Any, abstract: Any) -> str | None:
   return None
 
 
-def restore_init_params(directory: str, params: Any) -> Any:
+def restore_init_params(directory: str, params: Any, config: Any = None) -> Any:
   """The params saved in ``directory`` (``init_params``), else ``params`` when it is "".
 
   Args:
     directory: an orbax params checkpoint (a compact or prune output's ``params/``), or "".
     params: the model's freshly initialised params: the structure, shapes and dtypes
       the saved ones must have.
+    config: the run's config, whose model keys (the model, its widths, activations, ...)
+      must equal those of the ``config.json`` beside ``directory``, where there is one.
 
   Returns:
     The params to start the run from.
 
   Raises:
-    InitParamsError: ``directory`` is no folder, or no params checkpoint of this model.
+    InitParamsError: ``directory`` is no folder, no params checkpoint of this model, or
+      saved from a model of other keys.
   """
   if not directory:
     return params
   path = Path(directory).absolute()
   if not path.is_dir():
     raise InitParamsError(f"--init-params {directory}: no such folder")
+  if config is not None:
+    _check_source_model(directory, config)
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, params)
   try:
     with _quiet_abandoned_coroutines(), ocp.StandardCheckpointer() as checkpointer:
@@ -178,6 +183,40 @@ def restore_init_params(directory: str, params: Any) -> Any:
   if problem is not None:
     raise InitParamsError(f"--init-params {directory} does not fit the model: {problem}")
   return restored
+
+
+def _check_source_model(directory: str, config: Any) -> None:
+  """Raises :class:`InitParamsError` where the source's ``config.json`` has other model keys.
+
+  Shapes alone miss an activation (``--relu``), a pooling or a patch size: params trained
+  with them compute another function in this run's model. A source without ``config.json``
+  (params saved by other means) is checked on shapes only, with a warning.
+  """
+  from experiments import config_checks, run_folder
+
+  source = Path(directory).absolute().parent / run_folder.CONFIG
+  if not source.is_file():
+    print(
+      f"warning: --init-params {directory}: no {source.name} beside it; only the shapes of "
+      "its params are checked against this run's model",
+      file=sys.stderr,
+    )
+    return
+  try:
+    saved = run_folder.read_config(source)
+  except run_folder.NotARunError as e:
+    raise InitParamsError(f"--init-params {directory}: {e}") from None
+  shown = config_checks.format_value
+  keys = ("model", *config_checks.MODEL_KEYS.get(config.model, ()))
+  differing = [k for k in keys if shown(saved[k]) != shown(config[k])]
+  if differing:
+    changes = ", ".join(
+      f"{config_checks.flag(k)} {shown(saved[k])} (here {shown(config[k])})" for k in differing
+    )
+    raise InitParamsError(
+      f"--init-params {directory} was saved from a model with {changes} ({source}); pass "
+      "the source's model flags"
+    )
 
 
 class Checkpoints:

@@ -150,7 +150,7 @@ def parse_command(experiment: str, argv: Sequence[str] | None = None) -> Command
   for key in overrides:
     if not applies(key, config):
       setting, option = owner(key)
-      raise ConfigError(f"{flag(key)} applies only to --{setting} {option}")
+      raise ConfigError(f"{flag(key)} applies only to {flag(setting)} {option}")
   from experiments.raw_files import RAW_DIR_ENV
 
   if not config.raw_data_dir and os.environ.get(RAW_DIR_ENV):

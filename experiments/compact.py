@@ -5,7 +5,8 @@
 are zero (at most ``--atol``) with :func:`pathprox_jax.compact`, checks on the
 run's test and validation sets that the smaller model computes the same logits (to
 1e-5 * max(1, max |logit|): only the order of f32 sums changes) and the same
-accuracy, writes it to ``DIR`` (default ``RUN_DIR/compact``), and prints the
+accuracy, writes it to ``DIR`` (default ``RUN_DIR/compact``; a ``DIR`` that exists and is not
+empty is never replaced: the command refuses, exit code 2), and prints the
 parameters, FLOPs per example and inference throughput of both models, and the
 ``experiments.heal`` command that fine-tunes the smaller model. With
 ``--atol`` > 0, units with small nonzero out weights go too, and with ``--path-norm-tol``
@@ -28,8 +29,8 @@ A run starts from the smaller model with ``--init-params DIR/params`` and ``DIR`
 as from a prune output.
 
 Exit codes: 0 done; 1 the smaller model's outputs differ, or a group of a chain
-(MLP, VGG) has no units left; 2 bad input (not a run, an output folder that is not a previous
-compact output, bad flags).
+(MLP, VGG) has no units left; 2 bad input (not a run, an output folder that is not empty,
+bad flags).
 """
 
 from __future__ import annotations
@@ -252,18 +253,12 @@ def without_empty_arrays(tree: Mapping[str, Any]) -> dict[str, Any]:
   return out
 
 
-def check_output_folder(out: Path, marker: str = MARKER) -> None:
-  """Raises :class:`UsageError` unless ``out`` is absent, empty or a previous output.
-
-  Args:
-    out: the output folder.
-    marker: the record file that only the command's outputs hold (``compact.json``,
-      ``prune.json``).
-  """
-  if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / marker).is_file())):
+def check_output_folder(out: Path) -> None:
+  """Raises :class:`UsageError` unless ``out`` is absent or an empty folder: an output is never
+  replaced (a fine-tune started from it could no longer resume, nor its command reproduce it)."""
+  if out.exists() and not (out.is_dir() and not any(out.iterdir())):
     raise UsageError(
-      f"{out} exists and is not a previous {Path(marker).stem} output (no {marker}); "
-      "remove it or choose another --out"
+      f"{out} exists and is not empty; outputs are never replaced: pass another --out"
     )
 
 
@@ -274,7 +269,7 @@ def write_output(
   record: dict,
   marker: str = MARKER,
 ) -> None:
-  """Writes ``params/``, ``config.json`` and the record ``marker``, replacing a previous output.
+  """Writes ``params/``, ``config.json`` and the record ``marker`` into ``out`` (absent or empty).
 
   The folder is written under a temporary name and renamed at the end, so that
   an interrupted write never leaves a folder that looks like a complete output.
@@ -285,7 +280,8 @@ def write_output(
     with ocp.StandardCheckpointer() as checkpointer:
       checkpointer.save(folder.absolute() / "params", params)
       checkpointer.wait_until_finished()
-    (folder / run_folder.CONFIG).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    recorded = json.dumps(config_checks.recorded(config), indent=2)  # the keys that apply
+    (folder / run_folder.CONFIG).write_text(recorded + "\n")
     (folder / marker).write_text(json.dumps(record, indent=2) + "\n")
 
   out.absolute().parent.mkdir(parents=True, exist_ok=True)
@@ -324,12 +320,11 @@ def compact_run(
 
 def main(argv: Sequence[str] | None = None) -> int:
   """Compacts one run from the command line; returns the exit code."""
-  parser = cli.ArgumentParser(
-    prog="python -m experiments.compact",
-    description=__doc__,
-  )
+  parser = cli.ArgumentParser(prog="python -m experiments.compact", description=__doc__)
   parser.add_argument("run_dir", help="a run folder (config.json and checkpoints/)")
-  parser.add_argument("--out", help="output folder (default: RUN_DIR/compact)")
+  parser.add_argument(
+    "--out", help="output folder, absent or empty: never replaced (default: RUN_DIR/compact)"
+  )
   parser.add_argument(
     "--atol", default="0", help="drop units whose |out weights| are all <= ATOL (default: 0)"
   )

@@ -25,15 +25,19 @@ MODELS = ("mlp", "vgg", "vit")
 SPLITS = ("subset", "holdout")
 
 
-# Keys that only one model or one kind of split reads: the others' are hidden from --help
-# and refused as flags.
+# Keys that only one model, one kind of split or one learning-rate schedule reads: the others'
+# are hidden from --help, refused as flags and left out of config.json (:func:`recorded`).
 MODEL_KEYS = {
   "mlp": ("features", "relu"),
   "vgg": ("channels", "pool_after"),
   "vit": ("num_heads", "mlp_dim", "width", "head_dim", "patch_size"),
 }
 SPLIT_KEYS = {"subset": ("train_per_class",), "holdout": ("val_size",)}
-# Keys a resumed run may change: none of them changes the parameters' trajectory.
+SCHEDULE_KEYS = {"step": ("lr_milestones", "lr_decay")}
+_OWNERS = (("model", MODEL_KEYS), ("split", SPLIT_KEYS), ("lr_schedule", SCHEDULE_KEYS))
+# Keys a resumed run may change. None but total_iter can change the parameters' trajectory;
+# total_iter may change only where the learning rate stays the same at every step the run has
+# taken or planned (see experiments.schedules.check_resumed_schedule).
 RESUMABLE_KEYS = frozenset(
   (
     "total_iter",
@@ -72,8 +76,11 @@ def flag_value(value: Any) -> str:
 
 
 def owner(key: str) -> tuple[str, str] | None:
-  """``("model" or "split", option)`` of a key only that option reads; None for the others."""
-  for setting, keys_of in (("model", MODEL_KEYS), ("split", SPLIT_KEYS)):
+  """``(setting, option)`` of a key only that option reads (``("lr_schedule", "step")``).
+
+  None for the keys every config reads.
+  """
+  for setting, keys_of in _OWNERS:
     for option, keys in keys_of.items():
       if key in keys:
         return setting, option
@@ -81,9 +88,18 @@ def owner(key: str) -> tuple[str, str] | None:
 
 
 def applies(key: str, config: ml_collections.ConfigDict) -> bool:
-  """Whether the config's model and split read ``key``."""
+  """Whether the config's model, split and learning-rate schedule read ``key``."""
   setting = owner(key)
   return setting is None or config[setting[0]] == setting[1]
+
+
+def recorded(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config as ``config.json`` records it: the keys that apply (:func:`applies`) only.
+
+  A cosine run records no ``lr_milestones``, a ViT no ``features``: nothing that never
+  applied. Reading it back (``run_folder.read_config``) gives the others their defaults.
+  """
+  return {key: value for key, value in config.to_dict().items() if applies(key, config)}
 
 
 def format_value(value: Any) -> str:
@@ -289,10 +305,7 @@ def _validate_model(config: ml_collections.ConfigDict) -> None:
     )
   elif config.model == "vit":
     widths, key = (*config.num_heads, *config.mlp_dim), "num_heads"
-    check(
-      len(config.num_heads) == len(config.mlp_dim),
-      f"--num-heads has {len(config.num_heads)} blocks but --mlp-dim has {len(config.mlp_dim)}",
-    )
+    _validate_vit(config)
   else:
     widths, key = config.channels, "channels"
     check(len(widths) % 2 == 0, f"--channels must list an even number of convs, got {len(widths)}")
@@ -319,3 +332,23 @@ def _validate_model(config: ml_collections.ConfigDict) -> None:
       f"--features: the last width is the number of outputs and must be >= the {classes} "
       f"classes of {config.dataset}, got {widths[-1]}",
     )
+
+
+def _validate_vit(config: ml_collections.ConfigDict) -> None:
+  check(
+    len(config.num_heads) == len(config.mlp_dim),
+    f"--num-heads has {len(config.num_heads)} blocks but --mlp-dim has {len(config.mlp_dim)}",
+  )
+  for key in ("width", "head_dim", "patch_size"):
+    check(config[key] >= 1, f"{flag(key)} must be >= 1, got {config[key]}")
+  check(
+    any(config.num_heads) or any(config.mlp_dim),
+    f"--num-heads {format_value(config.num_heads)} and --mlp-dim "
+    f"{format_value(config.mlp_dim)} leave the ViT no head or neuron, so it has no PathProx "
+    "unit; keep at least one",
+  )
+  check(
+    not config.balance,
+    "--balance true: a ViT's blocks are joined by residual connections, so its groups form no "
+    "chain to balance; pass --balance false",
+  )

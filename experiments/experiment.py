@@ -33,28 +33,8 @@ from experiments import (
   parallel,
 )
 from experiments import groups as groups_lib
+from experiments.schedules import learning_rate_schedule
 from experiments.train_step import TrainState, make_train_steps
-
-
-def learning_rate_schedule(
-  config: ml_collections.ConfigDict, steps_per_epoch: int
-) -> optax.Schedule:
-  """``warmup_iter`` steps of linear warm-up to ``lr``, then the ``lr_schedule``.
-
-  ``"step"``: ``lr`` multiplied by ``lr_decay`` at each epoch in ``lr_milestones``;
-  ``"cosine"``: cosine decay from ``lr`` to 0 at ``total_iter``.
-  """
-  warmup = config.warmup_iter
-  if config.lr_schedule == "cosine":
-    decay = optax.cosine_decay_schedule(config.lr, config.total_iter - warmup)
-  else:
-    decay = optax.piecewise_constant_schedule(
-      config.lr,
-      {int(epoch * steps_per_epoch) - warmup: config.lr_decay for epoch in config.lr_milestones},
-    )
-  if not warmup:
-    return decay
-  return optax.join_schedules([optax.linear_schedule(0.0, config.lr, warmup), decay], [warmup])
 
 
 def create_optimizer(
@@ -219,7 +199,9 @@ class Experiment:
     splits: ``{"train", "val", "test"}``: ``(uint8 images, int32 labels)`` on the host.
     groups: the model's PathProx group spec.
     unit_costs: ``{group: FLOPs per example of one of its units}`` (``pp.unit_costs``).
+    steps_per_epoch: training steps per pass over the training split.
     schedule: the learning-rate schedule.
+    init_params_source: the folder the members' initial params were read from ("": none).
     states: each member's initial :class:`TrainState` (a single run's replicated over
       ``mesh``).
     data_keys: each member's key of the data order (and augmentation).
@@ -227,7 +209,14 @@ class Experiment:
     evaluate: ``params -> metrics dict`` of one member's params.
   """
 
-  def __init__(self, configs: Sequence[ml_collections.ConfigDict], member_loop: str = "auto"):
+  def __init__(
+    self,
+    configs: Sequence[ml_collections.ConfigDict],
+    member_loop: str = "auto",
+    init_params_source: str | None = None,
+  ):
+    """Builds the members (``init_params_source``: where their params start, by default
+    the config's ``init_params``; "" for the random init)."""
     self.configs = list(configs)
     config = self.configs[0]
     self.mesh = parallel.make_mesh(config.num_devices)
@@ -238,8 +227,8 @@ class Experiment:
       train_per_class=config.train_per_class,
     )
     train_images, train_labels = splits["train"]
-    per_epoch = input_pipeline.steps_per_epoch(len(train_labels), config.batch_size)
-    self.schedule = learning_rate_schedule(config, per_epoch)
+    self.steps_per_epoch = input_pipeline.steps_per_epoch(len(train_labels), config.batch_size)
+    self.schedule = learning_rate_schedule(config, self.steps_per_epoch)
     model = models.create_model(config)
     initial = initial_params(model, [c.seed for c in self.configs], train_images[:1])
     example = jax.ShapeDtypeStruct(train_images[:1].shape, jnp.float32)
@@ -256,9 +245,12 @@ class Experiment:
       for w in weight_decays
     ]
     self._indices = [weight_decays.index(c.weight_decay) for c in self.configs]
+    self.init_params_source = source = (
+      config.init_params if init_params_source is None else init_params_source
+    )
     self.states, self.data_keys = [], []
     for index, (boxed, data_key) in zip(self._indices, initial, strict=True):
-      params = checkpointing.restore_init_params(config.init_params, nn.meta.unbox(boxed))
+      params = checkpointing.restore_init_params(source, nn.meta.unbox(boxed), config)
       self.states.append(TrainState(jnp.zeros((), jnp.int32), params, txs[index].init(params)))
       self.data_keys.append(data_key)
     self._stacked = len(self.configs) > 1

@@ -402,20 +402,21 @@ class ViT(nn.Module):
     """The PathProx spec: the FFN neurons' init annotations plus every block's heads.
 
     Args:
-      boxed: this model's boxed params (``model.init(...)["params"]``, or its
-        ``jax.eval_shape``).
+      boxed: this model's boxed params (``model.init(...)["params"]`` or its ``eval_shape``).
 
     Returns:
-      The spec pytree: block ``b``'s heads in group ``2b`` (value projection
-      "in", out projection "out", query and key removed with their head by
-      :func:`pathprox_jax.compact`), its FFN neurons in group ``2b + 1``,
-      everything else ``None``.
+      The spec pytree: block ``b``'s heads in group ``2b`` (value projection "in", out
+      projection "out", query and key removed with their head by :func:`pathprox_jax.compact`),
+      its FFN neurons in group ``2b + 1`` (where it has any), everything else ``None``.
     """
+    base = pp.group_spec(boxed) if any(self.mlp_dim) else None  # a compact ViT may have none
     with_heads = "|".join(str(b) for b, heads in enumerate(self.num_heads) if heads)
+    if not with_heads:  # every block lost its heads
+      return base
     rules = pp.attention_head_rules(
       rf"block_({with_heads})/attention", lambda match: vit_groups(int(match[1]))[0]
     )
-    return pp.group_spec_from_paths(nn.meta.unbox(boxed), rules, base=pp.group_spec(boxed))
+    return pp.group_spec_from_paths(nn.meta.unbox(boxed), rules, base=base)
 
 
 def compacted_vit_widths(

@@ -9,7 +9,8 @@ and output projections), as many as ``--match``'s compact output (of
 others are removed (:func:`pathprox_jax.compact` with ``keep``): the smaller model computes
 the run's function with their "out" weights set to zero.
 
-``DIR`` (default ``RUN_DIR/prune``) has the layout of a compact output: ``params/``,
+``DIR`` (default ``RUN_DIR/prune``; an existing ``DIR`` that is not empty is never replaced:
+the command refuses, exit code 2) has the layout of a compact output: ``params/``,
 ``config.json`` (the run's config with the new widths) and ``prune.json`` (the kept units of
 each group, test accuracy before and after pruning, parameters and FLOPs kept, and the
 ``experiments.heal`` command that fine-tunes the pruned model as it fine-tunes a compact
@@ -17,7 +18,7 @@ output: ordinary runs from ``--init-params DIR/params``, for a tenth of the run'
 The command prints it too.
 
 Exit codes: 0 done; 2 bad input (not a run, no compact output to match, counts of the wrong
-length or out of range, an output folder that is not a previous prune output, bad flags).
+length or out of range, an output folder that is not empty, bad flags).
 """
 
 from __future__ import annotations
@@ -150,7 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     "--match", metavar="COMPACT_DIR", help="keep as many units per group as this compact output"
   )
   match.add_argument("--keep", metavar="N,N,...", help="units to keep per group, in group order")
-  parser.add_argument("--out", help="output folder (default: RUN_DIR/prune)")
+  parser.add_argument(
+    "--out", help="output folder, absent or empty: never replaced (default: RUN_DIR/prune)"
+  )
   parser.add_argument("--repeats", type=int, default=20, help="timed calls per benchmark")
   try:
     args = parser.parse_args(argv)
@@ -159,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     requested = parse_keep(args.keep) if args.keep is not None else read_match(Path(args.match))
     run_dir = Path(args.run_dir)
     out = Path(args.out) if args.out else run_dir / "prune"
-    compact.check_output_folder(out, MARKER)
+    compact.check_output_folder(out)
     run = compact.restore_run(run_dir)
     scores = {g: np.asarray(s) for g, s in pp.unit_path_norms(run.params, run.groups).items()}
     counts = kept_counts(requested, {g: len(s) for g, s in scores.items()}, run.config.model)

@@ -23,13 +23,13 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-import pathprox_jax as pp
 from experiments import (
   checkpointing,
   distributed,
   metrics_writer,
-  models,
   run_folder,
+  run_record,
+  schedules,
   workdir_lock,
 )
 from experiments.experiment import Experiment
@@ -219,8 +219,12 @@ class _Loop:
     """Trains the members to ``total_iter``; returns each member's last metrics."""
     if not self.members:
       raise NonFiniteLossError(_divergence_message(self.everyone, len(self.everyone), self.single))
-    # Built before any file is written: bad data fails here.
-    experiment = Experiment([m.config for m in self.members], member_loop)
+    # Built before any file is written: bad data, init params or schedules fail here.
+    first = self.members[0]
+    source = run_record.init_params_source(first.config, first.workdir, resume)
+    experiment = Experiment([m.config for m in self.members], member_loop, source)
+    for m in self.members if resume else ():
+      schedules.check_resumed_schedule(m.workdir, m.config, experiment.steps_per_epoch)
     try:
       with contextlib.ExitStack() as cleanup:  # closes what was opened, however the run ends
         cleanup.enter_context(checkpointing.orbax_errors_quiet())
@@ -262,7 +266,7 @@ class _Loop:
     if self.is_writer:
       for m, state in zip(members, states, strict=True):
         resumed_from = int(state.step) if resume else None
-        _write_config(
+        run_record.write_config(
           m.workdir / run_folder.CONFIG,
           m.config,
           state.params,
@@ -270,6 +274,7 @@ class _Loop:
           command,
           resumed_from,
         )
+        run_record.copy_init_params(m.workdir, experiment.init_params_source)
     self.elapsed_before = max((h[-1]["wall_time"] for h in histories if h), default=0.0)
     if not histories:
       self._log(experiment, experiment.stack(states).params, int(states[0].step))
@@ -461,40 +466,3 @@ def _restore(members: list[_Member], states, data_keys, is_writer: bool):
     for m in members:
       m.checkpoints.manager.reload()  # the saves to come must not wait for those steps
   return None if step < 0 else restored
-
-
-def _write_config(
-  path: Path,
-  config: ml_collections.ConfigDict,
-  params: Any,
-  groups: Any,
-  command: str,
-  resumed_from: int | None = None,
-) -> None:
-  """``config.json``: the config, the command, the library version, devices and groups.
-
-  A resumed run (``resumed_from``: the step) keeps the record it started with and appends
-  ``{"command", "step", "changed"}`` to its ``resumes``: the command, the step it resumed
-  from, and the config keys it changed (only those that cannot change the trajectory).
-  """
-  record = None
-  if resumed_from is not None and path.exists():
-    record = run_folder.read_record(path)  # resume.resumed_config has read it already
-    before = run_folder.read_config(path)
-    changed = {k: v for k, v in config.to_dict().items() if config[k] != before[k]}
-    resume = {"command": command, "step": resumed_from, "changed": changed}
-    record.setdefault("resumes", []).append(resume)
-  if record is None:
-    units = {str(g): n for g, n in pp.unit_counts(params, groups).items()}
-    record = config.to_dict()
-    record.update(
-      command=command,
-      pathprox_jax_version=pp.__version__,
-      devices=f"{jax.device_count()} x {jax.devices()[0].platform}",
-      processes=jax.process_count(),
-      groups=sorted(int(g) for g in units),
-      units=units,
-      group_names={str(g): name for g, name in models.group_names(config).items()},
-    )
-  path.parent.mkdir(parents=True, exist_ok=True)
-  run_folder.write_json(path, record)

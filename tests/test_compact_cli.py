@@ -102,22 +102,21 @@ def test_mlp_run_compacts_to_the_same_function(mlp_run, capsys):
   assert "max |logit difference|" in printed and "batch 1,000: examples / s" in printed
 
 
-def test_output_folder_is_replaced_only_if_it_is_a_compact_output(tmp_path, capsys):
+def test_output_folder_is_never_replaced(tmp_path, capsys):
   foreign = tmp_path / "notes"
   foreign.mkdir()
   (foreign / "keep.txt").write_text("mine")
   assert compact.main([str(tmp_path / "run"), "--out", str(foreign)]) == 2
   err = capsys.readouterr().err
-  assert err.count("\n") == 1 and "is not a previous compact output" in err
+  assert err.count("\n") == 1 and "exists and is not empty; outputs are never replaced" in err
   assert [p.name for p in foreign.iterdir()] == ["keep.txt"]
 
   out = tmp_path / "compact"
-  config = ml_collections.ConfigDict({"features": (2,)})
-  for value in (1.0, 2.0):  # the second output replaces the first
+  out.mkdir()  # an empty folder takes an output
+  compact.check_output_folder(out)
+  compact.write_output(out, ml_collections.ConfigDict({"model": "mlp"}), {"w": jnp.ones(2)}, {})
+  with pytest.raises(compact.UsageError, match="outputs are never replaced"):
     compact.check_output_folder(out)
-    compact.write_output(out, config, {"w": jnp.full(2, value)}, {"value": value})
-  _, params, record = read_output(out)
-  assert record == {"value": 2.0} and params["w"].tolist() == [2.0, 2.0]
   assert sorted(p.name for p in tmp_path.iterdir()) == ["compact", "notes"]
 
 

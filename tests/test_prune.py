@@ -153,7 +153,7 @@ def test_init_params_starts_the_run_from_the_pruned_params(raw_mnist, pruned, tm
   "init, message",
   [
     ("missing", "--init-params {}: no such folder"),
-    ("params", "--init-params {} does not fit the model: "),
+    ("params", "--init-params {} was saved from a model with --num-heads 3,1 (here 4,4)"),
   ],
 )
 def test_init_params_that_do_not_fit_are_a_one_line_error(
