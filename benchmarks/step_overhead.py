@@ -6,13 +6,15 @@ Prints the median step time of each and their ratio: ``pathprox_sgd`` against
 ``optax.adamw`` (both with the kernel-rule decay mask) for the MLP and the
 Fashion-MNIST ViT (4 blocks of 4 heads and 128 neurons, batch 128). The proximal
 step is O(parameters) and the train step O(batch × parameters), so the ratio
-should be close to 1 (goal: <= 1.05).
+should be close to 1 (goal: <= 1.05). Each ratio is the median of paired ratios: both steps
+are compiled first, then each of ``--repeats`` rounds times ``--steps`` steps of each,
+alternating which goes first, so that a loaded machine's drift hits each pair alike.
 
 Then the step with a FLOPs budget (``pp.budget_sgd`` in its sparsify phase: the prox, the
 kept fraction and the controller of lambda) against the plain ``pathprox_sgd`` step with the
 same unit costs, interleaved the same way (goal: <= 1.05).
 
-  python benchmarks/step_overhead.py [--steps 200] [--repeats 5]
+  python benchmarks/step_overhead.py [--steps 20] [--repeats 41] [--budget-only]
 """
 
 from __future__ import annotations
@@ -58,42 +60,51 @@ def make_step(model, tx):
   return jax.jit(step, donate_argnums=(0, 1))
 
 
-def median_step_ms(model, make_tx, x, y, steps: int, repeats: int) -> float:
+def _trainer(model, make_tx, x, y):
+  """A function that runs ``n`` jitted steps of ``make_tx``'s optimiser and waits for them."""
   boxed = model.init(jax.random.key(0), x[:1])["params"]
-  params = nn.meta.unbox(boxed)
   # The ViT's heads are grouped by path, its FFN neurons by their init annotations.
   group_spec = model.group_spec if isinstance(model, models.ViT) else pp.group_spec
   tx = make_tx(group_spec(boxed))
-  opt_state = tx.init(params)
   step = make_step(model, tx)
-  params, opt_state, loss = step(params, opt_state, x, y)  # compile
-  loss.block_until_ready()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    for _ in range(steps):
-      params, opt_state, loss = step(params, opt_state, x, y)
+  params = nn.meta.unbox(boxed)
+  carry = [params, tx.init(params)]
+
+  def run(n):
+    for _ in range(n):
+      carry[0], carry[1], loss = step(carry[0], carry[1], x, y)
     loss.block_until_ready()
-    times.append((time.perf_counter() - start) / steps * 1e3)
-  return statistics.median(times)
+
+  run(1)  # compile
+  return run
+
+
+def paired_ms(model, make_a, make_b, x, y, steps: int, repeats: int):
+  """Median step times (ms) of two optimisers and the median of their paired ratios b/a.
+
+  Both are compiled first; then each repeat times ``steps`` steps of one and of the other,
+  alternating which goes first, so that the machine's load hits each pair alike.
+  """
+  runs = (_trainer(model, make_a, x, y), _trainer(model, make_b, x, y))
+  times = ([], [])
+  for r in range(repeats):
+    for k in (0, 1) if r % 2 == 0 else (1, 0):
+      start = time.perf_counter()
+      runs[k](steps)
+      times[k].append((time.perf_counter() - start) / steps * 1e3)
+  ratios = [b / a for a, b in zip(*times, strict=True)]
+  return statistics.median(times[0]), statistics.median(times[1]), statistics.median(ratios)
 
 
 def compare(name, model, x, y, steps, repeats, optimizer="sgd", lr=0.1, wd=1e-4, balance=True):
   base_name, base, prox_name, prox = OPTIMIZERS[optimizer]
-
-  def baseline(groups):
-    return base(lr, wd)
-
-  def pathprox(groups):
-    return prox(lr, wd, groups, balance=balance)
-
-  # Interleave the two so that machine noise hits both alike.
-  base_ms, prox_ms = [], []
-  for _ in range(2):
-    base_ms.append(median_step_ms(model, baseline, x, y, steps, repeats))
-    prox_ms.append(median_step_ms(model, pathprox, x, y, steps, repeats))
-  b, p = min(base_ms), min(prox_ms)
-  print(f"{name:<38} {base_name:<6} {b:8.3f} ms   {prox_name:<14} {p:8.3f} ms   ratio {p / b:.3f}")
+  b, p, ratio = paired_ms(
+    model,
+    lambda groups: base(lr, wd),
+    lambda groups: prox(lr, wd, groups, balance=balance),
+    x, y, steps, repeats,
+  )  # fmt: skip
+  print(f"{name:<38} {base_name:<6} {b:8.3f} ms   {prox_name:<14} {p:8.3f} ms   ratio {ratio:.3f}")
 
 
 def compare_budget(name, model, x, y, steps, repeats, lr=0.1, wd=1e-4, balance=True):
@@ -128,19 +139,15 @@ def compare_budget(name, model, x, y, steps, repeats, lr=0.1, wd=1e-4, balance=T
     f"{b_cost['flops'] / p_cost['flops']:.3f}, bytes accessed "
     f"{b_cost['bytes accessed'] / p_cost['bytes accessed']:.3f}"
   )
-  plain_ms, budget_ms = [], []
-  for _ in range(4):  # more rounds than above: the difference is small against the noise
-    plain_ms.append(median_step_ms(model, plain, x, y, steps, repeats))
-    budget_ms.append(median_step_ms(model, budgeted, x, y, steps, repeats))
-  p, b = min(plain_ms), min(budget_ms)
+  p, b, ratio = paired_ms(model, plain, budgeted, x, y, steps, repeats)
   print(f"{name:<38} {'pathprox_sgd':<12} {p:8.3f} ms   {'budget_sgd':<10} {b:8.3f} ms   "
-        f"ratio {b / p:.3f}")  # fmt: skip
+        f"ratio {ratio:.3f}")  # fmt: skip
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--steps", type=int, default=100)
-  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--steps", type=int, default=20)
+  parser.add_argument("--repeats", type=int, default=41)
   parser.add_argument("--budget-only", action="store_true", help="time only the budget's step")
   args = parser.parse_args()
   print(f"devices: {jax.devices()}")

@@ -12,7 +12,7 @@ import pathprox_jax as pp
 G = pp.GroupSpec
 GROUPS = {"w": G(0, "in"), "v": G(0, "out")}
 # Unit i's out-row norm: on either side of each threshold below (no ties), and under the old clip.
-ROW_NORMS = np.array([5e-10, 0.9e-9, 1.1e-9, 5e-8, 0.9e-7, 1.2e-7, 0.9e-6, 2e-6, 0.5])
+ROW_NORMS = np.array([0.0, 5e-10, 0.9e-9, 1.1e-9, 5e-8, 0.9e-7, 1.2e-7, 0.9e-6, 2e-6, 0.5])
 
 
 def _params(dtype=jnp.float32):

@@ -37,6 +37,8 @@ from pathprox_jax._src.annotations import GroupSpecTree
 from pathprox_jax._src.checks import check_hyperparameter
 from pathprox_jax._src.unit_norms import EPS
 
+TINY = float(jnp.finfo(jnp.float32).tiny)  # the norm's clip in the soft-threshold: 0/0 only
+
 
 def normalize_inputs(
   leaves: Mapping[int, unit_norms.ScaledUnits],
@@ -77,8 +79,11 @@ def soft_threshold_outputs(
   """The exact group soft-threshold of each unit's "out" weights: a rescaling stage.
 
   A unit with :math:`\\|v_i\\| \\le \\tau` becomes exactly zero at every
-  :math:`\\tau \\ge 0`; the others shrink by :math:`1 - \\tau/\\|v_i\\|`, with no clip
-  of the norm (``tau = 0`` leaves every unit as it is, a zero row stays zero).
+  :math:`\\tau \\ge 0`; the others shrink by :math:`1 - \\tau/\\|v_i\\|` (``tau = 0``
+  leaves every unit as it is). In floating point :math:`\\tau / \\|v_i\\| \\ge 1` exactly
+  when :math:`\\|v_i\\| \\le \\tau`, so ``max(0, 1 - tau / norm)`` is the exact rule; the norm
+  is clipped only at float32's smallest normal number, so that a zero row with
+  :math:`\\tau = 0` stays zero instead of 0/0 (the reference's clip at 1e-6 is not copied).
 
   Args:
     leaves: the grouped leaves (see :func:`unit_norms.apply_stages`).
@@ -93,8 +98,7 @@ def soft_threshold_outputs(
   for g in layouts:
     tau = threshold[g.group] if isinstance(threshold, Mapping) else threshold
     norm = leaves[g.out_kernel].norms()
-    kept = norm > tau
-    shrink = jnp.where(kept, 1.0 - tau / jnp.where(kept, norm, 1.0), 0.0)
+    shrink = jnp.maximum(0.0, 1.0 - tau / jnp.maximum(norm, TINY))
     new[g.out_kernel] = leaves[g.out_kernel].times(shrink)
   return new
 
