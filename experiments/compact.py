@@ -65,7 +65,7 @@ from experiments import inference_speed as speed
 from experiments.experiment import create_optimizer
 from experiments.train_step import TrainState
 
-MARKER = "compact.json"  # present in, and only in, this command's output folders
+MARKER = run_folder.COMPACT_RECORD
 OUTPUT_TOLERANCE = 1e-5
 
 

@@ -86,7 +86,8 @@ def heal_config(
 
 
 def run_argv(config: ml_collections.ConfigDict) -> list[str]:
-  """The flags of a run of ``config``: every key whose value differs from the experiment's.
+  """The flags of a run of ``config``: every key that applies to it (``config_checks.recorded``)
+  whose value differs from the experiment's.
 
   Values are compared as the flags' text, so a list read from JSON equals its tuple default.
   """
@@ -94,7 +95,7 @@ def run_argv(config: ml_collections.ConfigDict) -> list[str]:
   text = config_checks.flag_value
   return [
     item
-    for key, value in config.items()
+    for key, value in config_checks.recorded(config).items()
     if key != "experiment" and text(value) != text(defaults[key])
     for item in (config_checks.flag(key), text(value))
   ]
@@ -130,9 +131,8 @@ def read_source(folder: Path) -> tuple[ml_collections.ConfigDict, dict[str, Any]
   Raises:
     UsageError: ``folder`` is neither output, or its files are malformed.
   """
-  from experiments import compact, prune  # they print this module's command
-
-  for marker in (compact.MARKER, prune.MARKER):
+  markers = (run_folder.COMPACT_RECORD, run_folder.PRUNE_RECORD)
+  for marker in markers:
     if (folder / marker).is_file():
       try:
         record = run_folder.read_record(folder / marker)
@@ -143,9 +143,7 @@ def read_source(folder: Path) -> tuple[ml_collections.ConfigDict, dict[str, Any]
       if not (folder / "params").is_dir():
         raise UsageError(f"{folder} has no params/ folder")
       return config, {**record, "kind": Path(marker).stem}
-  raise UsageError(
-    f"{folder} is not a compact or prune output (no {compact.MARKER} or {prune.MARKER})"
-  )
+  raise UsageError(f"{folder} is not a compact or prune output (no {markers[0]} or {markers[1]})")
 
 
 def _parse(argv: Sequence[str]):

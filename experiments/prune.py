@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 
 import pathprox_jax as pp
-from experiments import cli, compact, heal, input_pipeline, models
+from experiments import cli, compact, heal, input_pipeline, models, run_folder
 from experiments import inference_speed as speed
 
-MARKER = "prune.json"  # present in, and only in, this command's output folders
+MARKER = run_folder.PRUNE_RECORD
 
 
 def parse_keep(text: str) -> list[int]:

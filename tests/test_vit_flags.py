@@ -2,11 +2,10 @@
 trained where it can (blocks without heads, a fine-tune of a model that lost every head)."""
 
 import json
-import shlex
 
 import pytest
 
-from experiments import cli, prune
+from experiments import cli, heal, prune, run_folder
 
 VIT = ["--num-heads", "2,2", "--mlp-dim", "8,8", "--width", "16", "--head-dim", "4"]
 
@@ -54,10 +53,9 @@ def test_a_fine_tune_of_a_model_that_lost_every_head_trains(raw_mnist, tmp_path)
   assert cli.main("fashion_mnist_vit", argv) == 0
   out = tmp_path / "pruned"
   assert prune.main([str(run), "--keep", "0,5,0,3", "--out", str(out), "--repeats", "1"]) == 0
-  command = json.loads((out / prune.MARKER).read_text())["finetune_command"]
-  finetune = shlex.split(command)[3:]
+  config = run_folder.read_config(out / run_folder.CONFIG)
+  finetune = heal.run_argv(heal.heal_config(config, out / "params", 2, 0.005, {"log_freq": 1}))
   assert finetune[finetune.index("--num-heads") + 1] == "0,0"
-  finetune[finetune.index("--workdir") + 1] = str(tmp_path / "finetune")
-  assert cli.main("fashion_mnist_vit", [*finetune, "--total-iter", "2", "--log-freq", "1"]) == 0
+  assert cli.main("fashion_mnist_vit", [*finetune, "--workdir", str(tmp_path / "finetune")]) == 0
   rows = (tmp_path / "finetune" / "metrics.jsonl").read_text().splitlines()
   assert [json.loads(row)["step"] for row in rows] == [0, 1, 2]
