@@ -30,9 +30,9 @@ from experiments import (
 )
 
 TARGET, PROX_START, HEAL_START, TOTAL = 0.5, 10, 40, 60
-# Stops of the interrupted runs: warm-up, the first sparsify step next, mid-ramp, the freeze
-# step next, the first heal step next, mid-heal.
-STOPS = (5, 10, 25, 39, 40, 50)
+# Stops of the interrupted runs: the first sparsify step next, mid-ramp (the controller's
+# state), the first heal step next (the frozen mask), mid-heal.
+STOPS = (10, 25, 40, 50)
 # The tiny MLP's groups (its hidden layers 0, 2 and 4; ReLU, then a linear bottleneck) and
 # their units' FLOPs per example, counted by hand: 2 d_in + 2 d_out per neuron.
 COSTS = {0: 2 * 784 + 2 * 32, 1: 2 * 32 + 2 * 32, 2: 2 * 32 + 2 * 10}
