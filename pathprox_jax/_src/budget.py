@@ -42,12 +42,11 @@ import optax
 
 from pathprox_jax._src import balance as balance_lib
 from pathprox_jax._src import costs as costs_lib
+from pathprox_jax._src import decay, unit_masks
 from pathprox_jax._src import groups as groups_lib
 from pathprox_jax._src import params as params_lib
 from pathprox_jax._src import prox as prox_lib
-from pathprox_jax._src import unit_masks
 from pathprox_jax._src.annotations import GroupSpec, GroupSpecTree
-from pathprox_jax._src.decay import decayed_mask
 from pathprox_jax._src.transform import NO_PARAMS_MSG, check_hyperparameter
 from pathprox_jax._src.unit_norms import EPS
 
@@ -238,11 +237,12 @@ def with_budget(
     candidates = (
       masks if selection == "magnitude" else {g: jnp.ones_like(m) for g, m in masks.items()}
     )
-    frozen = jax.lax.cond(
+    frozen = jax.lax.cond(  # the scores are computed at the freeze only
       freeze,
-      lambda scores: unit_masks.magnitude_masks(scores, layouts, costs, target_),
-      lambda scores: masks,
-      unit_masks.path_norm_scores(stepped, layouts, candidates),
+      lambda: unit_masks.magnitude_masks(
+        unit_masks.path_norm_scores(stepped, layouts, candidates), layouts, costs, target_
+      ),
+      lambda: masks,
     )
     if selection == "prox":  # a unit back on restarts from its out-weights before the prox
       for g in layouts:
@@ -290,6 +290,14 @@ def with_budget(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def _ungrouped_decay(weight_decay, groups, selection, budget) -> optax.GradientTransformation:
+  """The recipes' ordinary weight decay: what the prox does not regularise ("prox"), or every
+  kernel ("magnitude": gradual magnitude pruning trains with weight decay)."""
+  decayed = groups if selection == "prox" else None
+  regularize_bias = budget.get("regularize_bias", False)
+  return decay.add_decayed_weights(weight_decay, decayed, regularize_bias=regularize_bias)
+
+
 def budget_sgd(
   learning_rate: optax.ScalarOrSchedule,
   weight_decay: optax.ScalarOrSchedule,
@@ -327,12 +335,8 @@ def budget_sgd(
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with a :class:`BudgetState`.
   """
-  regularize_bias = budget.get("regularize_bias", False)
-  decayed = groups if selection == "prox" else None
   base = optax.chain(
-    optax.add_decayed_weights(
-      weight_decay, mask=lambda p: decayed_mask(p, decayed, regularize_bias=regularize_bias)
-    ),
+    _ungrouped_decay(weight_decay, groups, selection, budget),
     optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
   )
   return with_budget(
@@ -344,7 +348,7 @@ def budget_sgd(
     selection=selection,
     learning_rate=learning_rate,
     weight_decay=weight_decay,
-    momentum=momentum or 0.0,
+    momentum=0.0 if momentum is None else momentum,
     **budget,
   )
 
@@ -384,13 +388,9 @@ def budget_adamw(
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with a :class:`BudgetState`.
   """
-  regularize_bias = budget.get("regularize_bias", False)
-  decayed = groups if selection == "prox" else None
   base = optax.chain(
     optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
-    optax.add_decayed_weights(
-      weight_decay, mask=lambda p: decayed_mask(p, decayed, regularize_bias=regularize_bias)
-    ),
+    _ungrouped_decay(weight_decay, groups, selection, budget),
     optax.scale_by_learning_rate(learning_rate),
   )
   return with_budget(

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import optax
 
 from pathprox_jax._src import groups as groups_lib
 from pathprox_jax._src import params as params_lib
@@ -70,3 +71,23 @@ def decayed_mask(
       for (path, p), spec in zip(keyed, specs, strict=True)
     ]
   )
+
+
+def add_decayed_weights(
+  weight_decay: optax.ScalarOrSchedule,
+  groups: GroupSpecTree | None,
+  *,
+  regularize_bias: bool = False,
+) -> optax.GradientTransformation:
+  """``optax.add_decayed_weights`` on the leaves :func:`decayed_mask` marks (the recipes' decay).
+
+  Args:
+    weight_decay: :math:`\\lambda`, a float or a schedule.
+    groups: the spec pytree, or ``None``: every kernel is decayed (no groups).
+    regularize_bias: biases are decayed too.
+  """
+
+  def mask(params):
+    return decayed_mask(params, groups, regularize_bias=regularize_bias)
+
+  return optax.add_decayed_weights(weight_decay, mask=mask)

@@ -201,15 +201,6 @@ def pathprox(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _decayed_mask(groups: GroupSpecTree, regularize_bias: bool):
-  """Which leaves get ordinary weight decay (:func:`decay.decayed_mask`, before the prox)."""
-
-  def mask(params):
-    return decay.decayed_mask(params, groups, regularize_bias=regularize_bias)
-
-  return mask
-
-
 def pathprox_sgd(
   learning_rate: optax.ScalarOrSchedule,
   weight_decay: optax.ScalarOrSchedule,
@@ -290,7 +281,7 @@ def pathprox_sgd(
     >>> opt_state = tx.init(params)
   """
   return optax.chain(  # pathprox() checks the hyper-parameters
-    optax.add_decayed_weights(weight_decay, mask=_decayed_mask(groups, regularize_bias)),
+    decay.add_decayed_weights(weight_decay, groups, regularize_bias=regularize_bias),
     optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
     pathprox(
       learning_rate,
@@ -407,7 +398,7 @@ def pathprox_adamw(
     optax.scale_by_adam(
       b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype, nesterov=nesterov
     ),
-    optax.add_decayed_weights(weight_decay, mask=_decayed_mask(groups, regularize_bias)),
+    decay.add_decayed_weights(weight_decay, groups, regularize_bias=regularize_bias),
     optax.scale_by_learning_rate(learning_rate),
     pathprox(
       learning_rate,
