@@ -3,7 +3,9 @@
 ``python -m experiments.front --pathprox PP_RUN ... --wd WD_RUN ... --out DIR``
 reads, for each seed's pair of runs (the i-th ``--pathprox`` with the i-th ``--wd``), the
 outputs that :mod:`experiments.compact`, :mod:`experiments.prune` and :mod:`experiments.heal`
-wrote next to them:
+wrote next to them (``--compacted LABEL RUN ...``, repeatable, adds one model per label from
+its runs' ``RUN/compact/compact.json`` alone, e.g. budget runs, whose switched-off units
+compact exactly; without ``--pathprox`` and ``--wd``, the front is those models only):
 
 - ``PP_RUN/compact/compact.json``: PathProx compacted exactly (``--atol 0``);
 - ``PP_RUN/<--tolerance-folder>/compact.json`` (optional): compacted with ``--path-norm-tol``;
@@ -71,17 +73,29 @@ def _mean_std(values: Sequence[float], digits: int) -> str:
   return f"{statistics.mean(values):.{digits}f} ± {std:.{digits}f}"
 
 
-def front(pathprox: Sequence[Path], wd: Sequence[Path], tolerance_folder: str | None) -> dict:
-  """``{model label: [one figures dict per seed]}`` for every model whose records exist."""
+def front(
+  pathprox: Sequence[Path],
+  wd: Sequence[Path],
+  tolerance_folder: str | None,
+  compacted: Sequence[Sequence[str]] = (),
+) -> dict:
+  """``{model label: [one figures dict per seed]}`` for every model whose records exist, then
+  one model per ``compacted`` entry ``[label, run, ...]``."""
   if len(pathprox) != len(wd):
     raise RecordError(f"{len(pathprox)} PathProx runs but {len(wd)} weight-decay runs: pair them")
   rows = {}
-  for label, side, sub, kind in MODELS:
+  for label, side, sub, kind in MODELS if pathprox else ():
     sub = sub or tolerance_folder
     if sub is None:
       continue
     runs = pathprox if side == "pathprox" else wd
     rows[label] = [figures(_read(run / sub / kind)) for run in runs]
+  for label, *runs in compacted:
+    if not runs:
+      raise RecordError(f"--compacted {label!r} names no run folder: give LABEL RUN [RUN ...]")
+    rows[label] = [figures(_read(Path(run) / "compact" / "compact.json")) for run in runs]
+  if not rows:
+    raise RecordError("nothing to compare: give --pathprox and --wd runs, or --compacted")
   return rows
 
 
@@ -137,14 +151,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     prog="python -m experiments.front", description=__doc__.splitlines()[0]
   )
   parser.add_argument(
-    "--pathprox", nargs="+", type=Path, required=True, help="PathProx run folders, one per seed"
+    "--pathprox", nargs="+", type=Path, default=[], help="PathProx run folders, one per seed"
   )
   parser.add_argument(
-    "--wd",
+    "--wd", nargs="+", type=Path, default=[], help="weight-decay run folders, same seed order"
+  )
+  parser.add_argument(
+    "--compacted",
     nargs="+",
-    type=Path,
-    required=True,
-    help="weight-decay run folders, in the same seed order",
+    action="append",
+    default=[],
+    metavar="LABEL RUN",
+    help="a model's label, then its run folders (each compacted: RUN/compact/compact.json)",
   )
   parser.add_argument(
     "--tolerance-folder", help="the compact output with --path-norm-tol, inside each PathProx run"
@@ -154,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   )
   args = parser.parse_args(argv)
   try:
-    rows = front(args.pathprox, args.wd, args.tolerance_folder)
+    rows = front(args.pathprox, args.wd, args.tolerance_folder, args.compacted)
   except (RecordError, KeyError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

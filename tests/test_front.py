@@ -89,3 +89,22 @@ def test_missing_or_unpaired_records_are_one_line_errors(tmp_path, capsys, probl
   err = capsys.readouterr().err.strip()
   assert err.startswith("error: ") and "\n" not in err
   assert not (tmp_path / "o").exists()
+
+
+def test_compacted_models_alone_make_a_front(tmp_path):
+  pairs = [_seed(tmp_path, 0, 0.80, 0.70, 0.85), _seed(tmp_path, 1, 0.84, 0.72, 0.87)]
+  runs = [str(p) for p, _ in pairs]
+  out = tmp_path / "out"
+  code = front.main(["--compacted", "budget 0.4", *runs, "--out", str(out)])
+  assert code == 0
+  table = (out / "front.md").read_text()
+  assert "| budget 0.4 | 2 | 0.400 ± 0.000 | 10.5/40, 20.0/40 | 82.00 ± 2.83 |" in table
+  assert "weight decay" not in table
+
+
+@pytest.mark.parametrize("argv", [[], ["--compacted", "a label"]])
+def test_a_front_of_nothing_is_a_one_line_error(tmp_path, capsys, argv):
+  assert front.main([*argv, "--out", str(tmp_path / "o")]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("error: ") and "\n" not in err
+  assert not (tmp_path / "o").exists()
