@@ -30,6 +30,13 @@ layout or has followers: an annotated transformer's spec with heads needs
 ``balance=False`` or chains without the heads. An annotated transformer whose only
 groups are Dense FFN neurons cannot be told from an MLP by its parameters: pass
 ``balance=False`` (or the discovered chains) yourself.
+
+A BatchNorm unit (:func:`pathprox_jax.batch_norm_inits`) computes
+:math:`\\mathrm{relu}(\\gamma_i \\hat a_i + \\beta_i)` from its normalised input
+:math:`\\hat a_i`, which does not scale with the layers before it: it can start a chain
+(its input is never rescaled, and its "out" layer passes :math:`\\alpha_0` on like any
+other), but a scale that reached it from an earlier group would not reach its output.
+The balance refuses a BatchNorm group anywhere but first in its chain.
 """
 
 from __future__ import annotations
@@ -77,7 +84,14 @@ Chains = Sequence[Sequence[int]]
 
 def check_chain(layouts: Sequence[groups_lib.GroupLayout]) -> None:
   """Refuses to balance groups that do not form a Dense/Conv chain (the module's chain rule)."""
-  for g in layouts:
+  for k, g in enumerate(layouts):
+    if g.normalized and k:
+      raise ValueError(
+        f"PathProx layer balance: group {g.group} is a BatchNorm group after group "
+        f"{layouts[k - 1].group} in its chain; the BatchNorm normalises the scale the balance "
+        "passes on, so it can only start a chain: pass balance=False, or chains in which "
+        "every BatchNorm group comes first."
+      )
     if not g.plain:
       raise ValueError(
         f"PathProx layer balance rescales group k+1 through group k's output, which only "
