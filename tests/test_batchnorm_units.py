@@ -309,6 +309,8 @@ def test_nnx_optimizer_step_and_compact():
   nnx.replace_by_pure_dict(stats, variables["batch_stats"])
   nnx.update(model, params, stats)
   groups = pp.group_spec(nnx.state(model, nnx.Param))  # built eagerly, outside any trace
+  with pytest.raises(ValueError, match="bn_a.*mean.* is beside the BatchNorm scale"):
+    pp.prox(nnx.state(model), pp.group_spec(nnx.state(model)), 0.1)  # Params and BatchStats
   optimizer = nnx.Optimizer(model, pp.pathprox_sgd(0.5, 0.8, groups), wrt=nnx.Param)
   start = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   loss = lambda m: 1e-3 * jnp.mean(m(X) ** 2)  # noqa: E731

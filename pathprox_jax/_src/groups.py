@@ -108,12 +108,14 @@ def spec_leaves(params: Any, groups: GroupSpecTree) -> list[GroupSpec | None]:
 
 @dataclasses.dataclass(frozen=True)
 class _Params:
-  """The flat params with what validation reads: paths (as text), parent modules, kernel rule."""
+  """The flat params with what validation reads: paths (as text), parent modules, the kernel
+  rule, which a BatchNorm's scale (the scale rule) passes too."""
 
   paths: list[str]
   parents: list[tuple[Any, ...]]
   leaves: list[Any]
   kernel: list[bool]
+  scale: list[bool]
 
   def describe(self, i: int) -> str:
     return f"{self.paths[i]} {tuple(self.leaves[i].shape)}"
@@ -189,14 +191,15 @@ def group_layouts(params: Any, groups: GroupSpecTree) -> tuple[GroupLayout, ...]
   """
   specs = spec_leaves(params, groups)
   keyed = jax.tree_util.tree_leaves_with_path(params)
+  scale = [params_lib.is_norm_scale(path, leaf) for path, leaf in keyed]
   p = _Params(
     paths=[jax.tree_util.keystr(path) for path, _ in keyed],
     parents=[tuple(path[:-1]) for path, _ in keyed],
     leaves=[leaf for _, leaf in keyed],
     kernel=[
-      params_lib.is_kernel(path, leaf) or params_lib.is_norm_scale(path, leaf)
-      for path, leaf in keyed
+      params_lib.is_kernel(path, leaf) or s for (path, leaf), s in zip(keyed, scale, strict=True)
     ],
+    scale=scale,
   )
 
   kernels: dict[tuple[int, Role], list[int]] = defaultdict(list)
@@ -215,17 +218,24 @@ def group_layouts(params: Any, groups: GroupSpecTree) -> tuple[GroupLayout, ...]
         f"PathProx grouped parameter {p.paths[i]} is a scalar; only kernels (2+ dims) "
         "and biases can be grouped."
       )
-    if spec.role == "out" and params_lib.is_norm_scale(keyed[i][0], leaf):
+    if spec.role == "out" and p.scale[i]:
       raise ValueError(
         f"PathProx group {spec.group}: {p.describe(i)} is a BatchNorm scale with role 'out'; "
         "a BatchNorm's channels are the units its scale computes: give it role 'in'."
       )
     (kernels if p.kernel[i] else biases)[(spec.group, spec.role)].append(i)
 
-  kernel_parents = {p.parents[i]: key for key, idx in kernels.items() for i in idx}
+  kernel_parents = {p.parents[i]: (*key, i) for key, idx in kernels.items() for i in idx}
   for i, spec in enumerate(specs):
     owner = kernel_parents.get(p.parents[i])
     if spec is None and owner is not None and not p.kernel[i] and p.leaves[i].ndim:
+      if p.scale[owner[2]] and not p.paths[i].endswith("['bias']"):
+        raise ValueError(
+          f"PathProx: {p.describe(i)} is beside the BatchNorm scale of group {owner[0]} but is "
+          "not a parameter (a running statistic?): give PathProx the params alone, e.g. "
+          "nnx.state(model, nnx.Param); pp.compact takes the statistics as "
+          '{"params": ..., "batch_stats": ...}.'
+        )
       raise ValueError(
         f"PathProx: bias {p.describe(i)} is in the same module as a "
         f"kernel of group {owner[0]} role '{owner[1]}' but is not in the group; annotate "
@@ -297,7 +307,7 @@ def _layout(group, kernels, biases, specs, p: _Params) -> GroupLayout:
       )
     _bias_axis(p, out_bias, specs[out_bias], v, p.leaves[v].ndim - 1)
   in_bias = pairs["in"][w]
-  normalized = p.leaves[w].ndim == 1  # the scale rule: only a BatchNorm's scale is 1-D here
+  normalized = p.scale[w]
   followers = tuple(
     (i, axes[i] if i in axes else bias_axes[i])
     for kernel, bias in pairs["follow"].items()
