@@ -54,7 +54,6 @@ UNITS = {
   "conv": [("bn_a", "scale", "conv_b"), ("conv_c", "kernel", "conv_d")],
   "bn": [("bn_a", "scale", "conv_b"), ("bn_c", "scale", "conv_d")],
 }
-FOLLOWERS = {None: ["conv_a"], "conv": ["conv_a"], "bn": ["conv_a", "conv_c"]}
 X = jax.random.normal(jax.random.key(1), (4, SIDE, SIDE, C_IN))
 
 
@@ -95,11 +94,12 @@ def unit_slices(p, second):
 def reference_prox(p, second, tau, *, regularize_bias, balance):
   """The prox in float64 NumPy, unit by unit, in place on ``p`` (a dict of arrays)."""
   groups = unit_slices(p, second)
-  chain = [g for g, _ in enumerate(groups)]
-  if balance and not regularize_bias and len(chain) > 1:
+  if balance and not regularize_bias and len(groups) > 1:
     norms = [sum(np.linalg.norm(w) * np.linalg.norm(v) for w, _, v in units) for units in groups]
     target = np.prod(norms) ** (1 / len(norms))
-    for k in chain[:-1]:  # scale group k's outputs by s and undo it after group k + 1's units
+    for k in range(
+      len(groups) - 1
+    ):  # scale group k's outputs by s and undo it after group k + 1's units
       s = target / sum(np.linalg.norm(w) * np.linalg.norm(v) for w, _, v in groups[k])
       out, next_in = UNITS[second][k][2], UNITS[second][k + 1][0]
       p[out]["kernel"] *= s
@@ -161,13 +161,13 @@ def test_prox_matches_reference(regularize_bias):
   ("second", "regularize_bias"), [("conv", False), ("conv", True), ("bn", False)]
 )
 def test_pathprox_sgd_matches_reference(second, regularize_bias):
-  # ("conv", False) balances the chain (BatchNorm group, Conv group); a BatchNorm group
-  # after another group cannot be balanced (see the refusal below): balance=False.
+  # ("conv", False) balances the chain (BatchNorm group, Conv group); balance=True cuts the
+  # chain before a BatchNorm group, so the two BatchNorm groups of "bn" are not balanced.
   model, variables, groups = make_variables(second)
   params = variables["params"]
   balance = second == "conv"
   grads = jax.tree.map(lambda x: 0.3 * jnp.ones_like(x) * jnp.sign(x), params)
-  tx = pp.pathprox_sgd(0.5, 0.8, groups, balance=balance, regularize_bias=regularize_bias)
+  tx = pp.pathprox_sgd(0.5, 0.8, groups, regularize_bias=regularize_bias)
   updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
   expected = reference_sgd_step(
     params, grads, second, 0.5, 0.8, regularize_bias=regularize_bias, balance=balance
@@ -190,12 +190,14 @@ def test_balance_passes_from_a_batchnorm_group_and_keeps_the_function():
     np.testing.assert_allclose(after_out, before_out, rtol=1e-4, atol=1e-4)
 
 
-def test_balance_refuses_a_batchnorm_group_after_another():
+def test_balance_cuts_chains_before_batchnorm_groups():
   _, variables, groups = make_variables("bn")
+  params = variables["params"]
+  chex.assert_trees_all_equal(pp.balance(params, groups), params)
   with pytest.raises(ValueError, match="BatchNorm group after group 0"):
-    pp.prox(variables["params"], groups, 0.1)
+    pp.balance(params, groups, chains=((0, 1),))
   with pytest.raises(ValueError, match="BatchNorm group after group 0"):
-    pp.pathprox_sgd(0.1, 0.1, groups).init(variables["params"])
+    pp.pathprox_sgd(0.1, 0.1, groups, balance=((0, 1),)).init(params)
 
 
 def test_annotations_and_decay():
@@ -250,8 +252,9 @@ def switch_off(variables, units):
 
 @pytest.mark.parametrize("spec_of", ["params", "variables"])
 def test_compact_whole_variables(spec_of):
-  model, variables, groups = make_variables()
+  model, variables, params_groups = make_variables()
   variables = switch_off(variables, (1, 4))
+  groups = params_groups
   if spec_of == "variables":  # the spec of the whole variables works too
     groups = pp.group_spec(Block().init(jax.random.key(0), X, train=False))
   smaller, kept = pp.compact(variables, groups)
@@ -261,6 +264,9 @@ def test_compact_whole_variables(spec_of):
   assert {k: x.shape for k, x in p["bn_a"].items()} == {"scale": (4,), "bias": (4,)}
   assert {k: x.shape for k, x in stats["bn_a"].items()} == {"mean": (4,), "var": (4,)}
   assert p["conv_b"]["kernel"].shape == (3, 3, 4, 5)
+  np.testing.assert_array_equal(  # the conv before the BatchNorm follows its channels
+    p["conv_a"]["kernel"], variables["params"]["conv_a"]["kernel"][..., kept[0].indices]
+  )
   np.testing.assert_array_equal(
     stats["bn_a"]["var"], variables["batch_stats"]["bn_a"]["var"][kept[0].indices]
   )
@@ -280,9 +286,7 @@ def test_compact_whole_variables(spec_of):
     rtol=1e-6,
   )
   # The params-only call is unchanged: it returns the params alone.
-  params_only, _ = pp.compact(
-    variables["params"], pp.group_spec(Block().init(jax.random.key(0), X, train=False)["params"])
-  )
+  params_only, _ = pp.compact(variables["params"], params_groups)
   chex.assert_trees_all_equal(params_only, smaller["params"])
 
 
