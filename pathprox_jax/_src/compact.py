@@ -47,7 +47,7 @@ class KeptUnits(NamedTuple):
 
 
 def compact(
-  variables: Any,
+  params: Any,
   groups: GroupSpecTree,
   *,
   atol: float = 0.0,
@@ -103,9 +103,9 @@ def compact(
   weights set to zero.
 
   Args:
-    variables: the (unboxed) parameters, or an NNX ``State`` of Params (its
+    params: the (unboxed) parameters, or an NNX ``State`` of Params (its
       Variables are replaced by their values); or a model's whole variables, of which
-      ``variables["params"]`` are the parameters.
+      ``params["params"]`` are the parameters.
     groups: the spec pytree from :func:`pathprox_jax.group_spec`.
     atol: the largest absolute "out" weight of a unit that is dropped.
     path_norm_tol: the largest path norm of a unit that is dropped (``None``: units go by
@@ -137,6 +137,7 @@ def compact(
     check_hyperparameter(
       "path_norm_tol", path_norm_tol, "finite and >= 0", lambda x: x >= 0, schedule=False
     )
+  variables = params
   params, groups, collections = _split_variables(variables, groups)
   leaves, treedef = jax.tree.flatten(params)
   new = list(leaves)
