@@ -3,6 +3,7 @@
 from pathprox_jax._src.annotations import GroupSpec as GroupSpec
 from pathprox_jax._src.annotations import GroupSpecTree as GroupSpecTree
 from pathprox_jax._src.annotations import PathProxGroup as PathProxGroup
+from pathprox_jax._src.annotations import batch_norm_inits as batch_norm_inits
 from pathprox_jax._src.annotations import group_inits as group_inits
 from pathprox_jax._src.annotations import group_metadata as group_metadata
 from pathprox_jax._src.annotations import group_spec as group_spec

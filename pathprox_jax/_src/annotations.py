@@ -7,7 +7,9 @@ its kernel; its bias belongs to the group too). ``unit_axis`` places the units
 on another axis (attention heads). Role ``"follow"`` marks parameters that are
 not regularised by PathProx but whose unit slices go with the group's units
 when :func:`pathprox_jax.compact` removes them (the query and key of a head, the
-gate of a SwiGLU neuron). Annotations are static metadata, read back by
+gate of a SwiGLU neuron). A BatchNorm's channels are units too: its scale and
+bias are the "in" side and the conv (or Dense) before it follows
+(:func:`batch_norm_inits`). Annotations are static metadata, read back by
 :func:`group_spec` into a pytree of :class:`GroupSpec` leaves, in the spirit of
 ``nn.with_partitioning`` and ``nn.get_partition_spec``.
 """
@@ -32,6 +34,7 @@ ROLES: tuple[Role, ...] = ("in", "out", "follow")
 NNX_METADATA_KEY = "pathprox"
 DEFAULT_KERNEL_INIT = initializers.lecun_normal()
 DEFAULT_BIAS_INIT = initializers.zeros_init()
+DEFAULT_SCALE_INIT = initializers.ones_init()
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -204,6 +207,51 @@ def group_inits(
   }
 
 
+def batch_norm_inits(
+  group: int,
+  scale_init: Callable[..., Any] = DEFAULT_SCALE_INIT,
+  bias_init: Callable[..., Any] = DEFAULT_BIAS_INIT,
+) -> dict[str, Callable[..., Any]]:
+  """The ``scale_init`` and ``bias_init`` of a linen ``nn.BatchNorm`` whose channels are units.
+
+  Channel ``i`` of conv → BatchNorm → ReLU computes
+
+  .. math::
+    h_i = \\mathrm{relu}(\\gamma_i \\hat a_i + \\beta_i),
+
+  with :math:`\\hat a_i` the conv's channel ``i`` normalised (by the batch's statistics
+  or the running ones). :math:`h_i` is positively homogeneous of degree one in
+  :math:`(\\gamma_i, \\beta_i)`, and the conv's filter only sets the direction of
+  :math:`\\hat a_i`. So the scale :math:`\\gamma` is the units' "in" weights and
+  :math:`\\beta` their "in" bias; the conv before follows (``group_inits(group,
+  "follow")``: sliced with the units by :func:`pathprox_jax.compact`, never normalised),
+  and the layer after reads the units (``group_inits(group, "out")``). The prox normalises
+  :math:`|\\gamma_i|` to one (:math:`\\beta_i` by the same norm); the unit's path norm is
+  :math:`|\\gamma_i| \\|v_i\\|`, or :math:`\\|(\\gamma_i, \\beta_i)\\| \\|v_i\\|` with
+  ``regularize_bias``. For ``nnx.BatchNorm`` pass :func:`group_metadata` ``(group, "in")``
+  as its ``scale_metadata`` and ``bias_metadata``.
+
+  Args:
+    group: the unit group's position in the network.
+    scale_init: the scale initializer to wrap (ones by default, as ``nn.BatchNorm``'s).
+    bias_init: the bias initializer to wrap (zeros by default).
+
+  Returns:
+    Keyword arguments for ``nn.BatchNorm``.
+
+  Example:
+    >>> import flax.linen as nn
+    >>> import pathprox_jax
+    >>> conv = nn.Conv(16, (3, 3), **pathprox_jax.group_inits(0, "follow"))
+    >>> norm = nn.BatchNorm(use_running_average=False, **pathprox_jax.batch_norm_inits(0))
+    >>> readout = nn.Conv(32, (3, 3), **pathprox_jax.group_inits(0, "out"))
+  """
+  return {
+    "scale_init": with_group(scale_init, group, "in"),
+    "bias_init": with_group(bias_init, group, "in"),
+  }
+
+
 def group_metadata(group: int, role: Role, unit_axis: int | None = None) -> dict[str, GroupSpec]:
   """NNX Variable metadata placing a parameter in a PathProx group.
 
@@ -216,7 +264,9 @@ def group_metadata(group: int, role: Role, unit_axis: int | None = None) -> dict
 
   Returns:
     A metadata dict for ``kernel_metadata=``/``bias_metadata=`` of
-    ``nnx.Linear``/``nnx.Conv``, or for ``nnx.Param(value, **metadata)``.
+    ``nnx.Linear``/``nnx.Conv``, ``scale_metadata=``/``bias_metadata=`` of
+    ``nnx.BatchNorm`` (role "in", see :func:`batch_norm_inits`), or for
+    ``nnx.Param(value, **metadata)``.
 
   Example:
     >>> from flax import nnx

@@ -22,14 +22,24 @@ a non-homogeneous function). ``balance=True`` takes the chains the spec carries
 (:attr:`pathprox_jax.GroupSpec.chain`; :func:`pathprox_jax.discover_groups` sets
 them from the trace, so discovered groups are never balanced across a residual
 add), or, for a spec that carries none (annotations), all groups, in group order,
-as one chain. A sequence of chains (group ids in forward order, e.g.
-:attr:`pathprox_jax.GroupReport.chains` from the trace) balances each chain of two
-or more groups on its own, with its own :math:`G`, and leaves every other group
-as it is. The balance refuses a balanced group that is not in the Dense/Conv
-layout or has followers: an annotated transformer's spec with heads needs
-``balance=False`` or chains without the heads. An annotated transformer whose only
-groups are Dense FFN neurons cannot be told from an MLP by its parameters: pass
-``balance=False`` (or the discovered chains) yourself.
+as one chain (cut before each BatchNorm group, see below). A sequence of chains
+(group ids in forward order, e.g. :attr:`pathprox_jax.GroupReport.chains` from the
+trace) balances each chain of two or more groups on its own, with its own :math:`G`,
+and leaves every other group as it is. The balance refuses a balanced group that
+is not in the Dense/Conv layout or has followers (but a BatchNorm's): an annotated
+transformer's spec with heads needs ``balance=False`` or chains without the heads.
+An annotated transformer whose only groups are Dense FFN neurons cannot be told
+from an MLP by its parameters: pass ``balance=False`` (or the discovered chains)
+yourself.
+
+A BatchNorm unit (:func:`pathprox_jax.batch_norm_inits`) computes
+:math:`\\mathrm{relu}(\\gamma_i \\hat a_i + \\beta_i)` from its normalised input
+:math:`\\hat a_i`, which does not scale with the layers before it: it can start a chain
+(its input is never rescaled, and its "out" layer passes :math:`\\alpha_0` on like any
+other), but a scale that reached it from an earlier group would not reach its output.
+So ``balance=True`` on a spec without chains cuts the chain of all groups before each
+BatchNorm group, and the balance refuses given chains with a BatchNorm group anywhere but
+first.
 """
 
 from __future__ import annotations
@@ -77,7 +87,14 @@ Chains = Sequence[Sequence[int]]
 
 def check_chain(layouts: Sequence[groups_lib.GroupLayout]) -> None:
   """Refuses to balance groups that do not form a Dense/Conv chain (the module's chain rule)."""
-  for g in layouts:
+  for k, g in enumerate(layouts):
+    if g.normalized and k:
+      raise ValueError(
+        f"PathProx layer balance: group {g.group} is a BatchNorm group after group "
+        f"{layouts[k - 1].group} in its chain; the BatchNorm normalises the scale the balance "
+        "passes on, so it can only start a chain: pass balance=False, or chains in which "
+        "every BatchNorm group comes first."
+      )
     if not g.plain:
       raise ValueError(
         f"PathProx layer balance rescales group k+1 through group k's output, which only "
@@ -96,11 +113,13 @@ def chain_layouts(
   Args:
     layouts: every group, sorted by group id (:func:`groups_lib.group_layouts`).
     balance: ``True`` (the chains the specs carry, or all groups as one chain if
-      they carry none), ``False`` (none), or chains of group ids in forward order.
+      they carry none, cut before each BatchNorm group), ``False`` (none), or
+      chains of group ids in forward order.
 
   Returns:
     The chains of two or more groups (a single group has nothing to balance
-    against): for ``True`` and a spec without chains, all groups as one chain.
+    against): for ``True`` and a spec without chains, all groups as one chain,
+    cut before each BatchNorm group.
 
   Raises:
     ValueError: if a chain names a group the spec does not have, a group is in
@@ -141,10 +160,16 @@ def chain_layouts(
 def _carried_chains(
   layouts: Sequence[groups_lib.GroupLayout],
 ) -> tuple[tuple[groups_lib.GroupLayout, ...], ...]:
-  """What ``balance=True`` balances: the chains the specs carry, else all groups as one."""
+  """What ``balance=True`` balances: the chains the specs carry, else all groups in group
+  order, cut before each BatchNorm group (every BatchNorm group starts a chain)."""
   carried = [g.group for g in layouts if g.chain is not None]
   if not carried:
-    return (tuple(layouts),) if layouts else ()
+    chains: list[list[groups_lib.GroupLayout]] = []
+    for g in layouts:
+      if g.normalized or not chains:
+        chains.append([])
+      chains[-1].append(g)
+    return tuple(tuple(chain) for chain in chains)
   if len(carried) < len(layouts):
     bare = [g.group for g in layouts if g.chain is None]
     raise ValueError(
@@ -198,7 +223,8 @@ def balance(
     groups: the spec pytree from :func:`pathprox_jax.group_spec`.
     chains: ``True``: the chains the spec carries (discovered groups', see
       :attr:`pathprox_jax.GroupSpec.chain`), or for a spec without chains all
-      groups, in group order, as one chain; ``False``: no balance; or chains of
+      groups, in group order, as one chain (cut before each BatchNorm group);
+      ``False``: no balance; or chains of
       group ids in forward order, e.g. ``explain_groups(...).balance``: each
       chain of two or more groups is balanced on its own, and groups in no chain
       are left as they are.

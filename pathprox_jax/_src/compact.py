@@ -8,6 +8,8 @@ and its row of ``v`` gives a smaller network computing the same function. The
 same holds for any unit layout: an attention head ``h`` with :math:`O_h = 0`
 contributes nothing, so its slices of the value, query and key projections
 (the query and key are its "follow" parameters) and of the out projection go.
+A BatchNorm channel with :math:`v_i = 0` goes with its scale, bias, running mean
+and variance and the filter of the conv before it.
 """
 
 from __future__ import annotations
@@ -63,6 +65,14 @@ def compact(
   For attention heads, build the smaller model with ``num_heads`` the kept
   count (and ``qkv_features`` that count times the head dimension).
 
+  Given a model's whole variables (a mapping with a ``"params"`` key, e.g.
+  ``{"params": ..., "batch_stats": ...}``; for NNX, of the states
+  ``nnx.state(model, nnx.Param)`` and ``nnx.state(model, nnx.BatchStat)``) and the
+  params' spec (or the whole variables' spec), the other collections go with the units
+  too: a leaf in the module of a group's "in" kernel, of that kernel's shape (a BatchNorm's
+  running mean and variance, beside its scale), loses the dropped units' entries on the
+  kernel's unit axis. Every other leaf of these collections is unchanged.
+
   With ``atol=0`` the result is exact: a unit with :math:`v_i = 0` adds nothing
   downstream, whatever its input weights. A unit with :math:`w_i = 0` but
   :math:`v_i \\ne 0` is kept, since it still adds the constant
@@ -94,7 +104,8 @@ def compact(
 
   Args:
     params: the (unboxed) parameters, or an NNX ``State`` of Params (its
-      Variables are replaced by their values).
+      Variables are replaced by their values); or a model's whole variables, of which
+      ``params["params"]`` are the parameters.
     groups: the spec pytree from :func:`pathprox_jax.group_spec`.
     atol: the largest absolute "out" weight of a unit that is dropped.
     path_norm_tol: the largest path norm of a unit that is dropped (``None``: units go by
@@ -103,8 +114,9 @@ def compact(
       groups it does not list go by ``atol`` and ``path_norm_tol``.
 
   Returns:
-    ``(smaller_params, kept)`` with ``kept[group]`` a :class:`KeptUnits`. Build
-    the smaller model with each group's "in" layer ``kept[group].width`` wide.
+    ``(smaller, kept)``: ``smaller`` the params (or variables) with the structure of
+    the input, and ``kept[group]`` a :class:`KeptUnits`. Build the smaller model with
+    each group's "in" layer ``kept[group].width`` wide.
 
   Raises:
     ValueError: ``keep`` names a group that does not exist, or units out of range
@@ -125,7 +137,8 @@ def compact(
     check_hyperparameter(
       "path_norm_tol", path_norm_tol, "finite and >= 0", lambda x: x >= 0, schedule=False
     )
-  params = params_lib.unwrap_variables(params)
+  variables = params
+  params, groups, collections = _split_variables(variables, groups)
   leaves, treedef = jax.tree.flatten(params)
   new = list(leaves)
   kept = {}
@@ -155,7 +168,58 @@ def compact(
     for i, axis in g.sliced:
       new[i] = leaves[i][(slice(None),) * axis + (indices,)]
     kept[g.group] = KeptUnits(indices, g.units)
-  return treedef.unflatten(new), kept
+  smaller = treedef.unflatten(new)
+  if collections is None:
+    return smaller, kept
+  sliced = _sliced_collections(params, layouts, kept, collections)
+  return type(variables)(
+    {name: smaller if name == "params" else sliced[name] for name in variables}
+  ), kept
+
+
+def _split_variables(tree: Any, groups: GroupSpecTree) -> tuple[Any, GroupSpecTree, dict | None]:
+  """``(params, their spec, the other collections)`` of params or a model's variables.
+
+  NNX Variables are replaced by their values. A mapping with a ``"params"`` key that the spec
+  (the params' spec, or ``spec["params"]`` of a whole variables' spec whose other collections
+  hold no group) describes is a model's variables; anything else is params alone, with no
+  other collections (``None``).
+  """
+  tree = params_lib.unwrap_variables(tree)
+  if isinstance(tree, Mapping) and "params" in tree:
+    spec = groups
+    if isinstance(groups, Mapping) and "params" in groups:
+      others = {name: s for name, s in groups.items() if name != "params"}
+      spec = groups if jax.tree.leaves(others) else groups["params"]
+    if groups_lib.describes(tree["params"], spec):
+      return tree["params"], spec, {name: c for name, c in tree.items() if name != "params"}
+  return tree, groups, None
+
+
+def _sliced_collections(
+  params: Any,
+  layouts: Sequence[groups_lib.GroupLayout],
+  kept: Mapping[int, KeptUnits],
+  collections: Mapping[str, Any],
+) -> dict[str, Any]:
+  """The other collections with the kept units of each leaf beside a group's "in" kernel."""
+  keyed = jax.tree_util.tree_leaves_with_path(params)
+  module = lambda path: tuple(params_lib.key_name(k) for k in path[:-1])  # noqa: E731
+  by_module = {}  # {module of an "in" kernel: (its shape, unit axis, kept units)}
+  for g in layouts:
+    path, kernel = keyed[g.in_kernel]
+    by_module[module(path)] = (kernel.shape, g.in_axis, kept[g.group].indices)
+
+  def slice_units(path, leaf):
+    shape, axis, indices = by_module.get(module(path), (None, None, None))
+    if shape is None or np.shape(leaf) != shape:
+      return leaf
+    return leaf[(slice(None),) * axis + (indices,)]
+
+  return {
+    name: jax.tree_util.tree_map_with_path(slice_units, collection)
+    for name, collection in collections.items()
+  }
 
 
 def compact_state(

@@ -3,9 +3,11 @@
 A group's *layout* names the flat-leaf positions of its parameters and their unit
 axes: the "in" kernel ``w`` and bias ``a``, the "out" kernel ``v`` and bias ``c``
 (not split into units), and any "follow" parameters. Kernels and biases are told
-apart by the kernel rule (:func:`pathprox_jax.is_kernel`); a bias pairs with the
-kernel of the same module (the same parent path), and its unit axis is the
-kernel's counted from the end unless its spec gives one.
+apart by the kernel rule (:func:`pathprox_jax.is_kernel`), and a BatchNorm's scale
+(the scale rule, :func:`params_lib.is_norm_scale`) takes a kernel's place: its
+units are its entries. A bias pairs with the kernel of the same module (the same
+parent path), and its unit axis is the kernel's counted from the end unless its
+spec gives one.
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ class GroupLayout:
   """Flat-leaf indices of one group's parameters and their (non-negative) unit axes.
 
   ``in_bias``/``out_bias`` are ``None`` when the layer has no bias; ``followers``
-  holds ``(leaf index, unit axis)`` of the "follow" parameters; ``plain`` says
-  the group has the Dense/Conv layout (units on the last axis of ``w``, the
-  second-to-last of ``v``) and no followers: the layer balance chains only such
-  groups. ``chain`` is the balance chain its specs carry (``None``: none).
+  holds ``(leaf index, unit axis)`` of the "follow" parameters; ``normalized``
+  says that ``w`` is a BatchNorm's scale (its followers, the conv before it, only
+  set the direction of the normalised input); ``plain`` says the group has the
+  Dense/Conv layout (units on the last axis of ``w``, the second-to-last of ``v``)
+  and no followers but a BatchNorm's: the layer balance chains only such groups.
+  ``chain`` is the balance chain its specs carry (``None``: none).
   """
 
   group: int
@@ -43,6 +47,7 @@ class GroupLayout:
   out_axis: int
   out_bias: int | None
   followers: tuple[tuple[int, int], ...]
+  normalized: bool
   plain: bool
   chain: int | None = None
 
@@ -63,16 +68,24 @@ class GroupLayout:
     return (*((i, a) for i, a in self.unit_axes.items() if a is not None), *self.followers)
 
 
+def _group_paths(groups: GroupSpecTree) -> set[str]:
+  is_spec = lambda x: x is None or isinstance(x, GroupSpec)  # noqa: E731
+  return {
+    jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(groups, is_leaf=is_spec)
+  }
+
+
+def describes(params: Any, groups: GroupSpecTree) -> bool:
+  """Whether ``groups`` has a leaf (a spec or ``None``) at each leaf of ``params``, and no other."""
+  paths = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)}
+  return paths == _group_paths(groups)
+
+
 def spec_leaves(params: Any, groups: GroupSpecTree) -> list[GroupSpec | None]:
   """Flattens ``groups`` up to the structure of ``params``, with a clear error."""
   paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
   params_paths = set(paths)
-  group_paths = {
-    jax.tree_util.keystr(p)
-    for p, _ in jax.tree_util.tree_leaves_with_path(
-      groups, is_leaf=lambda x: x is None or isinstance(x, GroupSpec)
-    )
-  }
+  group_paths = _group_paths(groups)
   if params_paths != group_paths:
     only_params = sorted(params_paths - group_paths)[:5]
     only_groups = sorted(group_paths - params_paths)[:5]
@@ -95,12 +108,14 @@ def spec_leaves(params: Any, groups: GroupSpecTree) -> list[GroupSpec | None]:
 
 @dataclasses.dataclass(frozen=True)
 class _Params:
-  """The flat params with what validation reads: paths (as text), parent modules, kernel rule."""
+  """The flat params with what validation reads: paths (as text), parent modules, the kernel
+  rule, which a BatchNorm's scale (the scale rule) passes too."""
 
   paths: list[str]
   parents: list[tuple[Any, ...]]
   leaves: list[Any]
   kernel: list[bool]
+  scale: list[bool]
 
   def describe(self, i: int) -> str:
     return f"{self.paths[i]} {tuple(self.leaves[i].shape)}"
@@ -176,11 +191,15 @@ def group_layouts(params: Any, groups: GroupSpecTree) -> tuple[GroupLayout, ...]
   """
   specs = spec_leaves(params, groups)
   keyed = jax.tree_util.tree_leaves_with_path(params)
+  scale = [params_lib.is_norm_scale(path, leaf) for path, leaf in keyed]
   p = _Params(
     paths=[jax.tree_util.keystr(path) for path, _ in keyed],
     parents=[tuple(path[:-1]) for path, _ in keyed],
     leaves=[leaf for _, leaf in keyed],
-    kernel=[params_lib.is_kernel(path, leaf) for path, leaf in keyed],
+    kernel=[
+      params_lib.is_kernel(path, leaf) or s for (path, leaf), s in zip(keyed, scale, strict=True)
+    ],
+    scale=scale,
   )
 
   kernels: dict[tuple[int, Role], list[int]] = defaultdict(list)
@@ -199,12 +218,24 @@ def group_layouts(params: Any, groups: GroupSpecTree) -> tuple[GroupLayout, ...]
         f"PathProx grouped parameter {p.paths[i]} is a scalar; only kernels (2+ dims) "
         "and biases can be grouped."
       )
+    if spec.role == "out" and p.scale[i]:
+      raise ValueError(
+        f"PathProx group {spec.group}: {p.describe(i)} is a BatchNorm scale with role 'out'; "
+        "a BatchNorm's channels are the units its scale computes: give it role 'in'."
+      )
     (kernels if p.kernel[i] else biases)[(spec.group, spec.role)].append(i)
 
-  kernel_parents = {p.parents[i]: key for key, idx in kernels.items() for i in idx}
+  kernel_parents = {p.parents[i]: (*key, i) for key, idx in kernels.items() for i in idx}
   for i, spec in enumerate(specs):
     owner = kernel_parents.get(p.parents[i])
     if spec is None and owner is not None and not p.kernel[i] and p.leaves[i].ndim:
+      if p.scale[owner[2]] and not p.paths[i].endswith("['bias']"):
+        raise ValueError(
+          f"PathProx: {p.describe(i)} is beside the BatchNorm scale of group {owner[0]} but is "
+          "not a parameter (a running statistic?): give PathProx the params alone, e.g. "
+          "nnx.state(model, nnx.Param); pp.compact takes the statistics as "
+          '{"params": ..., "batch_stats": ...}.'
+        )
       raise ValueError(
         f"PathProx: bias {p.describe(i)} is in the same module as a "
         f"kernel of group {owner[0]} role '{owner[1]}' but is not in the group; annotate "
@@ -276,6 +307,7 @@ def _layout(group, kernels, biases, specs, p: _Params) -> GroupLayout:
       )
     _bias_axis(p, out_bias, specs[out_bias], v, p.leaves[v].ndim - 1)
   in_bias = pairs["in"][w]
+  normalized = p.scale[w]
   followers = tuple(
     (i, axes[i] if i in axes else bias_axes[i])
     for kernel, bias in pairs["follow"].items()
@@ -293,7 +325,12 @@ def _layout(group, kernels, biases, specs, p: _Params) -> GroupLayout:
     out_axis=out_axis,
     out_bias=out_bias,
     followers=followers,
-    plain=(not followers and in_axis == p.leaves[w].ndim - 1 and out_axis == p.leaves[v].ndim - 2),
+    normalized=normalized,
+    plain=(
+      (normalized or not followers)
+      and in_axis == p.leaves[w].ndim - 1
+      and out_axis == p.leaves[v].ndim - 2
+    ),
     chain=chains.pop(),
   )
 

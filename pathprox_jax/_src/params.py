@@ -1,7 +1,8 @@
 """Reading a params pytree: NNX Variables unwrapped, leaf paths, and which leaves are kernels.
 
 The kernel rule is the one place that decides which parameters are weight matrices (decayed by
-ordinary weight decay, and the weights of a unit) and which are biases, scales or scalars.
+ordinary weight decay, and the weights of a unit) and which are biases, scales or scalars; the
+scale rule says which vectors are a BatchNorm's per-channel scale, a unit's weights too.
 """
 
 from __future__ import annotations
@@ -55,6 +56,23 @@ def is_kernel(path: tuple[Any, ...], param: Any) -> bool:
     Whether the leaf is a kernel.
   """
   return param.ndim >= 2 and not (path and key_name(path[-1]) == "bias")
+
+
+def is_norm_scale(path: tuple[Any, ...], param: Any) -> bool:
+  """The scale rule: a one-dimensional parameter named ``scale``, a BatchNorm's :math:`\\gamma`.
+
+  Grouped with role "in", it holds a unit's input weight (one number per channel), as a
+  kernel's column does for a Dense unit (see :func:`pathprox_jax.batch_norm_inits`). It is not a
+  kernel: ordinary weight decay leaves it alone.
+
+  Args:
+    path: the leaf's pytree path.
+    param: the leaf (an array or anything with ``ndim``).
+
+  Returns:
+    Whether the leaf is a normalisation's scale.
+  """
+  return param.ndim == 1 and bool(path) and key_name(path[-1]) == "scale"
 
 
 def kernel_mask(params: Any) -> Any:

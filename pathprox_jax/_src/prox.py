@@ -155,7 +155,8 @@ def prox(
     threshold: :math:`\\tau = \\lambda \\gamma_t`.
     balance: apply the layer balance first: ``True`` balances the chains the
       spec carries (discovered groups: :attr:`pathprox_jax.GroupSpec.chain`) or,
-      for a spec without chains, all groups as one chain, ``False`` none, and a
+      for a spec without chains, all groups as one chain (cut before each BatchNorm
+      group), ``False`` none, and a
       sequence of chains (tuples of group ids in forward order, e.g.
       ``explain_groups(...).balance``) each chain of two or more groups on its
       own. Ignored with ``regularize_bias``; refused for
