@@ -39,7 +39,7 @@ _LAZY = {
   "relative_costs": "costs",
   "unit_costs": "costs",
   "decayed_mask": "decay",
-  "GroupReport": "discovery",
+  "GroupReport": "group_report",
   "discover_groups": "discovery",
   "explain_groups": "discovery",
   "unit_counts": "groups",
