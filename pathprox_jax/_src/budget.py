@@ -150,8 +150,8 @@ def with_budget(
     unit_costs: ``{group: cost of one unit}`` (:func:`pathprox_jax.unit_costs`); ``None``: 1.
     gains: the controller's :math:`(k_p, k_i)`.
     heal_weight_decay: ordinary weight decay of the grouped kernels while healing (0: none).
-    balance: layer balance before each prox (see :func:`pathprox_jax.pathprox`).
-    regularize_bias: as :func:`pathprox_jax.pathprox`.
+    balance: the layer balance's chains (see :func:`pathprox_jax.balance`).
+    regularize_bias: biases are regularised too (see :func:`pathprox_jax.balance`).
     eps: the clip of every norm in the prox.
 
   Returns:

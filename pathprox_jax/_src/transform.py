@@ -64,7 +64,8 @@ def pathprox(
 
   with :func:`pathprox_jax.prox` the proximal step, :math:`\\gamma_t` and
   :math:`\\lambda_t` taken at this transform's own step count (give the base optimiser the same
-  schedule), and the rule explained in :data:`pathprox_jax.THRESHOLD_RULES`. Other leaves and
+  schedule), and the rules of :data:`pathprox_jax.THRESHOLD_RULES` (the guide: "Momentum,
+  AdamW and the threshold"). Other leaves and
   the base optimiser's state (SGD's trace) pass unchanged. Wrappers such as ``optax.MultiSteps``
   must wrap the whole chain. Keep float32 master weights: a bfloat16 parameter cannot hold a
   shrink as small as :math:`\\tau`. Ready chains: :func:`pathprox_jax.pathprox_sgd`,
