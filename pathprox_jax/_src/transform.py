@@ -65,11 +65,10 @@ def pathprox(
   with :func:`pathprox_jax.prox` the proximal step, :math:`\\gamma_t` and
   :math:`\\lambda_t` taken at this transform's own step count (give the base optimiser the same
   schedule), and the rules of :data:`pathprox_jax.THRESHOLD_RULES` (the guide: "Momentum,
-  AdamW and the threshold"). Other leaves and
-  the base optimiser's state (SGD's trace) pass unchanged. Wrappers such as ``optax.MultiSteps``
-  must wrap the whole chain. Keep float32 master weights: a bfloat16 parameter cannot hold a
-  shrink as small as :math:`\\tau`. Ready chains: :func:`pathprox_jax.pathprox_sgd`,
-  :func:`pathprox_jax.pathprox_adamw`.
+  AdamW and the threshold"). Other leaves and the base optimiser's state (SGD's trace) pass
+  unchanged. Wrappers such as ``optax.MultiSteps`` must wrap the whole chain. Keep float32
+  master weights: a bfloat16 parameter cannot hold a shrink as small as :math:`\\tau`. Ready
+  chains: :func:`pathprox_jax.pathprox_sgd`, :func:`pathprox_jax.pathprox_adamw`.
 
   Args:
     learning_rate: the base optimiser's :math:`\\gamma`, a float > 0 or a schedule.
