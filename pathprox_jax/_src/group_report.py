@@ -16,12 +16,12 @@ from pathprox_jax._src.layers import Layer, Unit
 
 @dataclasses.dataclass(frozen=True)
 class GroupReport:
-  """What :func:`explain_groups` found.
+  """What :func:`pathprox_jax.explain_groups` found.
 
   Attributes:
-    groups: the spec tree (as :func:`discover_groups` returns it; all ``None`` if no group),
-      each spec carrying its group's chain (:attr:`GroupSpec.chain`), so that ``balance=True``
-      balances exactly :attr:`balance`.
+    groups: the spec tree (as :func:`pathprox_jax.discover_groups` returns it; all ``None`` if
+      no group), each spec carrying its group's chain (:attr:`pathprox_jax.GroupSpec.chain`), so
+      that ``balance=True`` balances exactly :attr:`balance`.
     chains: the groups in forward order split into chains: in each, a group's "out" layer feeds
       the next group's "in" layer through positively homogeneous operations only, so the layer
       balance preserves the function along it.

@@ -127,10 +127,11 @@ def _layer(graph, eqn, act, kernel, paths, leaves) -> Layer:
     numbers = eqn.params["dimension_numbers"]
     unit_axes = [(numbers.out_spec[1], kernel.axes[numbers.rhs_spec[0]])]
   else:
-    axes = dot_general_axes(graph, eqn)
-    # the kernel's free axes (a batch axis comes from both operands)
-    unit_axes = [(o, kernel.axes[a]) for o, ((side, a), *both) in enumerate(axes)
-                 if side == 1 - act and not both]  # fmt: skip
+    unit_axes = [
+      (o, kernel.axes[sources[0][1]])
+      for o, sources in enumerate(dot_general_axes(graph, eqn))
+      if len(sources) == 1 and sources[0][0] == 1 - act  # the kernel's free axes
+    ]
   bias, bias_axes, output, no_role = None, (), raw, ""
   readers = graph.readers_of(raw)
   if len(readers) == 1 and readers[0][0].prim == "add" and raw not in graph.outputs:
