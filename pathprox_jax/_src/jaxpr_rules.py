@@ -144,7 +144,7 @@ def _non_homogeneous(graph, eqn, position, value, axis) -> Step:
   return _stop(f"go through {eqn.prim}: not positively homogeneous (GELU, tanh, sigmoid, softplus)")
 
 
-StepRule = Callable[[Graph, Eqn, int, Any, "int | None"], Step]
+StepRule = Callable[[Graph, Eqn, int, Any, int | None], Step]
 # Later entries win: a cast or a copy is an elementwise function before it is a layout op.
 STEP_RULES: dict[str, StepRule] = {
   **dict.fromkeys(NON_HOMOGENEOUS, _non_homogeneous),
