@@ -14,11 +14,11 @@ import ml_collections
 
 from configs import ConfigError
 from experiments.dataset_facts import DATASETS
+from pathprox_jax import THRESHOLD_RULES
 
 METHODS = ("pathprox", "wd", "gmp")
 OPTIMIZERS = ("sgd", "adamw")
 GROUP_SOURCES = ("auto", "annotations")
-THRESHOLD_RULES = ("fixed_point", "paper")
 LR_SCHEDULES = ("step", "cosine")
 PARALLEL = ("shard_map", "pmap")
 MODELS = ("mlp", "vgg", "vit")

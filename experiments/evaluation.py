@@ -40,27 +40,6 @@ def eval_batch_size(num_examples: int, max_batch_size: int, num_devices: int) ->
   return math.ceil(math.ceil(num_examples / batches) / num_devices) * num_devices
 
 
-def weight_decay_penalty(
-  params: Any, weight_decay: float | jax.Array, *, regularize_bias: bool = False
-) -> jax.Array:
-  """The raw weight-decay term :math:`\\frac{\\lambda}{2} \\sum_{\\text{kernels } K} \\|K\\|^2`.
-
-  The paper states its objective with this term; the baseline's gradient step
-  minimises ``loss + penalty``. What it sums is what the baseline decays
-  (:func:`pathprox_jax.decayed_mask` without groups: kernels, every parameter with
-  ``regularize_bias``). Unlike :func:`pathprox_jax.weight_decay_objective`, no
-  rescaling is applied, so for PathProx's unit-norm inputs this is larger than the
-  rescaled term.
-  """
-  decayed = jax.tree.leaves(pp.decayed_mask(params, regularize_bias=regularize_bias))
-  squares = [
-    jnp.sum(jnp.square(p.astype(jnp.float32)))
-    for p, d in zip(jax.tree.leaves(params), decayed, strict=True)
-    if d
-  ]
-  return 0.5 * weight_decay * sum(squares, jnp.zeros((), jnp.float32))
-
-
 def active_unit_path_norms(params: Any, groups: Any) -> dict[str, jax.Array]:
   """Each group's smallest and median path norm :math:`\\|w_i\\| \\|v_i\\|` of its active units.
 
@@ -185,7 +164,7 @@ class Evaluator:
       )
       path_norm, active = summary.path_norm, summary.active_units
       out["wd_objective"] = summary.objective
-      out["wd_penalty"] = weight_decay_penalty(
+      out["wd_penalty"] = pp.weight_decay_penalty(
         params, weight_decay, regularize_bias=config.regularize_bias
       )
       out["wd_raw_objective"] = out["train_loss"] + out["wd_penalty"]

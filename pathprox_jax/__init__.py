@@ -1,49 +1,80 @@
-"""PathProx: a proximal step for weight-decay-regularised networks, as an Optax transform."""
+"""PathProx: a proximal step for weight-decay-regularised networks, as an Optax transform.
 
-from pathprox_jax._src.annotations import GroupSpec as GroupSpec
-from pathprox_jax._src.annotations import GroupSpecTree as GroupSpecTree
-from pathprox_jax._src.annotations import PathProxGroup as PathProxGroup
-from pathprox_jax._src.annotations import batch_norm_inits as batch_norm_inits
-from pathprox_jax._src.annotations import group_inits as group_inits
-from pathprox_jax._src.annotations import group_metadata as group_metadata
-from pathprox_jax._src.annotations import group_spec as group_spec
-from pathprox_jax._src.annotations import with_group as with_group
-from pathprox_jax._src.balance import balance as balance
-from pathprox_jax._src.budget import SELECTIONS as SELECTIONS
-from pathprox_jax._src.budget import BudgetState as BudgetState
-from pathprox_jax._src.budget import Selection as Selection
-from pathprox_jax._src.budget import budget_adamw as budget_adamw
-from pathprox_jax._src.budget import budget_sgd as budget_sgd
-from pathprox_jax._src.budget import with_budget as with_budget
-from pathprox_jax._src.compact import KeptUnits as KeptUnits
-from pathprox_jax._src.compact import compact as compact
-from pathprox_jax._src.compact import compact_state as compact_state
-from pathprox_jax._src.costs import relative_costs as relative_costs
-from pathprox_jax._src.costs import unit_costs as unit_costs
-from pathprox_jax._src.decay import decayed_mask as decayed_mask
-from pathprox_jax._src.discovery import GroupReport as GroupReport
-from pathprox_jax._src.discovery import discover_groups as discover_groups
-from pathprox_jax._src.discovery import explain_groups as explain_groups
-from pathprox_jax._src.groups import unit_counts as unit_counts
-from pathprox_jax._src.metrics import ActiveUnits as ActiveUnits
-from pathprox_jax._src.metrics import PathNorm as PathNorm
-from pathprox_jax._src.metrics import Summary as Summary
-from pathprox_jax._src.metrics import active_units as active_units
-from pathprox_jax._src.metrics import path_norm as path_norm
-from pathprox_jax._src.metrics import summarize as summarize
-from pathprox_jax._src.metrics import unit_path_norms as unit_path_norms
-from pathprox_jax._src.metrics import weight_decay_objective as weight_decay_objective
-from pathprox_jax._src.params import is_kernel as is_kernel
-from pathprox_jax._src.params import kernel_mask as kernel_mask
-from pathprox_jax._src.prox import prox as prox
-from pathprox_jax._src.rules import PathRule as PathRule
-from pathprox_jax._src.rules import attention_head_rules as attention_head_rules
-from pathprox_jax._src.rules import group_spec_from_paths as group_spec_from_paths
-from pathprox_jax._src.transform import THRESHOLD_RULES as THRESHOLD_RULES
-from pathprox_jax._src.transform import PathProxState as PathProxState
-from pathprox_jax._src.transform import ThresholdRule as ThresholdRule
-from pathprox_jax._src.transform import pathprox as pathprox
-from pathprox_jax._src.transform import pathprox_adamw as pathprox_adamw
-from pathprox_jax._src.transform import pathprox_sgd as pathprox_sgd
+The names live in private modules (``pathprox_jax._src``) and are handed on here. Most need JAX,
+so they are loaded lazily (PEP 562): the table ``_LAZY`` says which module holds each name, and
+the module-level ``__getattr__`` imports that module the first time the name is asked for
+(``pp.X`` or ``from pathprox_jax import X``), then keeps the value in this module's namespace so
+that later lookups are ordinary. ``__all__`` and ``dir()`` list every name. The JAX-free names
+(the threshold rules) are imported at once. Importing a submodule runs this file first, so the
+command lines can read ``pathprox_jax._src.threshold_rules`` without loading JAX, and ``--help``
+stays fast.
+"""
+
+import importlib
+from typing import Any
+
+from pathprox_jax._src.threshold_rules import THRESHOLD_RULES as THRESHOLD_RULES
+from pathprox_jax._src.threshold_rules import ThresholdRule as ThresholdRule
 
 __version__ = "0.1.0"
+
+_LAZY = {
+  "GroupSpec": "annotations",
+  "GroupSpecTree": "annotations",
+  "PathProxGroup": "annotations",
+  "batch_norm_inits": "annotations",
+  "group_inits": "annotations",
+  "group_metadata": "annotations",
+  "group_spec": "annotations",
+  "with_group": "annotations",
+  "balance": "balance",
+  "SELECTIONS": "budget",
+  "BudgetState": "budget",
+  "Selection": "budget",
+  "budget_adamw": "alias",
+  "budget_sgd": "alias",
+  "with_budget": "budget",
+  "KeptUnits": "compact",
+  "compact": "compact",
+  "compact_state": "compact",
+  "relative_costs": "costs",
+  "unit_costs": "costs",
+  "decayed_mask": "decay",
+  "GroupReport": "group_report",
+  "discover_groups": "discovery",
+  "explain_groups": "discovery",
+  "unit_counts": "groups",
+  "ActiveUnits": "metrics",
+  "PathNorm": "metrics",
+  "Summary": "metrics",
+  "active_units": "metrics",
+  "path_norm": "metrics",
+  "summarize": "metrics",
+  "unit_path_norms": "metrics",
+  "weight_decay_objective": "metrics",
+  "weight_decay_penalty": "metrics",
+  "is_kernel": "params",
+  "kernel_mask": "params",
+  "prox": "prox",
+  "PathRule": "rules",
+  "attention_head_rules": "rules",
+  "group_spec_from_paths": "rules",
+  "PathProxState": "transform",
+  "pathprox": "transform",
+  "pathprox_adamw": "alias",
+  "pathprox_sgd": "alias",
+}
+
+__all__ = sorted(["THRESHOLD_RULES", "ThresholdRule", *_LAZY])
+
+
+def __getattr__(name: str) -> Any:
+  if name not in _LAZY:
+    raise AttributeError(f"module 'pathprox_jax' has no attribute {name!r}")
+  value = getattr(importlib.import_module(f"pathprox_jax._src.{_LAZY[name]}"), name)
+  globals()[name] = value
+  return value
+
+
+def __dir__() -> list[str]:
+  return sorted({*globals(), *__all__})

@@ -88,7 +88,7 @@ def test_raw_penalty_decays_every_kernel_and_no_bias(one_device):
   params, _, _, metrics = one_device
   kernels = [params[f"Dense_{i}"]["kernel"] for i in range(len(FEATURES))]
   penalty = 0.5 * 1e-3 * sum(float(np.sum(np.square(k))) for k in kernels)
-  np.testing.assert_allclose(evaluation.weight_decay_penalty(params, 1e-3), penalty, rtol=1e-6)
+  np.testing.assert_allclose(pp.weight_decay_penalty(params, 1e-3), penalty, rtol=1e-6)
   np.testing.assert_allclose(metrics["wd_penalty"], penalty, rtol=1e-6)
   np.testing.assert_allclose(
     metrics["wd_raw_objective"], metrics["train_loss"] + penalty, rtol=1e-6
@@ -99,8 +99,8 @@ def test_raw_penalty_decays_every_kernel_and_no_bias(one_device):
 
 def test_raw_penalty_decays_biases_too_with_regularize_bias():
   params = {"dense": {"kernel": 2 * jnp.ones((3, 4)), "bias": jnp.ones(4)}}
-  np.testing.assert_allclose(evaluation.weight_decay_penalty(params, 0.1), 0.5 * 0.1 * 48)
-  with_bias = evaluation.weight_decay_penalty(params, 0.1, regularize_bias=True)
+  np.testing.assert_allclose(pp.weight_decay_penalty(params, 0.1), 0.5 * 0.1 * 48)
+  with_bias = pp.weight_decay_penalty(params, 0.1, regularize_bias=True)
   np.testing.assert_allclose(with_bias, 0.5 * 0.1 * 52)
 
 

@@ -112,9 +112,7 @@ def chain_layouts(
 
   Args:
     layouts: every group, sorted by group id (:func:`groups_lib.group_layouts`).
-    balance: ``True`` (the chains the specs carry, or all groups as one chain if
-      they carry none, cut before each BatchNorm group), ``False`` (none), or
-      chains of group ids in forward order.
+    balance: as ``chains`` of :func:`balance`.
 
   Returns:
     The chains of two or more groups (a single group has nothing to balance
@@ -216,7 +214,13 @@ def balance(
 ) -> Any:
   """Rescales the groups of each chain so that they all have the chain's path norm.
 
-  The network function is unchanged (see the module docstring for when).
+  The network function is unchanged (see the module docstring for when). The transforms
+  (:func:`pathprox_jax.pathprox`, its recipes, :func:`pathprox_jax.with_budget`) and
+  :func:`pathprox_jax.prox` take ``chains`` as their ``balance`` argument and balance before
+  each prox, with one exception. With ``regularize_bias`` a unit's input weights are
+  :math:`[w_i, a_i]` (its "in" bias normalised with its kernel column) and the other biases get
+  ordinary weight decay; the balance, which rescales biases, would then change the objective,
+  so it is skipped.
 
   Args:
     params: the (unboxed) parameters, or an NNX ``State`` of them.

@@ -34,7 +34,7 @@ units). Its steps, counted by its own ``count``:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,12 +42,13 @@ import optax
 
 from pathprox_jax._src import balance as balance_lib
 from pathprox_jax._src import costs as costs_lib
-from pathprox_jax._src import decay, unit_masks
 from pathprox_jax._src import groups as groups_lib
 from pathprox_jax._src import params as params_lib
 from pathprox_jax._src import prox as prox_lib
+from pathprox_jax._src import unit_masks
 from pathprox_jax._src.annotations import GroupSpec, GroupSpecTree
-from pathprox_jax._src.transform import NO_PARAMS_MSG, check_hyperparameter
+from pathprox_jax._src.checks import check_hyperparameter
+from pathprox_jax._src.transform import NO_PARAMS_MSG
 from pathprox_jax._src.unit_norms import EPS
 
 Selection = Literal["prox", "magnitude"]
@@ -136,7 +137,7 @@ def with_budget(
   Args:
     base: the base optimiser, giving the whole update (its learning rate included), e.g.
       ``optax.sgd``, with ordinary weight decay of the ungrouped parameters (``selection="prox"``)
-      or of every kernel (``"magnitude"``): see :func:`budget_sgd`.
+      or of every kernel (``"magnitude"``): see :func:`pathprox_jax.budget_sgd`.
     groups: the spec pytree from :func:`pathprox_jax.group_spec`.
     target: :math:`\\kappa^*` in (0, 1], the fraction of the grouped units' FLOPs to keep (an
       array under ``vmap``: one per member).
@@ -149,8 +150,8 @@ def with_budget(
     unit_costs: ``{group: cost of one unit}`` (:func:`pathprox_jax.unit_costs`); ``None``: 1.
     gains: the controller's :math:`(k_p, k_i)`.
     heal_weight_decay: ordinary weight decay of the grouped kernels while healing (0: none).
-    balance: layer balance before each prox (see :func:`pathprox_jax.pathprox`).
-    regularize_bias: as :func:`pathprox_jax.pathprox`.
+    balance: the layer balance's chains (see :func:`pathprox_jax.balance`).
+    regularize_bias: biases are regularised too (see :func:`pathprox_jax.balance`).
     eps: the clip of every norm in the prox.
 
   Returns:
@@ -288,119 +289,3 @@ def with_budget(
     return treedef.unflatten(out), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def _ungrouped_decay(weight_decay, groups, selection, budget) -> optax.GradientTransformation:
-  """The recipes' ordinary weight decay: what the prox does not regularise ("prox"), or every
-  kernel ("magnitude": gradual magnitude pruning trains with weight decay)."""
-  decayed = groups if selection == "prox" else None
-  regularize_bias = budget.get("regularize_bias", False)
-  return decay.add_decayed_weights(weight_decay, decayed, regularize_bias=regularize_bias)
-
-
-def budget_sgd(
-  learning_rate: optax.ScalarOrSchedule,
-  weight_decay: optax.ScalarOrSchedule,
-  groups: GroupSpecTree,
-  *,
-  target: float | jax.Array,
-  prox_start: int,
-  heal_start: int,
-  selection: Selection = "prox",
-  momentum: float | None = None,
-  nesterov: bool = False,
-  **budget: Any,
-) -> optax.GradientTransformationExtraArgs:
-  """SGD with a FLOPs budget: :func:`with_budget` around SGD with ordinary weight decay.
-
-  The decay (added to the gradient, so it enters the momentum trace) covers what
-  :func:`pathprox_jax.pathprox_sgd` decays for ``selection="prox"`` (the prox regularises the
-  groups), and every kernel for ``"magnitude"`` (gradual magnitude pruning trains with weight
-  decay). The prox's :math:`\\lambda` starts at ``weight_decay`` and the controller scales it;
-  the ungrouped decay stays at ``weight_decay``.
-
-  Args:
-    learning_rate: :math:`\\gamma`, a float > 0 or a schedule.
-    weight_decay: :math:`\\lambda`, a float or a schedule (> 0 for "prox").
-    groups: the spec pytree from :func:`pathprox_jax.group_spec`.
-    target: the fraction of the grouped units' FLOPs to keep (see :func:`with_budget`).
-    prox_start: the first sparsify step.
-    heal_start: the first heal step.
-    selection: "prox" or "magnitude".
-    momentum: SGD's momentum :math:`\\beta` (``None``: none).
-    nesterov: Nesterov momentum.
-    **budget: the other arguments of :func:`with_budget` (``unit_costs``, ``gains``,
-      ``heal_weight_decay``, ``balance``, ``regularize_bias``, ``eps``).
-
-  Returns:
-    An ``optax.GradientTransformationExtraArgs`` with a :class:`BudgetState`.
-  """
-  base = optax.chain(
-    _ungrouped_decay(weight_decay, groups, selection, budget),
-    optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
-  )
-  return with_budget(
-    base,
-    groups,
-    target=target,
-    prox_start=prox_start,
-    heal_start=heal_start,
-    selection=selection,
-    learning_rate=learning_rate,
-    weight_decay=weight_decay,
-    momentum=0.0 if momentum is None else momentum,
-    **budget,
-  )
-
-
-def budget_adamw(
-  learning_rate: optax.ScalarOrSchedule,
-  weight_decay: optax.ScalarOrSchedule,
-  groups: GroupSpecTree,
-  *,
-  target: float | jax.Array,
-  prox_start: int,
-  heal_start: int,
-  selection: Selection = "prox",
-  b1: float = 0.9,
-  b2: float = 0.999,
-  eps: float = 1e-8,
-  **budget: Any,
-) -> optax.GradientTransformationExtraArgs:
-  """AdamW with a FLOPs budget: :func:`with_budget` around Adam and decoupled weight decay.
-
-  As :func:`budget_sgd`, with :func:`pathprox_jax.pathprox_adamw`'s base (Adam's direction,
-  the decoupled decay, the learning rate) and no momentum in the threshold.
-
-  Args:
-    learning_rate: :math:`\\gamma`, a float > 0 or a schedule.
-    weight_decay: :math:`\\lambda`, a float or a schedule (> 0 for "prox").
-    groups: the spec pytree from :func:`pathprox_jax.group_spec`.
-    target: the fraction of the grouped units' FLOPs to keep (see :func:`with_budget`).
-    prox_start: the first sparsify step.
-    heal_start: the first heal step.
-    selection: "prox" or "magnitude".
-    b1: Adam's first-moment decay.
-    b2: Adam's second-moment decay.
-    eps: added to Adam's denominator.
-    **budget: the other arguments of :func:`with_budget`.
-
-  Returns:
-    An ``optax.GradientTransformationExtraArgs`` with a :class:`BudgetState`.
-  """
-  base = optax.chain(
-    optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
-    _ungrouped_decay(weight_decay, groups, selection, budget),
-    optax.scale_by_learning_rate(learning_rate),
-  )
-  return with_budget(
-    base,
-    groups,
-    target=target,
-    prox_start=prox_start,
-    heal_start=heal_start,
-    selection=selection,
-    learning_rate=learning_rate,
-    weight_decay=weight_decay,
-    **budget,
-  )

@@ -27,10 +27,18 @@ import numpy as np
 from pathprox_jax._src import groups as groups_lib
 from pathprox_jax._src import params as params_lib
 from pathprox_jax._src.annotations import GroupSpecTree
-from pathprox_jax._src.jaxpr_graph import LAYOUT_OPS, Const, Eqn, Graph, map_axis, trace
-
-PRODUCTS = frozenset({"dot_general", "conv_general_dilated"})
-REDUCTIONS = frozenset({"reduce_sum", "reduce_max", "reduce_min", "argmax", "argmin"})
+from pathprox_jax._src.jaxpr_graph import (
+  INDEX_REDUCTIONS,
+  LAYOUT_OPS,
+  PRODUCTS,
+  REDUCTIONS,
+  Const,
+  Eqn,
+  Graph,
+  dot_general_axes,
+  map_axis,
+  trace,
+)
 
 # Each value's axes that are some group's unit axis: {value: {(axis, group)}}.
 Tags = dict[int, frozenset[tuple[int, int]]]
@@ -50,22 +58,13 @@ def _product_flops(graph: Graph, eqn: Eqn) -> float:
 
 def _product_output_axes(graph: Graph, eqn: Eqn, position: int) -> dict[int, int]:
   """``{operand axis: output axis}`` for the axes of operand ``position`` kept in the output."""
-  ndim = len(graph.shape(eqn.inputs[position]))
   if eqn.prim == "conv_general_dilated":
     numbers = eqn.params["dimension_numbers"]
     if position == 0:
       return {numbers.lhs_spec[0]: numbers.out_spec[0]}
     return {numbers.rhs_spec[0]: numbers.out_spec[1]}
-  (contract, batch) = eqn.params["dimension_numbers"]
-  batch_axes = list(batch[position])
-  free = [a for a in range(ndim) if a not in contract[position] and a not in batch_axes]
-  start = len(batch_axes)
-  if position == 1:
-    lhs_ndim = len(graph.shape(eqn.inputs[0]))
-    start += lhs_ndim - len(contract[0]) - len(batch[0])
-  moved = {a: i for i, a in enumerate(batch_axes)}
-  moved.update({a: start + i for i, a in enumerate(free)})
-  return moved
+  axes = dot_general_axes(graph, eqn)
+  return {a: out for out, sources in enumerate(axes) for side, a in sources if side == position}
 
 
 def _operand_tags(graph: Graph, value: int | Const, tags: Tags, sliced: Mapping) -> set:
@@ -93,7 +92,7 @@ def _propagate(graph: Graph, eqn: Eqn, tags: Tags, sliced: Mapping) -> set:
       if moved is not None and in_shape[axis] == out_shape[moved]:
         result.add((moved, group))
     return result
-  if eqn.prim in REDUCTIONS:
+  if eqn.prim in REDUCTIONS | INDEX_REDUCTIONS:
     reduced = set(eqn.params["axes"])
     kept = [a for a in range(len(graph.shape(eqn.inputs[0]))) if a not in reduced]
     return {

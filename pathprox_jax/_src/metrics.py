@@ -121,22 +121,13 @@ def _objective(
   regularize_bias: bool,
   unit_costs: Mapping[int, float] | None,
 ) -> jax.Array:
-  params = params_lib.unwrap_variables(params)
   costs = dict.fromkeys(units, 1.0) if unit_costs is None else relative_costs(unit_costs)
   paths = sum(
     (costs[g] * jnp.sum(u.regularized(regularize_bias)) for g, u in units.items()),
     jnp.zeros((), jnp.float32),
   )
-  decayed = jax.tree.leaves(decay.decayed_mask(params, groups, regularize_bias=regularize_bias))
-  squared = sum(
-    (
-      jnp.sum(jnp.square(p.astype(jnp.float32)))
-      for p, d in zip(jax.tree.leaves(params), decayed, strict=True)
-      if d
-    ),
-    jnp.zeros((), jnp.float32),
-  )
-  return loss + weight_decay * paths + 0.5 * weight_decay * squared
+  penalty = weight_decay_penalty(params, weight_decay, groups, regularize_bias=regularize_bias)
+  return loss + weight_decay * paths + penalty
 
 
 def summarize(
@@ -237,3 +228,49 @@ def weight_decay_objective(
     params, groups, loss, weight_decay, regularize_bias=regularize_bias, unit_costs=unit_costs
   )
   return summary.objective
+
+
+def weight_decay_penalty(
+  params: Any,
+  weight_decay: float | jax.Array,
+  groups: GroupSpecTree | None = None,
+  *,
+  regularize_bias: bool = False,
+) -> jax.Array:
+  """Ordinary weight decay's term, on the leaves it applies to.
+
+  .. math::
+    \\frac{\\lambda}{2} \\sum_{\\text{decayed } \\theta} \\|\\theta\\|^2
+
+  The decayed leaves are :func:`pathprox_jax.decayed_mask`'s: without ``groups`` (the
+  weight-decay baseline, whose gradient step minimises ``loss + penalty``) every kernel, or
+  every parameter with ``regularize_bias``; with ``groups`` what the prox does not regularise.
+  No rescaling is applied (unlike :func:`weight_decay_objective`'s grouped term).
+
+  Args:
+    params: the (unboxed) parameters, or an NNX ``State`` of them.
+    weight_decay: :math:`\\lambda`.
+    groups: the spec pytree from :func:`pathprox_jax.group_spec`, or ``None``: no groups.
+    regularize_bias: biases are regularised too.
+
+  Returns:
+    The penalty, a float32 scalar.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import pathprox_jax
+    >>> params = {"dense": {"kernel": 2 * jnp.ones((3, 4)), "bias": jnp.ones(4)}}
+    >>> float(pathprox_jax.weight_decay_penalty(params, 0.1))
+    2.4000000953674316
+  """
+  params = params_lib.unwrap_variables(params)
+  decayed = jax.tree.leaves(decay.decayed_mask(params, groups, regularize_bias=regularize_bias))
+  squared = sum(
+    (
+      jnp.sum(jnp.square(p.astype(jnp.float32)))
+      for p, d in zip(jax.tree.leaves(params), decayed, strict=True)
+      if d
+    ),
+    jnp.zeros((), jnp.float32),
+  )
+  return 0.5 * weight_decay * squared

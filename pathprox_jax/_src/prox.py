@@ -119,9 +119,7 @@ def prox_leaves(
       grouped ones), indexed as in ``layouts``.
     layouts: from :func:`groups_lib.group_layouts`.
     threshold: :math:`\\tau`, the soft-threshold of the "out" weights (or ``{group: tau}``).
-    balance: apply the layer balance first: ``True`` (the chains the spec
-      carries, or one chain of all groups), ``False`` or chains of group ids
-      (see :func:`balance_lib.chain_layouts`); ignored with ``regularize_bias``.
+    balance: the layer balance's chains, applied first (see :func:`pathprox_jax.balance`).
     regularize_bias: normalise by :math:`\\|[w_i, a_i]\\|`, no balance.
     eps: the clip of every norm (and of path norms, for the balance).
 
@@ -153,16 +151,9 @@ def prox(
     params: the (unboxed) parameters, or an NNX ``State`` of them.
     groups: the spec pytree from :func:`pathprox_jax.group_spec`.
     threshold: :math:`\\tau = \\lambda \\gamma_t`.
-    balance: apply the layer balance first: ``True`` balances the chains the
-      spec carries (discovered groups: :attr:`pathprox_jax.GroupSpec.chain`) or,
-      for a spec without chains, all groups as one chain (cut before each BatchNorm
-      group), ``False`` none, and a
-      sequence of chains (tuples of group ids in forward order, e.g.
-      ``explain_groups(...).balance``) each chain of two or more groups on its
-      own. Ignored with ``regularize_bias``; refused for
-      balanced groups outside a Dense/Conv chain (see :func:`pathprox_jax.balance`).
-    regularize_bias: normalise by :math:`\\|[w_i, a_i]\\|` instead of
-      :math:`\\|w_i\\|`, without balance.
+    balance: the layer balance's chains, applied first (see :func:`pathprox_jax.balance`).
+    regularize_bias: normalise by :math:`\\|[w_i, a_i]\\|` instead of :math:`\\|w_i\\|`
+      (see :func:`pathprox_jax.balance`).
     eps: the clip of every norm.
 
   Returns:
