@@ -9,7 +9,6 @@ with nothing written. ``--help`` imports no JAX.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -27,6 +26,7 @@ from experiments.config_checks import (
   owner,
   validate,
 )
+from experiments.dataset_facts import raw_data_dir
 from experiments.resume import (
   RUNS_DIR,
   WorkdirError,
@@ -151,11 +151,9 @@ def parse_command(experiment: str, argv: Sequence[str] | None = None) -> Command
     if not applies(key, config):
       setting, option = owner(key)
       raise ConfigError(f"{flag(key)} applies only to {flag(setting)} {option}")
-  from experiments.raw_files import RAW_DIR_ENV
-
-  if not config.raw_data_dir and os.environ.get(RAW_DIR_ENV):
-    config.raw_data_dir = os.environ[RAW_DIR_ENV]  # config.json records the directory used
-    overrides["raw_data_dir"] = config.raw_data_dir
+  if not config.raw_data_dir and (found := raw_data_dir(config.raw_data_dir)):
+    config.raw_data_dir = found  # config.json records the directory used
+    overrides["raw_data_dir"] = found
   return Command(config, frozenset(overrides), args.workdir, args.resume)
 
 

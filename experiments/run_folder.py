@@ -1,8 +1,9 @@
 """A run folder on disk: reading its ``config.json`` and ``metrics.jsonl``, writing atomically.
 
 A run folder (``experiments.train`` writes it) holds ``config.json`` (the
-experiment's config keys plus the harness's records: command, devices, groups),
-``metrics.jsonl`` (one JSON object per evaluation) and ``checkpoints/``.
+experiment's config keys plus the harness's records: command, devices, groups; written
+here, :func:`write_config`), ``metrics.jsonl`` (one JSON object per evaluation) and
+``checkpoints/`` (a folder per step, :func:`checkpoint_steps`).
 ``experiments.plot`` and ``experiments.compact`` read it through this module;
 every command that writes a file or folder other commands read goes through
 :func:`write_atomic`.
@@ -25,6 +26,7 @@ import ml_collections
 import numpy as np
 
 import configs
+from experiments.config_checks import recorded
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -100,6 +102,59 @@ def read_record(path: Path) -> dict[str, Any]:
   if not isinstance(record, dict):
     raise NotARunError(f"{path} is not a run's config.json: not a JSON object")
   return record
+
+
+def config_record(config: ml_collections.ConfigDict, **records: Any) -> dict[str, Any]:
+  """What a ``config.json`` holds: the config's keys that apply, then the harness's ``records``.
+
+  The keys are those that apply to the config's model, split and schedule
+  (:func:`experiments.config_checks.recorded`); a run adds its command, the library's
+  version, its devices and groups, a compact or prune output nothing.
+  """
+  return {**recorded(config), **records}
+
+
+def write_config(
+  path: Path,
+  config: ml_collections.ConfigDict,
+  command: str,
+  resumed_from: int | None = None,
+  **records: Any,
+) -> None:
+  """Writes a run's ``config.json``: :func:`config_record` with ``command`` and ``records``.
+
+  A resumed run (``resumed_from``: the step) keeps the record it started with and appends
+  ``{"command", "step", "changed"}`` to its ``resumes``: the command, the step it resumed
+  from, and the config keys it changed (only those that cannot change the trajectory).
+  """
+  record = None
+  if resumed_from is not None and path.exists():
+    record = read_record(path)  # resume.resumed_config has read it already
+    before = read_config(path)
+    changed = {k: v for k, v in recorded(config).items() if config[k] != before[k]}
+    resume = {"command": command, "step": resumed_from, "changed": changed}
+    record.setdefault("resumes", []).append(resume)
+  if record is None:
+    record = config_record(config, command=command, **records)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  write_json(path, record)
+
+
+def record_divergence(workdir: Path, diverged: dict[str, Any]) -> None:
+  """Adds ``{"step", "loss"}`` of a run that stopped on a non-finite loss to its ``config.json``."""
+  record = read_record(workdir / CONFIG)
+  record[DIVERGED] = diverged
+  write_json(workdir / CONFIG, record)
+
+
+def checkpoint_steps(checkpoints: str | os.PathLike[str]) -> list[int]:
+  """The steps of the complete checkpoints in a ``checkpoints/`` folder, oldest first.
+
+  A checkpoint is a folder named by its step; a save in progress has a temporary name
+  (Orbax's). A folder that does not exist holds none.
+  """
+  path = Path(checkpoints)
+  return sorted(int(p.name) for p in path.glob("*") if p.name.isdigit())
 
 
 def _typed(key: str, default: Any, value: Any) -> Any:
