@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 
 import configs
-from experiments.config_checks import recorded
+from experiments.config_checks import config_value, recorded
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -157,26 +157,6 @@ def checkpoint_steps(checkpoints: str | os.PathLike[str]) -> list[int]:
   return sorted(int(p.name) for p in path.glob("*") if p.name.isdigit())
 
 
-def _typed(key: str, default: Any, value: Any) -> Any:
-  """``value`` in the type of the config's ``default``, else a ``TypeError`` naming ``key``."""
-  if isinstance(default, (tuple, list)):
-    if not isinstance(value, list):
-      raise TypeError(f"{key} is {value!r}, expected list")
-    return tuple(_typed(key, default[0], item) for item in value) if default else tuple(value)
-  number = isinstance(value, (int, float)) and not isinstance(value, bool)
-  if isinstance(default, bool):
-    ok = isinstance(value, bool)
-  elif isinstance(default, float):
-    ok = number
-  elif isinstance(default, int):
-    ok = number and isinstance(value, int)
-  else:
-    ok = isinstance(value, type(default))
-  if not ok:
-    raise TypeError(f"{key} is {value!r}, expected {type(default).__name__}")
-  return float(value) if isinstance(default, float) else value
-
-
 def read_config(path: Path) -> ml_collections.ConfigDict:
   """The experiment config recorded in a run's ``config.json``.
 
@@ -203,7 +183,7 @@ def read_config(path: Path) -> ml_collections.ConfigDict:
       record.update(resume["changed"])
     for key, default in config.items():
       if key in record:
-        config[key] = _typed(key, default, record[key])
+        config[key] = config_value(key, default, record[key])
   except (ValueError, KeyError, TypeError) as e:  # ConfigError included
     raise NotARunError(f"{path} is not a run's config.json ({type(e).__name__}: {e})") from None
   return config
