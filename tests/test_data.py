@@ -103,6 +103,14 @@ def test_fashion_mnist_from_raw_dir_env(tmp_path, monkeypatch):
   np.testing.assert_array_equal(source[3]["image"], expected["test"][0][3])
 
 
+def test_raw_data_dir_is_the_given_folder_else_the_environment(monkeypatch):
+  monkeypatch.setenv(raw_files.RAW_DIR_ENV, "/env/raw")
+  assert dataset_facts.raw_data_dir("/given") == "/given"
+  assert dataset_facts.raw_data_dir("") == dataset_facts.raw_data_dir(None) == "/env/raw"
+  monkeypatch.setenv(raw_files.RAW_DIR_ENV, "")
+  assert dataset_facts.raw_data_dir("") is None
+
+
 def write_cifar_folder(folder: pathlib.Path) -> dict[str, data.Arrays]:
   """CIFAR-10's pickle batches with random contents; returns the expected arrays."""
   rng = np.random.default_rng(1)
