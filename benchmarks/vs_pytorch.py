@@ -4,7 +4,7 @@ The MNIST-subset factorised MLP (784-400-400-400-400-400-10, batch 200): the
 training step of PathProx and of the weight-decay baseline, and the evaluation
 pass (1k train + 59k validation + 10k test images: loss, accuracy, path norm,
 active units). The harness's evaluation multiplies out the model's linear
-bottlenecks (:func:`experiments.models.fold_linear_layers`), a third fewer
+bottlenecks (:func:`experiments.mlp.fold_linear_layers`), a third fewer
 products; the layer-by-layer evaluation, the same products as PyTorch's, is
 timed beside it. The PyTorch side is written here with torch ops only: PyTorch's
 default init, ``torch.optim.SGD``, then the layer balance, the normalisation of

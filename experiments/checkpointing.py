@@ -10,13 +10,16 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+
+from experiments import config_checks, distributed, run_folder
+from experiments.resume import WorkdirError
 
 
 class NoReadableCheckpointError(ValueError):
@@ -36,12 +39,7 @@ TMP_MARK = ".orbax-checkpoint-tmp"  # in the name of Orbax's folders of a save i
 
 def latest_step(directory: Path) -> int | None:
   """The step of the latest checkpoint in ``directory`` (None: none, or no such folder)."""
-  if not Path(directory).is_dir():
-    return None
-  manager = ocp.CheckpointManager(Path(directory).absolute())
-  step = manager.latest_step()
-  manager.close()
-  return step
+  return (run_folder.checkpoint_steps(directory) or [None])[-1]
 
 
 def all_finite(tree: Any) -> bool:
@@ -192,8 +190,6 @@ def _check_source_model(directory: str, config: Any) -> None:
   with them compute another function in this run's model. A source without ``config.json``
   (params saved by other means) is checked on shapes only, with a warning.
   """
-  from experiments import config_checks, run_folder
-
   source = Path(directory).absolute().parent / run_folder.CONFIG
   if not source.is_file():
     print(
@@ -239,8 +235,13 @@ class Checkpoints:
     self.unreadable: list[tuple[int, str]] = []
     self.saving: int | None = None  # the step of the save in progress (asynchronous)
 
+  def steps(self) -> list[int]:
+    """The steps of the complete checkpoints, oldest first."""
+    return run_folder.checkpoint_steps(self.directory)
+
   def latest_step(self) -> int | None:
-    return self.manager.latest_step()
+    """The step of the latest complete checkpoint (None: none)."""
+    return (self.steps() or [None])[-1]
 
   def save(self, state: Any, data_key: jax.Array, history: list[dict[str, Any]]) -> bool:
     """Saves ``state`` (a TrainState) unless a parameter is non-finite; returns whether it did.
@@ -286,7 +287,7 @@ class Checkpoints:
     """Removes the folders of saves that did not complete; returns the latest complete step."""
     for path in self.directory.glob(f"*{TMP_MARK}*"):
       shutil.rmtree(path, ignore_errors=True)
-    return max((int(p.name) for p in self.directory.iterdir() if p.name.isdigit()), default=None)
+    return self.latest_step()
 
   def restore_latest(self, template: Any, data_key: jax.Array, at_most: int | None = None):
     """``(state, data_key, history)`` from the newest checkpoint that passes the checks.
@@ -308,7 +309,7 @@ class Checkpoints:
     self.unreadable = []
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
     key_template = {"key": ocp.utils.to_shape_dtype_struct(jax.random.key_data(data_key))}
-    steps = [s for s in self.manager.all_steps() if at_most is None or s <= at_most]
+    steps = [s for s in self.steps() if at_most is None or s <= at_most]
     with _quiet_abandoned_coroutines():
       for step in sorted(steps, reverse=True):
         try:
@@ -354,3 +355,77 @@ class Checkpoints:
     finally:
       with contextlib.suppress(Exception):  # its failure, if any, was just raised
         self.manager.close()
+
+
+def restore_members(
+  checkpoints: Sequence[Checkpoints],
+  workdirs: Sequence[Path],
+  states: Sequence[Any],
+  data_keys: Sequence[jax.Array],
+  is_writer: bool,
+) -> list[tuple[Any, jax.Array, list[dict[str, Any]]]] | None:
+  """Each member's newest checkpoint at one step readable in all of them, or None if none.
+
+  The restore policy of a run (one member) or a sweep: the members' checkpoints were saved
+  together, so some step is in all of them. Unreadable checkpoints past that step are moved
+  to ``checkpoints-unreadable/``, readable ones (a sweep's other members') to
+  ``checkpoints-set-aside/`` in the member's folder, with a warning.
+
+  Args:
+    checkpoints: each member's checkpoints.
+    workdirs: each member's run folder.
+    states: each member's state template (see :meth:`Checkpoints.restore_latest`).
+    data_keys: each member's data key template.
+    is_writer: whether this process moves the files (process 0).
+
+  Returns:
+    Each member's ``(state, data_key, history)``, or None where there is no checkpoint.
+
+  Raises:
+    WorkdirError: a member has checkpoints but none is readable, or the job's processes
+      restored different steps.
+  """
+  at_most, unreadable = None, [{} for _ in checkpoints]
+  while True:
+    restored = []
+    for saved, state, data_key, bad in zip(checkpoints, states, data_keys, unreadable, strict=True):
+      try:
+        restored.append(saved.restore_latest(state, data_key, at_most))
+      except NoReadableCheckpointError as e:
+        raise WorkdirError(f"{e}; start a new run in another --workdir") from None
+      bad.update(saved.unreadable)
+    steps = {-1 if r is None else int(r[0].step) for r in restored}
+    if len(steps) == 1:
+      break
+    at_most = min(steps)  # the members' checkpoints were saved together: some step is in all
+  (step,) = steps
+  highest, lowest = distributed.max_over_processes(step, -step)
+  if highest != -lowest:  # a file only some processes read was damaged
+    raise WorkdirError(
+      f"the processes of this job restored different checkpoints ({-lowest} to {highest}) "
+      f"from {checkpoints[0].directory}; move the newer ones aside and resume"
+    )
+  moved = False
+  for saved, workdir, bad in zip(checkpoints, workdirs, unreadable, strict=True):
+    newer = [s for s in saved.steps() if s > step]
+    unread = sorted(s for s in newer if s in bad)
+    for steps, folder, reason in (
+      (unread, "checkpoints-unreadable", f"unreadable ({bad[unread[0]]})" if unread else ""),
+      (sorted(set(newer) - set(unread)), "checkpoints-set-aside", "readable, but another "
+       "member's checkpoint at that step is not"),
+    ):  # fmt: skip
+      if not steps:
+        continue
+      moved, aside = True, Path(workdir) / folder
+      if is_writer:
+        saved.set_aside(steps, aside)
+      print(
+        f"warning: checkpoint {', '.join(map(str, steps))} in {saved.directory} is "
+        f"{reason}; moved to {aside}; resuming from step {step}",
+        file=sys.stderr,
+      )
+  if moved:
+    distributed.sync_processes("checkpoints set aside")
+    for saved in checkpoints:
+      saved.manager.reload()  # the saves to come must not wait for those steps
+  return None if step < 0 else restored

@@ -9,7 +9,6 @@ with nothing written. ``--help`` imports no JAX.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -19,14 +18,14 @@ import ml_collections
 
 from configs import ConfigError, key_descriptions, load_config
 from experiments.config_checks import (
-  FLOAT_BOUNDS,
   applies,
-  finite_float,
+  config_value,
   flag,
   format_value,
   owner,
   validate,
 )
+from experiments.dataset_facts import raw_data_dir
 from experiments.resume import (
   RUNS_DIR,
   WorkdirError,
@@ -100,27 +99,6 @@ def _dashed(argv: Sequence[str]) -> list[str]:
   return out
 
 
-def _parse_value(key: str, default: Any, text: str) -> Any:
-  """Parses ``text`` with the type of the config's default value (a float: finite, in bounds)."""
-  if isinstance(default, (tuple, list)):
-    example = default[0] if default else 0.0
-    return tuple(_parse_value(key, example, t.strip()) for t in text.split(",") if t.strip())
-  if isinstance(default, float):
-    return finite_float(flag(key), text, **FLOAT_BOUNDS.get(key, {}))
-  try:
-    if isinstance(default, bool):
-      lowered = text.lower()
-      if lowered not in ("true", "false", "1", "0", "yes", "no"):
-        raise ValueError(text)
-      return lowered in ("true", "1", "yes")
-    if isinstance(default, int):
-      return int(text)
-    return text
-  except ValueError:
-    kind = type(default).__name__
-    raise ConfigError(f"{flag(key)}: {text!r} is not a valid {kind}") from None
-
-
 def parse_command(experiment: str, argv: Sequence[str] | None = None) -> Command:
   """The command line, parsed but not yet validated (``--help`` exits here, without JAX).
 
@@ -146,16 +124,14 @@ def parse_command(experiment: str, argv: Sequence[str] | None = None) -> Command
   args = parser.parse_args(_dashed(sys.argv[1:] if argv is None else argv))
   overrides = {k: v for k, v in vars(args).items() if k in config and v is not None}
   for key, text in overrides.items():
-    config[key] = _parse_value(key, config[key], text)
+    config[key] = config_value(key, config[key], text, text=True)
   for key in overrides:
     if not applies(key, config):
       setting, option = owner(key)
       raise ConfigError(f"{flag(key)} applies only to {flag(setting)} {option}")
-  from experiments.raw_files import RAW_DIR_ENV
-
-  if not config.raw_data_dir and os.environ.get(RAW_DIR_ENV):
-    config.raw_data_dir = os.environ[RAW_DIR_ENV]  # config.json records the directory used
-    overrides["raw_data_dir"] = config.raw_data_dir
+  if not config.raw_data_dir and (found := raw_data_dir(config.raw_data_dir)):
+    config.raw_data_dir = found  # config.json records the directory used
+    overrides["raw_data_dir"] = found
   return Command(config, frozenset(overrides), args.workdir, args.resume)
 
 

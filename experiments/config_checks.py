@@ -149,6 +149,74 @@ def finite_float(
   return number
 
 
+def config_value(key: str, default: Any, value: Any, *, text: bool = False) -> Any:
+  """``value`` in the type of the config key's ``default``: the one conversion of a config value.
+
+  A flag's value (``text``) is parsed: a list from comma-separated items, a bool from
+  true/false, 1/0 or yes/no, a float finite and within :data:`FLOAT_BOUNDS`. A value read from
+  ``config.json`` must have the type already (a float key accepts an integer; a list is a
+  JSON list). A list's items take the type of the default's first item (float: none).
+
+  Args:
+    key: the config key.
+    default: its value in the experiment's config.
+    value: the flag's text (``text``), or the JSON value.
+    text: whether ``value`` is a flag's text.
+
+  Returns:
+    The value, a tuple for a list.
+
+  Raises:
+    ConfigError: a flag's text is no value of the type (the message names the flag).
+    TypeError: a JSON value is of another type (the message names the key).
+
+  Example:
+    >>> config_value("features", (400, 10), "32, 10", text=True), config_value("lr", 0.3, 1)
+    ((32, 10), 1.0)
+  """
+  if isinstance(default, (tuple, list)):
+    example = default[0] if default else 0.0
+    if text:
+      items = [t.strip() for t in value.split(",") if t.strip()]
+    elif isinstance(value, list):
+      items = value
+    else:
+      raise TypeError(f"{key} is {value!r}, expected list")
+    return tuple(config_value(key, example, item, text=text) for item in items)
+  if text:
+    return _parsed(key, default, value)
+  number = isinstance(value, (int, float)) and not isinstance(value, bool)
+  if isinstance(default, bool):
+    ok = isinstance(value, bool)
+  elif isinstance(default, float):
+    ok = number
+  elif isinstance(default, int):
+    ok = number and isinstance(value, int)
+  else:
+    ok = isinstance(value, type(default))
+  if not ok:
+    raise TypeError(f"{key} is {value!r}, expected {type(default).__name__}")
+  return float(value) if isinstance(default, float) else value
+
+
+def _parsed(key: str, default: Any, text: str) -> Any:
+  """A flag's ``text`` as a value of the type of the config's (scalar) ``default``."""
+  if isinstance(default, float):
+    return finite_float(flag(key), text, **FLOAT_BOUNDS.get(key, {}))
+  try:
+    if isinstance(default, bool):
+      lowered = text.lower()
+      if lowered not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError(text)
+      return lowered in ("true", "1", "yes")
+    if isinstance(default, int):
+      return int(text)
+    return text
+  except ValueError:
+    kind = type(default).__name__
+    raise ConfigError(f"{flag(key)}: {text!r} is not a valid {kind}") from None
+
+
 def seed(flag_name: str, value: str | int) -> int:
   """``value`` as a seed: an integer in [0, 2**32), one JAX key each.
 

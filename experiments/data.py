@@ -38,18 +38,16 @@ from typing import Any
 import numpy as np
 
 from experiments import releases  # noqa: F401 - defines the releases' builders
-from experiments.dataset_facts import Arrays
+from experiments.dataset_facts import DATASETS, Arrays
 from experiments.raw_files import RELEASES as BUILDERS
 from experiments.raw_files import SPLITS, DatasetUnavailableError, RawFilesBuilder
-
-DATASETS = tuple(BUILDERS)
 
 
 def builder(name: str, **kwargs: Any) -> RawFilesBuilder:
   """The TFDS builder of a data set by its experiments name.
 
   Args:
-    name: one of :data:`DATASETS`.
+    name: one of :data:`experiments.dataset_facts.DATASETS`.
     **kwargs: the builder's arguments (``data_dir``, ``raw_dir``, ``url``, ...).
 
   Returns:
@@ -84,7 +82,8 @@ def load_arrays(
   ``array_record`` files back (about a second for MNIST's 60000 training images).
 
   Args:
-    name: one of :data:`DATASETS` (``"mnist"``, ``"fashion_mnist"``, ``"cifar10"``).
+    name: one of :data:`experiments.dataset_facts.DATASETS` (``"mnist"``,
+      ``"fashion_mnist"``, ``"cifar10"``).
     data_dir: the TFDS data folder (``None``: ``$TFDS_DATA_DIR`` or
       ``~/tensorflow_datasets``, as for TFDS).
     raw_dir: folder of the raw files to prepare from (``None``:

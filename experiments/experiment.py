@@ -11,7 +11,7 @@ its own :class:`~experiments.train_step.TrainState` and data key.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -34,6 +34,7 @@ from experiments import (
 )
 from experiments import groups as groups_lib
 from experiments.schedules import learning_rate_schedule
+from experiments.select_by_member import MemberOptState, select_by_member
 from experiments.train_step import TrainState, make_train_steps
 
 
@@ -153,35 +154,6 @@ def _load_arrays(config: ml_collections.ConfigDict) -> dict[str, dataset_facts.A
       "process 0 could not load the data set (see its error)"
     )
   return arrays or load()
-
-
-class MemberOptState(NamedTuple):
-  """A member's optimiser state: which weight decay it trains with, and that optimiser's state."""
-
-  weight_decay_index: jax.Array
-  inner: Any
-
-
-def select_by_member(txs: Sequence[optax.GradientTransformation]) -> optax.GradientTransformation:
-  """One transformation that applies ``txs[state.weight_decay_index]``.
-
-  The optimisers differ only in their weight decay, so their states share one
-  structure. Under ``vmap`` every branch is computed and the member's one
-  selected: the extra cost is one optimiser update per weight decay, small
-  beside the gradient. ``init`` gives index 0; a member sets its own.
-  """
-
-  def init_fn(params):
-    return MemberOptState(jnp.zeros((), jnp.int32), txs[0].init(params))
-
-  def update_fn(updates, state, params=None):
-    branches = [lambda u, s, p, tx=tx: tx.update(u, s, p) for tx in txs]
-    updates, inner = jax.lax.switch(
-      state.weight_decay_index, branches, updates, state.inner, params
-    )
-    return updates, MemberOptState(state.weight_decay_index, inner)
-
-  return optax.GradientTransformation(init_fn, update_fn)
 
 
 class Experiment:

@@ -32,8 +32,9 @@ from pathlib import Path
 import numpy as np
 
 import pathprox_jax as pp
-from experiments import cli, compact, heal, input_pipeline, models, run_folder
+from experiments import cli, heal, models, run_folder, trained_run
 from experiments import inference_speed as speed
+from experiments.trained_run import UsageError
 
 MARKER = run_folder.PRUNE_RECORD
 
@@ -65,18 +66,18 @@ def read_match(folder: Path) -> dict[int, tuple[int, int]]:
     ``{group: (its units before compaction, the units it kept)}``.
 
   Raises:
-    compact.UsageError: ``folder`` is no compact output, or its record is malformed.
+    UsageError: ``folder`` is no compact output, or its record is malformed.
   """
-  path = folder / compact.MARKER
+  path = folder / run_folder.COMPACT_RECORD
   if not path.is_file():
-    raise compact.UsageError(
-      f"--match {folder} is not a compact output: it has no {compact.MARKER}"
+    raise UsageError(
+      f"--match {folder} is not a compact output: it has no {run_folder.COMPACT_RECORD}"
     )
   try:
     record = json.loads(path.read_text())
     return {int(g): (int(record["original_units"][g]), len(k)) for g, k in record["kept"].items()}
   except (ValueError, KeyError, TypeError) as e:
-    raise compact.UsageError(f"--match {path} is malformed ({type(e).__name__}: {e})") from None
+    raise UsageError(f"--match {path} is malformed ({type(e).__name__}: {e})") from None
 
 
 def kept_counts(
@@ -96,20 +97,20 @@ def kept_counts(
     ``{group: units to keep}``.
 
   Raises:
-    compact.UsageError: the counts do not fit the groups.
+    UsageError: the counts do not fit the groups.
   """
   shown = ",".join(str(w) for w in widths.values())
   if isinstance(requested, Mapping):
     matched = {g: width for g, (width, _) in requested.items()}
     if matched != dict(widths):
-      raise compact.UsageError(
+      raise UsageError(
         f"--match was compacted from a model whose groups have "
         f"{','.join(map(str, matched.values()))} units, not this run's {shown}"
       )
     counts = {g: kept for g, (_, kept) in requested.items()}
   else:
     if len(requested) != len(widths):
-      raise compact.UsageError(
+      raise UsageError(
         f"--keep lists {len(requested)} counts, but the run has {len(widths)} groups "
         f"(of {shown} units)"
       )
@@ -117,7 +118,7 @@ def kept_counts(
   least = 0 if model == "vit" else 1  # a ViT's residual connections bypass an empty block
   for g, count in counts.items():
     if not least <= count <= widths[g]:
-      raise compact.UsageError(
+      raise UsageError(
         f"group {g} has {widths[g]} units: it can keep {least} to {widths[g]}, not {count}"
       )
   return counts
@@ -162,29 +163,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     requested = parse_keep(args.keep) if args.keep is not None else read_match(Path(args.match))
     run_dir = Path(args.run_dir)
     out = Path(args.out) if args.out else run_dir / "prune"
-    compact.check_output_folder(out)
-    run = compact.restore_run(run_dir)
+    trained_run.check_output_folder(out)
+    run = trained_run.restore_run(run_dir)
     scores = {g: np.asarray(s) for g, s in pp.unit_path_norms(run.params, run.groups).items()}
     counts = kept_counts(requested, {g: len(s) for g, s in scores.items()}, run.config.model)
-  except compact.USAGE_ERRORS as e:
+  except trained_run.USAGE_ERRORS as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
 
   config = run.config
   how = f"largest ||w_i|| ||v_i||, {'--keep' if args.keep is not None else f'--match {args.match}'}"
-  small, kept, small_config = compact.compact_run(
+  small, kept, small_config = trained_run.compact_run(
     run, run_dir, how, keep=largest_units(scores, counts)
   )
   keys = models.widths_keys(config)
   model, small_model = models.create_model(config), models.create_model(small_config)
-  dense_acc = compact.accuracy(compact.logits_on_test_set(model, run.params, run), run.test_labels)
-  pruned_acc = compact.accuracy(
-    compact.logits_on_test_set(small_model, small, run), run.test_labels
+  dense_acc = trained_run.accuracy(
+    trained_run.logits_on_test_set(model, run.params, run), run.test_labels
   )
-
-  x = input_pipeline.normalize(run.test_images[: max(speed.BENCHMARK_BATCHES)], config.dataset)
-  dense = speed.benchmark(model, run.params, x, args.repeats)
-  pruned = speed.benchmark(small_model, small, x, args.repeats)
+  pruned_acc = trained_run.accuracy(
+    trained_run.logits_on_test_set(small_model, small, run), run.test_labels
+  )
+  dense = trained_run.benchmark(run, model, run.params, args.repeats)
+  pruned = trained_run.benchmark(run, small_model, small, args.repeats)
   command = heal.heal_command(out, config)
 
   def kept_share(before: float | None, after: float | None) -> dict[str, float | None]:
@@ -204,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     "flops_per_example": kept_share(dense.flops, pruned.flops),
     "heal_command": command,
   }
-  compact.write_output(out, small_config, small, record, MARKER)
+  trained_run.write_output(out, small_config, small, record, MARKER)
   speed.print_table(
     dense,
     pruned,

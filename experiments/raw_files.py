@@ -23,9 +23,8 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from experiments.dataset_facts import Arrays
+from experiments.dataset_facts import RAW_DIR_ENV, Arrays, raw_data_dir
 
-RAW_DIR_ENV = "PATHPROX_RAW_DATA_DIR"
 URL_ENV = "PATHPROX_DATA_URL"
 SPLITS = ("train", "test")
 # Every release's builder, by data set name, as experiments.releases defines them (so that
@@ -80,7 +79,7 @@ class RawFilesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   ):
     kwargs.setdefault("file_format", "array_record")
     super().__init__(**kwargs)
-    self._raw_dir = raw_dir or os.environ.get(RAW_DIR_ENV)
+    self._raw_dir = raw_data_dir(raw_dir)
     self._url = url or os.environ.get(URL_ENV) or self.URL
     self._allow_unofficial = allow_unofficial
 

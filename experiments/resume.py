@@ -83,7 +83,7 @@ def resumed_config(
   try:
     before = run_folder.read_config(Path(workdir) / run_folder.CONFIG)
   except run_folder.NotARunError as e:
-    if saved_steps(workdir):
+    if run_folder.checkpoint_steps(Path(workdir) / run_folder.CHECKPOINTS):
       raise ConfigError(f"--resume: {workdir} has checkpoints but {e}") from None
     return config  # nothing was run there yet: the run starts now
   differing = [key for key in sorted(overrides - RESUMABLE_KEYS) if config[key] != before[key]]
@@ -111,7 +111,8 @@ def check_workdirs(configs, workdirs: list[Path], names, resume: bool) -> list[d
   ):
     if marker is None:
       _check_workdir_state(workdir, config, resume)
-      latest[name] = (saved_steps(workdir) or [None])[-1]
+      saved = run_folder.checkpoint_steps(Path(workdir) / run_folder.CHECKPOINTS)
+      latest[name] = saved[-1] if saved else None
   if len(set(latest.values())) > 1:
     steps = ", ".join(f"{name}: {step}" for name, step in latest.items())
     raise WorkdirError(
@@ -131,16 +132,10 @@ def _divergence_record(workdir: Path) -> dict[str, Any] | None:
     raise WorkdirError(str(e)) from None
 
 
-def saved_steps(workdir: Path) -> list[int]:
-  """The steps of the checkpoints in a run folder, oldest first."""
-  checkpoints = Path(workdir, run_folder.CHECKPOINTS)
-  return sorted(int(p.name) for p in checkpoints.glob("*") if p.name.isdigit())
-
-
 def _check_workdir_state(workdir: Path, config: ml_collections.ConfigDict, resume: bool) -> None:
   """Refuses to overwrite a run, or to resume one to before its checkpoint."""
   checkpoints = workdir / run_folder.CHECKPOINTS
-  saved = saved_steps(workdir)
+  saved = run_folder.checkpoint_steps(checkpoints)
   if not resume:
     held = [name for name, there in ((run_folder.CHECKPOINTS, saved), (run_folder.METRICS,
             (workdir / run_folder.METRICS).exists())) if there]  # fmt: skip

@@ -1,8 +1,9 @@
 """A run folder on disk: reading its ``config.json`` and ``metrics.jsonl``, writing atomically.
 
 A run folder (``experiments.train`` writes it) holds ``config.json`` (the
-experiment's config keys plus the harness's records: command, devices, groups),
-``metrics.jsonl`` (one JSON object per evaluation) and ``checkpoints/``.
+experiment's config keys plus the harness's records: command, devices, groups; written
+here, :func:`write_config`), ``metrics.jsonl`` (one JSON object per evaluation) and
+``checkpoints/`` (a folder per step, :func:`checkpoint_steps`).
 ``experiments.plot`` and ``experiments.compact`` read it through this module;
 every command that writes a file or folder other commands read goes through
 :func:`write_atomic`.
@@ -25,6 +26,7 @@ import ml_collections
 import numpy as np
 
 import configs
+from experiments.config_checks import config_value, recorded
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -102,24 +104,57 @@ def read_record(path: Path) -> dict[str, Any]:
   return record
 
 
-def _typed(key: str, default: Any, value: Any) -> Any:
-  """``value`` in the type of the config's ``default``, else a ``TypeError`` naming ``key``."""
-  if isinstance(default, (tuple, list)):
-    if not isinstance(value, list):
-      raise TypeError(f"{key} is {value!r}, expected list")
-    return tuple(_typed(key, default[0], item) for item in value) if default else tuple(value)
-  number = isinstance(value, (int, float)) and not isinstance(value, bool)
-  if isinstance(default, bool):
-    ok = isinstance(value, bool)
-  elif isinstance(default, float):
-    ok = number
-  elif isinstance(default, int):
-    ok = number and isinstance(value, int)
-  else:
-    ok = isinstance(value, type(default))
-  if not ok:
-    raise TypeError(f"{key} is {value!r}, expected {type(default).__name__}")
-  return float(value) if isinstance(default, float) else value
+def config_record(config: ml_collections.ConfigDict, **records: Any) -> dict[str, Any]:
+  """What a ``config.json`` holds: the config's keys that apply, then the harness's ``records``.
+
+  The keys are those that apply to the config's model, split and schedule
+  (:func:`experiments.config_checks.recorded`); a run adds its command, the library's
+  version, its devices and groups, a compact or prune output nothing.
+  """
+  return {**recorded(config), **records}
+
+
+def write_config(
+  path: Path,
+  config: ml_collections.ConfigDict,
+  command: str,
+  resumed_from: int | None = None,
+  **records: Any,
+) -> None:
+  """Writes a run's ``config.json``: :func:`config_record` with ``command`` and ``records``.
+
+  A resumed run (``resumed_from``: the step) keeps the record it started with and appends
+  ``{"command", "step", "changed"}`` to its ``resumes``: the command, the step it resumed
+  from, and the config keys it changed (only those that cannot change the trajectory).
+  """
+  record = None
+  if resumed_from is not None and path.exists():
+    record = read_record(path)  # resume.resumed_config has read it already
+    before = read_config(path)
+    changed = {k: v for k, v in recorded(config).items() if config[k] != before[k]}
+    resume = {"command": command, "step": resumed_from, "changed": changed}
+    record.setdefault("resumes", []).append(resume)
+  if record is None:
+    record = config_record(config, command=command, **records)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  write_json(path, record)
+
+
+def record_divergence(workdir: Path, diverged: dict[str, Any]) -> None:
+  """Adds ``{"step", "loss"}`` of a run that stopped on a non-finite loss to its ``config.json``."""
+  record = read_record(workdir / CONFIG)
+  record[DIVERGED] = diverged
+  write_json(workdir / CONFIG, record)
+
+
+def checkpoint_steps(checkpoints: str | os.PathLike[str]) -> list[int]:
+  """The steps of the complete checkpoints in a ``checkpoints/`` folder, oldest first.
+
+  A checkpoint is a folder named by its step; a save in progress has a temporary name
+  (Orbax's). A folder that does not exist holds none.
+  """
+  path = Path(checkpoints)
+  return sorted(int(p.name) for p in path.glob("*") if p.name.isdigit())
 
 
 def read_config(path: Path) -> ml_collections.ConfigDict:
@@ -148,7 +183,7 @@ def read_config(path: Path) -> ml_collections.ConfigDict:
       record.update(resume["changed"])
     for key, default in config.items():
       if key in record:
-        config[key] = _typed(key, default, record[key])
+        config[key] = config_value(key, default, record[key])
   except (ValueError, KeyError, TypeError) as e:  # ConfigError included
     raise NotARunError(f"{path} is not a run's config.json ({type(e).__name__}: {e})") from None
   return config

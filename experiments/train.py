@@ -248,7 +248,13 @@ class _Loop:
       cleanup.callback(m.checkpoints.close)
     states, data_keys, histories = list(experiment.states), list(experiment.data_keys), []
     if resume:
-      restored = _restore(members, states, data_keys, self.is_writer)
+      restored = checkpointing.restore_members(
+        [m.checkpoints for m in members],
+        [m.workdir for m in members],
+        states,
+        data_keys,
+        self.is_writer,
+      )
       if restored is None:
         print(f"--resume: no checkpoint in {self.folder}; starting from step 0", file=sys.stderr)
       else:
@@ -266,13 +272,12 @@ class _Loop:
     if self.is_writer:
       for m, state in zip(members, states, strict=True):
         resumed_from = int(state.step) if resume else None
-        run_record.write_config(
+        run_folder.write_config(
           m.workdir / run_folder.CONFIG,
           m.config,
-          state.params,
-          experiment.groups,
           command,
           resumed_from,
+          **run_record.start_records(m.config, state.params, experiment.groups),
         )
         run_record.copy_init_params(m.workdir, experiment.init_params_source)
     self.elapsed_before = max((h[-1]["wall_time"] for h in histories if h), default=0.0)
@@ -379,9 +384,7 @@ class _Loop:
     if self.single:
       return
     if self.is_writer:
-      record = run_folder.read_record(m.workdir / run_folder.CONFIG)
-      record[run_folder.DIVERGED] = m.diverged
-      run_folder.write_json(m.workdir / run_folder.CONFIG, record)
+      run_folder.record_divergence(m.workdir, m.diverged)
     kept = "no checkpoint was saved"
     if m.good_step is not None:
       kept = f"its last good checkpoint (step {m.good_step}) is kept"
@@ -414,55 +417,3 @@ def _divergence_message(diverged: list[_Member], count: int, single: bool) -> st
     f"{len(diverged)} of {count} members diverged ({where}){others}. Start a new sweep (another "
     "--workdir) with a lower --lr"
   )
-
-
-def _restore(members: list[_Member], states, data_keys, is_writer: bool):
-  """Each member's newest checkpoint at one step readable in all of them, or None if none.
-
-  Unreadable checkpoints past that step are moved to ``checkpoints-unreadable/``,
-  readable ones (a sweep's other members') to ``checkpoints-set-aside/``, with a warning.
-  """
-  at_most, unreadable = None, [{} for _ in members]
-  while True:
-    restored = []
-    for m, state, data_key, bad in zip(members, states, data_keys, unreadable, strict=True):
-      try:
-        restored.append(m.checkpoints.restore_latest(state, data_key, at_most))
-      except checkpointing.NoReadableCheckpointError as e:
-        raise WorkdirError(f"{e}; start a new run in another --workdir") from None
-      bad.update(m.checkpoints.unreadable)
-    steps = {-1 if r is None else int(r[0].step) for r in restored}
-    if len(steps) == 1:
-      break
-    at_most = min(steps)  # the members' checkpoints were saved together: some step is in all
-  (step,) = steps
-  highest, lowest = distributed.max_over_processes(step, -step)
-  if highest != -lowest:  # a file only some processes read was damaged
-    raise WorkdirError(
-      f"the processes of this job restored different checkpoints ({-lowest} to {highest}) "
-      f"from {members[0].checkpoints.directory}; move the newer ones aside and resume"
-    )
-  moved = False
-  for m, bad in zip(members, unreadable, strict=True):
-    newer = [s for s in m.checkpoints.manager.all_steps() if s > step]
-    unread = sorted(s for s in newer if s in bad)
-    for steps, folder, reason in (
-      (unread, "checkpoints-unreadable", f"unreadable ({bad[unread[0]]})" if unread else ""),
-      (sorted(set(newer) - set(unread)), "checkpoints-set-aside", "readable, but another "
-       "member's checkpoint at that step is not"),
-    ):  # fmt: skip
-      if not steps:
-        continue
-      moved, aside = True, m.workdir / folder
-      if is_writer:
-        m.checkpoints.set_aside(steps, aside)
-      print(
-        f"warning: checkpoint {', '.join(map(str, steps))} in {m.checkpoints.directory} is "
-        f"{reason}; moved to {aside}; resuming from step {step}",
-        file=sys.stderr,
-      )
-  if moved:
-    distributed.sync_processes("checkpoints set aside")
-    for m in members:
-      m.checkpoints.manager.reload()  # the saves to come must not wait for those steps
-  return None if step < 0 else restored

@@ -23,7 +23,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 import pathprox_jax as pp
-from experiments import cli, compact, models, run_folder
+from experiments import cli, models, run_folder, trained_run
 
 FIGURE = "unit_path_norms.png"
 BINS = 40
@@ -69,10 +69,10 @@ def write_figure(run_dir: Path, path: Path) -> Path:
   """Draws the histogram of the latest checkpoint of the run in ``run_dir`` into ``path``.
 
   Raises:
-    compact.UsageError: ``run_dir`` has no checkpoint, or one that does not fit its config.
+    trained_run.UsageError: ``run_dir`` has no checkpoint, or one that does not fit its config.
     run_folder.NotARunError: its ``config.json`` is malformed.
   """
-  config, state, groups = compact.restore_latest(run_dir)
+  config, state, groups = trained_run.restore_latest(run_dir)
   norms = {g: np.asarray(n) for g, n in pp.unit_path_norms(state.params, groups).items()}
   title = f"{config.experiment}, {config.method}, λ {config.weight_decay:g}: step {int(state.step)}"
   fig = unit_path_norms_figure(norms, models.group_names(config), title)
@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       path = run / FIGURE if args.out is None else Path(args.out) / f"{run.name}-{FIGURE}"
       path.parent.mkdir(parents=True, exist_ok=True)
       written.append(write_figure(run, path))
-  except (*compact.USAGE_ERRORS, OSError) as e:
+  except (*trained_run.USAGE_ERRORS, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   for path in written:

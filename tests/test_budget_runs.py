@@ -21,12 +21,12 @@ import pathprox_jax as pp
 from experiments import (
   checkpointing,
   cli,
-  compact,
   evaluation,
   experiment,
   interrupts,
   run_folder,
   sweep,
+  trained_run,
 )
 
 TARGET, PROX_START, HEAL_START, TOTAL = 0.5, 10, 40, 60
@@ -97,7 +97,7 @@ def budget_config(**overrides):
 @pytest.mark.parametrize("method", ["pathprox", "gmp"])
 def test_the_budget_optimiser_takes_the_models_unit_costs(method, optimizer):
   config = budget_config(method=method, optimizer=optimizer)
-  template, groups = compact.abstract_state(config)
+  template, groups = trained_run.abstract_state(config)
   params = jax.tree.map(lambda s: np.ones(s.shape, s.dtype), template.params)
   schedule = optax.constant_schedule(0.1)
   state = experiment.create_optimizer(config, groups, schedule, dict(COSTS)).init(params)
@@ -174,7 +174,7 @@ def interrupt_at(stop, monkeypatch):
 def active_units(workdir, step):
   """Which units are on (``||w_i|| ||v_i|| > 0``) in the run's checkpoint of ``step``."""
   config = run_folder.read_config(workdir / "config.json")
-  groups = compact.abstract_state(config)[1]
+  groups = trained_run.abstract_state(config)[1]
   manager = checkpointing.Checkpoints(workdir / "checkpoints")
   params = manager.manager.restore(step).state["params"]
   manager.close()

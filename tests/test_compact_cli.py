@@ -11,7 +11,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 import pathprox_jax as pp
-from experiments import checkpointing, cli, compact, models
+from experiments import checkpointing, cli, compact, models, run_folder, trained_run
 from experiments import experiment as experiment_lib
 from experiments.experiment import Experiment
 
@@ -113,10 +113,11 @@ def test_output_folder_is_never_replaced(tmp_path, capsys):
 
   out = tmp_path / "compact"
   out.mkdir()  # an empty folder takes an output
-  compact.check_output_folder(out)
-  compact.write_output(out, ml_collections.ConfigDict({"model": "mlp"}), {"w": jnp.ones(2)}, {})
-  with pytest.raises(compact.UsageError, match="outputs are never replaced"):
-    compact.check_output_folder(out)
+  trained_run.check_output_folder(out)
+  config = ml_collections.ConfigDict({"model": "mlp"})
+  trained_run.write_output(out, config, {"w": jnp.ones(2)}, {}, run_folder.COMPACT_RECORD)
+  with pytest.raises(trained_run.UsageError, match="outputs are never replaced"):
+    trained_run.check_output_folder(out)
   assert sorted(p.name for p in tmp_path.iterdir()) == ["compact", "notes"]
 
 
@@ -205,15 +206,15 @@ def test_restore_needs_no_experiment_and_reads_the_test_and_validation_sets(any_
     raise AssertionError("compact built an Experiment")
 
   read = []
-  load_arrays = compact.data.load_arrays
+  load_arrays = trained_run.data.load_arrays
 
   def recorded(name, **kwargs):
     read.append(tuple(kwargs["splits"]))
     return load_arrays(name, **kwargs)
 
   monkeypatch.setattr(experiment_lib, "Experiment", no_experiment)
-  monkeypatch.setattr(compact.data, "load_arrays", recorded)
-  run = compact.restore_run(any_run)
+  monkeypatch.setattr(trained_run.data, "load_arrays", recorded)
+  run = trained_run.restore_run(any_run)
   assert read == [("train", "test")]  # the validation set is cut from the training split
   assert run.step == 20 and len(run.test_labels) == 100 and len(run.val_labels) == 400
   expected = latest_params(any_run)

@@ -10,7 +10,7 @@ import pytest
 from conftest import flags
 
 import pathprox_jax as pp
-from experiments import cli, compact, heal, models
+from experiments import cli, compact, heal, models, trained_run
 
 G = pp.GroupSpec
 
@@ -63,7 +63,7 @@ def run_dir(raw_mnist, tmp_path_factory):
 
 
 def test_compact_drops_small_units_and_reports_the_changes(run_dir, tmp_path, capsys):
-  run = compact.restore_run(run_dir)
+  run = trained_run.restore_run(run_dir)
   scores = {g: np.asarray(s) for g, s in pp.unit_path_norms(run.params, run.groups).items()}
   tol = float(np.median(np.concatenate(list(scores.values()))))
   out = tmp_path / "compact"
@@ -80,15 +80,15 @@ def test_compact_drops_small_units_and_reports_the_changes(run_dir, tmp_path, ca
     params = checkpointer.restore((out / "params").absolute())
   model, small = models.create_model(run.config), models.create_model(config)
   for split, key in (("test", "check"), ("val", "check_val")):
-    before = compact.logits_on_test_set(model, run.params, run, split)
-    after = compact.logits_on_test_set(small, params, run, split)
+    before = trained_run.logits_on_test_set(model, run.params, run, split)
+    after = trained_run.logits_on_test_set(small, params, run, split)
     labels = run.test_labels if split == "test" else run.val_labels
     assert record[key] == pytest.approx(
       {
         "max_abs_diff": float(np.abs(before - after).max()),
         "tolerance": 1e-5 * max(1.0, float(np.abs(before).max())),
-        "sparse_acc": compact.accuracy(before, labels),
-        "compact_acc": compact.accuracy(after, labels),
+        "sparse_acc": trained_run.accuracy(before, labels),
+        "compact_acc": trained_run.accuracy(after, labels),
       }
     )
     assert record[key]["max_abs_diff"] > record[key]["tolerance"]  # the outputs did change

@@ -14,7 +14,7 @@ import pytest
 import tensorflow_datasets as tfds
 from conftest import write_idx
 
-from experiments import data, raw_files, releases
+from experiments import data, dataset_facts, raw_files, releases
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 UNREACHABLE_URL = "http://127.0.0.1:1/"  # connection refused: no test touches the internet
@@ -103,6 +103,14 @@ def test_fashion_mnist_from_raw_dir_env(tmp_path, monkeypatch):
   np.testing.assert_array_equal(source[3]["image"], expected["test"][0][3])
 
 
+def test_raw_data_dir_is_the_given_folder_else_the_environment(monkeypatch):
+  monkeypatch.setenv(raw_files.RAW_DIR_ENV, "/env/raw")
+  assert dataset_facts.raw_data_dir("/given") == "/given"
+  assert dataset_facts.raw_data_dir("") == dataset_facts.raw_data_dir(None) == "/env/raw"
+  monkeypatch.setenv(raw_files.RAW_DIR_ENV, "")
+  assert dataset_facts.raw_data_dir("") is None
+
+
 def write_cifar_folder(folder: pathlib.Path) -> dict[str, data.Arrays]:
   """CIFAR-10's pickle batches with random contents; returns the expected arrays."""
   rng = np.random.default_rng(1)
@@ -168,7 +176,7 @@ def test_corrupted_download_rejected_and_discarded(tmp_path, http_server, monkey
   assert not data.builder("mnist", data_dir=str(tmp_path / "tfds")).is_prepared()
 
 
-@pytest.mark.parametrize("name", data.DATASETS)
+@pytest.mark.parametrize("name", dataset_facts.DATASETS)
 def test_missing_data_set_says_how_to_get_it(tmp_path, name):
   with pytest.raises(data.DatasetUnavailableError) as error:
     data.load_arrays(name, data_dir=str(tmp_path / "tfds"), raw_dir=str(tmp_path))

@@ -43,5 +43,9 @@ def test_random_crop_pads_with_black_before_normalising():
   np.testing.assert_allclose(clean, np.broadcast_to(white_value, clean.shape), rtol=1e-6)
 
 
-def test_every_data_set_has_its_facts():
-  assert set(dataset_facts.DATASETS) == set(data.DATASETS)
+def test_the_data_set_table_agrees_with_the_builders():
+  assert list(dataset_facts.DATASETS) == list(data.BUILDERS)
+  for name, facts in dataset_facts.DATASETS.items():
+    builder = data.BUILDERS[name]
+    assert facts.classes == len(builder.CLASS_NAMES), name
+    assert len(facts.mean) == len(facts.std) == builder.IMAGE_SHAPE[-1], name

@@ -43,4 +43,4 @@ def test_no_import_circle():
 def test_module_is_small_and_says_its_job(module):
   text = (EXPERIMENTS / f"{module}.py").read_text()
   assert ast.get_docstring(ast.parse(text)), f"{module} has no docstring"
-  assert text.count("\n") <= 500
+  assert text.count("\n") <= 450, f"{module} has over 450 lines"

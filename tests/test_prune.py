@@ -12,7 +12,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 import pathprox_jax as pp
-from experiments import checkpointing, cli, compact, heal, models, prune
+from experiments import checkpointing, cli, compact, heal, models, prune, trained_run
 
 # One xdist worker runs this file (--dist loadgroup): vit_run and pruned are made once.
 pytestmark = pytest.mark.xdist_group("prune")
@@ -85,7 +85,7 @@ def test_pruning_keeps_the_largest_units_and_the_function_without_the_others(vit
   assert (tuple(config.num_heads), tuple(config.mlp_dim)) == ((3, 1), (10, 0))
   assert record["widths"] == {"num_heads": [3, 1], "mlp_dim": [10, 0]}
 
-  run = compact.restore_run(vit_run)
+  run = trained_run.restore_run(vit_run)
   for g, scores in numpy_scores(run.params, 2).items():
     expected = np.sort(np.argsort(-scores, kind="stable")[: KEEP[g]])
     assert record["kept"][str(g)] == expected.tolist()
@@ -105,8 +105,8 @@ def test_pruning_keeps_the_largest_units_and_the_function_without_the_others(vit
     small = models.create_model(config).apply({"params": params}, x)
   np.testing.assert_allclose(small, dense, atol=1e-5 * max(1.0, float(np.abs(dense).max())), rtol=0)
 
-  logits = compact.logits_on_test_set(models.create_model(run.config), run.params, run)
-  assert record["test_acc"]["dense"] == compact.accuracy(logits, run.test_labels)
+  logits = trained_run.logits_on_test_set(models.create_model(run.config), run.params, run)
+  assert record["test_acc"]["dense"] == trained_run.accuracy(logits, run.test_labels)
   assert record["parameters"]["pruned"] < record["parameters"]["dense"]
   assert 0 < record["flops_per_example"]["ratio"] < 1
   assert "test accuracy" in printed and f"heal: python -m experiments.heal {out}" in printed
@@ -141,7 +141,7 @@ def test_init_params_starts_the_run_from_the_pruned_params(raw_mnist, pruned, tm
   first = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[0])
   assert first["step"] == 0
   assert first["test_acc"] == pytest.approx(record["test_acc"]["pruned"], abs=1e-6)
-  _, groups = compact.abstract_state(config)
+  _, groups = trained_run.abstract_state(config)
   expected = pp.path_norm(params, groups).per_group
   assert {g: first[f"path_norm/g{g}"] for g in expected} == pytest.approx(
     {g: float(v) for g, v in expected.items()}, rel=1e-5
@@ -245,7 +245,7 @@ def test_mlp_pruning_keeps_the_largest_neurons_and_at_least_one_per_layer(
   assert prune.main([str(run_dir), "--keep", "5,2,7", "--out", str(out), "--repeats", "1"]) == 0
   config, params, record = read_output(out)
   assert tuple(config.features) == (5, 32, 2, 32, 7, 10)
-  run = compact.restore_run(run_dir)
+  run = trained_run.restore_run(run_dir)
   zeroed = jax.tree.map(np.array, run.params)
   for g, count in enumerate((5, 2, 7)):
     w, v = run.params[f"Dense_{2 * g}"]["kernel"], run.params[f"Dense_{2 * g + 1}"]["kernel"]

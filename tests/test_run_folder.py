@@ -51,3 +51,10 @@ def test_a_diverged_run_exposes_its_step_and_a_malformed_marker_is_one_line(
     return
   run = run_folder.load_run(tmp_path)
   assert (run.diverged_at, run.seed, run.last_step, run.complete) == (diverged_at, 3, 0, False)
+
+
+def test_checkpoint_steps_are_the_complete_saves_in_step_order(tmp_path):
+  for name in ("10", "2", "30.orbax-checkpoint-tmp-1234", "notes"):
+    (tmp_path / name).mkdir()
+  assert run_folder.checkpoint_steps(tmp_path) == [2, 10]
+  assert run_folder.checkpoint_steps(tmp_path / "absent") == []

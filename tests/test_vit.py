@@ -9,7 +9,7 @@ import pytest
 from flax.core import meta
 
 import pathprox_jax as pp
-from experiments import cli, compact, compare, models, run_folder
+from experiments import cli, compact, compare, models, run_folder, trained_run
 
 G = pp.GroupSpec
 TINY = dict(num_heads=(2, 2), mlp_dim=(8, 8), width=16, head_dim=4)
@@ -156,6 +156,6 @@ def test_vit_pathprox_run_compacts_to_the_same_function(raw_mnist, tmp_path, cap
   assert record["widths"] == {"num_heads": active[0::2], "mlp_dim": active[1::2]}
   assert record["check"]["max_abs_diff"] <= record["check"]["tolerance"]
   assert record["parameters"]["compact"] < record["parameters"]["sparse"]
-  _, groups = compact.abstract_state(run_folder.read_config(run / "config.json"))
+  _, groups = trained_run.abstract_state(run_folder.read_config(run / "config.json"))
   grouped = {spec.group for spec in jax.tree.leaves(groups)}
   assert grouped == {0, 1, 2, 3}  # compaction sees the heads' groups, not only the neurons'

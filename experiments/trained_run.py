@@ -1,0 +1,250 @@
+"""A trained run, restored: what the commands that read a run share (compact, prune, histograms).
+
+:func:`restore_run` restores a run folder's latest checkpoint with its test and validation
+sets, :func:`compact_run` makes its smaller model, :func:`benchmark` measures a model on its
+test images, and :func:`write_output` writes a compact or prune output (``params/``,
+``config.json`` and the command's record), never over an output that exists. Bad input is one
+of :data:`USAGE_ERRORS` (one line, exit code 2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+import pathprox_jax as pp
+from experiments import checkpointing, cli, data, input_pipeline, models, run_folder
+from experiments import groups as groups_lib
+from experiments import inference_speed as speed
+from experiments.experiment import create_optimizer
+from experiments.train_step import TrainState
+
+
+class UsageError(ValueError):
+  """The run folder or the output folder cannot be used."""
+
+
+# What the commands that read a run report as bad input (one line, exit code 2).
+USAGE_ERRORS = (cli.ConfigError, UsageError, run_folder.NotARunError, data.DatasetUnavailableError)
+
+
+class TrainedRun(NamedTuple):
+  """A run's config, latest parameters, test set and validation set.
+
+  Attributes:
+    config: the run's config (the config keys of its ``config.json``).
+    params: the parameters of the latest checkpoint.
+    groups: the model's PathProx group spec.
+    step: the latest checkpoint's step.
+    test_images: the run's test images, uint8 ``[N, H, W, C]``.
+    test_labels: their labels, ``[N]``.
+    val_images: the run's validation images (its config's split), uint8 ``[M, H, W, C]``.
+    val_labels: their labels, ``[M]``.
+  """
+
+  config: ml_collections.ConfigDict
+  params: Any
+  groups: Any
+  step: int
+  test_images: np.ndarray
+  test_labels: np.ndarray
+  val_images: np.ndarray
+  val_labels: np.ndarray
+
+
+def abstract_state(config: ml_collections.ConfigDict) -> tuple[TrainState, Any]:
+  """The shapes and dtypes of a run's training state, and its model's group spec.
+
+  Built with ``jax.eval_shape``: nothing is allocated and no data is read. The
+  learning-rate schedule is a constant one here: the schedule's values do not
+  change the optimiser state's shapes (a schedule rather than a float does).
+  """
+  model = models.create_model(config)
+  image = jax.ShapeDtypeStruct((1, *data.BUILDERS[config.dataset].IMAGE_SHAPE), jnp.float32)
+  boxed = jax.eval_shape(model.init, jax.random.key(0), image)["params"]
+  groups = groups_lib.group_spec(model, boxed, image, config.group_source)
+  params = nn.meta.unbox(boxed)
+  tx = create_optimizer(config, groups, optax.constant_schedule(config.lr))
+  step = jax.ShapeDtypeStruct((), jnp.int32)
+  return TrainState(step, params, jax.eval_shape(tx.init, params)), groups
+
+
+def restore_run(directory: Path) -> TrainedRun:
+  """Restores the latest checkpoint of the run in ``directory``, then reads its test and
+  validation sets.
+
+  Raises:
+    UsageError: ``directory`` has no ``config.json`` or no checkpoint, or its
+      checkpoint does not fit the model and method its ``config.json`` records.
+    run_folder.NotARunError: its ``config.json`` is malformed.
+    data.DatasetUnavailableError: the run's data set cannot be loaded here.
+  """
+  config, state, groups = restore_latest(directory)
+  splits = input_pipeline.split(
+    data.load_arrays(
+      config.dataset,
+      data_dir=config.data_dir or None,
+      raw_dir=config.raw_data_dir or None,
+      splits=("train", "test"),  # the validation set is part of the training split
+      allow_unofficial=config.allow_unofficial_data,
+    ),
+    config.split,
+    val_size=config.val_size,
+    train_per_class=config.train_per_class,
+  )
+  return TrainedRun(config, state.params, groups, int(state.step), *splits["test"], *splits["val"])
+
+
+def restore_latest(directory: Path) -> tuple[ml_collections.ConfigDict, TrainState, Any]:
+  """``(config, training state, group spec)`` of the latest checkpoint of the run in
+  ``directory``; no data is read. Raises as :func:`restore_run`, but reads no data set.
+  """
+  config_file, checkpoint_dir = directory / run_folder.CONFIG, directory / run_folder.CHECKPOINTS
+  if not config_file.is_file():
+    raise UsageError(f"{directory} is not a run folder: it has no config.json")
+  # Checked before Checkpoints(), whose manager would create the folder.
+  if not checkpoint_dir.is_dir():
+    raise UsageError(f"{directory} has no checkpoint: no checkpoints/ folder")
+  checkpoints = checkpointing.Checkpoints(checkpoint_dir)
+  try:
+    if checkpoints.latest_step() is None:
+      raise UsageError(f"{directory} has no checkpoint: checkpoints/ is empty")
+    config = run_folder.read_config(config_file)
+    template, groups = abstract_state(config)
+    try:
+      state, _, _ = checkpoints.restore_latest(template, jax.random.key(0))
+    except ValueError as e:  # orbax: the saved tree's structure or shapes differ
+      raise UsageError(
+        f"{directory}: the latest checkpoint does not fit the model and method in its "
+        f"config.json ({str(e).splitlines()[0]})"
+      ) from e
+  finally:
+    checkpoints.close()
+  return config, state, groups
+
+
+def logits_on_test_set(model, params: Any, run: TrainedRun, split: str = "test") -> np.ndarray:
+  """The model's logits on the run's test set (or ``split="val"``: its validation set),
+  ``[N, classes]``, at full f32 precision."""
+
+  @jax.jit
+  def logits(params, images):
+    return model.apply({"params": params}, input_pipeline.normalize(images, run.config.dataset))
+
+  if split == "val":
+    images, labels = run.val_images, run.val_labels
+  else:
+    images, labels = run.test_images, run.test_labels
+  size = min(run.config.eval_batch_size, len(labels))
+  batches, _, mask = input_pipeline.eval_batches(images, labels, size)
+  # Accelerators may multiply f32 in lower precision (TF32) by default, which would
+  # hide or fake differences of the order of the tolerance.
+  with jax.default_matmul_precision("highest"):
+    out = np.concatenate([np.asarray(logits(params, batch)) for batch in batches])
+  return out[mask.reshape(-1)]
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+  """The fraction of examples whose largest logit is their label's."""
+  return float(np.mean(logits.argmax(-1) == labels))
+
+
+def without_empty_arrays(tree: Mapping[str, Any]) -> dict[str, Any]:
+  """``tree`` without its zero-size arrays, and without the dicts they leave empty.
+
+  A ViT block with no heads (or no FFN neurons) left keeps only its out bias,
+  so its smaller model has no other parameters there; orbax cannot save
+  zero-size arrays anyway.
+  """
+  out = {}
+  for name, value in tree.items():
+    if isinstance(value, Mapping):
+      value = without_empty_arrays(value)
+      if value:
+        out[name] = value
+    elif np.size(value):
+      out[name] = value
+  return out
+
+
+def check_output_folder(out: Path) -> None:
+  """Raises :class:`UsageError` unless ``out`` is absent or an empty folder: an output is never
+  replaced (a fine-tune started from it could no longer resume, nor its command reproduce it)."""
+  if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+    raise UsageError(
+      f"{out} exists and is not empty; outputs are never replaced: pass another --out"
+    )
+
+
+def write_output(
+  out: Path, config: ml_collections.ConfigDict, params: Any, record: dict, marker: str
+) -> None:
+  """Writes ``params/``, ``config.json`` and the record ``marker`` into ``out`` (absent or empty).
+
+  The folder is written under a temporary name and renamed at the end, so that
+  an interrupted write never leaves a folder that looks like a complete output.
+
+  Args:
+    out: the output folder (see :func:`check_output_folder`).
+    config: the smaller model's config.
+    params: its parameters.
+    record: what the command records (``compact.json``'s or ``prune.json``'s content).
+    marker: the record's file name (:data:`run_folder.COMPACT_RECORD` or
+      :data:`run_folder.PRUNE_RECORD`), which marks the folder as that command's output.
+  """
+
+  def write(folder: Path) -> None:
+    folder.mkdir()
+    with ocp.StandardCheckpointer() as checkpointer:
+      checkpointer.save(folder.absolute() / "params", params)
+      checkpointer.wait_until_finished()
+    run_folder.write_json(folder / run_folder.CONFIG, run_folder.config_record(config))
+    run_folder.write_json(folder / marker, record)
+
+  out.absolute().parent.mkdir(parents=True, exist_ok=True)
+  run_folder.write_atomic(out, write)
+
+
+def benchmark(run: TrainedRun, model: nn.Module, params: Any, repeats: int) -> speed.Benchmark:
+  """:func:`experiments.inference_speed.benchmark` of ``model`` on the run's test images."""
+  x = input_pipeline.normalize(run.test_images[: max(speed.BENCHMARK_BATCHES)], run.config.dataset)
+  return speed.benchmark(model, params, x, repeats)
+
+
+def compact_run(
+  run: TrainedRun, run_dir: Path, how: str, **options: Any
+) -> tuple[Any, dict[int, pp.KeptUnits], ml_collections.ConfigDict]:
+  """The run's smaller model (:func:`pathprox_jax.compact`), printing what it keeps.
+
+  Args:
+    run: the restored run.
+    run_dir: its folder (for the printout).
+    how: what chose the units (for the printout), e.g. ``"--atol 0"``.
+    **options: :func:`pathprox_jax.compact`'s ``atol``, ``path_norm_tol`` or ``keep``.
+
+  Returns:
+    ``(smaller params without zero-size arrays, kept units per group, smaller config)``.
+  """
+  config = run.config
+  print(
+    f"run {run_dir}: {config.experiment}, {config.method}, "
+    f"checkpoint at step {run.step} of {config.total_iter}"
+  )
+  small, kept = pp.compact(run.params, run.groups, **options)
+  print(
+    f"kept units ({how}): "
+    + ", ".join(f"group {g} {k.width}/{k.original_width}" for g, k in kept.items())
+  )
+  small_config = models.compacted_config(config, kept)
+  for key in models.widths_keys(config):
+    print(f"{key}: {tuple(config[key])} -> {small_config[key]}")
+  return without_empty_arrays(small), kept, small_config
