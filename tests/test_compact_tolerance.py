@@ -7,7 +7,6 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import flags
 
 import pathprox_jax as pp
 from experiments import cli, compact, heal, models
@@ -53,13 +52,10 @@ def test_a_negative_or_nan_tolerance_is_an_error(tol):
     pp.compact(params, groups, path_norm_tol=tol)
 
 
-@pytest.fixture(scope="module")
-def run_dir(raw_mnist, tmp_path_factory):
-  """A 20-step PathProx run of the tiny MLP: no unit switched off yet."""
-  tmp = tmp_path_factory.mktemp("tolerance")
-  argv = flags(raw_mnist, tmp, weight_decay=0.02, workdir=tmp / "run")
-  assert cli.main("mnist_subset_mlp", argv) == 0
-  return tmp / "run"
+@pytest.fixture
+def run_dir(finished_run):
+  """The session's 20-step PathProx run of the tiny MLP: no unit switched off yet."""
+  return finished_run[0]
 
 
 def test_compact_drops_small_units_and_reports_the_changes(run_dir, tmp_path, capsys):
