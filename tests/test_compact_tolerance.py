@@ -58,6 +58,7 @@ def run_dir(finished_run):
   return finished_run[0]
 
 
+@pytest.mark.slow  # compacts a run (compiling its benchmark) and fine-tunes the output
 def test_compact_drops_small_units_and_reports_the_changes(run_dir, tmp_path, capsys):
   run = compact.restore_run(run_dir)
   scores = {g: np.asarray(s) for g, s in pp.unit_path_norms(run.params, run.groups).items()}
