@@ -1,15 +1,33 @@
-"""Test session set-up: eight fake CPU devices, small generated raw data sets, real MNIST.
+"""Test session set-up: eight fake CPU devices, a compilation cache, small generated data sets.
 
 Real MNIST (the four raw IDX files) is found through ``$PATHPROX_RAW_DATA_DIR`` first,
 then in ``../shared/data/mnist`` next to the repository. Tests that need it take the
 ``real_mnist`` fixture: they skip without it, but under ``CI=true`` they fail.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
   os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
+
+# One persistent compilation cache for the session, its xdist workers and every process its
+# tests start (they inherit the environment): the tests compile the same small programs again
+# and again, in this process and in each `python -m experiments...` they start. An entry is
+# keyed by the program, the compile options and the JAX version, so a hit is the executable the
+# compiler would have built. The folder is new for each session, so nothing compiled elsewhere is
+# read back; the process that made it (the xdist controller, or the only process) removes it.
+if "PYTEST_XDIST_WORKER" not in os.environ:
+  COMPILATION_CACHE = tempfile.mkdtemp(prefix="pathprox-jax-tests-compiled-")
+  atexit.register(shutil.rmtree, COMPILATION_CACHE, ignore_errors=True)
+  os.environ.update(
+    JAX_COMPILATION_CACHE_DIR=COMPILATION_CACHE,
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",  # cache every program, however quick
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",  # and however small
+  )
 
 import contextlib  # noqa: E402
 import gzip  # noqa: E402

@@ -7,7 +7,6 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import flags
 
 import pathprox_jax as pp
 from experiments import cli, compact, heal, models, trained_run
@@ -53,15 +52,13 @@ def test_a_negative_or_nan_tolerance_is_an_error(tol):
     pp.compact(params, groups, path_norm_tol=tol)
 
 
-@pytest.fixture(scope="module")
-def run_dir(raw_mnist, tmp_path_factory):
-  """A 20-step PathProx run of the tiny MLP: no unit switched off yet."""
-  tmp = tmp_path_factory.mktemp("tolerance")
-  argv = flags(raw_mnist, tmp, weight_decay=0.02, workdir=tmp / "run")
-  assert cli.main("mnist_subset_mlp", argv) == 0
-  return tmp / "run"
+@pytest.fixture
+def run_dir(finished_run):
+  """The session's 20-step PathProx run of the tiny MLP: no unit switched off yet."""
+  return finished_run[0]
 
 
+@pytest.mark.slow  # compacts a run (compiling its benchmark) and fine-tunes the output
 def test_compact_drops_small_units_and_reports_the_changes(run_dir, tmp_path, capsys):
   run = trained_run.restore_run(run_dir)
   scores = {g: np.asarray(s) for g, s in pp.unit_path_norms(run.params, run.groups).items()}

@@ -2,7 +2,8 @@
 replace an output, a fine-tune resumes without its ``--init-params`` and refuses params of
 another model.
 
-A tiny MLP run on generated data (5 steps per epoch), compacted once for the whole module.
+The session's tiny MLP run on generated data (5 steps per epoch), copied and compacted once
+for the whole module.
 """
 
 import json
@@ -20,12 +21,14 @@ def snapshot(folder):
 
 
 @pytest.fixture(scope="module")
-def compacted(raw_mnist, tmp_path_factory):
-  """``(run folder, its compact output)``: a 10-step PathProx run and its ``RUN/compact``."""
+def compacted(finished_run, tmp_path_factory):
+  """``(run folder, its compact output)``: a copy of the session's run and its ``RUN/compact``.
+
+  The run's whole folder is copied (its prepared data set too): the tests write beside it.
+  """
   tmp = tmp_path_factory.mktemp("finetune")
+  shutil.copytree(finished_run[0].parent, tmp, dirs_exist_ok=True)
   run = tmp / "run"
-  argv = flags(raw_mnist, tmp, workdir=run, total_iter=10, weight_decay=0.05)
-  assert cli.main("mnist_subset_mlp", argv) == 0
   assert compact.main([str(run), "--repeats", "1"]) == 0
   return run, run / "compact"
 

@@ -233,6 +233,7 @@ def test_compact_keeps_the_named_units_whatever_their_weights():
   assert kept[0].indices.tolist() == [1, 2] and small["v"].tolist() == [[0.0], [2.0]]
 
 
+@pytest.mark.slow  # prunes a run (compiling its benchmark)
 def test_mlp_pruning_keeps_the_largest_neurons_and_at_least_one_per_layer(
   finished_run, tmp_path, capsys
 ):

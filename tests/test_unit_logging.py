@@ -55,6 +55,7 @@ def vit_run(raw_mnist, tmp_path_factory):
   return tmp / "run"
 
 
+@pytest.mark.slow  # trains a ViT run (vit_run)
 def test_vit_rows_log_heads_and_neurons_apart(vit_run):
   rows = read_rows(vit_run)
   assert [r["step"] for r in rows] == [0, 1, 2]
@@ -63,6 +64,7 @@ def test_vit_rows_log_heads_and_neurons_apart(vit_run):
       assert 0 < row[f"unit_path_norm_min/g{g}"] <= row[f"unit_path_norm_median/g{g}"]
 
 
+@pytest.mark.slow  # trains a ViT run (vit_run)
 def test_the_histogram_is_written_into_the_run_folder(vit_run, capsys):
   assert unit_histogram.main([str(vit_run)]) == 0
   path = vit_run / unit_histogram.FIGURE

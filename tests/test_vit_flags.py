@@ -38,6 +38,7 @@ def test_a_vit_that_cannot_train_is_refused_in_one_line(
   assert not workdir.exists()
 
 
+@pytest.mark.slow  # trains a ViT run
 def test_a_vit_without_heads_trains(raw_mnist, tmp_path):
   workdir = tmp_path / "run"
   argv = ["--workdir", str(workdir), *toy_flags(raw_mnist, tmp_path), *VIT, "--num-heads", "0,0"]
@@ -47,6 +48,7 @@ def test_a_vit_without_heads_trains(raw_mnist, tmp_path):
   assert "features" not in record  # an MLP's key, which a ViT does not read
 
 
+@pytest.mark.slow  # trains a ViT run, prunes it (compiling its benchmark) and fine-tunes it
 def test_a_fine_tune_of_a_model_that_lost_every_head_trains(raw_mnist, tmp_path):
   run = tmp_path / "run"
   argv = ["--workdir", str(run), *toy_flags(raw_mnist, tmp_path), *VIT, "--method", "wd"]
