@@ -4,7 +4,7 @@ Where the raw files are looked for first is here too (:func:`raw_data_dir`).
 
 :data:`DATASETS` is the one list of the data sets: each has its release's TFDS builder in
 :mod:`experiments.releases` (``data.BUILDERS``, in the same order, with as many classes and
-as many channels; ``tests/test_input_pipeline.py`` checks that they agree).
+as many channels; ``tests/harness/test_input_pipeline.py`` checks that they agree).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from nbclient.exceptions import CellExecutionError
 # One xdist worker runs this file (--dist loadgroup): data_dir is prepared once.
 pytestmark = pytest.mark.xdist_group("notebooks")
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 # Outside the repository: ../shared/data/mnist in CI, read-only.
 CELL_TIMEOUT_S = 600

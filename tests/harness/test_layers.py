@@ -5,7 +5,7 @@ import pathlib
 
 import pytest
 
-EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
+EXPERIMENTS = pathlib.Path(__file__).resolve().parents[2] / "experiments"
 MODULES = sorted(p.stem for p in EXPERIMENTS.glob("*.py") if p.stem != "__init__")
 
 

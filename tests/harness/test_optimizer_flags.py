@@ -52,7 +52,7 @@ def test_adamw_run_records_its_optimizer_and_trains(method, raw_mnist, tmp_path)
 
 
 def test_help_shows_the_optimizer_and_threshold_rule():
-  from tests.test_help import help_text
+  from tests.harness.test_help import help_text
 
   text = help_text("experiments.fashion_mnist_vit_adamw")
   assert "--optimizer TEXT" in text and "--threshold-rule TEXT" in text

@@ -19,7 +19,7 @@ from experiments import plot, report, run_folder
 # One xdist worker runs this file (--dist loadgroup): its folders and figures are made once.
 pytestmark = pytest.mark.xdist_group("plot")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TOTAL = 20_000
 GROUPS = (0, 1, 2)
 # The documented precision of each report column, as an absolute or relative tolerance.
