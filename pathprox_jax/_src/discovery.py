@@ -248,7 +248,10 @@ def _chains(graph, layers, pairs) -> tuple[tuple[int, ...], ...]:
   chains: list[list[int]] = []
   for group, (layer, _) in enumerate(pairs):
     previous = pairs[group - 1][1].consumer.output if group else None
-    linked = previous is not None and _walk(graph, layers, previous, None).layer is layer
+    # A BatchNorm group starts a chain: its normalisation would undo the scale passed on.
+    normalised = pairs[group][1].norm is not None
+    linked = not normalised and previous is not None
+    linked = linked and _walk(graph, layers, previous, None).layer is layer
     if linked:
       chains[-1].append(group)
     else:

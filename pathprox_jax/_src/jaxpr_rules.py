@@ -277,14 +277,14 @@ def _unit_param(graph: Graph, value: Any, axis: int) -> tuple[int, int] | None:
   return (ref.leaf, ref.axes[axis]) if len(reads) == 1 else None
 
 
-def _per_channel(graph: Graph, value: Any, axis: int, source: int, seen: set) -> str:
-  """Why channel ``axis`` of ``value`` may depend on other channels of ``source`` or on a
-  parameter (``""``: it depends on channel ``axis`` of ``source`` and on constants only)."""
+def _per_channel(graph: Graph, value: Any, axis: int, source: tuple[int, int], seen: set) -> str:
+  """Why channel ``axis`` of ``value`` may depend on other channels of ``source`` (a value and
+  its unit axis) or on a parameter (``""``: on channel ``axis`` of ``source`` and constants)."""
   if isinstance(value, Const) or (value, axis) in seen:
     return ""
   seen.add((value, axis))
-  if value == source:
-    return ""
+  if value == source[0]:
+    return "" if axis == source[1] else "are taken along another axis than the units"
   eqn = graph.producer.get(value)
   if graph.param(value) is not None:
     return "depend on a parameter"
@@ -314,6 +314,15 @@ def _per_channel(graph: Graph, value: Any, axis: int, source: int, seen: set) ->
   return ""
 
 
+def _downstream(graph: Graph, value: int) -> set[int]:
+  """``value`` and every value computed from it."""
+  found = {value}
+  for eqn in graph.eqns:
+    if any(v in found for v in eqn.inputs if not isinstance(v, Const)):
+      found.update(eqn.outputs)
+  return found
+
+
 def batch_norm(graph: Graph, value: int, axis: int) -> Norm | str | None:
   """The per-channel normalisation ``(value - μ)·σ⁻¹·γ + β`` reading ``value`` (a BatchNorm in
   training or evaluation mode), why it is no unit's "in" side, or ``None``: no normalisation.
@@ -328,7 +337,7 @@ def batch_norm(graph: Graph, value: int, axis: int) -> Norm | str | None:
   centred = subs[0].outputs[0]
   readers = graph.readers_of(centred)
   if len(readers) != 1 or readers[0][0].prim != "mul" or centred in graph.outputs:
-    return "are centred, then read by more than one op (not a BatchNorm)"
+    return None  # a difference, not a normalisation: the unit path rules say what it does
   product, position = readers[0]
   factor = product.inputs[1 - position]
   factor_eqn = graph.producer.get(factor)
@@ -341,12 +350,14 @@ def batch_norm(graph: Graph, value: int, axis: int) -> Norm | str | None:
     return "are normalised without a scale along the units (no γ for the units' in side)"
   seen: set = set()
   for v in (subs[0].inputs[1], stat):
-    reason = _per_channel(graph, v, axis, value, seen)
+    reason = _per_channel(graph, v, axis, (value, axis), seen)
     if reason:
       return f"are normalised, but the statistics {reason}"
-  region = {v for v, _ in seen} | {centred, factor}
-  if not all(e.outputs[0] in region or e is subs[0] for e, _ in graph.readers_of(value)):
-    return "are normalised, but also read outside the normalisation (a skip)"
+  region = {v for v, _ in seen} | {centred, factor, product.outputs[0]}
+  downstream = _downstream(graph, value)
+  for v in region & downstream - {product.outputs[0]}:
+    if v in graph.outputs or any(e.outputs[0] not in region for e, _ in graph.readers_of(v)):
+      return "are normalised, but also read outside the normalisation (a skip, an output)"
   output, bias = product.outputs[0], None
   adds = graph.readers_of(output)
   if len(adds) == 1 and adds[0][0].prim == "add" and output not in graph.outputs:

@@ -100,15 +100,16 @@ def test_discovered_like_annotated(family, x, train):
 
 
 class Residual(nn.Module):
-  """A basic block: conv-BN-relu-conv-BN + skip, relu; then a dense head."""
+  """A basic block: conv-BN-relu-conv-BN + skip, relu (convs without bias); a dense head."""
 
   train: bool
 
   @nn.compact
   def __call__(self, x):
     bn = dict(use_running_average=not self.train)
-    h = nn.relu(nn.BatchNorm(name="bn1", **bn)(nn.Conv(4, (3, 3), name="conv1")(x)))
-    h = nn.BatchNorm(name="bn2", **bn)(nn.Conv(3, (3, 3), name="conv2")(h))
+    h = nn.Conv(4, (3, 3), use_bias=False, name="conv1")(x)
+    h = nn.relu(nn.BatchNorm(name="bn1", **bn)(h))
+    h = nn.BatchNorm(name="bn2", **bn)(nn.Conv(3, (3, 3), use_bias=False, name="conv2")(h))
     h = nn.relu(h + x)
     return nn.Dense(2, name="head")(jnp.mean(h, axis=(1, 2)))
 
@@ -125,6 +126,29 @@ def test_residual_block_output_is_no_unit(train):
   assert groups["conv2"]["kernel"].role == "out"
   assert groups["bn2"] == {"scale": None, "bias": None}
   assert "normalised by bn2, then added to another value by add" in str(report)
+
+
+class Chained(nn.Module):
+  """A Dense group (d0 "in", d1 "out"), then a BatchNorm group (d2 follows, bn "in", d3 "out")."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Dense(5, name="d1")(nn.relu(nn.Dense(6, name="d0")(x))))
+    x = nn.BatchNorm(use_running_average=True, name="bn")(nn.Dense(4, name="d2")(x))
+    return nn.Dense(2, name="d3")(nn.relu(x))
+
+
+def test_batchnorm_group_starts_a_chain():
+  x = X[:, 0, 0]
+  model = Chained()
+  variables = model.init(jax.random.key(0), x)
+  report = pp.explain_groups(
+    lambda p, x: model.apply({**variables, "params": p}, x), variables["params"], x
+  )
+  roles = {m: report.groups[m]["kernel"].role for m in ("d0", "d1", "d2", "d3")}
+  assert roles == {"d0": "in", "d1": "out", "d2": "follow", "d3": "out"}
+  assert report.groups["bn"]["scale"] == pp.GroupSpec(1, "in", chain=1)
+  assert report.chains == ((0,), (1,))  # the balance would pass a scale that bn normalises away
 
 
 class Refused(nn.Module):
