@@ -353,7 +353,7 @@ def batch_norm(graph: Graph, value: int, axis: int) -> Norm | str | None:
     reason = _per_channel(graph, v, axis, (value, axis), seen)
     if reason:
       return f"are normalised, but the statistics {reason}"
-  region = {v for v, _ in seen} | {centred, factor, product.outputs[0]}
+  region = {v for v, _ in seen} | {value, centred, factor, product.outputs[0]}
   downstream = _downstream(graph, value)
   for v in region & downstream - {product.outputs[0]}:
     if v in graph.outputs or any(e.outputs[0] not in region for e, _ in graph.readers_of(v)):

@@ -152,16 +152,19 @@ def test_batchnorm_group_starts_a_chain():
 
 
 class Refused(nn.Module):
-  """conv → a normalisation → an activation → conv: no unit."""
+  """conv → a normalisation → an activation → conv (+ the conv's output, with a skip): no unit."""
 
   norm: str
   activation: str
+  skip: bool = False
 
   @nn.compact
   def __call__(self, x):
-    x = nn.Conv(5, (3, 3), name="c0")(x)
-    x = nn.BatchNorm(use_running_average=False)(x) if self.norm == "bn" else nn.LayerNorm()(x)
-    return nn.Conv(2, (3, 3), name="c1")(getattr(nn, self.activation)(x))
+    h = nn.Conv(5, (3, 3), name="c0")(x)
+    batch_norm = nn.BatchNorm(use_running_average=self.skip)  # running averages with the skip
+    x = nn.LayerNorm()(h) if self.norm == "layer" else batch_norm(h)
+    x = nn.Conv(5, (3, 3), name="c1")(getattr(nn, self.activation)(x))
+    return x + h if self.skip else x
 
 
 @pytest.mark.parametrize(
@@ -169,10 +172,11 @@ class Refused(nn.Module):
   [
     ("bn", "tanh", "normalised by BatchNorm_0, then go through tanh"),
     ("layer", "relu", "normalised, but the statistics are taken over the units"),
+    ("skip", "relu", "normalised, but also read outside the normalisation"),
   ],
 )
 def test_refused(norm, activation, reason):
-  model = Refused(norm, activation)
+  model = Refused(norm, activation, skip=norm == "skip")
   variables = model.init(jax.random.key(0), X)
   stats = variables.get("batch_stats", {})
 
