@@ -10,7 +10,10 @@ such as the attention weights of a head), and ``B`` contracts the unit axis with
 Rescaling unit ``j``'s input weights by ``s > 0`` and its output weights by ``1 / s`` then leaves
 the function unchanged, which is what PathProx needs. Layers pair greedily in forward order, so a
 layer has one role. Values that the unit axis is multiplied with (the softmax of a head's query
-and key, a SwiGLU gate) name the "follow" parameters of the group.
+and key, a SwiGLU gate) name the "follow" parameters of the group. A layer whose outputs a
+BatchNorm normalises channel by channel (:func:`jaxpr_rules.batch_norm`: batch statistics or
+running averages) "follows": the BatchNorm's scale and bias are the units' "in" side, since
+channel ``i`` computes ``γ_i·â_i + β_i`` with ``â_i`` independent of the layer's scale.
 
 This module pairs the layers (:mod:`layers`) into groups by walking each layer's units through
 the per-op rules of :mod:`jaxpr_rules`; :mod:`group_report` words the result.
