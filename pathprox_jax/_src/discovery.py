@@ -10,7 +10,10 @@ such as the attention weights of a head), and ``B`` contracts the unit axis with
 Rescaling unit ``j``'s input weights by ``s > 0`` and its output weights by ``1 / s`` then leaves
 the function unchanged, which is what PathProx needs. Layers pair greedily in forward order, so a
 layer has one role. Values that the unit axis is multiplied with (the softmax of a head's query
-and key, a SwiGLU gate) name the "follow" parameters of the group.
+and key, a SwiGLU gate) name the "follow" parameters of the group. A layer whose outputs a
+BatchNorm normalises channel by channel (:func:`jaxpr_rules.batch_norm`: batch statistics or
+running averages) "follows": the BatchNorm's scale and bias are the units' "in" side, since
+channel ``i`` computes ``γ_i·â_i + β_i`` with ``â_i`` independent of the layer's scale.
 
 This module pairs the layers (:mod:`layers`) into groups by walking each layer's units through
 the per-op rules of :mod:`jaxpr_rules`; :mod:`group_report` words the result.
@@ -91,7 +94,12 @@ def _walk(graph: Graph, layers: dict[int, Layer], start: int, axis: int | None) 
     ops.append(step.op)
 
 
-def _unit(graph: Graph, layers: dict[int, Layer], layer: Layer) -> Unit | str:
+def _norm_name(norm: jaxpr_rules.Norm, paths) -> str:
+  """The normalisation's module, as the report names it (e.g. ``BatchNorm_0``)."""
+  return params_lib.path_string(paths[norm.scale[0]][:-1])
+
+
+def _unit(graph: Graph, layers: dict[int, Layer], layer: Layer, paths) -> Unit | str:
   """The first unit axis of ``layer`` whose units reach the next layer, or why none does."""
   if layer.no_role:
     return layer.no_role
@@ -100,9 +108,16 @@ def _unit(graph: Graph, layers: dict[int, Layer], layer: Layer) -> Unit | str:
     if layer.bias is not None and layer.bias_axes[out_axis] is None:
       reasons.append("bias is shared across the units")
       continue
-    path = _walk(graph, layers, layer.output, out_axis)
+    norm = jaxpr_rules.batch_norm(graph, layer.output, out_axis)
+    if isinstance(norm, str):
+      reasons.append(f"outputs {norm}")
+      continue
+    path = _walk(graph, layers, norm.output if norm else layer.output, out_axis)
     if path.stop:
-      reasons.append(f"outputs {path.stop}")
+      stop = path.stop
+      if norm:
+        stop = f"are normalised by {_norm_name(norm, paths)}, then {stop.removeprefix('are ')}"
+      reasons.append(f"outputs {stop}")
       continue
     consumer = path.layer
     consumer_axis = consumer.contracted_kernel_axis(graph, path.axis)
@@ -117,7 +132,8 @@ def _unit(graph: Graph, layers: dict[int, Layer], layer: Layer) -> Unit | str:
       jaxpr_rules.follow(graph, source, source_axis, layers, seen)
     followers = _followers(graph, layers, seen)
     count = graph.shape(layer.output)[out_axis]
-    return Unit(consumer, count, kernel_axis, consumer_axis, path.ops, frozenset(followers))
+    ops = (_norm_name(norm, paths), *path.ops) if norm else path.ops
+    return Unit(consumer, count, kernel_axis, consumer_axis, ops, frozenset(followers), norm)
   return reasons[0] if reasons else "has no output axis that is one kernel axis"
 
 
@@ -178,7 +194,7 @@ def explain_groups(fn: Callable[..., Any], params: Any, *args: Any, **kwargs: An
   leaves = jax.tree.leaves(params_lib.unwrap_variables(params))
   graph = trace(fn, params, *args, **kwargs)
   layers = find_layers(graph, paths, leaves)
-  units = {index: _unit(graph, layers, layer) for index, layer in layers.items()}
+  units = {index: _unit(graph, layers, layer, paths) for index, layer in layers.items()}
 
   specs: dict[int, GroupSpec] = {}
   pairs: list[tuple[Layer, Unit]] = []
@@ -188,12 +204,15 @@ def explain_groups(fn: Callable[..., Any], params: Any, *args: Any, **kwargs: An
       continue
     group, consumer = len(pairs), unit.consumer
     pairs.append((layer, unit))
-    in_kernel = _spec(group, "in", unit.in_axis, leaves[layer.kernel].ndim - 1)
+    role = "follow" if unit.norm else "in"
+    in_kernel = _spec(group, role, unit.in_axis, leaves[layer.kernel].ndim - 1)
     specs[layer.kernel] = in_kernel
     if layer.bias is not None:
       explicit = in_kernel.unit_axis is not None
       bias_axis = layer.bias_axes[_output_axis(layer, unit.in_axis)]
-      specs[layer.bias] = GroupSpec(group, "in", bias_axis if explicit else None)
+      specs[layer.bias] = GroupSpec(group, role, bias_axis if explicit else None)
+    for leaf, axis in filter(None, (unit.norm.scale, unit.norm.bias) if unit.norm else ()):
+      specs[leaf] = _spec(group, "in", axis, 0)
     specs[consumer.kernel] = _spec(group, "out", unit.out_axis, leaves[consumer.kernel].ndim - 2)
     if consumer.bias is not None:
       specs[consumer.bias] = GroupSpec(group, "out")
@@ -232,7 +251,10 @@ def _chains(graph, layers, pairs) -> tuple[tuple[int, ...], ...]:
   chains: list[list[int]] = []
   for group, (layer, _) in enumerate(pairs):
     previous = pairs[group - 1][1].consumer.output if group else None
-    linked = previous is not None and _walk(graph, layers, previous, None).layer is layer
+    # A BatchNorm group starts a chain: its normalisation would undo the scale passed on.
+    normalised = pairs[group][1].norm is not None
+    linked = not normalised and previous is not None
+    linked = linked and _walk(graph, layers, previous, None).layer is layer
     if linked:
       chains[-1].append(group)
     else:

@@ -59,13 +59,16 @@ def layer_line(layer: Layer, unit: Unit | str, specs: dict[int, GroupSpec], path
     if isinstance(unit, str):
       return f"{layer.name}: no group: its {unit}"
     return f"{layer.name}: no group: its reader {unit.consumer.name} already has a role"
-  if spec.role == "in":
+  normalised = not isinstance(unit, str) and unit.norm is not None and spec.role == "follow"
+  normalised = normalised and getattr(specs.get(unit.norm.scale[0]), "group", None) == spec.group
+  if spec.role == "in" or normalised:
     ops = " -> ".join(unit.ops + (unit.consumer.name.split()[0],))
     follow = sorted(params_lib.path_string(paths[f]) for f, _ in unit.followers if f in specs)
     follow_text = f"; follow: {', '.join(follow)}" if follow else ""
+    role = f'follows group {spec.group}, whose "in" side is {unit.ops[0]}\'s scale and bias'
+    role = role if normalised else f'group {spec.group} "in"'
     return (
-      f'{layer.name}: group {spec.group} "in": {unit.count} units (kernel axis '
-      f"{unit.in_axis}) -> {ops}{follow_text}"
+      f"{layer.name}: {role}: {unit.count} units (kernel axis {unit.in_axis}) -> {ops}{follow_text}"
     )
   role = "follows group" if spec.role == "follow" else "group"
   suffix = "" if spec.role == "follow" else ' "out"'

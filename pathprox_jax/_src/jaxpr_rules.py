@@ -247,3 +247,120 @@ def follow(graph: Graph, value: Any, axis: int, layers: Container[int], seen: se
     return
   for source, source_axis in _sources(graph, eqn, value, axis):
     follow(graph, source, source_axis, layers, seen)
+
+
+class Norm(NamedTuple):
+  """A per-channel normalisation of a layer's units (a BatchNorm): ``γ_i·â_i + β_i``.
+
+  Attributes:
+    output: the value after the bias (or the scale, without a bias).
+    scale: the parameter leaf of γ and its unit axis.
+    bias: the parameter leaf of β and its unit axis (``None``: no bias).
+  """
+
+  output: int
+  scale: tuple[int, int]
+  bias: tuple[int, int] | None
+
+
+def _unit_param(graph: Graph, value: Any, axis: int) -> tuple[int, int] | None:
+  """``(leaf, axis)`` of a parameter broadcast along the unit axis only, read once."""
+  ref = graph.param(value)
+  shape = graph.shape(value)
+  if ref is None or ref.axes[axis] is None or any(s != 1 for a, s in enumerate(shape) if a != axis):
+    return None
+  reads = [
+    e
+    for e in graph.eqns
+    if not relays(e) and any(getattr(graph.param(v), "leaf", None) == ref.leaf for v in e.inputs)
+  ]
+  return (ref.leaf, ref.axes[axis]) if len(reads) == 1 else None
+
+
+def _per_channel(graph: Graph, value: Any, axis: int, source: tuple[int, int], seen: set) -> str:
+  """Why channel ``axis`` of ``value`` may depend on other channels of ``source`` (a value and
+  its unit axis) or on a parameter (``""``: on channel ``axis`` of ``source`` and constants)."""
+  if isinstance(value, Const) or (value, axis) in seen:
+    return ""
+  seen.add((value, axis))
+  if value == source[0]:
+    return "" if axis == source[1] else "are taken along another axis than the units"
+  eqn = graph.producer.get(value)
+  if graph.param(value) is not None:
+    return "depend on a parameter"
+  if eqn is None:  # an input of the function: the running statistics
+    return ""
+  prim, shape = eqn.prim, graph.shape(value)
+  if prim in REDUCTIONS:
+    kept = [a for a in range(len(graph.shape(eqn.inputs[0]))) if a not in eqn.params["axes"]]
+    sources = [(eqn.inputs[0], kept[axis])]
+  elif prim in LAYOUT_OPS:
+    sources = _sources(graph, eqn, value, axis)
+    if not sources:
+      return f"are taken over the units ({prim}: a LayerNorm, not a BatchNorm)"
+  elif prim in ELEMENTWISE:
+    sources = []
+    for v in eqn.inputs:
+      if len(graph.shape(v)) == len(shape) and graph.shape(v)[axis] == shape[axis]:
+        sources.append((v, axis))
+      elif graph.shape(v) != ():
+        return f"are taken over the units ({prim}: a LayerNorm, not a BatchNorm)"
+  else:
+    return f"go through {prim}"
+  for v, a in sources:
+    reason = _per_channel(graph, v, a, source, seen)
+    if reason:
+      return reason
+  return ""
+
+
+def _downstream(graph: Graph, value: int) -> set[int]:
+  """``value`` and every value computed from it."""
+  found = {value}
+  for eqn in graph.eqns:
+    if any(v in found for v in eqn.inputs if not isinstance(v, Const)):
+      found.update(eqn.outputs)
+  return found
+
+
+def batch_norm(graph: Graph, value: int, axis: int) -> Norm | str | None:
+  """The per-channel normalisation ``(value - μ)·σ⁻¹·γ + β`` reading ``value`` (a BatchNorm in
+  training or evaluation mode), why it is no unit's "in" side, or ``None``: no normalisation.
+
+  Sound when μ and σ depend only on channel ``axis`` of ``value`` (or are constants, the
+  running statistics), γ and β are parameters along the unit axis, and every other read of
+  ``value`` only computes μ and σ.
+  """
+  subs = [e for e, p in graph.readers_of(value) if e.prim == "sub" and p == 0]
+  if len(subs) != 1 or value in graph.outputs:
+    return None
+  centred = subs[0].outputs[0]
+  readers = graph.readers_of(centred)
+  if len(readers) != 1 or readers[0][0].prim != "mul" or centred in graph.outputs:
+    return None  # a difference, not a normalisation: the unit path rules say what it does
+  product, position = readers[0]
+  factor = product.inputs[1 - position]
+  factor_eqn = graph.producer.get(factor)
+  scale, stat = None, None
+  if factor_eqn is not None and factor_eqn.prim == "mul":
+    for i in (0, 1):
+      if scale is None and _unit_param(graph, factor_eqn.inputs[i], axis) is not None:
+        scale, stat = _unit_param(graph, factor_eqn.inputs[i], axis), factor_eqn.inputs[1 - i]
+  if scale is None:
+    return "are normalised without a scale along the units (no γ for the units' in side)"
+  seen: set = set()
+  for v in (subs[0].inputs[1], stat):
+    reason = _per_channel(graph, v, axis, (value, axis), seen)
+    if reason:
+      return f"are normalised, but the statistics {reason}"
+  region = {v for v, _ in seen} | {value, centred, factor, product.outputs[0]}
+  downstream = _downstream(graph, value)
+  for v in region & downstream - {product.outputs[0]}:
+    if v in graph.outputs or any(e.outputs[0] not in region for e, _ in graph.readers_of(v)):
+      return "are normalised, but also read outside the normalisation (a skip, an output)"
+  output, bias = product.outputs[0], None
+  adds = graph.readers_of(output)
+  if len(adds) == 1 and adds[0][0].prim == "add" and output not in graph.outputs:
+    bias = _unit_param(graph, adds[0][0].inputs[1 - adds[0][1]], axis)
+    output = adds[0][0].outputs[0] if bias is not None else output
+  return Norm(output, scale, bias)

@@ -14,6 +14,7 @@ from typing import Any
 
 from pathprox_jax._src import params as params_lib
 from pathprox_jax._src.jaxpr_graph import PRODUCTS, Eqn, Graph, dot_general_axes, relays
+from pathprox_jax._src.jaxpr_rules import Norm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +56,8 @@ class Unit:
     out_axis: the unit axis of the consumer's kernel.
     ops: the ops between the two layers, for the report.
     followers: ``(leaf, axis)`` of the parameters multiplied with the units on the way.
+    norm: the per-channel normalisation (a BatchNorm) right after the layer, whose scale and
+      bias are then the units' "in" side and the layer "follows" (``None``: none).
   """
 
   consumer: Layer
@@ -63,6 +66,7 @@ class Unit:
   out_axis: int
   ops: tuple[str, ...]
   followers: frozenset[tuple[int, int]]
+  norm: Norm | None = None
 
 
 def find_layers(graph: Graph, paths: list[tuple[Any, ...]], leaves: list[Any]) -> dict[int, Layer]:
