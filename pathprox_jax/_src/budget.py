@@ -12,11 +12,19 @@ units). Its steps, counted by its own ``count``:
     s_t = \\kappa^* + (1 - \\kappa^*)(1 - p_t)^3, \\qquad
     p_t = \\frac{t + 1 - t_{\\text{prox}}}{t_{\\text{heal}} - t_{\\text{prox}}}.
 
-  ``selection="prox"``: the PathProx prox with threshold :math:`c_g \\lambda_t e^{u_t}
-  \\gamma_t / (1 - \\beta)` (cost-aware, "fixed_point" rule); a controller sets
-  :math:`u_t`, the log of :math:`\\lambda`'s multiplier, from the error
-  :math:`e_t = \\kappa_t - s_t` (positive: too much kept), proportional-integral in
-  :math:`\\log\\lambda`: :math:`I_{t+1} = I_t + k_i e_t`, :math:`u_{t+1} = I_{t+1} + k_p e_t`.
+  ``selection="prox"``: the PathProx prox with a penalty reweighted onto *candidates*, as
+  OTO's DHSPG penalises only its redundant groups. After the base step the units are ranked by
+  :math:`\\|w_i\\|\\|v_i\\|/c_g`; the top ones that meet :math:`s_t` (GMP's choice) are *kept*
+  and thresholded at the user's :math:`c_g \\lambda_t \\gamma_t / (1 - \\beta)` (cost-aware,
+  "fixed_point" rule), the others are *candidates*, thresholded at :math:`e^{u_t}` times that.
+  A candidate shrinks towards zero unless its loss gradient holds it up, and one that grows
+  past a kept unit swaps with it. The controller sets :math:`u_t \\ge 0` from the error
+  :math:`e_t = \\kappa_t - s_t` (positive: candidates not yet off), proportional-integral in
+  :math:`\\log\\lambda` with the integral clipped at 0 (no wind-up):
+  :math:`I_{t+1} = \\max(0, I_t + k_i e_t)`, :math:`u_{t+1} = \\max(0, I_{t+1} + k_p e_t)`.
+  The kept units never see more than the user's :math:`\\lambda`, so the controller cannot
+  shrink them, and it cannot switch off more than the ramp asks (only the prox at the user's
+  :math:`\\lambda` can, as at a fixed :math:`\\lambda`).
   ``selection="magnitude"`` (gradual magnitude pruning): after the base step, the units of
   smallest :math:`\\|w_i\\|\\|v_i\\|/c_g` are switched off so that :math:`\\kappa \\ge s_t`;
   once off they stay off.
@@ -60,7 +68,7 @@ class BudgetState(NamedTuple):
 
   Attributes:
     count: the steps taken (indexes the phases, the ramp and the schedules).
-    log_scale: :math:`u`, the log of the multiplier of :math:`\\lambda` (the controller's output).
+    log_scale: :math:`u \\ge 0`, the log of the candidates' multiplier of :math:`\\lambda`.
     integral: the controller's integral term :math:`I`.
     masks: ``{group: bool[units]}``, the units on after the last step (frozen when healing).
     kept_fraction: :math:`\\kappa` after the last step, of the params it stepped (1 on a
@@ -213,19 +221,25 @@ def with_budget(
     }
     target_ = jnp.asarray(target, jnp.float32)
     goal = ramp(target_, count, prox_start, heal_start)
+    # ||w_i|| ||v_i|| after the base step: GMP's (off units: 0) and the prox's candidate ranking.
+    ranked = (
+      state.masks if selection == "magnitude" else {g: jnp.ones_like(state.masks[g]) for g in ids}
+    )
+    scores = unit_masks.path_norm_scores(stepped, layouts, ranked)
     # Every phase is computed and selected elementwise (no cond): XLA fuses them into the one
     # pass over the parameters that the prox makes, and vmap needs no branches.
     if selection == "prox":
       lr = learning_rate(count) if callable(learning_rate) else learning_rate
       wd = weight_decay(count) if callable(weight_decay) else weight_decay
-      tau = jnp.asarray(wd * lr, jnp.float32) * jnp.exp(state.log_scale) / (1.0 - momentum)
-      thresholds = costs_lib.group_thresholds(tau, costs)
+      tau = jnp.asarray(wd * lr, jnp.float32) / (1.0 - momentum)
+      keep = unit_masks.magnitude_masks(scores, layouts, costs, goal)
+      boost = jnp.exp(state.log_scale)
+      thresholds = {g: costs[g] * tau * jnp.where(keep[g], 1.0, boost) for g in ids}
       sparse = {**stepped, **prox_lib.prox_leaves(
         stepped, layouts, thresholds, balance=balance, regularize_bias=regularize_bias, eps=eps
       )}  # fmt: skip
       masks = unit_masks.out_masks(sparse, layouts)
     else:
-      scores = unit_masks.path_norm_scores(stepped, layouts, state.masks)
       sparse = stepped
       chosen = unit_masks.magnitude_masks(scores, layouts, costs, goal)
       masks = {g: chosen[g] & state.masks[g] for g in ids}  # once off, off
@@ -235,15 +249,8 @@ def with_budget(
     # up both ways: what the controller kept beyond the target goes, and where it switched off
     # too much, the units the threshold only just took (the largest below it) come back on.
     # GMP's off units stay off (score 0: they go first).
-    candidates = (
-      masks if selection == "magnitude" else {g: jnp.ones_like(m) for g, m in masks.items()}
-    )
-    frozen = jax.lax.cond(  # the scores are computed at the freeze only
-      freeze,
-      lambda: unit_masks.magnitude_masks(
-        unit_masks.path_norm_scores(stepped, layouts, candidates), layouts, costs, target_
-      ),
-      lambda: masks,
+    frozen = jax.lax.cond(
+      freeze, lambda: unit_masks.magnitude_masks(scores, layouts, costs, target_), lambda: masks
     )
     if selection == "prox":  # a unit back on restarts from its out-weights before the prox
       for g in layouts:
@@ -276,10 +283,10 @@ def with_budget(
       base_state,
     )
     error = jnp.where(sparsify, controlled - goal, 0.0)
-    integral = state.integral + k_i * error
+    integral = jnp.maximum(0.0, state.integral + k_i * error)
     new_state = BudgetState(
       count=optax.safe_increment(count),
-      log_scale=jnp.where(sparsify, integral + k_p * error, state.log_scale),
+      log_scale=jnp.where(sparsify, jnp.maximum(0.0, integral + k_p * error), state.log_scale),
       integral=integral,
       masks=masks,
       kept_fraction=kept,
