@@ -155,6 +155,20 @@ def chain_layouts(
   return chains
 
 
+def split_chains(normalized: Sequence[bool], linked: Sequence[bool]) -> tuple[tuple[int, ...], ...]:
+  """Groups 0..n-1, in order, split into balance chains: group ``k`` continues the chain of
+  ``k - 1`` where ``linked[k]`` (``k - 1``'s out layer scales ``k``'s in layer) and ``k`` is
+  no BatchNorm group (``normalized[k]``): a BatchNorm's normalisation would undo the scale
+  the balance passes on, so every BatchNorm group starts a chain."""
+  chains: list[list[int]] = []
+  for k, (norm, link) in enumerate(zip(normalized, linked, strict=True)):
+    if chains and link and not norm:
+      chains[-1].append(k)
+    else:
+      chains.append([k])
+  return tuple(tuple(chain) for chain in chains)
+
+
 def _carried_chains(
   layouts: Sequence[groups_lib.GroupLayout],
 ) -> tuple[tuple[groups_lib.GroupLayout, ...], ...]:
@@ -162,12 +176,8 @@ def _carried_chains(
   order, cut before each BatchNorm group (every BatchNorm group starts a chain)."""
   carried = [g.group for g in layouts if g.chain is not None]
   if not carried:
-    chains: list[list[groups_lib.GroupLayout]] = []
-    for g in layouts:
-      if g.normalized or not chains:
-        chains.append([])
-      chains[-1].append(g)
-    return tuple(tuple(chain) for chain in chains)
+    positions = split_chains([g.normalized for g in layouts], [True] * len(layouts))
+    return tuple(tuple(layouts[k] for k in chain) for chain in positions)
   if len(carried) < len(layouts):
     bare = [g.group for g in layouts if g.chain is None]
     raise ValueError(

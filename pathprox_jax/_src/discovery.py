@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 
+from pathprox_jax._src import balance as balance_lib
 from pathprox_jax._src import groups as groups_lib
 from pathprox_jax._src import jaxpr_rules
 from pathprox_jax._src import params as params_lib
@@ -248,18 +249,11 @@ def _output_axis(layer: Layer, kernel_axis: int) -> int:
 
 def _chains(graph, layers, pairs) -> tuple[tuple[int, ...], ...]:
   """Splits the groups where group ``k``'s out layer does not scale group ``k+1``'s in layer."""
-  chains: list[list[int]] = []
-  for group, (layer, _) in enumerate(pairs):
-    previous = pairs[group - 1][1].consumer.output if group else None
-    # A BatchNorm group starts a chain: its normalisation would undo the scale passed on.
-    normalised = pairs[group][1].norm is not None
-    linked = not normalised and previous is not None
-    linked = linked and _walk(graph, layers, previous, None).layer is layer
-    if linked:
-      chains[-1].append(group)
-    else:
-      chains.append([group])
-  return tuple(tuple(c) for c in chains)
+  linked = [
+    group > 0 and _walk(graph, layers, pairs[group - 1][1].consumer.output, None).layer is layer
+    for group, (layer, _) in enumerate(pairs)
+  ]
+  return balance_lib.split_chains([unit.norm is not None for _, unit in pairs], linked)
 
 
 def discover_groups(
