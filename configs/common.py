@@ -40,6 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.target_flops = 0.0  # fraction of the FLOPs to keep (cost-weighted units; 0 or 1: none)
   config.prox_start = 0  # --target-flops: first step of the ramp to the target (dense before it)
   config.heal_start = 0  # --target-flops: first heal step (ramp's end; the off units stay off)
+  config.heal_weight_decay = 0.0  # --target-flops, pathprox: grouped kernels' decay in the heal
   config.regularize_bias = False  # penalise biases too (pathprox: ||[w_i, b_i]||; wd: decay them)
   config.batch_size = 200  # global batch, split over all devices
   config.total_iter = 50_000  # training steps (on --resume: only where the lr stays the same)

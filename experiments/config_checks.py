@@ -59,6 +59,7 @@ FLOAT_BOUNDS = {
   "weight_decay": {"minimum": 0.0},
   "momentum": {"minimum": 0.0},
   "target_flops": {"minimum": 0.0},
+  "heal_weight_decay": {"minimum": 0.0},
 }
 SEED_LIMIT = 2**32  # JAX's keys hold 32 bits: seed s and s + 2**32 would train one run
 
@@ -312,6 +313,11 @@ def _validate_budget(config: ml_collections.ConfigDict) -> None:
   check(
     config.target_flops <= 1,
     f"--target-flops must be in [0, 1] (0 or 1: no budget), got {config.target_flops}",
+  )
+  check(
+    config.heal_weight_decay == 0 or (has_budget(config) and config.method == "pathprox"),
+    "--heal-weight-decay applies only with --target-flops in (0, 1) and --method pathprox "
+    f"(GMP heals under --weight-decay), got {config.heal_weight_decay}",
   )
   if not has_budget(config):
     check(

@@ -78,6 +78,7 @@ def create_optimizer(
       heal_start=config.heal_start,
       selection="magnitude" if config.method == "gmp" else "prox",
       unit_costs=unit_costs,
+      heal_weight_decay=config.heal_weight_decay,
       balance=config.balance,
       regularize_bias=config.regularize_bias,
       **extra,

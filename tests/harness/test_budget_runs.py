@@ -76,6 +76,20 @@ def run(argv):
       ["--target-flops", "0.5", "--heal-start", "10", "--threshold-rule", "paper"],
       "pass --threshold-rule fixed_point",
     ),
+    (
+      [
+        "--target-flops",
+        "0.5",
+        "--heal-start",
+        "10",
+        "--method",
+        "gmp",
+        "--heal-weight-decay",
+        "1",
+      ],
+      "--heal-weight-decay applies only with --target-flops in (0, 1) and --method pathprox",
+    ),
+    (["--heal-weight-decay", "-1"], "--heal-weight-decay must be a finite number >= 0, got -1"),
   ],  # fmt: skip
 )
 def test_bad_budget_flags_are_one_line_errors(extra, message, raw_mnist, tmp_path, capsys):
@@ -107,6 +121,22 @@ def test_the_budget_optimiser_takes_the_models_unit_costs(method, optimizer):
   config.target_flops = 1.0  # a target of 1 keeps every unit: no budget
   assert not isinstance(experiment.create_optimizer(config, groups, schedule).init(params),
                         pp.BudgetState)  # fmt: skip
+
+
+def test_heal_weight_decay_reaches_the_budget_optimiser():
+  def heal_step(heal_weight_decay):
+    config = budget_config(heal_weight_decay=heal_weight_decay)
+    template, groups = trained_run.abstract_state(config)
+    params = jax.tree.map(lambda s: np.ones(s.shape, s.dtype), template.params)
+    tx = experiment.create_optimizer(config, groups, optax.constant_schedule(0.1))
+    state = tx.init(params)._replace(count=np.int32(config.heal_start))
+    zeros = jax.tree.map(np.zeros_like, params)
+    return tx.update(zeros, state, params)[0]
+
+  # A zero gradient while healing: only the decay moves the grouped kernels, by -lr * λ * 1.
+  decayed, plain = heal_step(0.5), heal_step(0.0)
+  assert np.allclose(decayed["Dense_1"]["kernel"], -0.1 * 0.5)
+  assert np.allclose(plain["Dense_1"]["kernel"], 0.0)
 
 
 def test_flops_kept_weighs_active_units_by_their_cost():
