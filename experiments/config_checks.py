@@ -1,8 +1,10 @@
 """The config's value tables and checks: what each key may hold, refused before anything runs.
 
-:func:`validate` names the first unusable value as a :class:`configs.ConfigError`; the tables
-say which keys only one model or split reads, and which a resumed run may change.
-:func:`finite_float` and :func:`seed` are the checks every tool's number flags share.
+:func:`validate` names the first unusable value as a :class:`configs.ConfigError` (the model's
+keys are checked by its family, :mod:`experiments.models`); the tables say which keys only one
+model family or split reads, and which a resumed run may change. :func:`finite_float` and
+:func:`seed` are the checks every tool's number flags share, :func:`check_widths` the one of
+every family's widths.
 """
 
 from __future__ import annotations
