@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from experiments import config_checks, distributed, run_folder
+from experiments import config_checks, distributed, models, run_folder
 from experiments.resume import WorkdirError
 
 
@@ -203,7 +203,7 @@ def _check_source_model(directory: str, config: Any) -> None:
   except run_folder.NotARunError as e:
     raise InitParamsError(f"--init-params {directory}: {e}") from None
   shown = config_checks.format_value
-  keys = ("model", *config_checks.MODEL_KEYS.get(config.model, ()))
+  keys = models.model_keys(config)
   differing = [k for k in keys if shown(saved[k]) != shown(config[k])]
   if differing:
     changes = ", ".join(

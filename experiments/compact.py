@@ -126,8 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     how += f", --path-norm-tol {args.path_norm_tol:g}"
   options = {} if args.path_norm_tol is None else {"path_norm_tol": args.path_norm_tol}
   small, kept, small_config = trained_run.compact_run(run, run_dir, how, atol=args.atol, **options)
-  # A ViT's residual connections carry the signal past a block with no units left.
-  empty = [g for g, k in kept.items() if k.width == 0 and config.model != "vit"]
+  # Residual connections (a ViT's) carry the signal past a block with no units left.
+  may_be_empty = models.family(config).groups_may_be_empty
+  empty = [g for g, k in kept.items() if k.width == 0 and not may_be_empty]
   if empty:
     print(
       f"error: group {empty[0]} has no units left, so the network's output does not depend "

@@ -1,18 +1,22 @@
 """The config's value tables and checks: what each key may hold, refused before anything runs.
 
-:func:`validate` names the first unusable value as a :class:`configs.ConfigError`; the tables
-say which keys only one model or split reads, and which a resumed run may change.
-:func:`finite_float` and :func:`seed` are the checks every tool's number flags share.
+:func:`validate` names the first unusable value as a :class:`configs.ConfigError` (the model's
+keys are checked by its family, :mod:`experiments.models`); the tables say which keys only one
+model family or split reads, and which a resumed run may change. :func:`finite_float` and
+:func:`seed` are the checks every tool's number flags share, :func:`check_widths` the one of
+every family's widths.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
 
 from configs import ConfigError
+from experiments import models
 from experiments.dataset_facts import DATASETS
 from pathprox_jax import THRESHOLD_RULES
 
@@ -21,20 +25,14 @@ OPTIMIZERS = ("sgd", "adamw")
 GROUP_SOURCES = ("auto", "annotations")
 LR_SCHEDULES = ("step", "cosine")
 PARALLEL = ("shard_map", "pmap")
-MODELS = ("mlp", "vgg", "vit")
 SPLITS = ("subset", "holdout")
 
 
-# Keys that only one model, one kind of split or one learning-rate schedule reads: the others'
-# are hidden from --help, refused as flags and left out of config.json (:func:`recorded`).
-MODEL_KEYS = {
-  "mlp": ("features", "relu"),
-  "vgg": ("channels", "pool_after"),
-  "vit": ("num_heads", "mlp_dim", "width", "head_dim", "patch_size"),
-}
+# Keys that only one model family, one kind of split or one learning-rate schedule reads: the
+# others' are hidden from --help, refused as flags and left out of config.json (:func:`recorded`).
 SPLIT_KEYS = {"subset": ("train_per_class",), "holdout": ("val_size",)}
 SCHEDULE_KEYS = {"step": ("lr_milestones", "lr_decay")}
-_OWNERS = (("model", MODEL_KEYS), ("split", SPLIT_KEYS), ("lr_schedule", SCHEDULE_KEYS))
+_OWNERS = (("model", models.CONFIG_KEYS), ("split", SPLIT_KEYS), ("lr_schedule", SCHEDULE_KEYS))
 # Keys a resumed run may change. None but total_iter can change the parameters' trajectory;
 # total_iter may change only where the learning rate stays the same at every step the run has
 # taken or planned (see experiments.schedules.check_resumed_schedule).
@@ -243,7 +241,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check(
     config.parallel in PARALLEL, f"--parallel must be one of {PARALLEL}, got {config.parallel!r}"
   )
-  check(config.model in MODELS, f"--model must be one of {MODELS}, got {config.model!r}")
+  family = models.family(config)
   check(config.split in SPLITS, f"--split must be one of {SPLITS}, got {config.split!r}")
   check(
     config.dataset in DATASETS,
@@ -287,7 +285,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     f"--lr-milestones must be epochs >= 0, got {format_value(config.lr_milestones)}",
   )
   _validate_split(config)
-  _validate_model(config)
+  family.check_config(config)
   _validate_budget(config)
   check(
     0 <= config.num_devices <= jax.device_count(),
@@ -369,60 +367,9 @@ def _validate_split(config: ml_collections.ConfigDict) -> None:
     )
 
 
-def _validate_model(config: ml_collections.ConfigDict) -> None:
-  classes = DATASETS[config.dataset].classes
-  if config.model == "mlp":
-    widths, key = config.features, "features"
-    check(
-      len(config.relu) == len(config.features),
-      f"--relu has {len(config.relu)} entries but --features has {len(config.features)}",
-    )
-  elif config.model == "vit":
-    widths, key = (*config.num_heads, *config.mlp_dim), "num_heads"
-    _validate_vit(config)
-  else:
-    widths, key = config.channels, "channels"
-    check(len(widths) % 2 == 0, f"--channels must list an even number of convs, got {len(widths)}")
-    check(
-      all(0 <= i < len(widths) for i in config.pool_after),
-      f"--pool-after must be conv indices in [0, {len(widths) - 1}], got "
-      f"{format_value(config.pool_after)}",
-    )
-  # A ViT block without heads or neurons is still a block (a pruned or compact model's):
-  # its residual connection carries the signal past it.
-  least = 0 if config.model == "vit" else 1
+def check_widths(key: str, widths: Sequence[int], least: int) -> None:
+  """Refuses a model's widths (the config key ``key``'s) unless each is at least ``least``."""
   check(
     len(widths) > 0 and all(w >= least for w in widths),
     f"{flag(key)} must be widths >= {least}, got {format_value(widths)}",
-  )
-  if config.model == "mlp":
-    check(
-      len(widths) > 1,
-      f"--features: an MLP needs at least one hidden layer before its {classes} outputs, got "
-      f"{format_value(widths)}",
-    )
-    check(
-      widths[-1] >= classes,
-      f"--features: the last width is the number of outputs and must be >= the {classes} "
-      f"classes of {config.dataset}, got {widths[-1]}",
-    )
-
-
-def _validate_vit(config: ml_collections.ConfigDict) -> None:
-  check(
-    len(config.num_heads) == len(config.mlp_dim),
-    f"--num-heads has {len(config.num_heads)} blocks but --mlp-dim has {len(config.mlp_dim)}",
-  )
-  for key in ("width", "head_dim", "patch_size"):
-    check(config[key] >= 1, f"{flag(key)} must be >= 1, got {config[key]}")
-  check(
-    any(config.num_heads) or any(config.mlp_dim),
-    f"--num-heads {format_value(config.num_heads)} and --mlp-dim "
-    f"{format_value(config.mlp_dim)} leave the ViT no head or neuron, so it has no PathProx "
-    "unit; keep at least one",
-  )
-  check(
-    not config.balance,
-    "--balance true: a ViT's blocks are joined by residual connections, so its groups form no "
-    "chain to balance; pass --balance false",
   )

@@ -24,6 +24,7 @@ import pathprox_jax as pp
 from experiments import dataset_facts, input_pipeline, models
 from experiments import groups as groups_lib
 from experiments.config_checks import has_budget
+from experiments.family import unfolded
 
 
 def eval_batch_size(num_examples: int, max_batch_size: int, num_devices: int) -> int:
@@ -98,8 +99,9 @@ class Evaluator:
     splits: ``{name: (uint8 images, int32 labels)}`` on the host.
     groups: the model's PathProx group spec.
     mesh: the devices; each batch is sharded over all of its axes.
-    fold_linear_layers: evaluate an MLP with its linear bottlenecks multiplied out
-      (:func:`experiments.models.fold_linear_layers`: the same function, fewer products).
+    fold_linear_layers: evaluate the model folded as its family says (an MLP's linear
+      bottlenecks multiplied out, :func:`experiments.mlp.fold_linear_layers`: the same
+      function, fewer products).
     unit_costs: ``{group: FLOPs per example of one unit}`` (``pp.unit_costs``; ``None``: traced
       from ``model`` here).
   """
@@ -133,11 +135,7 @@ class Evaluator:
       for name, (images, labels) in splits.items()
     }
 
-    def inference(params):
-      """``model`` and ``params``, an MLP's linear bottlenecks folded (fewer products)."""
-      if fold_linear_layers and isinstance(model, models.MLP):
-        return models.fold_linear_layers(model, params)
-      return model, params
+    fold = models.family(config).fold if fold_linear_layers else unfolded
 
     def split_means(net, net_params, images, labels, mask):
       def batch_sums(args):
@@ -151,7 +149,7 @@ class Evaluator:
       return jnp.sum(loss) / count, jnp.sum(correct) / count
 
     def evaluate(params, weight_decay, splits):
-      out, net = {}, inference(params)
+      out, net = {}, fold(model, params)
       for name, arrays in splits.items():
         out[f"{name}_loss"], out[f"{name}_acc"] = split_means(*net, *arrays)
       summary = pp.summarize(

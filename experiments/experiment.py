@@ -205,7 +205,9 @@ class Experiment:
     model = models.create_model(config)
     initial = initial_params(model, [c.seed for c in self.configs], train_images[:1])
     example = jax.ShapeDtypeStruct(train_images[:1].shape, jnp.float32)
-    self.groups = groups_lib.group_spec(model, initial[0][0], example, config.group_source)
+    self.groups = groups_lib.group_spec(
+      models.family(config), model, initial[0][0], example, config.group_source
+    )
     print(
       groups_lib.group_summary(
         nn.meta.unbox(initial[0][0]), self.groups, config.group_source, config.regularize_bias

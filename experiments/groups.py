@@ -8,19 +8,23 @@ import flax.linen as nn
 import jax
 
 import pathprox_jax as pp
-from experiments import models
+from experiments.family import Family
 
 
-def group_spec(model: nn.Module, boxed: Any, example: Any, source: str = "auto") -> Any:
+def group_spec(
+  family: Family, model: nn.Module, boxed: Any, example: Any, source: str = "auto"
+) -> Any:
   """The model's PathProx groups: discovered from its trace, or read from its annotations.
 
-  The ViT's annotations are path rules for the heads plus init annotations for the FFN
-  neurons; the other models' are init annotations. With ``source="auto"`` the groups are
+  The annotations are the family's (:attr:`experiments.family.Family.group_spec`: the
+  ViT's are path rules for the heads plus init annotations for the FFN neurons; the other
+  models' are init annotations). With ``source="auto"`` the groups are
   also discovered from the traced model (:func:`pathprox_jax.discover_groups`) and must be
   the annotations' up to group numbering, which the annotations' numbering (and the
-  group names of :func:`group_names`) keep.
+  family's group names) keep.
 
   Args:
+    family: the model's family.
     model: the experiment's model.
     boxed: its boxed params (or their ``jax.eval_shape``).
     example: an input batch, or its ``jax.ShapeDtypeStruct``.
@@ -32,7 +36,7 @@ def group_spec(model: nn.Module, boxed: Any, example: Any, source: str = "auto")
   Raises:
     GroupSourceError: the discovered groups are not the annotations'.
   """
-  annotated = model.group_spec(boxed) if isinstance(model, models.ViT) else pp.group_spec(boxed)
+  annotated = family.group_spec(model, boxed)
   if source == "annotations":
     return annotated
   report = pp.explain_groups(

@@ -1,6 +1,7 @@
 """The paper's MLP with PathProx group annotations, in linen and NNX, and its folding for inference.
 
-Its Dense layers pair into groups as a chain (:mod:`experiments.chain`).
+Its Dense layers pair into groups as a chain (:mod:`experiments.chain`). :data:`FAMILY` is what
+the harness knows of it (config keys ``features`` and ``relu``).
 """
 
 from __future__ import annotations
@@ -12,10 +13,14 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 from flax import nnx
 
 import pathprox_jax as pp
-from experiments.chain import layer_group
+from experiments.chain import compacted_widths, layer_group
+from experiments.config_checks import check, check_widths, format_value
+from experiments.dataset_facts import DATASETS
+from experiments.family import Family
 
 
 def pytorch_linear_init(fan_in: int) -> jax.nn.initializers.Initializer:
@@ -165,3 +170,33 @@ class NNXMLP(nnx.Module):
       if relu:
         x = nnx.relu(x)
     return x
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Refuses ``features`` and ``relu`` that make no MLP for the config's data set."""
+  widths = config.features
+  check(
+    len(config.relu) == len(widths),
+    f"--relu has {len(config.relu)} entries but --features has {len(widths)}",
+  )
+  check_widths("features", widths, least=1)
+  classes = DATASETS[config.dataset].classes
+  check(
+    len(widths) > 1,
+    f"--features: an MLP needs at least one hidden layer before its {classes} outputs, got "
+    f"{format_value(widths)}",
+  )
+  check(
+    widths[-1] >= classes,
+    f"--features: the last width is the number of outputs and must be >= the {classes} "
+    f"classes of {config.dataset}, got {widths[-1]}",
+  )
+
+
+FAMILY = Family(
+  create=lambda config: MLP(features=tuple(config.features), relu=tuple(config.relu)),
+  check_config=check_config,
+  widths_keys=("features",),
+  compacted_widths=lambda config, kept: {"features": compacted_widths(config.features, kept)},
+  fold=fold_linear_layers,
+)

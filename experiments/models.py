@@ -1,65 +1,95 @@
-"""Which network a config builds, and what compaction makes of it: the model families' registry.
+"""The model families' registry: which family a config's ``model`` names, and what it reads.
 
-Each family has its module: :mod:`experiments.mlp` (the MLP, linen and NNX),
-:mod:`experiments.vgg` and :mod:`experiments.vit`. This module picks the family of a config
-(:func:`create_model`), names its groups (:func:`group_names`) and gives its widths after
-compaction (:func:`compacted_config`). The families' public names are handed on here too
-(``models.MLP``, ``models.ViT``, ...).
+A family (:class:`experiments.family.Family`) is everything the harness knows of one kind of
+network. Each lives in its module, ``experiments/<name>.py``, as ``FAMILY``:
+:mod:`experiments.mlp`, :mod:`experiments.vgg` and :mod:`experiments.vit`. Adding a family
+means writing its module, its config and its line in :data:`CONFIG_KEYS`; no other module
+of the harness changes.
+
+This module imports no JAX, and imports a family's module only when :func:`family` first asks
+for it: ``--help`` reads :data:`CONFIG_KEYS` to hide the other families' keys. The families'
+public names are handed on here too (``models.MLP``, ``models.ViT``, ...), loaded on first use.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-import flax.linen as nn
 import ml_collections
 
-import pathprox_jax as pp
-from experiments.chain import compacted_widths
-from experiments.mlp import MLP, NNXMLP, fold_linear_layers
-from experiments.vgg import VGG
-from experiments.vit import ViT, compacted_vit_widths, vit_group_names, vit_groups
+from configs import ConfigError
+
+if TYPE_CHECKING:
+  import flax.linen as nn
+
+  import pathprox_jax as pp
+  from experiments.family import Family
+
+# The families by name (a config's ``model``), each with the config keys that only it reads:
+# the others' are hidden from --help, refused as flags and left out of config.json.
+CONFIG_KEYS = {
+  "mlp": ("features", "relu"),
+  "vgg": ("channels", "pool_after"),
+  "vit": ("num_heads", "mlp_dim", "width", "head_dim", "patch_size"),
+}
+
+# Names handed on from the families' modules: {name: module}.
+_HANDED_ON = {
+  "MLP": "mlp",
+  "NNXMLP": "mlp",
+  "fold_linear_layers": "mlp",
+  "VGG": "vgg",
+  "compacted_widths": "chain",
+  "ViT": "vit",
+  "compacted_vit_widths": "vit",
+  "vit_group_names": "vit",
+  "vit_groups": "vit",
+}
 
 __all__ = [
-  "MLP",
-  "NNXMLP",
-  "VGG",
-  "ViT",
+  "CONFIG_KEYS",
   "compacted_config",
-  "compacted_vit_widths",
-  "compacted_widths",
   "create_model",
-  "fold_linear_layers",
+  "family",
   "group_names",
-  "vit_group_names",
-  "vit_groups",
+  "model_keys",
   "widths_keys",
+  *_HANDED_ON,
 ]
+
+
+def family(config: ml_collections.ConfigDict) -> Family:
+  """The family of the config's ``model`` (its module's ``FAMILY``).
+
+  Raises:
+    ConfigError: no family has that name.
+  """
+  name = config.model
+  if name not in CONFIG_KEYS:
+    raise ConfigError(f"--model must be one of {tuple(CONFIG_KEYS)}, got {name!r}")
+  return importlib.import_module(f"experiments.{name}").FAMILY
+
+
+def model_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The keys that say which model a config builds: ``model`` and its family's keys."""
+  return ("model", *CONFIG_KEYS[config.model])
 
 
 def create_model(config: ml_collections.ConfigDict) -> nn.Module:
   """The experiment's model, with PathProx group annotations."""
-  if config.model == "mlp":
-    return MLP(features=tuple(config.features), relu=tuple(config.relu))
-  if config.model == "vit":
-    return ViT(
-      num_heads=tuple(config.num_heads),
-      mlp_dim=tuple(config.mlp_dim),
-      width=config.width,
-      head_dim=config.head_dim,
-      patch_size=config.patch_size,
-    )
-  return VGG(channels=tuple(config.channels), pool_after=tuple(config.pool_after))
+  return family(config).create(config)
 
 
 def group_names(config: ml_collections.ConfigDict) -> dict[int, str]:
   """What each PathProx group holds, by group number ({}: the numbers say enough)."""
-  return vit_group_names(len(config.num_heads)) if config.model == "vit" else {}
+  return family(config).group_names(config)
 
 
 def widths_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The config keys of the layer widths that compaction changes."""
-  return {"mlp": ("features",), "vgg": ("channels",), "vit": ("num_heads", "mlp_dim")}[config.model]
+  return family(config).widths_keys
 
 
 def compacted_config(
@@ -68,9 +98,18 @@ def compacted_config(
   """The config of the model that takes :func:`pathprox_jax.compact`'s smaller params."""
   small = config.copy_and_resolve_references()
   small.group_source = "annotations"  # discovery takes a block's single head for its features
-  if config.model == "vit":
-    small.num_heads, small.mlp_dim = compacted_vit_widths(config.num_heads, config.mlp_dim, kept)
-  else:
-    (key,) = widths_keys(config)
-    small[key] = compacted_widths(config[key], kept)
+  small.update(family(config).compacted_widths(config, kept))
   return small
+
+
+def __getattr__(name: str) -> Any:
+  """A family module's public name, imported on first use (PEP 562)."""
+  if name not in _HANDED_ON:
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+  value = getattr(importlib.import_module(f"experiments.{_HANDED_ON[name]}"), name)
+  globals()[name] = value
+  return value
+
+
+def __dir__() -> list[str]:
+  return sorted(__all__)

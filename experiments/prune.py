@@ -83,15 +83,16 @@ def read_match(folder: Path) -> dict[int, tuple[int, int]]:
 def kept_counts(
   requested: Sequence[int] | Mapping[int, tuple[int, int]],
   widths: Mapping[int, int],
-  model: str,
+  may_be_empty: bool,
 ) -> dict[int, int]:
   """The units each group keeps, checked against the run's group widths.
 
   Args:
     requested: ``--keep``'s counts in group order, or :func:`read_match`'s mapping.
     widths: ``{group: units}`` of the run's model.
-    model: the run's ``config.model``: in a chain (``"mlp"``, ``"vgg"``) a group keeps
-      at least one unit, else the output would not depend on the input.
+    may_be_empty: whether a group may keep no unit (the run's family's
+      ``groups_may_be_empty``: not in a chain, whose output would then not depend on the
+      input; yes where a residual connection bypasses the group).
 
   Returns:
     ``{group: units to keep}``.
@@ -115,7 +116,7 @@ def kept_counts(
         f"(of {shown} units)"
       )
     counts = dict(zip(widths, requested, strict=True))
-  least = 0 if model == "vit" else 1  # a ViT's residual connections bypass an empty block
+  least = 0 if may_be_empty else 1
   for g, count in counts.items():
     if not least <= count <= widths[g]:
       raise UsageError(
@@ -166,7 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     trained_run.check_output_folder(out)
     run = trained_run.restore_run(run_dir)
     scores = {g: np.asarray(s) for g, s in pp.unit_path_norms(run.params, run.groups).items()}
-    counts = kept_counts(requested, {g: len(s) for g, s in scores.items()}, run.config.model)
+    widths = {g: len(s) for g, s in scores.items()}
+    counts = kept_counts(requested, widths, models.family(run.config).groups_may_be_empty)
   except trained_run.USAGE_ERRORS as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

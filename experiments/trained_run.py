@@ -71,7 +71,7 @@ def abstract_state(config: ml_collections.ConfigDict) -> tuple[TrainState, Any]:
   model = models.create_model(config)
   image = jax.ShapeDtypeStruct((1, *data.BUILDERS[config.dataset].IMAGE_SHAPE), jnp.float32)
   boxed = jax.eval_shape(model.init, jax.random.key(0), image)["params"]
-  groups = groups_lib.group_spec(model, boxed, image, config.group_source)
+  groups = groups_lib.group_spec(models.family(config), model, boxed, image, config.group_source)
   params = nn.meta.unbox(boxed)
   tx = create_optimizer(config, groups, optax.constant_schedule(config.lr))
   step = jax.ShapeDtypeStruct((), jnp.int32)

@@ -1,6 +1,7 @@
 """VGG without batch norm, with PathProx group annotations: the paper's CIFAR-10 network.
 
-Its convs pair into groups as a chain (:mod:`experiments.chain`).
+Its convs pair into groups as a chain (:mod:`experiments.chain`). :data:`FAMILY` is what the
+harness knows of it (config keys ``channels`` and ``pool_after``).
 """
 
 from __future__ import annotations
@@ -9,9 +10,12 @@ from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
+import ml_collections
 
 import pathprox_jax as pp
-from experiments.chain import layer_group
+from experiments.chain import compacted_widths, layer_group
+from experiments.config_checks import check, check_widths, format_value
+from experiments.family import Family
 
 
 class VGG(nn.Module):
@@ -59,3 +63,23 @@ class VGG(nn.Module):
     x = nn.avg_pool(x, (2, 2), strides=(2, 2))
     x = x.reshape(x.shape[0], -1)
     return nn.Dense(self.num_classes, kernel_init=kaiming, bias_init=nn.initializers.zeros)(x)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Refuses ``channels`` and ``pool_after`` that make no VGG."""
+  widths = config.channels
+  check(len(widths) % 2 == 0, f"--channels must list an even number of convs, got {len(widths)}")
+  check(
+    all(0 <= i < len(widths) for i in config.pool_after),
+    f"--pool-after must be conv indices in [0, {len(widths) - 1}], got "
+    f"{format_value(config.pool_after)}",
+  )
+  check_widths("channels", widths, least=1)
+
+
+FAMILY = Family(
+  create=lambda config: VGG(channels=tuple(config.channels), pool_after=tuple(config.pool_after)),
+  check_config=check_config,
+  widths_keys=("channels",),
+  compacted_widths=lambda config, kept: {"channels": compacted_widths(config.channels, kept)},
+)

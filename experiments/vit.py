@@ -2,7 +2,8 @@
 
 Block ``b``'s heads are group ``2b`` and its FFN neurons group ``2b + 1``
 (:func:`vit_groups`); a compacted ViT may keep no head or no neuron in a block, whose
-residual connection then carries the signal past it.
+residual connection then carries the signal past it. :data:`FAMILY` is what the harness knows
+of it (config keys ``num_heads``, ``mlp_dim``, ``width``, ``head_dim`` and ``patch_size``).
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 import pathprox_jax as pp
+from experiments.config_checks import check, check_widths, flag, format_value
+from experiments.family import Family
 
 
 def vit_groups(block: int) -> tuple[int, int]:
@@ -211,3 +215,57 @@ def compacted_vit_widths(
       )
     widths[kind][block] = units.width
   return tuple(widths[0]), tuple(widths[1])
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Refuses ViT settings that make no ViT or no PathProx unit, and layer balance."""
+  check(
+    len(config.num_heads) == len(config.mlp_dim),
+    f"--num-heads has {len(config.num_heads)} blocks but --mlp-dim has {len(config.mlp_dim)}",
+  )
+  for key in ("width", "head_dim", "patch_size"):
+    check(config[key] >= 1, f"{flag(key)} must be >= 1, got {config[key]}")
+  check(
+    any(config.num_heads) or any(config.mlp_dim),
+    f"--num-heads {format_value(config.num_heads)} and --mlp-dim "
+    f"{format_value(config.mlp_dim)} leave the ViT no head or neuron, so it has no PathProx "
+    "unit; keep at least one",
+  )
+  check(
+    not config.balance,
+    "--balance true: a ViT's blocks are joined by residual connections, so its groups form no "
+    "chain to balance; pass --balance false",
+  )
+  # A ViT block without heads or neurons is still a block (a pruned or compact model's):
+  # its residual connection carries the signal past it.
+  check_widths("num_heads", (*config.num_heads, *config.mlp_dim), least=0)
+
+
+def create(config: ml_collections.ConfigDict) -> ViT:
+  """The config's ViT."""
+  return ViT(
+    num_heads=tuple(config.num_heads),
+    mlp_dim=tuple(config.mlp_dim),
+    width=config.width,
+    head_dim=config.head_dim,
+    patch_size=config.patch_size,
+  )
+
+
+def compacted_config_widths(
+  config: ml_collections.ConfigDict, kept: Mapping[int, pp.KeptUnits]
+) -> dict[str, tuple[int, ...]]:
+  """The ``num_heads`` and ``mlp_dim`` of the compacted ViT (:func:`compacted_vit_widths`)."""
+  num_heads, mlp_dim = compacted_vit_widths(config.num_heads, config.mlp_dim, kept)
+  return {"num_heads": num_heads, "mlp_dim": mlp_dim}
+
+
+FAMILY = Family(
+  create=create,
+  check_config=check_config,
+  widths_keys=("num_heads", "mlp_dim"),
+  compacted_widths=compacted_config_widths,
+  group_spec=lambda model, boxed: model.group_spec(boxed),
+  group_names=lambda config: vit_group_names(len(config.num_heads)),
+  groups_may_be_empty=True,
+)

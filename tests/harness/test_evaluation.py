@@ -23,6 +23,7 @@ def make_evaluator(num_devices, eval_batch_size=64):
   config = ml_collections.ConfigDict(
     {
       "dataset": "mnist",
+      "model": "mlp",
       "weight_decay": 1e-3,
       "eval_batch_size": eval_batch_size,
       "regularize_bias": False,

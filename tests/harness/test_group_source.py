@@ -9,7 +9,7 @@ import pytest
 
 import pathprox_jax as pp
 from configs import load_config
-from experiments import cli, groups, models
+from experiments import cli, groups, mlp, models
 from tests.conftest import flags
 
 SMALL = {
@@ -28,8 +28,9 @@ def test_auto_finds_the_annotations_groups_of_every_model(experiment):
   model = models.create_model(config)
   x = jax.ShapeDtypeStruct((1, *SHAPES[config.dataset]), jnp.float32)
   boxed = jax.eval_shape(model.init, jax.random.key(0), x)["params"]
-  annotated = groups.group_spec(model, boxed, x, "annotations")
-  assert groups.group_spec(model, boxed, x, "auto") == annotated
+  family = models.family(config)
+  annotated = groups.group_spec(family, model, boxed, x, "annotations")
+  assert groups.group_spec(family, model, boxed, x, "auto") == annotated
   assert pp.unit_counts(nn.meta.unbox(boxed), annotated)
 
 
@@ -40,8 +41,8 @@ def test_auto_refuses_annotations_that_the_trace_contradicts(monkeypatch):
   wrong = jax.tree.map(lambda spec: None, pp.group_spec(boxed), is_leaf=lambda s: s is not None)
   monkeypatch.setattr(pp, "group_spec", lambda boxed: wrong)
   with pytest.raises(groups.GroupSourceError, match="pass --group-source annotations"):
-    groups.group_spec(model, boxed, x, "auto")
-  assert groups.group_spec(model, boxed, x, "annotations") is wrong
+    groups.group_spec(mlp.FAMILY, model, boxed, x, "auto")
+  assert groups.group_spec(mlp.FAMILY, model, boxed, x, "annotations") is wrong
 
 
 def test_run_prints_and_records_its_groups(finished_run):
