@@ -76,6 +76,36 @@ def test_ramp_is_cubic_from_one_to_the_target():
   np.testing.assert_allclose(ramp, [1.0, 1.0, 0.2 + 0.8 * 0.5**3, 0.2, 0.2], rtol=1e-6)
 
 
+def test_the_controller_penalises_only_the_candidates():
+  """At a sparsify step with a zero gradient, the units beyond the ramp's ranking get the
+  boosted threshold (here e^30 times lambda: they go), the kept ones exactly the user's."""
+  tx = make_tx(0.5, balance=False)
+  count = PROX_START + 50
+  state = tx.init(PARAMS)._replace(count=jnp.int32(count), log_scale=jnp.float32(30.0))
+  zeros = jax.tree.map(jnp.zeros_like, PARAMS)
+  new = optax.apply_updates(PARAMS, tx.update(zeros, state, PARAMS)[0])
+  costs = pp.relative_costs(COSTS)
+  old_norms = pp.unit_path_norms(PARAMS, GROUPS)  # ||w_i|| ||v_i||, and ||w_i|| is 1 after
+  new_norms = pp.unit_path_norms(new, GROUPS)
+  ranked = sorted((float(old_norms[g][i]) / costs[g], g, i) for g in costs for i in
+                  range(len(old_norms[g])))  # fmt: skip
+  total = sum(costs[g] * len(old_norms[g]) for g in costs)
+  budget_off = (1 - float(budget.ramp(0.5, count, PROX_START, HEAL_START))) * total
+  freed, off = 0.0, set()
+  for _, g, i in ranked:
+    if freed + costs[g] > budget_off * (1 + 1e-6):
+      break
+    freed += costs[g]
+    off.add((g, i))
+  tau = 1e-3 * 0.05 / (1 - 0.9)  # lambda gamma / (1 - beta)
+  v_norms = {0: np.linalg.norm(PARAMS["Dense_1"]["kernel"], axis=1),
+             1: np.linalg.norm(PARAMS["Dense_3"]["kernel"], axis=1)}  # fmt: skip
+  for g in costs:
+    for i in range(len(new_norms[g])):
+      expected = 0.0 if (g, i) in off else v_norms[g][i] - costs[g] * tau
+      np.testing.assert_allclose(float(new_norms[g][i]), expected, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.slow
 def test_prox_budget_meets_each_members_target_and_heals_frozen():
   targets = [0.3, 0.6]
