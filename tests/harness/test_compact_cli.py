@@ -121,6 +121,7 @@ def test_output_folder_is_never_replaced(tmp_path, capsys):
   assert sorted(p.name for p in tmp_path.iterdir()) == ["compact", "notes"]
 
 
+@pytest.mark.slow
 def test_compaction_that_changes_outputs_fails(any_run, tmp_path, monkeypatch, capsys):
   real = pp.compact
 

@@ -14,6 +14,7 @@ from experiments import cli, compact, heal, models, trained_run
 G = pp.GroupSpec
 
 
+@pytest.mark.slow
 def test_units_at_most_the_tolerance_go_exact_zeros_too():
   # Path norms ||w_i|| ||v_i||: 0 (v zero), 2e-7 (tiny, nonzero), 0.5, 0 (w zero, v not), 6.
   w = jnp.array([[1.0, 1e-7, 0.5, 0.0, 2.0]])

@@ -64,6 +64,7 @@ def params_and_groups():
   return nn.meta.unbox(boxed), pp.group_spec(boxed)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["pathprox", "wd"])
 def test_regularize_bias_reaches_the_optimiser(method):
   config = common.get_config()

@@ -75,6 +75,7 @@ def http_server(tmp_path):
   server.server_close()
 
 
+@pytest.mark.slow
 def test_real_mnist_prepared_once_then_reused(real_mnist, tmp_path):
   arrays = data.load_arrays("mnist", data_dir=str(tmp_path / "tfds"), raw_dir=str(real_mnist))
   (train_images, train_labels), (test_images, test_labels) = arrays["train"], arrays["test"]

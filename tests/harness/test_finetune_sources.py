@@ -42,6 +42,7 @@ def finetune_flags(raw_mnist, compacted, workdir, source, **overrides):
   return flags(raw_mnist, run.parent, **values)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["compact", "prune"])
 def test_an_existing_output_is_never_replaced(compacted, capsys, command):
   run, out = compacted
@@ -60,6 +61,7 @@ def test_an_existing_output_is_never_replaced(compacted, capsys, command):
   assert snapshot(out) == before
 
 
+@pytest.mark.slow
 def test_a_fine_tune_resumes_after_its_source_is_gone(raw_mnist, compacted, tmp_path):
   source = tmp_path / "source"
   shutil.copytree(compacted[1], source)

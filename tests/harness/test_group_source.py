@@ -34,6 +34,7 @@ def test_auto_finds_the_annotations_groups_of_every_model(experiment):
   assert pp.unit_counts(nn.meta.unbox(boxed), annotated)
 
 
+@pytest.mark.slow
 def test_auto_refuses_annotations_that_the_trace_contradicts(monkeypatch):
   model = models.MLP((8, 8, 3), (True, True, False))
   x = jnp.ones((1, 5))

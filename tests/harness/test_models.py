@@ -38,6 +38,7 @@ def test_paper_mlp_shapes_and_groups():
   }
 
 
+@pytest.mark.slow
 def test_mlp_unpaired_last_layer_is_ungrouped():
   boxed = _init(models.MLP((5, 5, 3), (True, False, False)), jnp.ones((2, 4)))
   groups = pp.group_spec(boxed)
@@ -78,6 +79,7 @@ def test_folding_the_paper_mlp_halves_its_bottlenecks_and_keeps_its_function():
   np.testing.assert_allclose(folded_stacked["Dense_1"]["kernel"][0], kernel, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_bottleneck_cheaper_as_two_layers_stays_two_layers():
   # 784 -> 10 -> 784: two thin products beat one 784 x 784; the 10 -> 784 -> 400 chain folds.
   model = models.MLP((10, 784, 400, 10), (False, False, True, False))
@@ -112,6 +114,7 @@ def test_mlp_pytorch_init_bounds():
     np.testing.assert_allclose(std, bound / math.sqrt(3), rtol=0.03)
 
 
+@pytest.mark.slow
 def test_nnx_mlp_matches_linen():
   features, relu, in_features = (8, 7, 6, 5, 3), (True, False, True, True, False), 12
   x = jax.random.normal(jax.random.key(2), (4, 2, 2, 3))
@@ -152,6 +155,7 @@ def test_vgg19_shapes_and_groups():
   assert list(per_group) == list(range(8))
 
 
+@pytest.mark.slow
 def test_vgg_forward_pools_and_init():
   model = models.VGG(channels=(64, 64, 8, 8), pool_after=(1,), num_classes=5)
   x = jax.random.normal(jax.random.key(4), (2, 8, 8, 3))
@@ -165,6 +169,7 @@ def test_vgg_forward_pools_and_init():
   assert all(not np.any(params[f"Conv_{i}"]["bias"]) for i in range(4))
 
 
+@pytest.mark.slow
 def test_vgg_classifier_is_kaiming_normal_with_zero_bias_like_the_paper():
   model = models.VGG(channels=(8, 8), pool_after=(), num_classes=200)
   params = meta.unbox(_init(model, jnp.ones((1, 8, 8, 3))))

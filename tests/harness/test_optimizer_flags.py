@@ -74,6 +74,7 @@ def updates_of(tx, params):
   return params
 
 
+@pytest.mark.slow
 def test_adamw_baseline_is_optax_adamw_on_the_kernels():
   params, groups = one_group_mlp()
   config = common.get_config()
@@ -84,6 +85,7 @@ def test_adamw_baseline_is_optax_adamw_on_the_kernels():
   jax.tree.map(np.testing.assert_array_equal, ours, expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rule", ["fixed_point", "paper"])
 def test_threshold_rule_reaches_pathprox_sgd(rule):
   params, groups = one_group_mlp()

@@ -45,6 +45,7 @@ def copy_of(runs, name, tmp_path):
   return tmp_path / name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "name, total_iter, message",
   [
@@ -77,6 +78,7 @@ def test_resume_that_changes_the_learning_rate_is_refused_and_writes_nothing(
   assert snapshot(workdir) == before
 
 
+@pytest.mark.slow
 def test_step_schedule_extends_up_to_its_next_milestone(runs, tmp_path, capsys):
   workdir = copy_of(runs, "step", tmp_path)
   code, _ = run(["--workdir", workdir, "--resume", "--total-iter", "24", "--log-freq", "2"], capsys)

@@ -21,6 +21,7 @@ def switched_off(params, layer, rows):
   return params
 
 
+@pytest.mark.slow
 def test_each_group_logs_its_smallest_and_median_path_norm_of_units_on():
   evaluator, params, _, _ = make_evaluator(1)
   # Group 0's "out" layer is Dense_1 (16 units): 5 off; group 1's is Dense_3: all off.

@@ -39,6 +39,7 @@ def test_vit_shapes():
   assert shapes["head"]["kernel"] == (24, 10)
 
 
+@pytest.mark.slow
 def test_vit_groups_heads_and_ffn_neurons_per_block():
   model = models.ViT(**TINY)
   boxed = _init(model, jnp.zeros((1, 28, 28, 1)))
@@ -98,6 +99,7 @@ def _keep(params, block, heads, neurons):
   return params
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("heads, neurons", [([1], [0, 3, 5]), ([], [])])
 def test_narrower_vit_computes_the_same_without_dead_heads_and_neurons(heads, neurons):
   model = models.ViT(**TINY)

@@ -70,6 +70,7 @@ def _no_chain(groups):
   return jax.tree.map(lambda s: dataclasses.replace(s, chain=None), groups)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("family, x", [(CNN, X), (MLP, X[:, 0, 0])])
 def test_discovered_like_annotated(family, x, train):
@@ -114,6 +115,7 @@ class Residual(nn.Module):
     return nn.Dense(2, name="head")(jnp.mean(h, axis=(1, 2)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("train", [True, False])
 def test_residual_block_output_is_no_unit(train):
   model = Residual(train)

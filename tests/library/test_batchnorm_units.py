@@ -140,6 +140,7 @@ def assert_close(actual, expected):
   chex.assert_trees_all_close(as_numpy(actual), expected, rtol=2e-5, atol=2e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("regularize_bias", [False, True])
 def test_prox_matches_reference(regularize_bias):
   _, variables, groups = make_variables()
@@ -157,6 +158,7 @@ def test_prox_matches_reference(regularize_bias):
   assert 0 < np.sum(v_norms == 0) < WIDTHS[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   ("second", "regularize_bias"), [("conv", False), ("conv", True), ("bn", False)]
 )
@@ -175,6 +177,7 @@ def test_pathprox_sgd_matches_reference(second, regularize_bias):
   assert_close(optax.apply_updates(params, updates), expected)
 
 
+@pytest.mark.slow
 def test_balance_passes_from_a_batchnorm_group_and_keeps_the_function():
   model, variables, groups = make_variables("conv")
   balanced = pp.balance(variables["params"], groups)
@@ -305,6 +308,7 @@ class NnxBlock(nnx.Module):
     return self.conv_b(nnx.relu(self.bn_a(self.conv_a(x))))
 
 
+@pytest.mark.slow
 def test_nnx_optimizer_step_and_compact():
   _, variables, _ = make_variables()
   model = NnxBlock(WIDTHS[0], nnx.Rngs(0))

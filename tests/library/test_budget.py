@@ -154,6 +154,7 @@ def test_gradual_magnitude_pruning_follows_the_ramp_and_zeroes_adam_moments():
       assert np.all(np.asarray(tree[v]["kernel"])[0][off, :] == 0)
 
 
+@pytest.mark.slow
 def test_warm_up_is_the_base_step():
   tx = make_tx(0.5)
   base = optax.chain(
@@ -183,6 +184,7 @@ def test_bad_arguments_are_refused(kwargs, message):
     pp.with_budget(optax.sgd(0.1), GROUPS, **{**args, **kwargs})
 
 
+@pytest.mark.slow
 def test_heal_weight_decay_decays_the_kept_grouped_kernels_only_when_healing():
   def update(count, heal_weight_decay):
     tx = pp.with_budget(

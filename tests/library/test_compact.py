@@ -43,6 +43,7 @@ def _assert_compacts_exactly(model, widths, rebuild, params, groups, x, expected
   return smaller, kept
 
 
+@pytest.mark.slow
 def test_compact_mlp_drops_exactly_the_zero_output_units():
   features, relu = (6, 5, 7, 4, 3), (True, False, True, True, False)
   model = models.MLP(features, relu)
@@ -96,6 +97,7 @@ def test_compact_keeps_everything_without_exact_zeros():
   jax.tree.map(np.testing.assert_array_equal, smaller, params)
 
 
+@pytest.mark.slow
 def test_compact_atol_drops_small_units_within_the_bound():
   w = jnp.array([[1.0, -2.0, 0.5, 1.5]])
   a = jnp.array([0.1, 0.2, 0.3, 0.4])
@@ -121,6 +123,7 @@ def test_compact_atol_drops_small_units_within_the_bound():
   assert np.all(change <= bound)
 
 
+@pytest.mark.slow
 def test_compact_nnx_state():
   features, relu = (5, 4, 3), (True, False, False)
   model = models.NNXMLP(6, features, relu, rngs=nnx.Rngs(0))

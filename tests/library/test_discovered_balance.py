@@ -38,6 +38,7 @@ def residual():
   return model, x, groups, params
 
 
+@pytest.mark.slow
 def test_discovered_spec_carries_the_chains(residual):
   model, x, groups, params = residual
   report = pp.explain_groups(model.apply, params, x)
@@ -48,6 +49,7 @@ def test_discovered_spec_carries_the_chains(residual):
   assert repr(groups["Dense_4"]["kernel"]) == "GroupSpec(group=2, role='out', chain=1)"
 
 
+@pytest.mark.slow
 def test_default_balance_keeps_the_function(residual):
   model, x, groups, params = residual
   apply = jax.jit(model.apply)
@@ -59,6 +61,7 @@ def test_default_balance_keeps_the_function(residual):
   assert norms[2] == pp.path_norm(params, groups).per_group[2]  # the residual group is not
 
 
+@pytest.mark.slow
 def test_zero_step_with_default_balance_keeps_the_function(residual):
   model, x, groups, params = residual
   tx = pp.pathprox_sgd(0.1, 0.0, groups)
@@ -105,6 +108,7 @@ def test_mixed_and_inconsistent_chains_are_refused(residual):
     G(0, "in", chain=-1)
 
 
+@pytest.mark.slow
 def test_compact_keeps_the_chains(residual):
   _, _, groups, params = residual
   dead = params["Dense_1"]["kernel"].at[0].set(0.0)

@@ -46,6 +46,7 @@ def _same_step(params, found, expected, x, loss_fn):
 # The project's models: exactly today's annotations and path rules.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "features, relu",
   [((40, 40, 40, 40, 40, 10), (True, False) * 3), ((40, 40, 10), (True, True, False))],
@@ -71,6 +72,7 @@ def test_project_vgg_is_one_chain():
   assert report.chains == (tuple(range(len(config.channels) // 2)),) == report.balance
 
 
+@pytest.mark.slow
 def test_project_vit_heads_and_neurons():
   model = models.ViT(num_heads=(2, 2), mlp_dim=(8, 8), width=16, head_dim=4)
   boxed = _init(model, IMAGES)
@@ -82,6 +84,7 @@ def test_project_vit_heads_and_neurons():
   assert 'block_0/attention/out/kernel (2, 4, 16): group 0 "out"' in text
 
 
+@pytest.mark.slow
 def test_project_nnx_mlp_drives_nnx_optimizer():
   model = models.NNXMLP(784, (40, 40, 10), (True, True, False), rngs=nnx.Rngs(0))
   graphdef, state = nnx.split(model, nnx.Param)
@@ -96,6 +99,7 @@ def test_project_nnx_mlp_drives_nnx_optimizer():
 # Models written the way users write them, without annotations.
 
 
+@pytest.mark.slow
 def test_sequential_mlp():
   model = nn.Sequential([nn.Dense(16), nn.relu, nn.Dense(16), nn.relu, nn.Dense(3)])
   x = jnp.ones((4, 5))
@@ -127,6 +131,7 @@ class CNN(nn.Module):
     return nn.Dense(features=10)(x)
 
 
+@pytest.mark.slow
 def test_flax_mnist_cnn():
   model = CNN()
   x = jnp.linspace(0.0, 1.0, 2 * 12 * 12).reshape(2, 12, 12, 1)
@@ -175,6 +180,7 @@ class DenseGeneralEinsum(nn.Module):
     return nn.Einsum((6, 3), "...i,io->...o", use_bias=False)(x)
 
 
+@pytest.mark.slow
 def test_dense_general_and_einsum():
   model = DenseGeneralEinsum()
   x = jnp.ones((4, 5))
@@ -198,6 +204,7 @@ class DropoutMLP(nn.Module):
     return nn.Dense(3)(x)
 
 
+@pytest.mark.slow
 def test_dropout_in_training_mode_and_leaky_relu():
   model = DropoutMLP()
   x = jnp.ones((4, 5))
@@ -235,6 +242,7 @@ class TrunkAndResidualFFN(nn.Module):
     return nn.Dense(3)(h)
 
 
+@pytest.mark.slow
 def test_discovered_chains_balance_the_trunk_and_not_the_residual_block():
   model = TrunkAndResidualFFN()
   x = jax.random.normal(jax.random.key(1), (4, 5))

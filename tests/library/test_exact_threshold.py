@@ -52,6 +52,7 @@ def test_bfloat16_units_at_or_below_the_threshold_are_exactly_zero():
   np.testing.assert_array_equal(zero, norms <= 1e-7)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["sgd", "adamw"])
 def test_recipes_zero_small_units_through_a_schedules_tail(recipe):
   """A cosine schedule's last steps have λγ far below 1e-6: a unit under it still dies."""

@@ -428,6 +428,7 @@ def test_metrics_match_numpy():
   )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
 def test_attention_head_metrics_and_prox_match_numpy(with_bias):
   """Per-head norms over [d_model, head_dim] ("in") and [head_dim, d_model] ("out"), by hand."""

@@ -76,6 +76,7 @@ def sgd_step(tx):
   return step
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "model, x_shape",
   [(FACTORISED, (4, 20)), (ALL_RELU, (4, 20)), (ConvNet(), (2, 8, 8, 3))],
@@ -100,6 +101,7 @@ def test_balance_preserves_function_and_equalises_path_norms(model, x_shape):
   )
 
 
+@pytest.mark.slow
 def test_one_chain_of_all_groups_is_balance_true_bit_for_bit():
   x = jax.random.normal(jax.random.key(1), (4, 20))
   params, groups = init(FACTORISED, x)
@@ -145,6 +147,7 @@ def test_two_chains_are_balanced_each_on_its_own():
   )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("momentum, nesterov", [(0.0, False), (0.9, False), (0.9, True)])
 def test_ungrouped_updates_equal_base_optimiser(momentum, nesterov):
   x = jnp.ones((2, 20))
@@ -168,6 +171,7 @@ def test_ungrouped_updates_equal_base_optimiser(momentum, nesterov):
   chex.assert_trees_all_equal(p, q)
 
 
+@pytest.mark.slow
 def test_linen_and_nnx_models_take_the_same_step():
   class NnxMLP(nnx.Module):
     def __init__(self, rngs):
@@ -216,6 +220,7 @@ def test_linen_and_nnx_models_take_the_same_step():
   )
 
 
+@pytest.mark.slow
 def test_dead_units_and_dead_groups_stay_finite():
   x = jnp.ones((2, 20))
   params, groups = init(FACTORISED, x)
@@ -244,6 +249,7 @@ def test_dead_units_and_dead_groups_stay_finite():
   assert int(pp.active_units(params, groups).per_group[1]) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_dtype_is_preserved(dtype):
   x = jnp.ones((2, 20))
@@ -258,6 +264,7 @@ def test_dtype_is_preserved(dtype):
     assert np.isfinite(metric)
 
 
+@pytest.mark.slow
 def test_no_recompilation_and_scan_equals_loop():
   x = jnp.ones((2, 20))
   params, groups = init(SMALL, x)
@@ -280,6 +287,7 @@ def test_no_recompilation_and_scan_equals_loop():
   )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sharded", [False, True], ids=["replicated", "sharded"])
 def test_sharded_step_equals_single_device_step(sharded):
   mesh = jax.make_mesh((8,), ("d",))
@@ -356,6 +364,7 @@ def test_extra_args_are_accepted(factory, kwargs):
   chex.assert_trees_all_equal(extra, plain)
 
 
+@pytest.mark.slow
 def test_multisteps_equals_one_step_on_the_mean_gradient():
   x = jnp.ones((2, 20))
   params, groups = init(FACTORISED, x)
@@ -378,6 +387,7 @@ def test_multisteps_equals_one_step_on_the_mean_gradient():
   assert int(s.inner_opt_state[-1].count) == 2
 
 
+@pytest.mark.slow
 def test_bfloat16_step_equals_float32_step_rounded():
   """bf16 params: the prox runs in f32 and only its result is rounded (2 bf16 ulps of the update).
 

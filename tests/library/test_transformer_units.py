@@ -66,6 +66,7 @@ def linen_model_and_groups(model=None):
   return abstract, groups
 
 
+@pytest.mark.slow
 def test_attention_rules_give_the_head_layout():
   abstract, groups = linen_model_and_groups()
   attn = groups["Block_1"]["MultiHeadDotProductAttention_0"]
@@ -186,6 +187,7 @@ NNX_RULES = [
 ]
 
 
+@pytest.mark.slow
 def test_nnx_attention_rules_and_optimizer():
   model = NNXTransformer((HEADS, HEADS), (FFN, FFN), nnx.Rngs(0))
   state = nnx.state(model, nnx.Param)
@@ -217,6 +219,7 @@ def kill_units(params, dead_heads, dead_neurons):
 DEAD_HEADS, DEAD_NEURONS = ([1, 3], [0]), ([0, 5, 11], [])
 
 
+@pytest.mark.slow
 def test_compact_removes_dead_heads_and_neurons_linen():
   model = Transformer()
   params = meta.unbox(jax.jit(model.init)(jax.random.key(0), X)["params"])
@@ -245,6 +248,7 @@ def test_compact_removes_dead_heads_and_neurons_linen():
   )
 
 
+@pytest.mark.slow
 def test_compact_removes_dead_heads_and_neurons_nnx():
   model = NNXTransformer((HEADS, HEADS), (FFN, FFN), nnx.Rngs(0))
   state = nnx.state(model, nnx.Param)
@@ -277,6 +281,7 @@ class SwiGLU(nn.Module):
     return nn.Dense(D_MODEL, **pp.group_inits(0, "out"))(nn.silu(gate) * up)
 
 
+@pytest.mark.slow
 def test_swiglu_neuron_is_a_unit_and_its_gate_follows():
   model = SwiGLU()
   boxed = jax.jit(model.init)(jax.random.key(0), X)["params"]

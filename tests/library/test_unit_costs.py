@@ -72,6 +72,7 @@ def two_groups_params():
   return {"w0": jnp.eye(3), "v0": v, "w1": jnp.eye(3), "v1": v}
 
 
+@pytest.mark.slow
 def test_costs_scale_each_groups_threshold():
   params = two_groups_params()
   # tau = lr * wd = 0.15: group 0 at 0.15 (keeps units 1, 2), group 1 (costs 3x) at 0.45 (none)

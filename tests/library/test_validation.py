@@ -109,6 +109,7 @@ def test_traced_thresholds_and_schedules_pass():
   pp.pathprox_adamw(schedule, schedule, GROUPS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "factory, kwargs",
   [
