@@ -131,7 +131,7 @@ def test_heal_weight_decay_reaches_the_budget_optimiser():
     tx = experiment.create_optimizer(config, groups, optax.constant_schedule(0.1))
     state = tx.init(params)._replace(count=np.int32(config.heal_start))
     zeros = jax.tree.map(np.zeros_like, params)
-    return tx.update(zeros, state, params)[0]
+    return jax.jit(tx.update)(zeros, state, params)[0]
 
   # A zero gradient while healing: only the decay moves the grouped kernels, by -lr * λ * 1.
   decayed, plain = heal_step(0.5), heal_step(0.0)

@@ -83,7 +83,7 @@ def test_the_controller_penalises_only_the_candidates():
   count = PROX_START + 50
   state = tx.init(PARAMS)._replace(count=jnp.int32(count), log_scale=jnp.float32(30.0))
   zeros = jax.tree.map(jnp.zeros_like, PARAMS)
-  new = optax.apply_updates(PARAMS, tx.update(zeros, state, PARAMS)[0])
+  new = optax.apply_updates(PARAMS, jax.jit(tx.update)(zeros, state, PARAMS)[0])
   costs = pp.relative_costs(COSTS)
   old_norms = pp.unit_path_norms(PARAMS, GROUPS)  # ||w_i|| ||v_i||, and ||w_i|| is 1 after
   new_norms = pp.unit_path_norms(new, GROUPS)
