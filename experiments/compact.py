@@ -1,7 +1,8 @@
 """Compacts a run: drops the units PathProx switched off, checks, saves and benchmarks.
 
 ``python -m experiments.compact RUN_DIR [--out DIR] [--atol 0.0] [--path-norm-tol TOL]
-[--repeats N]`` restores the run's latest checkpoint, removes every unit whose "out" weights
+[--repeats N] [--step S] [--with-state]`` restores the run's latest checkpoint (``--step``: the
+one of step ``S``), removes every unit whose "out" weights
 are zero (at most ``--atol``) with :func:`pathprox_jax.compact`, checks on the
 run's test and validation sets that the smaller model computes the same logits (to
 1e-5 * max(1, max |logit|): only the order of f32 sums changes) and the same
@@ -28,6 +29,17 @@ and ``compact.json`` (the kept units of each group, the checks' figures on the t
 A run starts from the smaller model with ``--init-params DIR/params`` and ``DIR``'s widths,
 as from a prune output.
 
+With ``--with-state`` (exact compaction only), ``DIR`` is also a run folder that goes on where
+the run's checkpoint stopped, on the smaller model: ``DIR/checkpoints/S`` holds the step, the
+smaller params, the optimiser state sliced to the kept units (:func:`pathprox_jax.compact_state`:
+momentum, Adam's moments, a budget's masks and controller), the data-order key and the metrics
+so far, so ``python -m experiments.<experiment> --workdir DIR --resume`` trains on from step
+``S`` to the run's ``--total-iter`` with the same batches and schedule. That is how a budget
+run heals on its compacted model: compact its checkpoint of step ``--heal-start`` (save it with
+``--save-freq``), where the mask is frozen, and resume. Each step then equals the dense run's
+step restricted to the kept units; ``flops_kept`` of the rows after ``S`` is relative to the
+smaller model.
+
 Exit codes: 0 done; 1 the smaller model's outputs differ, or a group of a chain
 (MLP, VGG) has no units left; 2 bad input (not a run, an output folder that is not empty,
 bad flags).
@@ -42,6 +54,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+import pathprox_jax as pp
 from experiments import cli, config_checks, heal, models, run_folder, trained_run
 from experiments import inference_speed as speed
 
@@ -102,6 +115,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     help="also drop units whose path norm ||w_i|| ||v_i|| is <= TOL (default: off)",
   )
   parser.add_argument("--repeats", type=int, default=20, help="timed calls per benchmark")
+  parser.add_argument(
+    "--step", type=int, help="compact the checkpoint of this step (default: the latest)"
+  )
+  parser.add_argument(
+    "--with-state",
+    action="store_true",
+    help="also write the compacted training state: DIR becomes a run folder that "
+    "--resume trains on from the checkpoint's step",
+  )
   try:
     args = parser.parse_args(argv)
     args.atol = config_checks.finite_float("--atol", args.atol, minimum=0.0)
@@ -111,10 +133,15 @@ def main(argv: Sequence[str] | None = None) -> int:
       )
     if args.repeats < 1:
       raise cli.ConfigError("--repeats must be >= 1")
+    if args.with_state and (args.atol != 0 or args.path_norm_tol is not None):
+      raise cli.ConfigError(
+        "--with-state needs exact compaction (--atol 0, no --path-norm-tol): only then does "
+        "training go on as the run's would"
+      )
     run_dir = Path(args.run_dir)
     out = Path(args.out) if args.out else run_dir / "compact"
     trained_run.check_output_folder(out)
-    run = trained_run.restore_run(run_dir)
+    run = trained_run.restore_run(run_dir, args.step)
   except trained_run.USAGE_ERRORS as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -176,7 +203,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     "flops_per_example": {"sparse": sparse.flops, "compact": compact.flops},
     "heal_command": command,
   }
-  trained_run.write_output(out, small_config, small, record, MARKER)
+  checkpoint = None
+  if args.with_state and any(k.width == 0 for k in kept.values()):
+    print(
+      "error: --with-state cannot go on training a model with a group of no units left "
+      "(its optimiser state would hold arrays of no entries); compact without it",
+      file=sys.stderr,
+    )
+    return 2
+  if args.with_state:
+    tx = trained_run.create_run_optimizer(config, run.groups)
+    opt_state = pp.compact_state(tx, run.state.opt_state, run.groups, kept)
+    state = run.state._replace(params=small, opt_state=opt_state)
+    checkpoint = (state, run.data_key, run.history)
+  trained_run.write_output(out, small_config, small, record, MARKER, checkpoint)
   speed.print_table(sparse, compact, args.repeats)
   print(f"wrote {out}")
   print(f"heal: {command}")

@@ -1,6 +1,6 @@
 """A trained run, restored: what the commands that read a run share (compact, prune, histograms).
 
-:func:`restore_run` restores a run folder's latest checkpoint with its test and validation
+:func:`restore_run` restores a checkpoint of a run folder (the latest, or a step's) with its test and validation
 sets, :func:`compact_run` makes its smaller model, :func:`benchmark` measures a model on its
 test images, and :func:`write_output` writes a compact or prune output (``params/``,
 ``config.json`` and the command's record), never over an output that exists. Bad input is one
@@ -38,13 +38,14 @@ USAGE_ERRORS = (cli.ConfigError, UsageError, run_folder.NotARunError, data.Datas
 
 
 class TrainedRun(NamedTuple):
-  """A run's config, latest parameters, test set and validation set.
+  """A run's config, one checkpoint, test set and validation set.
 
   Attributes:
     config: the run's config (the config keys of its ``config.json``).
-    params: the parameters of the latest checkpoint.
+    state: the checkpoint's training state (step, params, optimiser state).
     groups: the model's PathProx group spec.
-    step: the latest checkpoint's step.
+    data_key: the checkpoint's data-order key (the batches of the steps after it).
+    history: the metrics rows up to the checkpoint.
     test_images: the run's test images, uint8 ``[N, H, W, C]``.
     test_labels: their labels, ``[N]``.
     val_images: the run's validation images (its config's split), uint8 ``[M, H, W, C]``.
@@ -52,43 +53,70 @@ class TrainedRun(NamedTuple):
   """
 
   config: ml_collections.ConfigDict
-  params: Any
+  state: TrainState
   groups: Any
-  step: int
+  data_key: jax.Array
+  history: list[dict[str, Any]]
   test_images: np.ndarray
   test_labels: np.ndarray
   val_images: np.ndarray
   val_labels: np.ndarray
 
+  @property
+  def params(self) -> Any:
+    """The checkpoint's parameters."""
+    return self.state.params
+
+  @property
+  def step(self) -> int:
+    """The checkpoint's step."""
+    return int(self.state.step)
+
+
+class Checkpoint(NamedTuple):
+  """One checkpoint of a run, restored: what :meth:`checkpointing.Checkpoints.save` saved."""
+
+  config: ml_collections.ConfigDict
+  state: TrainState
+  groups: Any
+  data_key: jax.Array
+  history: list[dict[str, Any]]
+
 
 def abstract_state(config: ml_collections.ConfigDict) -> tuple[TrainState, Any]:
   """The shapes and dtypes of a run's training state, and its model's group spec.
 
-  Built with ``jax.eval_shape``: nothing is allocated and no data is read. The
-  learning-rate schedule is a constant one here: the schedule's values do not
-  change the optimiser state's shapes (a schedule rather than a float does).
+  Built with ``jax.eval_shape``: nothing is allocated and no data is read.
   """
   model = models.create_model(config)
   image = jax.ShapeDtypeStruct((1, *data.BUILDERS[config.dataset].IMAGE_SHAPE), jnp.float32)
   boxed = jax.eval_shape(model.init, jax.random.key(0), image)["params"]
   groups = groups_lib.group_spec(models.family(config), model, boxed, image, config.group_source)
   params = nn.meta.unbox(boxed)
-  tx = create_optimizer(config, groups, optax.constant_schedule(config.lr))
+  tx = create_run_optimizer(config, groups)
   step = jax.ShapeDtypeStruct((), jnp.int32)
   return TrainState(step, params, jax.eval_shape(tx.init, params)), groups
 
 
-def restore_run(directory: Path) -> TrainedRun:
-  """Restores the latest checkpoint of the run in ``directory``, then reads its test and
-  validation sets.
+def create_run_optimizer(
+  config: ml_collections.ConfigDict, groups: Any
+) -> optax.GradientTransformation:
+  """The run's optimiser, with a constant schedule: its state's structure and shapes are those
+  of the run's (a schedule's values do not change them)."""
+  return create_optimizer(config, groups, optax.constant_schedule(config.lr))
+
+
+def restore_run(directory: Path, step: int | None = None) -> TrainedRun:
+  """Restores a checkpoint of the run in ``directory`` (:func:`restore_checkpoint`), then reads
+  its test and validation sets.
 
   Raises:
-    UsageError: ``directory`` has no ``config.json`` or no checkpoint, or its
-      checkpoint does not fit the model and method its ``config.json`` records.
+    UsageError: as :func:`restore_checkpoint`.
     run_folder.NotARunError: its ``config.json`` is malformed.
     data.DatasetUnavailableError: the run's data set cannot be loaded here.
   """
-  config, state, groups = restore_latest(directory)
+  saved = restore_checkpoint(directory, step)
+  config = saved.config
   splits = input_pipeline.split(
     data.load_arrays(
       config.dataset,
@@ -101,12 +129,16 @@ def restore_run(directory: Path) -> TrainedRun:
     val_size=config.val_size,
     train_per_class=config.train_per_class,
   )
-  return TrainedRun(config, state.params, groups, int(state.step), *splits["test"], *splits["val"])
+  return TrainedRun(*saved, *splits["test"], *splits["val"])
 
 
-def restore_latest(directory: Path) -> tuple[ml_collections.ConfigDict, TrainState, Any]:
-  """``(config, training state, group spec)`` of the latest checkpoint of the run in
-  ``directory``; no data is read. Raises as :func:`restore_run`, but reads no data set.
+def restore_checkpoint(directory: Path, step: int | None = None) -> Checkpoint:
+  """The checkpoint of ``step`` (None: the latest) of the run in ``directory``; no data is read.
+
+  Raises:
+    UsageError: ``directory`` has no ``config.json``, no checkpoint, or none at ``step``, or
+      the checkpoint does not fit the model and method its ``config.json`` records.
+    run_folder.NotARunError: its ``config.json`` is malformed.
   """
   config_file, checkpoint_dir = directory / run_folder.CONFIG, directory / run_folder.CHECKPOINTS
   if not config_file.is_file():
@@ -116,20 +148,29 @@ def restore_latest(directory: Path) -> tuple[ml_collections.ConfigDict, TrainSta
     raise UsageError(f"{directory} has no checkpoint: no checkpoints/ folder")
   checkpoints = checkpointing.Checkpoints(checkpoint_dir)
   try:
-    if checkpoints.latest_step() is None:
+    steps = checkpoints.steps()
+    if not steps:
       raise UsageError(f"{directory} has no checkpoint: checkpoints/ is empty")
+    if step is not None and step not in steps:
+      raise UsageError(
+        f"{directory} has no checkpoint at step {step} (its steps: "
+        f"{', '.join(map(str, steps))}); pass one of those"
+      )
     config = run_folder.read_config(config_file)
     template, groups = abstract_state(config)
     try:
-      state, _, _ = checkpoints.restore_latest(template, jax.random.key(0))
+      state, data_key, history = checkpoints.restore_latest(template, jax.random.key(0), step)
     except ValueError as e:  # orbax: the saved tree's structure or shapes differ
+      which = "latest checkpoint" if step is None else f"checkpoint of step {step}"
       raise UsageError(
-        f"{directory}: the latest checkpoint does not fit the model and method in its "
-        f"config.json ({str(e).splitlines()[0]})"
+        f"{directory}: the {which} does not fit the model and method in its config.json "
+        f"({str(e).splitlines()[0]})"
       ) from e
   finally:
     checkpoints.close()
-  return config, state, groups
+  if step is not None and int(state.step) != step:
+    raise UsageError(f"{directory}: the checkpoint of step {step} is unreadable")
+  return Checkpoint(config, state, groups, data_key, history)
 
 
 def logits_on_test_set(model, params: Any, run: TrainedRun, split: str = "test") -> np.ndarray:
@@ -186,7 +227,12 @@ def check_output_folder(out: Path) -> None:
 
 
 def write_output(
-  out: Path, config: ml_collections.ConfigDict, params: Any, record: dict, marker: str
+  out: Path,
+  config: ml_collections.ConfigDict,
+  params: Any,
+  record: dict,
+  marker: str,
+  checkpoint: tuple[TrainState, jax.Array, list[dict[str, Any]]] | None = None,
 ) -> None:
   """Writes ``params/``, ``config.json`` and the record ``marker`` into ``out`` (absent or empty).
 
@@ -200,6 +246,8 @@ def write_output(
     record: what the command records (``compact.json``'s or ``prune.json``'s content).
     marker: the record's file name (:data:`run_folder.COMPACT_RECORD` or
       :data:`run_folder.PRUNE_RECORD`), which marks the folder as that command's output.
+    checkpoint: ``(state, data_key, history)`` to save as ``checkpoints/<step>``, which makes
+      ``out`` a run folder that ``--resume`` goes on with (None: none).
   """
 
   def write(folder: Path) -> None:
@@ -207,6 +255,13 @@ def write_output(
     with ocp.StandardCheckpointer() as checkpointer:
       checkpointer.save(folder.absolute() / "params", params)
       checkpointer.wait_until_finished()
+    if checkpoint is not None:
+      saved = checkpointing.Checkpoints(folder / run_folder.CHECKPOINTS)
+      try:
+        saved.save(*checkpoint)
+        saved.wait()
+      finally:
+        saved.close()
     run_folder.write_json(folder / run_folder.CONFIG, run_folder.config_record(config))
     run_folder.write_json(folder / marker, record)
 

@@ -72,7 +72,7 @@ def write_figure(run_dir: Path, path: Path) -> Path:
     trained_run.UsageError: ``run_dir`` has no checkpoint, or one that does not fit its config.
     run_folder.NotARunError: its ``config.json`` is malformed.
   """
-  config, state, groups = trained_run.restore_latest(run_dir)
+  config, state, groups = trained_run.restore_checkpoint(run_dir)[:3]
   norms = {g: np.asarray(n) for g, n in pp.unit_path_norms(state.params, groups).items()}
   title = f"{config.experiment}, {config.method}, λ {config.weight_decay:g}: step {int(state.step)}"
   fig = unit_path_norms_figure(norms, models.group_names(config), title)

@@ -21,6 +21,7 @@ import pathprox_jax as pp
 from experiments import (
   checkpointing,
   cli,
+  compact,
   evaluation,
   experiment,
   interrupts,
@@ -240,3 +241,46 @@ def test_a_budget_sweep_member_is_the_single_run(budget_run):
   assert_rows_close(read_rows(folder / "wd0.01-seed0"), read_rows(reference), rtol=2e-4)
   other = read_rows(folder / "wd0.03-seed0")[-1]  # another λ (for PathProx, another start)
   assert other["flops_kept"] < 1 and other["train_loss"] != read_rows(reference)[-1]["train_loss"]
+
+
+@pytest.mark.slow  # a run, its compaction with the training state, and the heal on it
+@pytest.mark.parametrize("method", ["pathprox", "gmp"])
+def test_the_heal_on_the_compacted_model_is_the_dense_heal(method, raw_mnist, tmp_path):
+  workdir, smaller = tmp_path / "run", tmp_path / "smaller"
+  # Momentum, so that the heal's first steps on the smaller model need the compacted trace.
+  argv = budget_flags(raw_mnist, tmp_path, method, momentum=0.5, save_freq=HEAL_START)
+  assert run(argv + ["--workdir", workdir]) == 0
+  argv_compact = [str(workdir), "--step", str(HEAL_START), "--with-state", "--out", str(smaller)]
+  assert compact.main(argv_compact) == 0
+  # The smaller run goes on from the heal's start with the run's data, schedule and total.
+  data = ["--raw-data-dir", raw_mnist, "--data-dir", tmp_path / "tfds"]
+  assert run(["--workdir", smaller, "--resume", *data]) == 0
+  rows, dense = read_rows(smaller), read_rows(workdir)
+  assert [r["step"] for r in rows] == list(range(TOTAL + 1))
+  untimed = [{k: v for k, v in r.items() if k != "wall_time"} for r in rows + dense]
+  assert untimed[: HEAL_START + 1] == untimed[len(rows) :][: HEAL_START + 1]  # the history
+  kept = {g: len(k) for g, k in json.loads((smaller / "compact.json").read_text())["kept"].items()}
+  assert sum(kept.values()) < 3 * 32
+  same = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "path_norm")
+  for row, dense_row in zip(rows[HEAL_START + 1 :], dense[HEAL_START + 1 :], strict=True):
+    assert (
+      {g: row[f"active_units/g{g}"] for g in kept}
+      == {g: dense_row[f"active_units/g{g}"] for g in kept}
+      == kept
+    )
+    np.testing.assert_allclose([row[k] for k in same], [dense_row[k] for k in same], rtol=2e-4)
+
+
+def test_with_state_needs_exact_compaction(finished_run, tmp_path, capsys):
+  workdir, _ = finished_run
+  out = tmp_path / "smaller"
+  assert compact.main([str(workdir), "--with-state", "--atol", "1e-3", "--out", str(out)]) == 2
+  assert "--with-state needs exact compaction" in capsys.readouterr().err
+  assert not out.exists()
+
+
+def test_a_step_without_checkpoint_is_a_one_line_error(finished_run, tmp_path, capsys):
+  workdir, _ = finished_run
+  assert compact.main([str(workdir), "--step", "15", "--out", str(tmp_path / "smaller")]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "has no checkpoint at step 15 (its steps: 10, 20)" in err
