@@ -1,8 +1,8 @@
 """A trained run, restored: what the commands that read a run share (compact, prune, histograms).
 
-:func:`restore_run` restores a checkpoint of a run folder (the latest, or a step's) with its test and validation
-sets, :func:`compact_run` makes its smaller model, :func:`benchmark` measures a model on its
-test images, and :func:`write_output` writes a compact or prune output (``params/``,
+:func:`restore_run` restores a checkpoint of a run folder (the latest, or a step's) with its
+test and validation sets, :func:`compact_run` makes its smaller model, :func:`benchmark`
+measures a model on its test images, and :func:`write_output` writes a compact or prune output (``params/``,
 ``config.json`` and the command's record), never over an output that exists. Bad input is one
 of :data:`USAGE_ERRORS` (one line, exit code 2).
 """
