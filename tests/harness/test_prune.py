@@ -100,9 +100,9 @@ def test_pruning_keeps_the_largest_units_and_the_function_without_the_others(vit
     zeroed[f"block_{b}"]["attention"]["out"]["kernel"][heads] = 0
     zeroed[f"block_{b}"]["ffn_out"]["kernel"][neurons] = 0
   x = jax.random.normal(jax.random.key(0), (16, 28, 28, 1))
-  with jax.default_matmul_precision("highest"):
-    dense = models.create_model(run.config).apply({"params": zeroed}, x)
-    small = models.create_model(config).apply({"params": params}, x)
+  with jax.default_matmul_precision("highest"):  # one compiled program each, not op by op
+    dense = jax.jit(models.create_model(run.config).apply)({"params": zeroed}, x)
+    small = jax.jit(models.create_model(config).apply)({"params": params}, x)
   np.testing.assert_allclose(small, dense, atol=1e-5 * max(1.0, float(np.abs(dense).max())), rtol=0)
 
   logits = trained_run.logits_on_test_set(models.create_model(run.config), run.params, run)
@@ -254,7 +254,7 @@ def test_mlp_pruning_keeps_the_largest_neurons_and_at_least_one_per_layer(
     assert record["kept"][str(g)] == np.sort(np.argsort(-scores, kind="stable")[:count]).tolist()
     zeroed[f"Dense_{2 * g + 1}"]["kernel"][np.setdiff1d(np.arange(32), record["kept"][str(g)])] = 0
   x = jax.random.normal(jax.random.key(0), (16, 28, 28, 1))
-  with jax.default_matmul_precision("highest"):
-    dense = models.create_model(run.config).apply({"params": zeroed}, x)
-    small = models.create_model(config).apply({"params": params}, x)
+  with jax.default_matmul_precision("highest"):  # one compiled program each, not op by op
+    dense = jax.jit(models.create_model(run.config).apply)({"params": zeroed}, x)
+    small = jax.jit(models.create_model(config).apply)({"params": params}, x)
   np.testing.assert_allclose(small, dense, atol=1e-5 * max(1.0, float(np.abs(dense).max())), rtol=0)
