@@ -78,6 +78,16 @@ def real_mnist() -> pathlib.Path:
   return REAL_MNIST
 
 
+@pytest.fixture(scope="session")
+def real_mnist_data_dir(tmp_path_factory) -> pathlib.Path:
+  """A TFDS ``data_dir`` for real MNIST shared by the session: its first user prepares it.
+
+  Preparing the 70,000 images takes about 15 s; the tests that train on them share it. Tests
+  that check the preparation itself use a folder of their own.
+  """
+  return tmp_path_factory.mktemp("real_mnist_tfds")
+
+
 def write_idx(path: pathlib.Path, array: np.ndarray) -> None:
   """Writes a uint8 array as a gzipped IDX file (the MNIST format)."""
   header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
