@@ -10,22 +10,16 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from conftest import TOY_VIT, toy_vit_flags
 
 import pathprox_jax as pp
 from experiments import checkpointing, cli, compact, heal, models, prune, trained_run
 
-# One xdist worker runs this file (--dist loadgroup): vit_run and pruned are made once.
+# One xdist worker runs this file (--dist loadgroup): the session's vit_run and pruned are made
+# once.
 pytestmark = pytest.mark.xdist_group("prune")
 
 KEEP = [3, 10, 1, 0]  # heads and neurons of blocks 0 and 1 (of 4, 16, 4, 16)
-VIT = ["--num-heads", "4,4", "--mlp-dim", "16,16", "--width", "16", "--head-dim", "4"]
-
-
-def toy_flags(raw_dir, tmp_path):
-  """Flags of a toy run on generated data (Fashion-MNIST has MNIST's file format)."""
-  return ["--raw-data-dir", str(raw_dir), "--allow-unofficial-data", "true", "--data-dir",
-          str(tmp_path / "tfds"), "--val-size", "100", "--batch-size", "40",
-          "--eval-batch-size", "200", "--progress", "false"]  # fmt: skip
 
 
 def read_output(out):
@@ -54,16 +48,6 @@ def numpy_scores(params, blocks):
       block["ffn_out"]["kernel"], 0
     )
   return scores
-
-
-@pytest.fixture(scope="module")
-def vit_run(raw_mnist, tmp_path_factory):
-  """A 30-step weight-decay ViT run (two blocks of 4 heads and 16 neurons)."""
-  tmp = tmp_path_factory.mktemp("vit")
-  argv = ["--workdir", str(tmp / "run"), *toy_flags(raw_mnist, tmp), *VIT, "--method", "wd",
-          "--total-iter", "30", "--log-freq", "30", "--save-freq", "30"]  # fmt: skip
-  assert cli.main("fashion_mnist_vit", argv) == 0
-  return tmp / "run"
 
 
 @pytest.fixture(scope="module")
@@ -161,8 +145,8 @@ def test_init_params_that_do_not_fit_are_a_one_line_error(
 ):
   path = pruned[0] / init
   workdir = tmp_path / "run"
-  data = toy_flags(raw_mnist, pruned[0].parent)  # the run's data, prepared already
-  argv = ["--workdir", str(workdir), *data, *VIT, "--method", "wd",
+  data = toy_vit_flags(raw_mnist, pruned[0].parent)  # the run's data, prepared already
+  argv = ["--workdir", str(workdir), *data, *TOY_VIT, "--method", "wd",
           "--total-iter", "2", "--init-params", str(path)]  # fmt: skip
   assert cli.main("fashion_mnist_vit", argv) == 2  # the run's widths, not the pruned ones
   err = capsys.readouterr().err
