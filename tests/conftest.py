@@ -78,6 +78,16 @@ def real_mnist() -> pathlib.Path:
   return REAL_MNIST
 
 
+@pytest.fixture(scope="session")
+def real_mnist_data_dir(tmp_path_factory) -> pathlib.Path:
+  """A TFDS ``data_dir`` for real MNIST shared by the session: its first user prepares it.
+
+  Preparing the 70,000 images takes about 15 s; the tests that train on them share it. Tests
+  that check the preparation itself use a folder of their own.
+  """
+  return tmp_path_factory.mktemp("real_mnist_tfds")
+
+
 def write_idx(path: pathlib.Path, array: np.ndarray) -> None:
   """Writes a uint8 array as a gzipped IDX file (the MNIST format)."""
   header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
@@ -167,3 +177,33 @@ def finished_run(raw_mnist, tmp_path_factory) -> tuple[pathlib.Path, list[str]]:
     assert cli.main("mnist_subset_mlp", [str(a) for a in argv]) == 0
   (tmp / "stdout.txt").write_text(printed.getvalue())
   return workdir, argv[: argv.index("--workdir")]
+
+
+# The toy ViT of the prune tests: two blocks of 4 heads and 16 FFN neurons.
+TOY_VIT = ["--num-heads", "4,4", "--mlp-dim", "16,16", "--width", "16", "--head-dim", "4"]
+
+
+def toy_vit_flags(raw_dir, tmp_path) -> list[str]:
+  """Flags of a toy ViT run on generated data (Fashion-MNIST has MNIST's file format)."""
+  return ["--raw-data-dir", str(raw_dir), "--allow-unofficial-data", "true", "--data-dir",
+          str(tmp_path / "tfds"), "--val-size", "100", "--batch-size", "40",
+          "--eval-batch-size", "200", "--progress", "false"]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def vit_run(raw_mnist, tmp_path_factory) -> pathlib.Path:
+  """A 30-step weight-decay run of the toy ViT, shared by the session (prune and ViT flags).
+
+  Its data set is prepared in ``tfds`` beside it (``toy_vit_flags(raw_mnist, run.parent)``).
+  Tests only read it, and write their outputs elsewhere (or beside it).
+  """
+  from experiments import cli
+
+  tmp = tmp_path_factory.mktemp("vit")
+  steps = ["--total-iter", "30", "--log-freq", "30", "--save-freq", "30"]
+  argv = ["--workdir", str(tmp / "run"), *toy_vit_flags(raw_mnist, tmp), *TOY_VIT, "--method", "wd",
+          *steps]  # fmt: skip
+  printed = io.StringIO()
+  with contextlib.redirect_stdout(printed):
+    assert cli.main("fashion_mnist_vit", argv) == 0
+  return tmp / "run"

@@ -228,9 +228,11 @@ def test_cifar_vgg_comparison_smoke(raw_cifar, tmp_path):
   assert (tmp_path / "cmp" / "objective.png").exists()
 
 
-@pytest.mark.slow  # prepares real MNIST and trains
-def test_real_mnist_subset_short_run(real_mnist, tmp_path):
-  argv = ["--raw-data-dir", str(real_mnist), "--data-dir", str(tmp_path / "tfds"),
+# On the notebooks' xdist worker (--dist loadgroup): the real MNIST they prepare is reused.
+@pytest.mark.xdist_group("notebooks")
+@pytest.mark.slow  # prepares real MNIST (or reuses it) and trains
+def test_real_mnist_subset_short_run(real_mnist, real_mnist_data_dir, tmp_path):
+  argv = ["--raw-data-dir", str(real_mnist), "--data-dir", str(real_mnist_data_dir),
           "--workdir", str(tmp_path / "run"), "--total-iter", "100", "--log-freq", "50",
           "--save-freq", "100", "--progress", "false"]  # fmt: skip
   assert cli.main("mnist_subset_mlp", argv) == 0

@@ -131,7 +131,10 @@ def test_nnx_mlp_matches_linen():
 
   nnx.replace_by_pure_dict(state, params)
   nnx.update(model, state)
-  np.testing.assert_allclose(model(x), linen_model.apply({"params": params}, x), atol=1e-6)
+  nnx_apply = nnx.jit(lambda m: m(x))
+  np.testing.assert_allclose(
+    nnx_apply(model), jax.jit(linen_model.apply)({"params": params}, x), atol=1e-6
+  )
 
 
 def test_vgg19_shapes_and_groups():
@@ -162,7 +165,7 @@ def test_vgg_forward_pools_and_init():
   params = meta.unbox(_init(model, x))
   # 8x8 -> max-pool 4x4 -> average pool 2x2, so the classifier reads 2 * 2 * 8 features.
   assert params["Dense_0"]["kernel"].shape == (32, 5)
-  assert model.apply({"params": params}, x).shape == (2, 5)
+  assert jax.jit(model.apply)({"params": params}, x).shape == (2, 5)
   kernel = np.asarray(params["Conv_1"]["kernel"])
   np.testing.assert_allclose(kernel.std(), math.sqrt(2 / (9 * 64)), rtol=0.03)
   assert abs(kernel.mean()) < 0.05 * kernel.std()

@@ -145,26 +145,40 @@ SLURM_TASK_1 = {"SLURM_JOB_ID": "77", "SLURM_STEP_NODELIST": "localhost", "SLURM
                 "SLURM_PROCID": "1", "SLURM_LOCALID": "0"}  # fmt: skip
 
 
+ALONE_TIMEOUT = 2  # seconds a process alone waits for its peers
+LAUNCHES = {"process 0": "process 0 of 2", "process 1": "process 1 of 2", "slurm": "this process"}
+
+
+@pytest.fixture(scope="module")
+def alone(argv, tmp_path_factory):
+  """``{launch: (exit code, stderr, workdir)}`` of one process started alone for each launch.
+
+  The three wait for their peers at the same time (their waits are idle time).
+  """
+  started = {}
+  for launch in LAUNCHES:
+    if launch == "slurm":  # nothing set but SLURM's variables: JAX's auto-detection is used
+      variables = SLURM_TASK_1
+    else:
+      variables = {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{free_port()}",
+                   "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": launch[-1]}  # fmt: skip
+    workdir = tmp_path_factory.mktemp("alone") / "run"
+    (process,) = start(argv + ["--workdir", workdir], 1, 2,
+                       JAX_INITIALIZATION_TIMEOUT=str(ALONE_TIMEOUT), **variables)  # fmt: skip
+    started[launch] = process, workdir
+  # finish raises if one hangs
+  return {launch: (*finish([p], timeout=60)[0], w) for launch, (p, w) in started.items()}
+
+
 @pytest.mark.slow  # several processes
-@pytest.mark.parametrize(
-  "launch, who",
-  [("process 0", "process 0 of 2"), ("process 1", "process 1 of 2"), ("slurm", "this process")],
-)
-def test_a_process_alone_fails_with_one_line_within_the_timeout(argv, tmp_path, launch, who):
-  timeout = 5
-  if launch == "slurm":  # nothing set but SLURM's variables: JAX's auto-detection is used
-    alone = SLURM_TASK_1
-  else:
-    alone = {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{free_port()}", "JAX_NUM_PROCESSES": "2",
-             "JAX_PROCESS_ID": launch[-1]}  # fmt: skip
-  workdir = tmp_path / "run"
-  (process,) = start(argv + ["--workdir", workdir], 1, 2, JAX_INITIALIZATION_TIMEOUT=str(timeout),
-                     **alone)  # fmt: skip
-  ((code, err),) = finish([process], timeout=60)  # raises if it hangs
+@pytest.mark.parametrize("launch, who", LAUNCHES.items())
+def test_a_process_alone_fails_with_one_line_within_the_timeout(alone, launch, who):
+  code, err, workdir = alone[launch]
   assert code != 0
   lines = err.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: "), err
-  assert f"{who} could not reach its peers" in lines[0] and f"within {timeout} s" in lines[0]
+  assert f"{who} could not reach its peers" in lines[0]
+  assert f"within {ALONE_TIMEOUT} s" in lines[0]
   assert not workdir.exists()
 
 

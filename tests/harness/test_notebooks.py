@@ -96,21 +96,15 @@ def run_notebook(path: pathlib.Path, parameters: dict[str, Any]) -> tuple[float,
   return seconds, "".join(printed)
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> pathlib.Path:
-  """A TFDS data_dir shared by the notebooks, so MNIST is prepared once."""
-  return tmp_path_factory.mktemp("tensorflow_datasets")
-
-
 @pytest.mark.slow  # starts a kernel and trains on real MNIST
 @pytest.mark.parametrize("name, settings, check", NOTEBOOKS)
 def test_notebook_runs(
-  name, settings, check, real_mnist, data_dir, tmp_path, record_property, capsys
+  name, settings, check, real_mnist, real_mnist_data_dir, tmp_path, record_property, capsys
 ):
   parameters = {
     "INSTALL": False,
     "RAW_DIR": str(real_mnist),
-    "DATA_DIR": str(data_dir),
+    "DATA_DIR": str(real_mnist_data_dir),  # MNIST prepared once
     "WORKDIR": str(tmp_path / "runs"),
   }
   seconds, printed = run_notebook(NOTEBOOK_DIR / name, {**parameters, **settings})

@@ -10,22 +10,16 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from conftest import TOY_VIT, toy_vit_flags
 
 import pathprox_jax as pp
 from experiments import checkpointing, cli, compact, heal, models, prune, trained_run
 
-# One xdist worker runs this file (--dist loadgroup): vit_run and pruned are made once.
+# One xdist worker runs this file (--dist loadgroup): the session's vit_run and pruned are made
+# once.
 pytestmark = pytest.mark.xdist_group("prune")
 
 KEEP = [3, 10, 1, 0]  # heads and neurons of blocks 0 and 1 (of 4, 16, 4, 16)
-VIT = ["--num-heads", "4,4", "--mlp-dim", "16,16", "--width", "16", "--head-dim", "4"]
-
-
-def toy_flags(raw_dir, tmp_path):
-  """Flags of a toy run on generated data (Fashion-MNIST has MNIST's file format)."""
-  return ["--raw-data-dir", str(raw_dir), "--allow-unofficial-data", "true", "--data-dir",
-          str(tmp_path / "tfds"), "--val-size", "100", "--batch-size", "40",
-          "--eval-batch-size", "200", "--progress", "false"]  # fmt: skip
 
 
 def read_output(out):
@@ -54,16 +48,6 @@ def numpy_scores(params, blocks):
       block["ffn_out"]["kernel"], 0
     )
   return scores
-
-
-@pytest.fixture(scope="module")
-def vit_run(raw_mnist, tmp_path_factory):
-  """A 30-step weight-decay ViT run (two blocks of 4 heads and 16 neurons)."""
-  tmp = tmp_path_factory.mktemp("vit")
-  argv = ["--workdir", str(tmp / "run"), *toy_flags(raw_mnist, tmp), *VIT, "--method", "wd",
-          "--total-iter", "30", "--log-freq", "30", "--save-freq", "30"]  # fmt: skip
-  assert cli.main("fashion_mnist_vit", argv) == 0
-  return tmp / "run"
 
 
 @pytest.fixture(scope="module")
@@ -100,9 +84,9 @@ def test_pruning_keeps_the_largest_units_and_the_function_without_the_others(vit
     zeroed[f"block_{b}"]["attention"]["out"]["kernel"][heads] = 0
     zeroed[f"block_{b}"]["ffn_out"]["kernel"][neurons] = 0
   x = jax.random.normal(jax.random.key(0), (16, 28, 28, 1))
-  with jax.default_matmul_precision("highest"):
-    dense = models.create_model(run.config).apply({"params": zeroed}, x)
-    small = models.create_model(config).apply({"params": params}, x)
+  with jax.default_matmul_precision("highest"):  # one compiled program each, not op by op
+    dense = jax.jit(models.create_model(run.config).apply)({"params": zeroed}, x)
+    small = jax.jit(models.create_model(config).apply)({"params": params}, x)
   np.testing.assert_allclose(small, dense, atol=1e-5 * max(1.0, float(np.abs(dense).max())), rtol=0)
 
   logits = trained_run.logits_on_test_set(models.create_model(run.config), run.params, run)
@@ -161,8 +145,8 @@ def test_init_params_that_do_not_fit_are_a_one_line_error(
 ):
   path = pruned[0] / init
   workdir = tmp_path / "run"
-  data = toy_flags(raw_mnist, pruned[0].parent)  # the run's data, prepared already
-  argv = ["--workdir", str(workdir), *data, *VIT, "--method", "wd",
+  data = toy_vit_flags(raw_mnist, pruned[0].parent)  # the run's data, prepared already
+  argv = ["--workdir", str(workdir), *data, *TOY_VIT, "--method", "wd",
           "--total-iter", "2", "--init-params", str(path)]  # fmt: skip
   assert cli.main("fashion_mnist_vit", argv) == 2  # the run's widths, not the pruned ones
   err = capsys.readouterr().err
@@ -254,7 +238,7 @@ def test_mlp_pruning_keeps_the_largest_neurons_and_at_least_one_per_layer(
     assert record["kept"][str(g)] == np.sort(np.argsort(-scores, kind="stable")[:count]).tolist()
     zeroed[f"Dense_{2 * g + 1}"]["kernel"][np.setdiff1d(np.arange(32), record["kept"][str(g)])] = 0
   x = jax.random.normal(jax.random.key(0), (16, 28, 28, 1))
-  with jax.default_matmul_precision("highest"):
-    dense = models.create_model(run.config).apply({"params": zeroed}, x)
-    small = models.create_model(config).apply({"params": params}, x)
+  with jax.default_matmul_precision("highest"):  # one compiled program each, not op by op
+    dense = jax.jit(models.create_model(run.config).apply)({"params": zeroed}, x)
+    small = jax.jit(models.create_model(config).apply)({"params": params}, x)
   np.testing.assert_allclose(small, dense, atol=1e-5 * max(1.0, float(np.abs(dense).max())), rtol=0)

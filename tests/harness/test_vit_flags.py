@@ -48,13 +48,12 @@ def test_a_vit_without_heads_trains(raw_mnist, tmp_path):
   assert "features" not in record  # an MLP's key, which a ViT does not read
 
 
-@pytest.mark.slow  # trains a ViT run, prunes it (compiling its benchmark) and fine-tunes it
-def test_a_fine_tune_of_a_model_that_lost_every_head_trains(raw_mnist, tmp_path):
-  run = tmp_path / "run"
-  argv = ["--workdir", str(run), *toy_flags(raw_mnist, tmp_path), *VIT, "--method", "wd"]
-  assert cli.main("fashion_mnist_vit", argv) == 0
+# On the prune tests' xdist worker (--dist loadgroup), which trains the session's vit_run.
+@pytest.mark.xdist_group("prune")
+@pytest.mark.slow  # prunes the session's ViT run (compiling its benchmark) and fine-tunes it
+def test_a_fine_tune_of_a_model_that_lost_every_head_trains(vit_run, tmp_path):
   out = tmp_path / "pruned"
-  assert prune.main([str(run), "--keep", "0,5,0,3", "--out", str(out), "--repeats", "1"]) == 0
+  assert prune.main([str(vit_run), "--keep", "0,5,0,3", "--out", str(out), "--repeats", "1"]) == 0
   config = run_folder.read_config(out / run_folder.CONFIG)
   finetune = heal.run_argv(heal.heal_config(config, out / "params", 2, 0.005, {"log_freq": 1}))
   assert finetune[finetune.index("--num-heads") + 1] == "0,0"

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import pathprox_jax as pp
@@ -75,7 +76,7 @@ def _no_chain(groups):
 @pytest.mark.parametrize("family, x", [(CNN, X), (MLP, X[:, 0, 0])])
 def test_discovered_like_annotated(family, x, train):
   twin = family(train, annotated=True)
-  boxed = twin.init(jax.random.key(0), x)
+  boxed = jax.jit(twin.init)(jax.random.key(0), x)
   expected = pp.group_spec(boxed["params"])
   variables = nn.meta.unbox(boxed)
   params = variables["params"]
@@ -89,12 +90,12 @@ def test_discovered_like_annotated(family, x, train):
   def loss(p):
     return jnp.sum(fn(p, x) ** 2)
 
-  grads = jax.grad(loss)(params)
+  grads = jax.jit(jax.grad(loss))(params)
   steps = []
   for spec in (groups, expected):
     tx = pp.pathprox_sgd(0.1, 0.05, spec)
-    updates, _ = tx.update(grads, tx.init(params), params)
-    steps.append(jax.tree.map(lambda p, u: p + u, params, updates))
+    step = jax.jit(lambda p, g, tx=tx: optax.apply_updates(p, tx.update(g, tx.init(p), p)[0]))
+    steps.append(step(params, grads))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), *steps)
   scale = steps[0]["bn0"]["scale"]
   np.testing.assert_allclose(np.abs(scale), 1.0, rtol=1e-5)  # the prox normalised γ
@@ -119,7 +120,7 @@ class Residual(nn.Module):
 @pytest.mark.parametrize("train", [True, False])
 def test_residual_block_output_is_no_unit(train):
   model = Residual(train)
-  variables = model.init(jax.random.key(0), X)
+  variables = jax.jit(model.init)(jax.random.key(0), X)
   fn = _apply(model, variables)
   report = pp.explain_groups(fn, variables["params"], X)
   groups = report.groups
@@ -143,7 +144,7 @@ class Chained(nn.Module):
 def test_batchnorm_group_starts_a_chain():
   x = X[:, 0, 0]
   model = Chained()
-  variables = model.init(jax.random.key(0), x)
+  variables = jax.jit(model.init)(jax.random.key(0), x)
   report = pp.explain_groups(
     lambda p, x: model.apply({**variables, "params": p}, x), variables["params"], x
   )
@@ -179,7 +180,7 @@ class Refused(nn.Module):
 )
 def test_refused(norm, activation, reason):
   model = Refused(norm, activation, skip=norm == "skip")
-  variables = model.init(jax.random.key(0), X)
+  variables = jax.jit(model.init)(jax.random.key(0), X)
   stats = variables.get("batch_stats", {})
 
   def fn(p, x):

@@ -1,5 +1,7 @@
 """Groups discovered from the trace: the project's models, user-style models, and refusals."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -17,7 +19,8 @@ IMAGES = jnp.zeros((2, 28, 28, 1))
 
 
 def _init(model, x, **kwargs):
-  return model.init(jax.random.key(0), x, **kwargs)["params"]
+  """The model's params, initialised by one compiled program (not op by op)."""
+  return jax.jit(functools.partial(model.init, **kwargs))(jax.random.key(0), x)["params"]
 
 
 def _linen(model):
@@ -34,7 +37,7 @@ def _renumbered(groups):
 
 def _same_step(params, found, expected, x, loss_fn):
   """One pathprox_sgd step with the discovered groups equals one with the expected groups."""
-  grads = jax.grad(loss_fn)(params, x)
+  grads = jax.jit(jax.grad(loss_fn))(params, x)
   steps = []
   for groups in (found, expected):
     tx = pp.pathprox_sgd(0.1, 1e-2, groups, balance=False)
@@ -92,8 +95,13 @@ def test_project_nnx_mlp_drives_nnx_optimizer():
   assert isinstance(groups, nnx.State)
   assert groups == pp.group_spec(state)
   optimizer = nnx.Optimizer(model, pp.pathprox_sgd(0.1, 1e-2, groups), wrt=nnx.Param)
-  grads = nnx.grad(lambda m: jnp.sum(m(IMAGES + 1.0) ** 2))(model)
-  optimizer.update(model, grads)
+
+  @nnx.jit
+  def train_step(model, optimizer):
+    grads = nnx.grad(lambda m: jnp.sum(m(IMAGES + 1.0) ** 2))(model)
+    optimizer.update(model, grads)
+
+  train_step(model, optimizer)
 
 
 # Models written the way users write them, without annotations.
@@ -254,15 +262,17 @@ def test_discovered_chains_balance_the_trunk_and_not_the_residual_block():
 
   apply = jax.jit(model.apply)
   out = apply({"params": params}, x)
-  chained = pp.balance(params, report.groups, chains=report.balance)
+  chained = jax.jit(lambda p: pp.balance(p, report.groups, chains=report.balance))(params)
   np.testing.assert_allclose(apply({"params": chained}, x), out, rtol=1e-5, atol=1e-5)
-  before, after = (pp.path_norm(p, report.groups).per_group for p in (params, chained))
+  per_group = jax.jit(lambda p: pp.path_norm(p, report.groups).per_group)
+  before, after = (per_group(p) for p in (params, chained))
   np.testing.assert_allclose(after[0], after[1], rtol=1e-5)
   assert not np.isclose(before[0], before[1], rtol=1e-2) and before[2] == after[2]
-  whole = pp.balance(params, report.groups, chains=((0, 1, 2),))  # across the residual add
+  across_the_add = ((0, 1, 2),)  # the chain across the residual add
+  whole = jax.jit(lambda p: pp.balance(p, report.groups, chains=across_the_add))(params)
   assert not np.allclose(apply({"params": whole}, x), out, atol=1e-3)
 
-  grads = jax.grad(lambda p: jnp.sum(model.apply({"params": p}, x) ** 2))(params)
+  grads = jax.jit(jax.grad(lambda p: jnp.sum(model.apply({"params": p}, x) ** 2)))(params)
   steps = {}
   for balance in (report.balance, report.chains, False):
     tx = pp.pathprox_sgd(0.1, 1e-2, report.groups, momentum=0.9, balance=balance)

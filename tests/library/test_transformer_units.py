@@ -244,7 +244,9 @@ def test_compact_removes_dead_heads_and_neurons_linen():
     lambda p: p.shape, smaller
   )
   np.testing.assert_allclose(
-    small.apply({"params": smaller}, X), model.apply({"params": params}, X), atol=1e-5
+    jax.jit(small.apply)({"params": smaller}, X),
+    jax.jit(model.apply)({"params": params}, X),
+    atol=1e-5,
   )
 
 
@@ -262,7 +264,8 @@ def test_compact_removes_dead_heads_and_neurons_nnx():
   )
   nnx.update(small, smaller)
   assert small.blocks[0].attn.num_heads == 2
-  np.testing.assert_allclose(small(X), model(X), atol=1e-5)
+  apply = nnx.jit(lambda m: m(X))
+  np.testing.assert_allclose(apply(small), apply(model), atol=1e-5)
 
 
 class SwiGLU(nn.Module):
@@ -288,7 +291,7 @@ def test_swiglu_neuron_is_a_unit_and_its_gate_follows():
   params, groups = meta.unbox(boxed), pp.group_spec(boxed)
   # Normalising the up columns (the prox's first step) rescales each neuron's output exactly.
   x = X[0]
-  normalised = pp.prox(params, groups, 0.0, balance=False)
+  normalised = jax.jit(lambda p: pp.prox(p, groups, 0.0, balance=False))(params)
   scale = jnp.linalg.norm(params["Dense_1"]["kernel"], axis=0)
 
   def hidden(p):
@@ -300,14 +303,14 @@ def test_swiglu_neuron_is_a_unit_and_its_gate_follows():
   # The gate gets ordinary weight decay from pathprox_sgd.
   tx = pp.pathprox_sgd(1.0, 0.5, groups, balance=False)
   zero = jax.tree.map(jnp.zeros_like, params)
-  updates, _ = tx.update(zero, tx.init(params), params)
+  updates, _ = jax.jit(tx.update)(zero, tx.init(params), params)
   np.testing.assert_allclose(updates["Dense_0"]["kernel"], -0.5 * params["Dense_0"]["kernel"])
 
   params["Dense_2"]["kernel"] = params["Dense_2"]["kernel"].at[np.array([2, 7])].set(0.0)
   smaller, kept = pp.compact(params, groups)
   assert smaller["Dense_0"]["kernel"].shape == (D_MODEL, FFN - 2)
   np.testing.assert_allclose(
-    SwiGLU(kept[0].width).apply({"params": smaller}, X),
-    model.apply({"params": params}, X),
+    jax.jit(SwiGLU(kept[0].width).apply)({"params": smaller}, X),
+    jax.jit(model.apply)({"params": params}, X),
     atol=1e-5,
   )
