@@ -1,4 +1,4 @@
-"""Test session set-up: eight fake CPU devices, quick compiles, a compilation cache, small data.
+"""Test session set-up: eight fake CPU devices, a compilation cache, small generated data sets.
 
 Real MNIST (the four raw IDX files) is found through ``$PATHPROX_RAW_DATA_DIR`` first,
 then in ``../shared/data/mnist`` next to the repository. Tests that need it take the
@@ -10,13 +10,8 @@ import os
 import shutil
 import tempfile
 
-# The backend's optimisation level 0: the tests' programs are small, so XLA's time goes to
-# compiling them (every eager op is a program of its own), and level 0 takes about a quarter less
-# CPU. XLA's graph passes (fusion, layout) still run; only LLVM's code optimisation is skipped.
-# Tests that set XLA_FLAGS for the processes they start add it too.
-QUICK_COMPILE = "--xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = (
-  os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count=8 {QUICK_COMPILE}"
+  os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 
 # One persistent compilation cache for the session, its xdist workers and every process its

@@ -16,7 +16,6 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import QUICK_COMPILE
 from test_experiments import REPO, assert_rows_close, flags, read_rows
 
 from experiments import cli, distributed, input_pipeline
@@ -47,9 +46,7 @@ def start(argv, processes, devices_per_process, command=None, per_process=False,
       job = {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
              "JAX_NUM_PROCESSES": str(processes), "JAX_PROCESS_ID": str(index)}  # fmt: skip
     process_env = {**os.environ, **job, **env}
-    process_env["XLA_FLAGS"] = (
-      f"--xla_force_host_platform_device_count={devices_per_process} {QUICK_COMPILE}"
-    )
+    process_env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices_per_process}"
     started.append(
       subprocess.Popen(
         command
