@@ -2,9 +2,10 @@
 
 :func:`restore_run` restores a checkpoint of a run folder (the latest, or a step's) with its
 test and validation sets, :func:`compact_run` makes its smaller model, :func:`benchmark`
-measures a model on its test images, and :func:`write_output` writes a compact or prune output (``params/``,
-``config.json`` and the command's record), never over an output that exists. Bad input is one
-of :data:`USAGE_ERRORS` (one line, exit code 2).
+measures a model on its test images, and :func:`write_output` writes a compact or prune
+output (``params/``, ``config.json``, the command's record, and with a training state a
+checkpoint), never over an output that exists. Bad input is one of :data:`USAGE_ERRORS` (one
+line, exit code 2).
 """
 
 from __future__ import annotations
