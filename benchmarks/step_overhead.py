@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax
 import optax
 
+import configs
 import pathprox_jax as pp
 from experiments import models
 
@@ -60,11 +61,19 @@ def make_step(model, tx):
   return jax.jit(step, donate_argnums=(0, 1))
 
 
-def _trainer(model, make_tx, x, y):
+def network(experiment: str, **widths):
+  """An experiment's model with other ``widths``, and its groups of boxed params (its family's)."""
+  config = configs.load_config(experiment)
+  config.update(widths)
+  family = models.family(config)
+  model = family.create(config)
+  return model, lambda boxed: family.group_spec(model, boxed)
+
+
+def _trainer(net, make_tx, x, y):
   """A function that runs ``n`` jitted steps of ``make_tx``'s optimiser and waits for them."""
+  model, group_spec = net
   boxed = model.init(jax.random.key(0), x[:1])["params"]
-  # The ViT's heads are grouped by path, its FFN neurons by their init annotations.
-  group_spec = model.group_spec if isinstance(model, models.ViT) else pp.group_spec
   tx = make_tx(group_spec(boxed))
   step = make_step(model, tx)
   params = nn.meta.unbox(boxed)
@@ -79,13 +88,13 @@ def _trainer(model, make_tx, x, y):
   return run
 
 
-def paired_ms(model, make_a, make_b, x, y, steps: int, repeats: int):
+def paired_ms(net, make_a, make_b, x, y, steps: int, repeats: int):
   """Median step times (ms) of two optimisers and the median of their paired ratios b/a.
 
   Both are compiled first; then each repeat times ``steps`` steps of one and of the other,
   alternating which goes first, so that the machine's load hits each pair alike.
   """
-  runs = (_trainer(model, make_a, x, y), _trainer(model, make_b, x, y))
+  runs = (_trainer(net, make_a, x, y), _trainer(net, make_b, x, y))
   times = ([], [])
   for r in range(repeats):
     for k in (0, 1) if r % 2 == 0 else (1, 0):
@@ -96,10 +105,10 @@ def paired_ms(model, make_a, make_b, x, y, steps: int, repeats: int):
   return statistics.median(times[0]), statistics.median(times[1]), statistics.median(ratios)
 
 
-def compare(name, model, x, y, steps, repeats, optimizer="sgd", lr=0.1, wd=1e-4, balance=True):
+def compare(name, net, x, y, steps, repeats, optimizer="sgd", lr=0.1, wd=1e-4, balance=True):
   base_name, base, prox_name, prox = OPTIMIZERS[optimizer]
   b, p, ratio = paired_ms(
-    model,
+    net,
     lambda groups: base(lr, wd),
     lambda groups: prox(lr, wd, groups, balance=balance),
     x, y, steps, repeats,
@@ -107,10 +116,10 @@ def compare(name, model, x, y, steps, repeats, optimizer="sgd", lr=0.1, wd=1e-4,
   print(f"{name:<38} {base_name:<6} {b:8.3f} ms   {prox_name:<14} {p:8.3f} ms   ratio {ratio:.3f}")
 
 
-def compare_budget(name, model, x, y, steps, repeats, lr=0.1, wd=1e-4, balance=True):
+def compare_budget(name, net, x, y, steps, repeats, lr=0.1, wd=1e-4, balance=True):
   """The budget's sparsify step against the plain PathProx step (SGD, momentum 0.9)."""
+  model, group_spec = net
   boxed = model.init(jax.random.key(0), x[:1])["params"]
-  group_spec = model.group_spec if isinstance(model, models.ViT) else pp.group_spec
   costs = pp.unit_costs(
     lambda p, x: model.apply({"params": p}, x), nn.meta.unbox(boxed), x, groups=group_spec(boxed)
   )
@@ -139,7 +148,7 @@ def compare_budget(name, model, x, y, steps, repeats, lr=0.1, wd=1e-4, balance=T
     f"{b_cost['flops'] / p_cost['flops']:.3f}, bytes accessed "
     f"{b_cost['bytes accessed'] / p_cost['bytes accessed']:.3f}"
   )
-  p, b, ratio = paired_ms(model, plain, budgeted, x, y, steps, repeats)
+  p, b, ratio = paired_ms(net, plain, budgeted, x, y, steps, repeats)
   print(f"{name:<38} {'pathprox_sgd':<12} {p:8.3f} ms   {'budget_sgd':<10} {b:8.3f} ms   "
         f"ratio {ratio:.3f}")  # fmt: skip
 
@@ -152,12 +161,10 @@ def main():
   args = parser.parse_args()
   print(f"devices: {jax.devices()}")
   key = jax.random.key(1)
-  mlp = models.MLP(
-    features=(400, 400, 400, 400, 400, 10), relu=(True, False, True, False, True, False)
-  )
+  mlp = network("mnist_mlp", relu=(True, False, True, False, True, False))
   mlp_x = jax.random.normal(key, (200, 28, 28, 1))
   mlp_y = jax.random.randint(key, (200,), 0, 10)
-  vit = models.ViT(num_heads=(4,) * 4, mlp_dim=(128,) * 4, width=64, head_dim=16)
+  vit = network("fashion_mnist_vit")
   vit_x = jax.random.normal(key, (128, 28, 28, 1))
   vit_y = jax.random.randint(key, (128,), 0, 10)
   vit_steps = max(args.steps // 5, 10)
@@ -170,7 +177,7 @@ def main():
       "ViT (4 blocks), batch 128", vit, vit_x, vit_y, vit_steps, args.repeats, "adamw", 1e-3,
       balance=False,
     )  # fmt: skip
-    vgg = models.VGG(channels=(16, 16, 32, 32, 64, 64, 64, 64), pool_after=(1, 3))
+    vgg = network("cifar_vgg", channels=(16, 16, 32, 32, 64, 64, 64, 64), pool_after=(1, 3))
     x = jax.random.normal(key, (16, 32, 32, 3))
     y = jax.random.randint(key, (16,), 0, 10)
     compare(
