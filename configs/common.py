@@ -23,7 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.val_size = 5000  # split="holdout": images held out of training for validation
   config.train_per_class = 100  # split="subset": images per class in the training set
   config.augment = False  # random crop (black padding 4) and flip of training batches only
-  config.model = "mlp"  # "mlp" (features, relu), "vgg" (channels, pool_after) or "vit"
+  config.model = "mlp"  # "mlp" (features, relu), "vgg" (channels, pool_after), "vit" or "resnet"
   config.features = (400, 400, 400, 400, 400, 10)  # MLP: output width of each Dense layer
   config.relu = (True, True, True, True, True, False)  # MLP: ReLU after each layer or not
   config.channels = (64, 64, 128, 128, 256, 256, 256, 256) + (512,) * 8  # VGG: each conv's width

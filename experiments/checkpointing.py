@@ -215,6 +215,14 @@ def _check_source_model(directory: str, config: Any) -> None:
     )
 
 
+def _split_model_state(state: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+  """A :class:`~experiments.train_step.TrainState` as saved: its other fields (as a dict, which
+  Orbax writes as it wrote the state before the model state) and its model state, saved as
+  an item of its own only where there is one, so that runs without are saved as before."""
+  fields = state._asdict()
+  return fields, fields.pop("model_state")
+
+
 class Checkpoints:
   """Saves every ``save_freq`` steps and at the end; restores against an abstract target.
 
@@ -251,13 +259,16 @@ class Checkpoints:
     """
     if not all_finite(state.params):
       return False
+    saved, model_state = _split_model_state(state)
+    items = {"model_state": ocp.args.StandardSave(model_state)} if model_state else {}
     with self._failures():
       self.manager.save(
         int(state.step),
         args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state),
+          state=ocp.args.StandardSave(saved),
           data_key=ocp.args.StandardSave({"key": jax.random.key_data(data_key)}),
           history=ocp.args.JsonSave(history),
+          **items,
         ),
       )
     self.saving = int(state.step)
@@ -307,7 +318,12 @@ class Checkpoints:
       NoReadableCheckpointError: there are checkpoints, but none passes.
     """
     self.unreadable = []
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    abstract, abstract_model_state = _split_model_state(
+      jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    )
+    items = {}
+    if abstract_model_state:
+      items["model_state"] = ocp.args.StandardRestore(abstract_model_state)
     key_template = {"key": ocp.utils.to_shape_dtype_struct(jax.random.key_data(data_key))}
     steps = [s for s in self.steps() if at_most is None or s <= at_most]
     with _quiet_abandoned_coroutines():
@@ -319,16 +335,21 @@ class Checkpoints:
               state=ocp.args.StandardRestore(abstract),
               data_key=ocp.args.StandardRestore(key_template),
               history=ocp.args.JsonRestore(),
+              **items,
             ),
           )
-          problem = _problem((restored.state, restored.data_key), (abstract, key_template))
+          problem = _problem(
+            (restored.state, restored.get("model_state", {}), restored.data_key),
+            (abstract, abstract_model_state, key_template),
+          )
           if problem is None and not isinstance(restored.history, list):
             problem = "its metrics history is not a list"
         except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise many kinds on bad files
           problem = _first_line(e)
         if problem is None:
           key = jax.random.wrap_key_data(restored.data_key["key"])
-          return restored.state, key, list(restored.history)
+          state = type(template)(**restored.state, model_state=restored.get("model_state", {}))
+          return state, key, list(restored.history)
         self.unreadable.append((step, problem))
     if self.unreadable:
       details = "; ".join(f"step {step}: {why}" for step, why in self.unreadable)

@@ -125,7 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.path_norm_tol is not None:
     how += f", --path-norm-tol {args.path_norm_tol:g}"
   options = {} if args.path_norm_tol is None else {"path_norm_tol": args.path_norm_tol}
-  small, kept, small_config = trained_run.compact_run(run, run_dir, how, atol=args.atol, **options)
+  small, small_state, kept, small_config = trained_run.compact_run(
+    run, run_dir, how, atol=args.atol, **options
+  )
   # Residual connections (a ViT's) carry the signal past a block with no units left.
   may_be_empty = models.family(config).groups_may_be_empty
   empty = [g for g, k in kept.items() if k.width == 0 and not may_be_empty]
@@ -143,8 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   for split, labels in (("test", run.test_labels), ("val", run.val_labels)):
     if len(labels):  # a holdout split of val_size 0 has no validation set
       checks[split] = check_outputs(
-        trained_run.logits_on_test_set(model, run.params, run, split),
-        trained_run.logits_on_test_set(small_model, small, run, split),
+        trained_run.logits_on_test_set(model, run.params, run, split, run.model_state),
+        trained_run.logits_on_test_set(small_model, small, run, split, small_state),
         labels,
       )
       print(f"{split} set ({len(labels)} examples): {check_figures(checks[split])}")
@@ -158,8 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       return 1
     print(f"outputs changed: {how} also dropped units with nonzero out weights")
 
-  sparse = trained_run.benchmark(run, model, run.params, args.repeats)
-  compact = trained_run.benchmark(run, small_model, small, args.repeats)
+  sparse = trained_run.benchmark(run, model, run.params, args.repeats, run.model_state)
+  compact = trained_run.benchmark(run, small_model, small, args.repeats, small_state)
   command = heal.heal_command(out, config)
   record = {
     "run_dir": str(run_dir.absolute()),
@@ -176,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     "flops_per_example": {"sparse": sparse.flops, "compact": compact.flops},
     "heal_command": command,
   }
-  trained_run.write_output(out, small_config, small, record, MARKER)
+  trained_run.write_output(out, small_config, small, record, MARKER, small_state)
   speed.print_table(sparse, compact, args.repeats)
   print(f"wrote {out}")
   print(f"heal: {command}")

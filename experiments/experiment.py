@@ -35,7 +35,7 @@ from experiments import (
 from experiments import groups as groups_lib
 from experiments.schedules import learning_rate_schedule
 from experiments.select_by_member import MemberOptState, select_by_member
-from experiments.train_step import TrainState, make_train_steps
+from experiments.train_step import TrainState, make_train_steps, model_state
 
 
 def create_optimizer(
@@ -112,8 +112,9 @@ def create_optimizer(
 
 def initial_params(
   model: nn.Module, seeds: Sequence[int], sample: np.ndarray
-) -> list[tuple[Any, jax.Array]]:
-  """The boxed parameters at step 0 of the run with each seed, and its data key.
+) -> list[tuple[Any, Any, jax.Array]]:
+  """The boxed parameters at step 0 of the run with each seed, the model's state
+  (:func:`~experiments.train_step.model_state`) and the run's data key.
 
   The initialisation is compiled once for all seeds.
   """
@@ -122,7 +123,8 @@ def initial_params(
   runs = []
   for seed in seeds:
     init_key, data_key = jax.random.split(jax.random.key(seed))
-    runs.append((init(init_key, sample)["params"], data_key))
+    variables = init(init_key, sample)
+    runs.append((variables["params"], nn.meta.unbox(model_state(variables)), data_key))
   return runs
 
 
@@ -205,15 +207,16 @@ class Experiment:
     model = models.create_model(config)
     initial = initial_params(model, [c.seed for c in self.configs], train_images[:1])
     example = jax.ShapeDtypeStruct(train_images[:1].shape, jnp.float32)
+    boxed, state = initial[0][0], initial[0][1]
     self.groups = groups_lib.group_spec(
-      models.family(config), model, initial[0][0], example, config.group_source
+      models.family(config), model, boxed, example, config.group_source, state
     )
     print(
       groups_lib.group_summary(
         nn.meta.unbox(initial[0][0]), self.groups, config.group_source, config.regularize_bias
       )
     )
-    self.unit_costs = groups_lib.unit_costs(model, initial[0][0], example, self.groups)
+    self.unit_costs = groups_lib.unit_costs(model, boxed, example, self.groups, state)
     weight_decays = sorted({c.weight_decay for c in self.configs})
     txs = [
       create_optimizer(_with_weight_decay(config, w), self.groups, self.schedule, self.unit_costs)
@@ -224,9 +227,10 @@ class Experiment:
       config.init_params if init_params_source is None else init_params_source
     )
     self.states, self.data_keys = [], []
-    for index, (boxed, data_key) in zip(self._indices, initial, strict=True):
+    for index, (boxed, state, data_key) in zip(self._indices, initial, strict=True):
       params = checkpointing.restore_init_params(source, nn.meta.unbox(boxed), config)
-      self.states.append(TrainState(jnp.zeros((), jnp.int32), params, txs[index].init(params)))
+      step = jnp.zeros((), jnp.int32)
+      self.states.append(TrainState(step, params, txs[index].init(params), state))
       self.data_keys.append(data_key)
     self._stacked = len(self.configs) > 1
     tx = select_by_member(txs) if self._stacked else txs[0]
@@ -275,11 +279,11 @@ class Experiment:
     """
     return self._train_fn(device_state, jnp.int32(num_steps), *self.train_data, device_keys)
 
-  def evaluate_each(self, params: Any) -> list[dict[str, float]]:
-    """Every member's metrics, from the host params."""
+  def evaluate_each(self, params: Any, state: Any) -> list[dict[str, float]]:
+    """Every member's metrics, from the host params and model state."""
     if not self._stacked:
-      return [self.evaluate(params)]
-    return self.evaluate.each(params, [c.weight_decay for c in self.configs])
+      return [self.evaluate(params, state)]
+    return self.evaluate.each(params, state, [c.weight_decay for c in self.configs])
 
 
 def _with_weight_decay(

@@ -175,19 +175,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   config = run.config
   how = f"largest ||w_i|| ||v_i||, {'--keep' if args.keep is not None else f'--match {args.match}'}"
-  small, kept, small_config = trained_run.compact_run(
+  small, small_state, kept, small_config = trained_run.compact_run(
     run, run_dir, how, keep=largest_units(scores, counts)
   )
   keys = models.widths_keys(config)
   model, small_model = models.create_model(config), models.create_model(small_config)
   dense_acc = trained_run.accuracy(
-    trained_run.logits_on_test_set(model, run.params, run), run.test_labels
+    trained_run.logits_on_test_set(model, run.params, run, state=run.model_state), run.test_labels
   )
   pruned_acc = trained_run.accuracy(
-    trained_run.logits_on_test_set(small_model, small, run), run.test_labels
+    trained_run.logits_on_test_set(small_model, small, run, state=small_state), run.test_labels
   )
-  dense = trained_run.benchmark(run, model, run.params, args.repeats)
-  pruned = trained_run.benchmark(run, small_model, small, args.repeats)
+  dense = trained_run.benchmark(run, model, run.params, args.repeats, run.model_state)
+  pruned = trained_run.benchmark(run, small_model, small, args.repeats, small_state)
   command = heal.heal_command(out, config)
 
   def kept_share(before: float | None, after: float | None) -> dict[str, float | None]:
@@ -207,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     "flops_per_example": kept_share(dense.flops, pruned.flops),
     "heal_command": command,
   }
-  trained_run.write_output(out, small_config, small, record, MARKER)
+  trained_run.write_output(out, small_config, small, record, MARKER, small_state)
   speed.print_table(
     dense,
     pruned,

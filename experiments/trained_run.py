@@ -26,7 +26,7 @@ from experiments import checkpointing, cli, data, input_pipeline, models, run_fo
 from experiments import groups as groups_lib
 from experiments import inference_speed as speed
 from experiments.experiment import create_optimizer
-from experiments.train_step import TrainState
+from experiments.train_step import TrainState, model_state
 
 
 class UsageError(ValueError):
@@ -43,6 +43,8 @@ class TrainedRun(NamedTuple):
   Attributes:
     config: the run's config (the config keys of its ``config.json``).
     params: the parameters of the latest checkpoint.
+    model_state: the model's other variables there (a BatchNorm's ``{"batch_stats": ...}``;
+      ``{}``: none).
     groups: the model's PathProx group spec.
     step: the latest checkpoint's step.
     test_images: the run's test images, uint8 ``[N, H, W, C]``.
@@ -53,6 +55,7 @@ class TrainedRun(NamedTuple):
 
   config: ml_collections.ConfigDict
   params: Any
+  model_state: Any
   groups: Any
   step: int
   test_images: np.ndarray
@@ -70,12 +73,14 @@ def abstract_state(config: ml_collections.ConfigDict) -> tuple[TrainState, Any]:
   """
   model = models.create_model(config)
   image = jax.ShapeDtypeStruct((1, *data.BUILDERS[config.dataset].IMAGE_SHAPE), jnp.float32)
-  boxed = jax.eval_shape(model.init, jax.random.key(0), image)["params"]
-  groups = groups_lib.group_spec(models.family(config), model, boxed, image, config.group_source)
+  variables = jax.eval_shape(model.init, jax.random.key(0), image)
+  boxed, state = variables["params"], nn.meta.unbox(model_state(variables))
+  family = models.family(config)
+  groups = groups_lib.group_spec(family, model, boxed, image, config.group_source, state)
   params = nn.meta.unbox(boxed)
   tx = create_optimizer(config, groups, optax.constant_schedule(config.lr))
   step = jax.ShapeDtypeStruct((), jnp.int32)
-  return TrainState(step, params, jax.eval_shape(tx.init, params)), groups
+  return TrainState(step, params, jax.eval_shape(tx.init, params), state), groups
 
 
 def restore_run(directory: Path) -> TrainedRun:
@@ -101,7 +106,15 @@ def restore_run(directory: Path) -> TrainedRun:
     val_size=config.val_size,
     train_per_class=config.train_per_class,
   )
-  return TrainedRun(config, state.params, groups, int(state.step), *splits["test"], *splits["val"])
+  return TrainedRun(
+    config,
+    state.params,
+    state.model_state,
+    groups,
+    int(state.step),
+    *splits["test"],
+    *splits["val"],
+  )
 
 
 def restore_latest(directory: Path) -> tuple[ml_collections.ConfigDict, TrainState, Any]:
@@ -132,13 +145,16 @@ def restore_latest(directory: Path) -> tuple[ml_collections.ConfigDict, TrainSta
   return config, state, groups
 
 
-def logits_on_test_set(model, params: Any, run: TrainedRun, split: str = "test") -> np.ndarray:
+def logits_on_test_set(
+  model, params: Any, run: TrainedRun, split: str = "test", state: Any = None
+) -> np.ndarray:
   """The model's logits on the run's test set (or ``split="val"``: its validation set),
-  ``[N, classes]``, at full f32 precision."""
+  ``[N, classes]``, at full f32 precision, with the model's ``state`` (None: none)."""
 
   @jax.jit
   def logits(params, images):
-    return model.apply({"params": params}, input_pipeline.normalize(images, run.config.dataset))
+    x = input_pipeline.normalize(images, run.config.dataset)
+    return model.apply({"params": params, **(state or {})}, x)
 
   if split == "val":
     images, labels = run.val_images, run.val_labels
@@ -186,9 +202,15 @@ def check_output_folder(out: Path) -> None:
 
 
 def write_output(
-  out: Path, config: ml_collections.ConfigDict, params: Any, record: dict, marker: str
+  out: Path,
+  config: ml_collections.ConfigDict,
+  params: Any,
+  record: dict,
+  marker: str,
+  state: Any = None,
 ) -> None:
-  """Writes ``params/``, ``config.json`` and the record ``marker`` into ``out`` (absent or empty).
+  """Writes ``params/``, ``config.json`` and the record ``marker`` into ``out`` (absent or empty),
+  and ``model_state/`` where the model has ``state`` (its BatchNorms' running statistics).
 
   The folder is written under a temporary name and renamed at the end, so that
   an interrupted write never leaves a folder that looks like a complete output.
@@ -200,6 +222,7 @@ def write_output(
     record: what the command records (``compact.json``'s or ``prune.json``'s content).
     marker: the record's file name (:data:`run_folder.COMPACT_RECORD` or
       :data:`run_folder.PRUNE_RECORD`), which marks the folder as that command's output.
+    state: the smaller model's variables besides its params (None or ``{}``: none).
   """
 
   def write(folder: Path) -> None:
@@ -207,6 +230,9 @@ def write_output(
     with ocp.StandardCheckpointer() as checkpointer:
       checkpointer.save(folder.absolute() / "params", params)
       checkpointer.wait_until_finished()
+      if state:
+        checkpointer.save(folder.absolute() / "model_state", state)
+        checkpointer.wait_until_finished()
     run_folder.write_json(folder / run_folder.CONFIG, run_folder.config_record(config))
     run_folder.write_json(folder / marker, record)
 
@@ -214,15 +240,18 @@ def write_output(
   run_folder.write_atomic(out, write)
 
 
-def benchmark(run: TrainedRun, model: nn.Module, params: Any, repeats: int) -> speed.Benchmark:
-  """:func:`experiments.inference_speed.benchmark` of ``model`` on the run's test images."""
+def benchmark(
+  run: TrainedRun, model: nn.Module, params: Any, repeats: int, state: Any = None
+) -> speed.Benchmark:
+  """:func:`experiments.inference_speed.benchmark` of ``model`` (with its ``state``) on the
+  run's test images."""
   x = input_pipeline.normalize(run.test_images[: max(speed.BENCHMARK_BATCHES)], run.config.dataset)
-  return speed.benchmark(model, params, x, repeats)
+  return speed.benchmark(model, params, x, repeats, state)
 
 
 def compact_run(
   run: TrainedRun, run_dir: Path, how: str, **options: Any
-) -> tuple[Any, dict[int, pp.KeptUnits], ml_collections.ConfigDict]:
+) -> tuple[Any, Any, dict[int, pp.KeptUnits], ml_collections.ConfigDict]:
   """The run's smaller model (:func:`pathprox_jax.compact`), printing what it keeps.
 
   Args:
@@ -232,14 +261,16 @@ def compact_run(
     **options: :func:`pathprox_jax.compact`'s ``atol``, ``path_norm_tol`` or ``keep``.
 
   Returns:
-    ``(smaller params without zero-size arrays, kept units per group, smaller config)``.
+    ``(smaller params without zero-size arrays, smaller model state (the running statistics
+    of the units kept; ``{}``: none), kept units per group, smaller config)``.
   """
   config = run.config
   print(
     f"run {run_dir}: {config.experiment}, {config.method}, "
     f"checkpoint at step {run.step} of {config.total_iter}"
   )
-  small, kept = pp.compact(run.params, run.groups, **options)
+  small, kept = pp.compact({"params": run.params, **run.model_state}, run.groups, **options)
+  small_params, small_state = small["params"], model_state(small)
   print(
     f"kept units ({how}): "
     + ", ".join(f"group {g} {k.width}/{k.original_width}" for g, k in kept.items())
@@ -247,4 +278,4 @@ def compact_run(
   small_config = models.compacted_config(config, kept)
   for key in models.widths_keys(config):
     print(f"{key}: {tuple(config[key])} -> {small_config[key]}")
-  return without_empty_arrays(small), kept, small_config
+  return without_empty_arrays(small_params), without_empty_arrays(small_state), kept, small_config
