@@ -109,8 +109,9 @@ def toy_flags(raw_dir, tmp_path, steps):
   run may resume)."""
   return ["--raw-data-dir", str(raw_dir), "--allow-unofficial-data", "true", "--data-dir",
           str(tmp_path / "tfds"), "--val-size", "100", "--batch-size", "40",
-          "--eval-batch-size", "200", "--progress", "false", "--num-devices", "2", "--lr-schedule", "step",
-          "--total-iter", str(steps), "--log-freq", "2", "--save-freq", "2", *RESNET]  # fmt: skip
+          "--eval-batch-size", "200", "--progress", "false", "--num-devices", "2",
+          "--lr-schedule", "step", "--total-iter", str(steps), "--log-freq", "2", "--save-freq",
+          "2", *RESNET]  # fmt: skip
 
 
 def latest(run):
