@@ -21,6 +21,7 @@ import numpy as np
 import optax
 
 import pathprox_jax as pp
+from configs import ConfigError
 from experiments import (
   checkpointing,
   config_checks,
@@ -44,7 +45,8 @@ def create_optimizer(
   schedule: optax.Schedule,
   unit_costs: Mapping[int, float] | None = None,
 ) -> optax.GradientTransformation:
-  """The method (PathProx, the optimiser's weight decay, or GMP) under the optimiser.
+  """The method (PathProx, the optimiser's weight decay, GMP or network slimming) under the
+  optimiser.
 
   ``optimizer="sgd"``: ``pathprox_sgd`` (with ``threshold_rule``), or SGD on
   loss + (λ/2)·Σ‖kernels‖². ``optimizer="adamw"``: ``pathprox_adamw``, or
@@ -53,7 +55,9 @@ def create_optimizer(
   With ``target_flops`` in (0, 1): ``budget_sgd`` or ``budget_adamw``, warm-up until
   ``prox_start``, a ramp to the target until ``heal_start``, then the heal; ``"pathprox"``
   selects the units with the cost-aware prox and its controller, ``"gmp"`` by magnitude
-  (under weight decay of every kernel).
+  (under weight decay of every kernel). ``"slimming"`` (Liu et al. 2017): SGD on
+  loss + (λ/2)·Σ‖kernels‖² + ``scale_l1``·Σ|γ_i| over the units' BatchNorm scales
+  (:func:`unit_scales`); ``experiments.prune --score scale`` then keeps the largest |γ_i|.
 
   Args:
     config: the run's config.
@@ -104,10 +108,50 @@ def create_optimizer(
       regularize_bias=config.regularize_bias,
     )
   # The gradient of (λ/2)·‖K‖² is λ·K: the same as adding decayed weights.
-  return optax.chain(
-    optax.add_decayed_weights(config.weight_decay, mask=decayed),
-    optax.sgd(schedule, momentum=momentum),
+  penalties = [optax.add_decayed_weights(config.weight_decay, mask=decayed)]
+  if config.method == "slimming":
+    scales = unit_scales(groups)
+    if not any(jax.tree.leaves(scales)):
+      raise ConfigError(
+        "--method slimming penalises the units' BatchNorm scales, and this model has none: "
+        "use a model with BatchNorm units (fashion_mnist_resnet)"
+      )
+    penalties.append(add_l1(config.scale_l1, scales))
+  return optax.chain(*penalties, optax.sgd(schedule, momentum=momentum))
+
+
+def unit_scales(groups: Any) -> Any:
+  """``True`` at the units' BatchNorm scales γ (a group's "in" leaf named ``scale``, see
+  :func:`pathprox_jax.batch_norm_inits`), ``False`` elsewhere: network slimming's channel
+  factors."""
+
+  def is_unit_scale(path: Any, spec: pp.GroupSpec | None) -> bool:
+    return spec is not None and spec.role == "in" and getattr(path[-1], "key", None) == "scale"
+
+  return jax.tree_util.tree_map_with_path(
+    is_unit_scale, groups, is_leaf=lambda s: s is None or isinstance(s, pp.GroupSpec)
   )
+
+
+def add_l1(strength: float, mask: Any) -> optax.GradientTransformation:
+  """Adds ``strength``·sign(p), the subgradient of ``strength``·Σ|p|, to the updates of the
+  leaves where ``mask`` is True.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> tx = add_l1(0.1, {"scale": True, "kernel": False})
+    >>> params = {"scale": jnp.array([2.0, -1.0]), "kernel": jnp.array([3.0])}
+    >>> zeros = {"scale": jnp.zeros(2), "kernel": jnp.zeros(1)}
+    >>> tx.update(zeros, tx.init(params), params)[0]["scale"]
+    Array([ 0.1, -0.1], dtype=float32)
+  """
+
+  def update(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+    if params is None:
+      raise ValueError("add_l1 needs the params: pass them to update(updates, state, params)")
+    return jax.tree.map(lambda g, p: g + strength * jnp.sign(p), updates, params), state
+
+  return optax.masked(optax.GradientTransformation(lambda _: optax.EmptyState(), update), mask)
 
 
 def initial_params(

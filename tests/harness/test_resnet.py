@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 from conftest import read_rows
@@ -14,7 +15,17 @@ from test_experiments import assert_rows_close
 
 import pathprox_jax as pp
 from configs import load_config
-from experiments import cli, compact, groups, models, prune, resnet, run_folder, trained_run
+from experiments import (
+  cli,
+  compact,
+  experiment,
+  groups,
+  models,
+  prune,
+  resnet,
+  run_folder,
+  trained_run,
+)
 
 SMALL = {"stage_widths": (4, 8, 8), "blocks": 1, "inner_widths": (4, 8, 6)}
 X = jax.random.normal(jax.random.key(1), (3, 28, 28, 1))
@@ -192,3 +203,57 @@ def test_batch_statistics_are_the_global_batch_s_on_any_devices_under_shard_map_
     assert cli.main("fashion_mnist_resnet", argv) == 0
     # Agreement to 1e-7 measured; per-device statistics differ by up to 7e-4 (val_loss).
     assert_rows_close(read_rows(workdir), read_rows(resnet_run), rtol=1e-5)
+
+
+def test_slimming_adds_l1_on_the_units_batch_norm_scales_only():
+  """Network slimming's step is weight decay's plus lr·scale_l1·sign(γ_i) at the units' scales."""
+  config = resnet_config()
+  model = models.create_model(config)
+  boxed, variables = random_variables(model)
+  spec = models.family(config).group_spec(model, boxed["params"])
+  params = variables["params"]
+  grads = jax.tree.map(jnp.ones_like, params)
+  schedule = optax.constant_schedule(0.1)
+  steps = {}
+  for method in ("wd", "slimming"):
+    config.method, config.scale_l1 = method, 0.01
+    tx = experiment.create_optimizer(config, spec, schedule)
+    steps[method], _ = tx.update(grads, tx.init(params), params)
+  difference = jax.tree.map(lambda a, b: a - b, steps["slimming"], steps["wd"])
+  flat = dict(jax.tree_util.tree_flatten_with_path(difference)[0])
+  for path, value in flat.items():
+    name = jax.tree_util.keystr(path)
+    if name.endswith("['norm1']['scale']"):
+      scale = params[path[0].key][path[1].key]["scale"]
+      np.testing.assert_allclose(value, -0.1 * 0.01 * np.sign(scale), rtol=1e-5)
+    else:
+      np.testing.assert_array_equal(value, 0.0, err_msg=name)
+  assert sum(jax.tree_util.keystr(p).endswith("['norm1']['scale']") for p in flat) == 3
+
+
+def test_slimming_without_batch_norm_units_is_a_one_line_error(raw_mnist, tmp_path, capsys):
+  workdir = tmp_path / "run"
+  argv = ["--workdir", str(workdir), "--raw-data-dir", str(raw_mnist), "--allow-unofficial-data",
+          "true", "--data-dir", str(tmp_path / "tfds"), "--features", "8,10", "--relu",
+          "true,false", "--method", "slimming", "--progress", "false"]  # fmt: skip
+  assert cli.main("mnist_subset_mlp", argv) == 2
+  last = capsys.readouterr().err.splitlines()[-1]  # after the data set's preparation
+  assert last.startswith("error: --method slimming penalises the units' BatchNorm scales")
+  assert not workdir.exists()
+
+
+@pytest.mark.slow  # trains a ResNet run and prunes it (compiling its benchmark)
+def test_a_slimming_run_prunes_its_smallest_batch_norm_scales(raw_mnist, tmp_path):
+  run = tmp_path / "run"
+  argv = ["--workdir", str(run), *toy_flags(raw_mnist, tmp_path, 2), "--method", "slimming"]
+  assert cli.main("fashion_mnist_resnet", argv) == 0
+  assert json.loads((run / "config.json").read_text())["scale_l1"] == 1e-5
+  params = latest(run).params
+  out = tmp_path / "pruned"
+  argv = [str(run), "--keep", "2,3,1", "--score", "scale", "--out", str(out), "--repeats", "1"]
+  assert prune.main(argv) == 0
+  record = json.loads((out / prune.MARKER).read_text())
+  assert record["score"] == "scale"
+  for b, count in enumerate((2, 3, 1)):
+    scale = np.abs(np.asarray(params[f"block_{b}"]["norm1"]["scale"]))
+    assert record["kept"][str(b)] == sorted(np.argsort(-scale, kind="stable")[:count].tolist())
