@@ -171,16 +171,49 @@ def restore_init_params(directory: str, params: Any, config: Any = None) -> Any:
     raise InitParamsError(f"--init-params {directory}: no such folder")
   if config is not None:
     _check_source_model(directory, config)
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, params)
-  try:
-    with _quiet_abandoned_coroutines(), ocp.StandardCheckpointer() as checkpointer:
-      restored = checkpointer.restore(path)  # as saved: the check below compares shapes
-    problem = _problem(restored, abstract)
-  except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise many kinds on bad files
-    problem = _first_line(e)
+  restored, problem = _restore_fitting(path, params)
   if problem is not None:
     raise InitParamsError(f"--init-params {directory} does not fit the model: {problem}")
   return restored
+
+
+def restore_init_model_state(directory: str, model_state: Any) -> Any:
+  """The model state saved beside the params ``directory`` (a compact or prune output's
+  ``model_state/``: its BatchNorms' running statistics), else ``model_state``.
+
+  A run from a compact output thus starts from the compact model's function, running
+  statistics included.
+
+  Args:
+    directory: ``init_params`` (see :func:`restore_init_params`), or "".
+    model_state: the model's fresh state (``{}``: none): the structure and shapes the
+      saved one must have.
+
+  Raises:
+    InitParamsError: the saved state does not fit the model.
+  """
+  saved = Path(directory).absolute().parent / run_folder.MODEL_STATE
+  if not directory or not model_state or not saved.is_dir():
+    return model_state
+  restored, problem = _restore_fitting(saved, model_state)
+  if problem is not None:
+    raise InitParamsError(
+      f"--init-params {directory}: the {run_folder.MODEL_STATE}/ beside it does not fit the "
+      f"model: {problem}"
+    )
+  return restored
+
+
+def _restore_fitting(path: Path, template: Any) -> tuple[Any, str | None]:
+  """``(the tree saved at path, None)``, or ``(None, why)`` where it does not fit ``template``'s
+  structure, shapes and dtypes, or cannot be read."""
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+  try:
+    with _quiet_abandoned_coroutines(), ocp.StandardCheckpointer() as checkpointer:
+      restored = checkpointer.restore(path)  # as saved: the check below compares shapes
+    return restored, _problem(restored, abstract)
+  except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise many kinds on bad files
+    return None, _first_line(e)
 
 
 def _check_source_model(directory: str, config: Any) -> None:

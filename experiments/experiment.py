@@ -273,6 +273,7 @@ class Experiment:
     self.states, self.data_keys = [], []
     for index, (boxed, state, data_key) in zip(self._indices, initial, strict=True):
       params = checkpointing.restore_init_params(source, nn.meta.unbox(boxed), config)
+      state = checkpointing.restore_init_model_state(source, state)
       step = jnp.zeros((), jnp.int32)
       self.states.append(TrainState(step, params, txs[index].init(params), state))
       self.data_keys.append(data_key)

@@ -231,7 +231,7 @@ def write_output(
       checkpointer.save(folder.absolute() / "params", params)
       checkpointer.wait_until_finished()
       if state:
-        checkpointer.save(folder.absolute() / "model_state", state)
+        checkpointer.save(folder.absolute() / run_folder.MODEL_STATE, state)
         checkpointer.wait_until_finished()
     run_folder.write_json(folder / run_folder.CONFIG, run_folder.config_record(config))
     run_folder.write_json(folder / marker, record)

@@ -9,7 +9,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from experiments import checkpointing
+from configs import load_config
+from experiments import checkpointing, run_folder, trained_run
 from experiments.train_step import TrainState
 
 
@@ -68,3 +69,19 @@ def test_the_model_state_is_saved_and_restored(tmp_path):
   checkpoints.close()
   jax.tree.map(np.testing.assert_array_equal, restored, state)
   assert isinstance(restored, TrainState)
+
+
+def test_the_model_state_beside_init_params_is_restored_where_it_fits(tmp_path):
+  stats = {"batch_stats": {"norm": {"mean": jnp.arange(3.0), "var": jnp.full(3, 2.0)}}}
+  params = {"w": jnp.ones(3)}
+  config = load_config("fashion_mnist_resnet")
+  trained_run.write_output(tmp_path / "out", config, params, {}, run_folder.COMPACT_RECORD, stats)
+  source = str(tmp_path / "out" / "params")
+  fresh = jax.tree.map(jnp.zeros_like, stats)
+  restored = checkpointing.restore_init_model_state(source, fresh)
+  jax.tree.map(np.testing.assert_array_equal, restored, stats)
+  assert checkpointing.restore_init_model_state("", fresh) is fresh  # no --init-params
+  assert checkpointing.restore_init_model_state(source, {}) == {}  # a model without state
+  wider = {"batch_stats": {"norm": {"mean": jnp.zeros(4), "var": jnp.ones(4)}}}
+  with pytest.raises(checkpointing.InitParamsError, match="model_state/ beside it does not fit"):
+    checkpointing.restore_init_model_state(source, wider)

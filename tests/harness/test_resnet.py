@@ -257,3 +257,12 @@ def test_a_slimming_run_prunes_its_smallest_batch_norm_scales(raw_mnist, tmp_pat
   for b, count in enumerate((2, 3, 1)):
     scale = np.abs(np.asarray(params[f"block_{b}"]["norm1"]["scale"]))
     assert record["kept"][str(b)] == sorted(np.argsort(-scale, kind="stable")[:count].tolist())
+
+  # The fine-tune starts from the pruned model's function: its running statistics too.
+  config = run_folder.read_config(out / run_folder.CONFIG)
+  saved = latest(run).model_state["batch_stats"]["block_1"]["norm1"]
+  start = experiment.Experiment([config], init_params_source=str(out / "params")).states[0]
+  started = start.model_state["batch_stats"]["block_1"]["norm1"]
+  kept = np.array(record["kept"]["1"])
+  for name in ("mean", "var"):
+    np.testing.assert_array_equal(started[name], np.asarray(saved[name])[kept])
