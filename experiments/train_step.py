@@ -7,7 +7,10 @@ takes its slice of the global batch, the gradients are summed across devices
 (``psum``) and divided by the global count, and every device applies the same
 optimiser step. A model with state besides its params (a BatchNorm's running statistics,
 ``batch_stats``) runs in training mode, its state mutable, and every device keeps the mean of
-the devices' new state.
+the devices' new state. The masked entries of a padded batch (the epoch's last, partial one;
+a batch that does not divide by the devices) are copies of training image 0: they count in no
+loss or gradient, but a BatchNorm's batch statistics include them (Flax's masked statistics
+average the devices' means, which is not the global batch's where the devices' counts differ).
 """
 
 from __future__ import annotations
