@@ -13,7 +13,9 @@ def get_config() -> ml_collections.ConfigDict:
   inner channels (conv1 → BatchNorm → ReLU → conv2) are group ``b``: the BatchNorm's scale
   and bias are their "in" weights, conv1 follows them; the stem and the block outputs, added
   to the skips, are in no group, and the skips leave no chain to balance. ResNet-20 proper:
-  ``--stage-widths 16,32,64 --inner-widths 16,16,16,32,32,32,64,64,64``.
+  ``--stage-widths 16,32,64 --inner-widths 16,16,16,32,32,32,64,64,64``. Methods ``pathprox``,
+  ``wd`` and ``slimming`` (``wd`` plus ``--scale-l1`` 1e-5 on the units' BatchNorm scales, then
+  ``experiments.prune --score scale`` and ``experiments.heal``).
   """
   config = common.get_config()
   config.experiment = "fashion_mnist_resnet"
