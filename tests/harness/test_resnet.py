@@ -132,6 +132,10 @@ def latest(run):
   return state
 
 
+# The tests that read resnet_run share one xdist worker (--dist loadgroup): it is trained once.
+ON_RESNET_RUN = pytest.mark.xdist_group("resnet_run")
+
+
 @pytest.fixture(scope="module")
 def resnet_run(raw_mnist, tmp_path_factory):
   """A 4-step PathProx ResNet run."""
@@ -141,6 +145,7 @@ def resnet_run(raw_mnist, tmp_path_factory):
   return tmp / "run"
 
 
+@ON_RESNET_RUN
 @pytest.mark.slow  # trains two ResNet runs
 def test_a_resnet_run_trains_its_batch_statistics_and_resumes_exactly(
   resnet_run, raw_mnist, tmp_path
@@ -172,6 +177,7 @@ def test_a_resnet_run_trains_its_batch_statistics_and_resumes_exactly(
     np.testing.assert_array_equal(a, b)
 
 
+@ON_RESNET_RUN
 @pytest.mark.slow  # compacts and prunes a ResNet run (compiling their benchmarks)
 def test_a_resnet_run_compacts_and_prunes_with_its_batch_statistics(resnet_run, tmp_path, capsys):
   out = tmp_path / "compact"
@@ -191,6 +197,7 @@ def test_a_resnet_run_compacts_and_prunes_with_its_batch_statistics(resnet_run, 
   assert "norm1" not in stats["block_2"]
 
 
+@ON_RESNET_RUN
 @pytest.mark.slow  # trains two ResNet runs
 def test_batch_statistics_are_the_global_batch_s_on_any_devices_under_shard_map_and_pmap(
   resnet_run, raw_mnist, tmp_path
