@@ -12,7 +12,7 @@ def get_config() -> ml_collections.ConfigDict:
   """Keys every experiment accepts (each is a command-line flag: ``--batch-size 200``)."""
   config = ml_collections.ConfigDict()
   config.experiment = ""  # the config's name (set by each config, not a flag)
-  config.method = "pathprox"  # "pathprox", "wd" (weight decay) or "gmp" (magnitude pruning)
+  config.method = "pathprox"  # "pathprox", "wd" (weight decay), "gmp" (magnitude) or "slimming"
   config.optimizer = "sgd"  # "sgd" (pathprox_sgd / SGD on loss + λ/2 ||kernels||²) or "adamw"
   config.threshold_rule = "fixed_point"  # pathprox + sgd: "fixed_point" (λγ/(1-β)) or "paper" (λγ)
   config.dataset = "mnist"  # "mnist", "fashion_mnist" or "cifar10"
@@ -23,7 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.val_size = 5000  # split="holdout": images held out of training for validation
   config.train_per_class = 100  # split="subset": images per class in the training set
   config.augment = False  # random crop (black padding 4) and flip of training batches only
-  config.model = "mlp"  # "mlp" (features, relu), "vgg" (channels, pool_after) or "vit"
+  config.model = "mlp"  # "mlp" (features, relu), "vgg" (channels, pool_after), "vit" or "resnet"
   config.features = (400, 400, 400, 400, 400, 10)  # MLP: output width of each Dense layer
   config.relu = (True, True, True, True, True, False)  # MLP: ReLU after each layer or not
   config.channels = (64, 64, 128, 128, 256, 256, 256, 256) + (512,) * 8  # VGG: each conv's width
@@ -40,6 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.target_flops = 0.0  # fraction of the FLOPs to keep (cost-weighted units; 0 or 1: none)
   config.prox_start = 0  # --target-flops: first step of the ramp to the target (dense before it)
   config.heal_start = 0  # --target-flops: first heal step (ramp's end; the off units stay off)
+  config.scale_l1 = 1e-5  # method="slimming": L1 on the units' BatchNorm scales (Liu et al.)
   config.heal_weight_decay = 0.0  # --target-flops, pathprox: grouped kernels' decay in the heal
   config.regularize_bias = False  # penalise biases too (pathprox: ||[w_i, b_i]||; wd: decay them)
   config.batch_size = 200  # global batch, split over all devices

@@ -171,16 +171,49 @@ def restore_init_params(directory: str, params: Any, config: Any = None) -> Any:
     raise InitParamsError(f"--init-params {directory}: no such folder")
   if config is not None:
     _check_source_model(directory, config)
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, params)
-  try:
-    with _quiet_abandoned_coroutines(), ocp.StandardCheckpointer() as checkpointer:
-      restored = checkpointer.restore(path)  # as saved: the check below compares shapes
-    problem = _problem(restored, abstract)
-  except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise many kinds on bad files
-    problem = _first_line(e)
+  restored, problem = _restore_fitting(path, params)
   if problem is not None:
     raise InitParamsError(f"--init-params {directory} does not fit the model: {problem}")
   return restored
+
+
+def restore_init_model_state(directory: str, model_state: Any) -> Any:
+  """The model state saved beside the params ``directory`` (a compact or prune output's
+  ``model_state/``: its BatchNorms' running statistics), else ``model_state``.
+
+  A run from a compact output thus starts from the compact model's function, running
+  statistics included.
+
+  Args:
+    directory: ``init_params`` (see :func:`restore_init_params`), or "".
+    model_state: the model's fresh state (``{}``: none): the structure and shapes the
+      saved one must have.
+
+  Raises:
+    InitParamsError: the saved state does not fit the model.
+  """
+  saved = Path(directory).absolute().parent / run_folder.MODEL_STATE
+  if not directory or not model_state or not saved.is_dir():
+    return model_state
+  restored, problem = _restore_fitting(saved, model_state)
+  if problem is not None:
+    raise InitParamsError(
+      f"--init-params {directory}: the {run_folder.MODEL_STATE}/ beside it does not fit the "
+      f"model: {problem}"
+    )
+  return restored
+
+
+def _restore_fitting(path: Path, template: Any) -> tuple[Any, str | None]:
+  """``(the tree saved at path, None)``, or ``(None, why)`` where it does not fit ``template``'s
+  structure, shapes and dtypes, or cannot be read."""
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+  try:
+    with _quiet_abandoned_coroutines(), ocp.StandardCheckpointer() as checkpointer:
+      restored = checkpointer.restore(path)  # as saved: the check below compares shapes
+    return restored, _problem(restored, abstract)
+  except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise many kinds on bad files
+    return None, _first_line(e)
 
 
 def _check_source_model(directory: str, config: Any) -> None:
@@ -213,6 +246,14 @@ def _check_source_model(directory: str, config: Any) -> None:
       f"--init-params {directory} was saved from a model with {changes} ({source}); pass "
       "the source's model flags"
     )
+
+
+def _split_model_state(state: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+  """A :class:`~experiments.train_step.TrainState` as saved: its other fields (as a dict, which
+  Orbax writes as it wrote the state before the model state) and its model state, saved as
+  an item of its own only where there is one, so that runs without are saved as before."""
+  fields = state._asdict()
+  return fields, fields.pop("model_state")
 
 
 class Checkpoints:
@@ -251,13 +292,16 @@ class Checkpoints:
     """
     if not all_finite(state.params):
       return False
+    saved, model_state = _split_model_state(state)
+    items = {"model_state": ocp.args.StandardSave(model_state)} if model_state else {}
     with self._failures():
       self.manager.save(
         int(state.step),
         args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state),
+          state=ocp.args.StandardSave(saved),
           data_key=ocp.args.StandardSave({"key": jax.random.key_data(data_key)}),
           history=ocp.args.JsonSave(history),
+          **items,
         ),
       )
     self.saving = int(state.step)
@@ -307,7 +351,12 @@ class Checkpoints:
       NoReadableCheckpointError: there are checkpoints, but none passes.
     """
     self.unreadable = []
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    abstract, abstract_model_state = _split_model_state(
+      jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    )
+    items = {}
+    if abstract_model_state:
+      items["model_state"] = ocp.args.StandardRestore(abstract_model_state)
     key_template = {"key": ocp.utils.to_shape_dtype_struct(jax.random.key_data(data_key))}
     steps = [s for s in self.steps() if at_most is None or s <= at_most]
     with _quiet_abandoned_coroutines():
@@ -319,16 +368,21 @@ class Checkpoints:
               state=ocp.args.StandardRestore(abstract),
               data_key=ocp.args.StandardRestore(key_template),
               history=ocp.args.JsonRestore(),
+              **items,
             ),
           )
-          problem = _problem((restored.state, restored.data_key), (abstract, key_template))
+          problem = _problem(
+            (restored.state, restored.get("model_state", {}), restored.data_key),
+            (abstract, abstract_model_state, key_template),
+          )
           if problem is None and not isinstance(restored.history, list):
             problem = "its metrics history is not a list"
         except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise many kinds on bad files
           problem = _first_line(e)
         if problem is None:
           key = jax.random.wrap_key_data(restored.data_key["key"])
-          return restored.state, key, list(restored.history)
+          state = type(template)(**restored.state, model_state=restored.get("model_state", {}))
+          return state, key, list(restored.history)
         self.unreadable.append((step, problem))
     if self.unreadable:
       details = "; ".join(f"step {step}: {why}" for step, why in self.unreadable)

@@ -152,7 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.path_norm_tol is not None:
     how += f", --path-norm-tol {args.path_norm_tol:g}"
   options = {} if args.path_norm_tol is None else {"path_norm_tol": args.path_norm_tol}
-  small, kept, small_config = trained_run.compact_run(run, run_dir, how, atol=args.atol, **options)
+  small, small_state, kept, small_config = trained_run.compact_run(
+    run, run_dir, how, atol=args.atol, **options
+  )
   # Residual connections (a ViT's) carry the signal past a block with no units left.
   may_be_empty = models.family(config).groups_may_be_empty
   empty = [g for g, k in kept.items() if k.width == 0 and not may_be_empty]
@@ -170,8 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   for split, labels in (("test", run.test_labels), ("val", run.val_labels)):
     if len(labels):  # a holdout split of val_size 0 has no validation set
       checks[split] = check_outputs(
-        trained_run.logits_on_test_set(model, run.params, run, split),
-        trained_run.logits_on_test_set(small_model, small, run, split),
+        trained_run.logits_on_test_set(model, run.params, run, split, run.model_state),
+        trained_run.logits_on_test_set(small_model, small, run, split, small_state),
         labels,
       )
       print(f"{split} set ({len(labels)} examples): {check_figures(checks[split])}")
@@ -185,8 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       return 1
     print(f"outputs changed: {how} also dropped units with nonzero out weights")
 
-  sparse = trained_run.benchmark(run, model, run.params, args.repeats)
-  compact = trained_run.benchmark(run, small_model, small, args.repeats)
+  sparse = trained_run.benchmark(run, model, run.params, args.repeats, run.model_state)
+  compact = trained_run.benchmark(run, small_model, small, args.repeats, small_state)
   command = heal.heal_command(out, config)
   record = {
     "run_dir": str(run_dir.absolute()),
@@ -214,9 +216,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.with_state:
     tx = trained_run.create_run_optimizer(config, run.groups)
     opt_state = pp.compact_state(tx, run.state.opt_state, run.groups, kept)
-    state = run.state._replace(params=small, opt_state=opt_state)
+    state = run.state._replace(params=small, opt_state=opt_state, model_state=small_state)
     checkpoint = (state, run.data_key, run.history)
-  trained_run.write_output(out, small_config, small, record, MARKER, checkpoint)
+  trained_run.write_output(out, small_config, small, record, MARKER, small_state, checkpoint)
   speed.print_table(sparse, compact, args.repeats)
   print(f"wrote {out}")
   print(f"heal: {command}")

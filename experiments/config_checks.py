@@ -20,7 +20,7 @@ from experiments import models
 from experiments.dataset_facts import DATASETS
 from pathprox_jax import THRESHOLD_RULES
 
-METHODS = ("pathprox", "wd", "gmp")
+METHODS = ("pathprox", "wd", "gmp", "slimming")
 OPTIMIZERS = ("sgd", "adamw")
 GROUP_SOURCES = ("auto", "annotations")
 LR_SCHEDULES = ("step", "cosine")
@@ -28,11 +28,18 @@ PARALLEL = ("shard_map", "pmap")
 SPLITS = ("subset", "holdout")
 
 
-# Keys that only one model family, one kind of split or one learning-rate schedule reads: the
-# others' are hidden from --help, refused as flags and left out of config.json (:func:`recorded`).
+# Keys that only one model family, one kind of split, one learning-rate schedule or one method
+# reads: the others' are hidden from --help, refused as flags and left out of config.json
+# (:func:`recorded`).
 SPLIT_KEYS = {"subset": ("train_per_class",), "holdout": ("val_size",)}
 SCHEDULE_KEYS = {"step": ("lr_milestones", "lr_decay")}
-_OWNERS = (("model", models.CONFIG_KEYS), ("split", SPLIT_KEYS), ("lr_schedule", SCHEDULE_KEYS))
+METHOD_KEYS = {"slimming": ("scale_l1",)}
+_OWNERS = (
+  ("model", models.CONFIG_KEYS),
+  ("split", SPLIT_KEYS),
+  ("lr_schedule", SCHEDULE_KEYS),
+  ("method", METHOD_KEYS),
+)
 # Keys a resumed run may change. None but total_iter can change the parameters' trajectory;
 # total_iter may change only where the learning rate stays the same at every step the run has
 # taken or planned (see experiments.schedules.check_resumed_schedule).
@@ -58,6 +65,7 @@ FLOAT_BOUNDS = {
   "momentum": {"minimum": 0.0},
   "target_flops": {"minimum": 0.0},
   "heal_weight_decay": {"minimum": 0.0},
+  "scale_l1": {"minimum": 0.0},
 }
 SEED_LIMIT = 2**32  # JAX's keys hold 32 bits: seed s and s + 2**32 would train one run
 
@@ -254,6 +262,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for key in ("batch_size", "total_iter", "log_freq", "save_freq", "eval_batch_size"):
     check(config[key] > 0, f"{flag(key)} must be > 0, got {config[key]}")
   check(config.momentum < 1, f"--momentum must be in [0, 1), got {config.momentum}")
+  check(
+    config.method != "slimming" or config.optimizer == "sgd",
+    f"--method slimming trains under --optimizer sgd, got {config.optimizer!r}",
+  )
   seed("--seed", config.seed)
   check(
     config.group_source in GROUP_SOURCES,
@@ -329,8 +341,9 @@ def _validate_budget(config: ml_collections.ConfigDict) -> None:
     )
     return
   check(
-    config.method != "wd",
-    "--target-flops needs --method pathprox or gmp (--method wd trains without a budget)",
+    config.method in ("pathprox", "gmp"),
+    f"--target-flops needs --method pathprox or gmp (--method {config.method} trains without a "
+    "budget)",
   )
   check(
     0 <= config.prox_start < config.heal_start <= config.total_iter,

@@ -17,7 +17,12 @@ import numpy as np
 
 from experiments import run_folder
 
-METHOD_NAMES = {"pathprox": "PathProx", "wd": "Weight decay", "gmp": "GMP"}
+METHOD_NAMES = {
+  "pathprox": "PathProx",
+  "wd": "Weight decay",
+  "gmp": "GMP",
+  "slimming": "Network slimming",
+}
 # How a run's name gives each config key that tells the runs shown apart, in this order.
 NAMED_KEYS = {
   "optimizer": {"sgd": "SGD", "adamw": "AdamW"}.get,

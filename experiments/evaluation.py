@@ -25,6 +25,7 @@ from experiments import dataset_facts, input_pipeline, models
 from experiments import groups as groups_lib
 from experiments.config_checks import has_budget
 from experiments.family import unfolded
+from experiments.train_step import model_state
 
 
 def eval_batch_size(num_examples: int, max_batch_size: int, num_devices: int) -> int:
@@ -120,8 +121,10 @@ class Evaluator:
     if unit_costs is None:
       image = splits["train"][0][:1]
       example = jax.ShapeDtypeStruct(image.shape, jnp.float32)
-      boxed = jax.eval_shape(model.init, jax.random.key(0), example)["params"]
-      unit_costs = groups_lib.unit_costs(model, boxed, example, groups)
+      variables = jax.eval_shape(model.init, jax.random.key(0), example)
+      unit_costs = groups_lib.unit_costs(
+        model, variables["params"], example, groups, model_state(variables)
+      )
     # A budget's PathProx thresholds each group at c_g τ: its objective weighs them so.
     budget_costs = unit_costs if has_budget(config) and config.method == "pathprox" else None
     batch_sharding = NamedSharding(mesh, P(None, mesh.axis_names))
@@ -137,10 +140,11 @@ class Evaluator:
 
     fold = models.family(config).fold if fold_linear_layers else unfolded
 
-    def split_means(net, net_params, images, labels, mask):
+    def split_means(net, net_params, state, images, labels, mask):
       def batch_sums(args):
         x, y, m = args
-        logits = net.apply({"params": net_params}, input_pipeline.normalize(x, config.dataset))
+        x = input_pipeline.normalize(x, config.dataset)
+        logits = net.apply({"params": net_params, **state}, x)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
         return jnp.sum(loss * m), jnp.sum((jnp.argmax(logits, -1) == y) * m)
 
@@ -148,10 +152,10 @@ class Evaluator:
       count = jnp.sum(mask)
       return jnp.sum(loss) / count, jnp.sum(correct) / count
 
-    def evaluate(params, weight_decay, splits):
+    def evaluate(params, state, weight_decay, splits):
       out, net = {}, fold(model, params)
       for name, arrays in splits.items():
-        out[f"{name}_loss"], out[f"{name}_acc"] = split_means(*net, *arrays)
+        out[f"{name}_loss"], out[f"{name}_acc"] = split_means(*net, state, *arrays)
       summary = pp.summarize(
         params,
         groups,
@@ -179,22 +183,27 @@ class Evaluator:
 
     self._weight_decay = config.weight_decay
     self._evaluate = jax.jit(evaluate)
-    self._evaluate_each = jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None)))
+    self._evaluate_each = jax.jit(jax.vmap(evaluate, in_axes=(0, 0, 0, None)))
     self._replicated = NamedSharding(mesh, P())
 
-  def __call__(self, params: Any) -> dict[str, float]:
-    params = jax.device_put(params, self._replicated)  # a no-op for the replicated training state
-    return _python_numbers(self._evaluate(params, self._weight_decay, self._splits))
+  def __call__(self, params: Any, state: Any = None) -> dict[str, float]:
+    """The metrics of ``params``, with the model's ``state`` (a BatchNorm's running statistics,
+    ``{"batch_stats": ...}``; None: none)."""
+    # a no-op for the replicated training state
+    params, state = jax.device_put((params, state or {}), self._replicated)
+    return _python_numbers(self._evaluate(params, state, self._weight_decay, self._splits))
 
-  def each(self, params: Any, weight_decays: Sequence[float]) -> list[dict[str, float]]:
+  def each(self, params: Any, state: Any, weight_decays: Sequence[float]) -> list[dict[str, float]]:
     """The metrics of every member of a sweep, in one compiled pass.
 
     Args:
       params: the members' parameters, stacked on a leading axis.
+      state: the members' model states (see :meth:`__call__`), stacked likewise.
       weight_decays: each member's :math:`\\lambda`.
     """
-    params = jax.device_put(params, self._replicated)
-    values = self._evaluate_each(params, jnp.asarray(weight_decays, jnp.float32), self._splits)
+    params, state = jax.device_put((params, state), self._replicated)
+    decays = jnp.asarray(weight_decays, jnp.float32)
+    values = self._evaluate_each(params, state, decays, self._splits)
     stacked = _python_numbers(values)
     return [{k: v[m] for k, v in stacked.items()} for m in range(len(weight_decays))]
 

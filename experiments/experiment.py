@@ -21,6 +21,7 @@ import numpy as np
 import optax
 
 import pathprox_jax as pp
+from configs import ConfigError
 from experiments import (
   checkpointing,
   config_checks,
@@ -35,7 +36,7 @@ from experiments import (
 from experiments import groups as groups_lib
 from experiments.schedules import learning_rate_schedule
 from experiments.select_by_member import MemberOptState, select_by_member
-from experiments.train_step import TrainState, make_train_steps
+from experiments.train_step import TrainState, make_train_steps, model_state
 
 
 def create_optimizer(
@@ -44,7 +45,8 @@ def create_optimizer(
   schedule: optax.Schedule,
   unit_costs: Mapping[int, float] | None = None,
 ) -> optax.GradientTransformation:
-  """The method (PathProx, the optimiser's weight decay, or GMP) under the optimiser.
+  """The method (PathProx, the optimiser's weight decay, GMP or network slimming) under the
+  optimiser.
 
   ``optimizer="sgd"``: ``pathprox_sgd`` (with ``threshold_rule``), or SGD on
   loss + (λ/2)·Σ‖kernels‖². ``optimizer="adamw"``: ``pathprox_adamw``, or
@@ -53,7 +55,9 @@ def create_optimizer(
   With ``target_flops`` in (0, 1): ``budget_sgd`` or ``budget_adamw``, warm-up until
   ``prox_start``, a ramp to the target until ``heal_start``, then the heal; ``"pathprox"``
   selects the units with the cost-aware prox and its controller, ``"gmp"`` by magnitude
-  (under weight decay of every kernel).
+  (under weight decay of every kernel). ``"slimming"`` (Liu et al. 2017): SGD on
+  loss + (λ/2)·Σ‖kernels‖² + ``scale_l1``·Σ|γ_i| over the units' BatchNorm scales
+  (:func:`unit_scales`); ``experiments.prune --score scale`` then keeps the largest |γ_i|.
 
   Args:
     config: the run's config.
@@ -104,16 +108,57 @@ def create_optimizer(
       regularize_bias=config.regularize_bias,
     )
   # The gradient of (λ/2)·‖K‖² is λ·K: the same as adding decayed weights.
-  return optax.chain(
-    optax.add_decayed_weights(config.weight_decay, mask=decayed),
-    optax.sgd(schedule, momentum=momentum),
+  penalties = [optax.add_decayed_weights(config.weight_decay, mask=decayed)]
+  if config.method == "slimming":
+    scales = unit_scales(groups)
+    if not any(jax.tree.leaves(scales)):
+      raise ConfigError(
+        "--method slimming penalises the units' BatchNorm scales, and this model has none: "
+        "use a model with BatchNorm units (fashion_mnist_resnet)"
+      )
+    penalties.append(add_l1(config.scale_l1, scales))
+  return optax.chain(*penalties, optax.sgd(schedule, momentum=momentum))
+
+
+def unit_scales(groups: Any) -> Any:
+  """``True`` at the units' BatchNorm scales γ (a group's "in" leaf named ``scale``, see
+  :func:`pathprox_jax.batch_norm_inits`), ``False`` elsewhere: network slimming's channel
+  factors."""
+
+  def is_unit_scale(path: Any, spec: pp.GroupSpec | None) -> bool:
+    return spec is not None and spec.role == "in" and getattr(path[-1], "key", None) == "scale"
+
+  return jax.tree_util.tree_map_with_path(
+    is_unit_scale, groups, is_leaf=lambda s: s is None or isinstance(s, pp.GroupSpec)
   )
+
+
+def add_l1(strength: float, mask: Any) -> optax.GradientTransformation:
+  """Adds ``strength``·sign(p), the subgradient of ``strength``·Σ|p|, to the updates of the
+  leaves where ``mask`` is True.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> tx = add_l1(0.1, {"scale": True, "kernel": False})
+    >>> params = {"scale": jnp.array([2.0, -1.0]), "kernel": jnp.array([3.0])}
+    >>> zeros = {"scale": jnp.zeros(2), "kernel": jnp.zeros(1)}
+    >>> tx.update(zeros, tx.init(params), params)[0]["scale"]
+    Array([ 0.1, -0.1], dtype=float32)
+  """
+
+  def update(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+    if params is None:
+      raise ValueError("add_l1 needs the params: pass them to update(updates, state, params)")
+    return jax.tree.map(lambda g, p: g + strength * jnp.sign(p), updates, params), state
+
+  return optax.masked(optax.GradientTransformation(lambda _: optax.EmptyState(), update), mask)
 
 
 def initial_params(
   model: nn.Module, seeds: Sequence[int], sample: np.ndarray
-) -> list[tuple[Any, jax.Array]]:
-  """The boxed parameters at step 0 of the run with each seed, and its data key.
+) -> list[tuple[Any, Any, jax.Array]]:
+  """The boxed parameters at step 0 of the run with each seed, the model's state
+  (:func:`~experiments.train_step.model_state`) and the run's data key.
 
   The initialisation is compiled once for all seeds.
   """
@@ -122,7 +167,8 @@ def initial_params(
   runs = []
   for seed in seeds:
     init_key, data_key = jax.random.split(jax.random.key(seed))
-    runs.append((init(init_key, sample)["params"], data_key))
+    variables = init(init_key, sample)
+    runs.append((variables["params"], nn.meta.unbox(model_state(variables)), data_key))
   return runs
 
 
@@ -205,15 +251,16 @@ class Experiment:
     model = models.create_model(config)
     initial = initial_params(model, [c.seed for c in self.configs], train_images[:1])
     example = jax.ShapeDtypeStruct(train_images[:1].shape, jnp.float32)
+    boxed, state = initial[0][0], initial[0][1]
     self.groups = groups_lib.group_spec(
-      models.family(config), model, initial[0][0], example, config.group_source
+      models.family(config), model, boxed, example, config.group_source, state
     )
     print(
       groups_lib.group_summary(
         nn.meta.unbox(initial[0][0]), self.groups, config.group_source, config.regularize_bias
       )
     )
-    self.unit_costs = groups_lib.unit_costs(model, initial[0][0], example, self.groups)
+    self.unit_costs = groups_lib.unit_costs(model, boxed, example, self.groups, state)
     weight_decays = sorted({c.weight_decay for c in self.configs})
     txs = [
       create_optimizer(_with_weight_decay(config, w), self.groups, self.schedule, self.unit_costs)
@@ -224,9 +271,11 @@ class Experiment:
       config.init_params if init_params_source is None else init_params_source
     )
     self.states, self.data_keys = [], []
-    for index, (boxed, data_key) in zip(self._indices, initial, strict=True):
+    for index, (boxed, state, data_key) in zip(self._indices, initial, strict=True):
       params = checkpointing.restore_init_params(source, nn.meta.unbox(boxed), config)
-      self.states.append(TrainState(jnp.zeros((), jnp.int32), params, txs[index].init(params)))
+      state = checkpointing.restore_init_model_state(source, state)
+      step = jnp.zeros((), jnp.int32)
+      self.states.append(TrainState(step, params, txs[index].init(params), state))
       self.data_keys.append(data_key)
     self._stacked = len(self.configs) > 1
     tx = select_by_member(txs) if self._stacked else txs[0]
@@ -275,11 +324,11 @@ class Experiment:
     """
     return self._train_fn(device_state, jnp.int32(num_steps), *self.train_data, device_keys)
 
-  def evaluate_each(self, params: Any) -> list[dict[str, float]]:
-    """Every member's metrics, from the host params."""
+  def evaluate_each(self, params: Any, state: Any) -> list[dict[str, float]]:
+    """Every member's metrics, from the host params and model state."""
     if not self._stacked:
-      return [self.evaluate(params)]
-    return self.evaluate.each(params, [c.weight_decay for c in self.configs])
+      return [self.evaluate(params, state)]
+    return self.evaluate.each(params, state, [c.weight_decay for c in self.configs])
 
 
 def _with_weight_decay(

@@ -55,7 +55,7 @@ class Family:
     group_names: what each group holds, by group number ({}: the numbers say enough).
     groups_may_be_empty: whether a group may keep no unit. In a chain (MLP, VGG) the output
       would then not depend on the input; a residual block's skip carries the signal past an
-      empty block (ViT).
+      empty block (ViT, ResNet).
     fold: ``(model, params) -> (model, params)``, the same function with fewer products for
       evaluation (the MLP's linear bottlenecks multiplied out); :func:`unfolded` by default.
       ``params`` may have leading batch axes (``vmap``).

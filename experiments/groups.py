@@ -6,13 +6,19 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 import pathprox_jax as pp
 from experiments.family import Family
 
 
 def group_spec(
-  family: Family, model: nn.Module, boxed: Any, example: Any, source: str = "auto"
+  family: Family,
+  model: nn.Module,
+  boxed: Any,
+  example: Any,
+  source: str = "auto",
+  model_state: Any = None,
 ) -> Any:
   """The model's PathProx groups: discovered from its trace, or read from its annotations.
 
@@ -29,6 +35,8 @@ def group_spec(
     boxed: its boxed params (or their ``jax.eval_shape``).
     example: an input batch, or its ``jax.ShapeDtypeStruct``.
     source: ``"auto"`` or ``"annotations"``.
+    model_state: the model's variables besides its params (a BatchNorm's running
+      statistics, ``{"batch_stats": ...}``), with which it is traced (None: none).
 
   Returns:
     The spec pytree.
@@ -39,9 +47,7 @@ def group_spec(
   annotated = family.group_spec(model, boxed)
   if source == "annotations":
     return annotated
-  report = pp.explain_groups(
-    lambda params, x: model.apply({"params": params}, x), nn.meta.unbox(boxed), example
-  )
+  report = pp.explain_groups(_as_function(model, model_state), nn.meta.unbox(boxed), example)
   found, expected = _groups_by_leaves(report.groups), _groups_by_leaves(annotated)
   if found != expected:
     raise GroupSourceError(
@@ -51,18 +57,26 @@ def group_spec(
   return annotated
 
 
-def unit_costs(model: nn.Module, boxed: Any, example: Any, groups: Any) -> dict[int, float]:
+def unit_costs(
+  model: nn.Module, boxed: Any, example: Any, groups: Any, model_state: Any = None
+) -> dict[int, float]:
   """``{group: FLOPs per example of one of its units}``, from the traced model (nothing runs).
 
   See :func:`pathprox_jax.unit_costs`; ``example`` is an input batch or its
-  ``jax.ShapeDtypeStruct``.
+  ``jax.ShapeDtypeStruct``, ``model_state`` as in :func:`group_spec`.
   """
   return pp.unit_costs(
-    lambda params, x: model.apply({"params": params}, x),
-    nn.meta.unbox(boxed),
-    example,
-    groups=groups,
+    _as_function(model, model_state), nn.meta.unbox(boxed), example, groups=groups
   )
+
+
+def _as_function(model: nn.Module, model_state: Any) -> Any:
+  """``(params, x) -> outputs`` of the model in evaluation mode, its state fixed.
+
+  Only the state's shapes matter to a trace: it may be a ``jax.eval_shape``'s.
+  """
+  state = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), model_state or {})
+  return lambda params, x: model.apply({"params": params, **state}, x)
 
 
 class GroupSourceError(ValueError):

@@ -32,7 +32,7 @@ class Benchmark(NamedTuple):
   ms_per_call: dict[int, float]
 
 
-def benchmark(model, params: Any, x: np.ndarray, repeats: int) -> Benchmark:
+def benchmark(model, params: Any, x: np.ndarray, repeats: int, state: Any = None) -> Benchmark:
   """Counts, compiles and times ``model`` at each of :data:`BENCHMARK_BATCHES`.
 
   Args:
@@ -40,12 +40,13 @@ def benchmark(model, params: Any, x: np.ndarray, repeats: int) -> Benchmark:
     params: its parameters.
     x: model inputs, repeated to fill each batch.
     repeats: timed calls per batch size (after one warm-up call).
+    state: its variables besides the params (a BatchNorm's running statistics; None: none).
 
   Returns:
     The :class:`Benchmark`.
   """
   params = jax.device_put(params)
-  variables = {"params": params}
+  variables = {"params": params, **jax.device_put(state or {})}
   flops, ms = None, {}
   for batch in BENCHMARK_BATCHES:
     inputs = jax.device_put(np.resize(x, (batch, *x.shape[1:])))

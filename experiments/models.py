@@ -2,7 +2,8 @@
 
 A family (:class:`experiments.family.Family`) is everything the harness knows of one kind of
 network. Each lives in its module, ``experiments/<name>.py``, as ``FAMILY``:
-:mod:`experiments.mlp`, :mod:`experiments.vgg` and :mod:`experiments.vit`. Adding a family
+:mod:`experiments.mlp`, :mod:`experiments.vgg`, :mod:`experiments.vit` and
+:mod:`experiments.resnet`. Adding a family
 means writing its module, its config and its line in :data:`CONFIG_KEYS`; no other module
 of the harness changes.
 
@@ -33,6 +34,7 @@ CONFIG_KEYS = {
   "mlp": ("features", "relu"),
   "vgg": ("channels", "pool_after"),
   "vit": ("num_heads", "mlp_dim", "width", "head_dim", "patch_size"),
+  "resnet": ("stage_widths", "blocks", "inner_widths"),
 }
 
 # Names handed on from the families' modules: {name: module}.
@@ -46,6 +48,8 @@ _HANDED_ON = {
   "compacted_vit_widths": "vit",
   "vit_group_names": "vit",
   "vit_groups": "vit",
+  "ResNet": "resnet",
+  "resnet_group_names": "resnet",
 }
 
 __all__ = [

@@ -1,13 +1,14 @@
 """Magnitude pruning of a run: the baseline that PathProx's exact compaction is compared with.
 
 ``python -m experiments.prune RUN_DIR (--match COMPACT_DIR | --keep N,N,...) [--out DIR]
-[--repeats N]`` restores the run's latest checkpoint (typically a weight-decay run), and in
-every PathProx group keeps the units with the largest :math:`\\|w_i\\| \\|v_i\\|`
-(:func:`pathprox_jax.unit_path_norms`: a neuron's "in" column and "out" row, a head's value
-and output projections), as many as ``--match``'s compact output (of
-``experiments.compact``) keeps in that group, or as ``--keep`` lists in group order. The
-others are removed (:func:`pathprox_jax.compact` with ``keep``): the smaller model computes
-the run's function with their "out" weights set to zero.
+[--score path-norm|scale] [--repeats N]`` restores the run's latest checkpoint (typically a
+weight-decay run), and in every PathProx group keeps the units with the largest
+:math:`\\|w_i\\| \\|v_i\\|` (:func:`pathprox_jax.unit_path_norms`: a neuron's "in" column and
+"out" row, a head's value and output projections; ``--score scale``: the largest
+:math:`|\\gamma_i|`, a BatchNorm unit's scale alone, as network slimming prunes), as many
+as ``--match``'s compact output (of ``experiments.compact``) keeps in that group, or as
+``--keep`` lists in group order. The others are removed (:func:`pathprox_jax.compact` with
+``keep``): the smaller model computes the run's function with their "out" weights set to zero.
 
 ``DIR`` (default ``RUN_DIR/prune``; an existing ``DIR`` that is not empty is never replaced:
 the command refuses, exit code 2) has the layout of a compact output: ``params/``,
@@ -28,12 +29,15 @@ import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+import jax
 import numpy as np
 
 import pathprox_jax as pp
 from experiments import cli, heal, models, run_folder, trained_run
 from experiments import inference_speed as speed
+from experiments.experiment import unit_scales as is_unit_scale
 from experiments.trained_run import UsageError
 
 MARKER = run_folder.PRUNE_RECORD
@@ -144,6 +148,32 @@ def largest_units(
   }
 
 
+def unit_scales(params: Any, groups: Any) -> dict[int, np.ndarray]:
+  """``{group: |γ_i|}``: each unit's BatchNorm scale, network slimming's score.
+
+  Raises:
+    UsageError: a group's units have no BatchNorm scale.
+  """
+  specs = jax.tree.leaves(groups, is_leaf=lambda s: s is None or isinstance(s, pp.GroupSpec))
+  leaves = zip(jax.tree.leaves(params), specs, jax.tree.leaves(is_unit_scale(groups)), strict=True)
+  scales = {spec.group: np.abs(np.asarray(leaf)) for leaf, spec, scale in leaves if scale}
+  missing = sorted(set(pp.unit_counts(params, groups)) - set(scales))
+  if missing:
+    raise UsageError(
+      f"--score scale: the units of group {missing[0]} have no BatchNorm scale; "
+      "use --score path-norm"
+    )
+  return scales
+
+
+SCORES = {
+  "path-norm": lambda params, groups: {
+    g: np.asarray(s) for g, s in pp.unit_path_norms(params, groups).items()
+  },
+  "scale": unit_scales,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   """Prunes one run from the command line; returns the exit code."""
   parser = cli.ArgumentParser(prog="python -m experiments.prune", description=__doc__)
@@ -156,6 +186,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument(
     "--out", help="output folder, absent or empty: never replaced (default: RUN_DIR/prune)"
   )
+  parser.add_argument(
+    "--score",
+    choices=tuple(SCORES),
+    default="path-norm",
+    help="keep the largest ||w_i|| ||v_i|| (path-norm, the default) or |gamma_i| (scale: "
+    "network slimming's, for BatchNorm units)",
+  )
   parser.add_argument("--repeats", type=int, default=20, help="timed calls per benchmark")
   try:
     args = parser.parse_args(argv)
@@ -166,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out) if args.out else run_dir / "prune"
     trained_run.check_output_folder(out)
     run = trained_run.restore_run(run_dir)
-    scores = {g: np.asarray(s) for g, s in pp.unit_path_norms(run.params, run.groups).items()}
+    scores = SCORES[args.score](run.params, run.groups)
     widths = {g: len(s) for g, s in scores.items()}
     counts = kept_counts(requested, widths, models.family(run.config).groups_may_be_empty)
   except trained_run.USAGE_ERRORS as e:
@@ -174,20 +211,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
   config = run.config
-  how = f"largest ||w_i|| ||v_i||, {'--keep' if args.keep is not None else f'--match {args.match}'}"
-  small, kept, small_config = trained_run.compact_run(
+  score = "|gamma_i|" if args.score == "scale" else "||w_i|| ||v_i||"
+  how = f"largest {score}, {'--keep' if args.keep is not None else f'--match {args.match}'}"
+  small, small_state, kept, small_config = trained_run.compact_run(
     run, run_dir, how, keep=largest_units(scores, counts)
   )
   keys = models.widths_keys(config)
   model, small_model = models.create_model(config), models.create_model(small_config)
   dense_acc = trained_run.accuracy(
-    trained_run.logits_on_test_set(model, run.params, run), run.test_labels
+    trained_run.logits_on_test_set(model, run.params, run, state=run.model_state), run.test_labels
   )
   pruned_acc = trained_run.accuracy(
-    trained_run.logits_on_test_set(small_model, small, run), run.test_labels
+    trained_run.logits_on_test_set(small_model, small, run, state=small_state), run.test_labels
   )
-  dense = trained_run.benchmark(run, model, run.params, args.repeats)
-  pruned = trained_run.benchmark(run, small_model, small, args.repeats)
+  dense = trained_run.benchmark(run, model, run.params, args.repeats, run.model_state)
+  pruned = trained_run.benchmark(run, small_model, small, args.repeats, small_state)
   command = heal.heal_command(out, config)
 
   def kept_share(before: float | None, after: float | None) -> dict[str, float | None]:
@@ -198,6 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     "run_dir": str(run_dir.absolute()),
     "step": run.step,
     "match": args.keep if args.keep is not None else str(Path(args.match).absolute()),
+    "score": args.score,
     "original_widths": {key: list(config[key]) for key in keys},
     "widths": {key: list(small_config[key]) for key in keys},
     "kept": {str(g): k.indices.tolist() for g, k in kept.items()},
@@ -207,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     "flops_per_example": kept_share(dense.flops, pruned.flops),
     "heal_command": command,
   }
-  trained_run.write_output(out, small_config, small, record, MARKER)
+  trained_run.write_output(out, small_config, small, record, MARKER, small_state)
   speed.print_table(
     dense,
     pruned,

@@ -34,6 +34,8 @@ CHECKPOINTS = "checkpoints"
 # The records that mark, and only mark, experiments.compact's and experiments.prune's outputs.
 COMPACT_RECORD = "compact.json"
 PRUNE_RECORD = "prune.json"
+# A compact or prune output's model state beside its params/ (a BatchNorm's running statistics).
+MODEL_STATE = "model_state"
 # config.json's record of a run that stopped on a non-finite loss: {"step": S, "loss": "nan"}.
 DIVERGED = "diverged"
 # A sweep member's folder name: seed<s>, or wd<λ>-seed<s> when λ varies too.

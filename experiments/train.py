@@ -282,7 +282,7 @@ class _Loop:
         run_record.copy_init_params(m.workdir, experiment.init_params_source)
     self.elapsed_before = max((h[-1]["wall_time"] for h in histories if h), default=0.0)
     if not histories:
-      self._log(experiment, experiment.stack(states).params, int(states[0].step))
+      self._log(experiment, experiment.stack(states), int(states[0].step))
     return states, data_keys
 
   def _keep_complete_checkpoints(self) -> None:
@@ -327,7 +327,7 @@ class _Loop:
         break
       host_state = experiment.from_device(device_state)  # every point is an evaluation or a save
       if step == point and (step % config.log_freq == 0 or step == config.total_iter):
-        self._log(experiment, host_state.params, step)
+        self._log(experiment, host_state, step)
         self._show(progress)
       if signum or step % config.save_freq == 0 or step == config.total_iter:
         self._save(experiment.unstack(host_state), data_keys, step)
@@ -345,7 +345,7 @@ class _Loop:
           m, f"the training loss became {loss}", str(loss), int(reached[members.index(m)])
         )
 
-  def _log(self, experiment: Experiment, params: Any, step: int) -> None:
+  def _log(self, experiment: Experiment, state: Any, step: int) -> None:
     """Evaluates every member and appends its row; stops one whose loss is not finite."""
     config = self.members[0].config
     shared = {
@@ -354,7 +354,8 @@ class _Loop:
       "lr": float(experiment.schedule(step)),
       "wall_time": self.elapsed_before + time.time() - self.start_time,
     }
-    for m, metrics in zip(self.members, experiment.evaluate_each(params), strict=True):
+    evaluated = experiment.evaluate_each(state.params, state.model_state)
+    for m, metrics in zip(self.members, evaluated, strict=True):
       if m.diverged is None:
         m.last = {**shared, **metrics}
         m.metrics.append(m.last)

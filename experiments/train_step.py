@@ -5,7 +5,12 @@ permutation per epoch, the last partial batch kept and masked), and a whole
 stretch of steps between two evaluations runs as one compiled loop. Each device
 takes its slice of the global batch, the gradients are summed across devices
 (``psum``) and divided by the global count, and every device applies the same
-optimiser step.
+optimiser step. A model with state besides its params (a BatchNorm's running statistics,
+``batch_stats``) runs in training mode, its state mutable, and every device keeps the mean of
+the devices' new state. The masked entries of a padded batch (the epoch's last, partial one;
+a batch that does not divide by the devices) are copies of training image 0: they count in no
+loss or gradient, but a BatchNorm's batch statistics include them (Flax's masked statistics
+average the devices' means, which is not the global batch's where the devices' counts differ).
 """
 
 from __future__ import annotations
@@ -24,11 +29,33 @@ from experiments.parallel import AXIS
 
 
 class TrainState(NamedTuple):
-  """A run's state: the step reached, the parameters and the optimiser's state."""
+  """A run's state: the step reached, the parameters, the optimiser's state and the model's.
+
+  ``model_state`` holds the model's variables other than ``params`` by collection (a
+  BatchNorm's ``{"batch_stats": ...}``), ``{}`` for a model without any.
+  """
 
   step: jax.Array
   params: Any
   opt_state: Any
+  model_state: Any
+
+
+def model_state(variables: Any) -> dict[str, Any]:
+  """The model's variables other than its ``params`` (``model.init``'s), by collection."""
+  return {name: value for name, value in variables.items() if name != "params"}
+
+
+def train_logits(
+  model: nn.Module, params: Any, state: Any, x: jax.Array
+) -> tuple[jax.Array, dict[str, Any]]:
+  """The model's outputs in training mode, and its new state (``state``'s collections).
+
+  The collections of ``state`` are mutable, which is how a model knows it trains (a
+  BatchNorm normalises by the batch's statistics and updates its running ones); without
+  any, this is ``model.apply({"params": params}, x)``.
+  """
+  return model.apply({"params": params, **state}, x, mutable=list(state))
 
 
 def make_train_steps(
@@ -62,16 +89,18 @@ def make_train_steps(
     y = labels[jnp.maximum(idx, 0)]
 
     def loss_sum(params):
-      logits = model.apply({"params": params}, x)
-      return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, y) * valid)
+      logits, new_state = train_logits(model, params, state.model_state, x)
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+      return jnp.sum(loss * valid), new_state
 
-    local_loss, local_grads = jax.value_and_grad(loss_sum)(state.params)
+    (local_loss, new_state), local_grads = jax.value_and_grad(loss_sum, has_aux=True)(state.params)
     count = jax.lax.psum(jnp.sum(valid), AXIS)
     grads = jax.tree.map(lambda g: jax.lax.psum(g, AXIS) / count, local_grads)
     loss = jax.lax.psum(local_loss, AXIS) / count
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    return TrainState(state.step + 1, params, opt_state), loss
+    new_state = jax.tree.map(lambda s: jax.lax.pmean(s, AXIS), new_state)
+    return TrainState(state.step + 1, params, opt_state, new_state), loss
 
   def run(state, num_steps, images, labels, key_data):
     order_key, aug_key = jax.random.split(jax.random.wrap_key_data(key_data))

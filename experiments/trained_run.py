@@ -27,7 +27,7 @@ from experiments import checkpointing, cli, data, input_pipeline, models, run_fo
 from experiments import groups as groups_lib
 from experiments import inference_speed as speed
 from experiments.experiment import create_optimizer
-from experiments.train_step import TrainState
+from experiments.train_step import TrainState, model_state
 
 
 class UsageError(ValueError):
@@ -73,6 +73,11 @@ class TrainedRun(NamedTuple):
     """The checkpoint's step."""
     return int(self.state.step)
 
+  @property
+  def model_state(self) -> Any:
+    """The model's other variables there (a BatchNorm's ``{"batch_stats": ...}``; ``{}``: none)."""
+    return self.state.model_state
+
 
 class Checkpoint(NamedTuple):
   """One checkpoint of a run, restored: what :meth:`checkpointing.Checkpoints.save` saved."""
@@ -91,12 +96,14 @@ def abstract_state(config: ml_collections.ConfigDict) -> tuple[TrainState, Any]:
   """
   model = models.create_model(config)
   image = jax.ShapeDtypeStruct((1, *data.BUILDERS[config.dataset].IMAGE_SHAPE), jnp.float32)
-  boxed = jax.eval_shape(model.init, jax.random.key(0), image)["params"]
-  groups = groups_lib.group_spec(models.family(config), model, boxed, image, config.group_source)
+  variables = jax.eval_shape(model.init, jax.random.key(0), image)
+  boxed, state = variables["params"], nn.meta.unbox(model_state(variables))
+  family = models.family(config)
+  groups = groups_lib.group_spec(family, model, boxed, image, config.group_source, state)
   params = nn.meta.unbox(boxed)
   tx = create_run_optimizer(config, groups)
   step = jax.ShapeDtypeStruct((), jnp.int32)
-  return TrainState(step, params, jax.eval_shape(tx.init, params)), groups
+  return TrainState(step, params, jax.eval_shape(tx.init, params), state), groups
 
 
 def create_run_optimizer(
@@ -174,13 +181,16 @@ def restore_checkpoint(directory: Path, step: int | None = None) -> Checkpoint:
   return Checkpoint(config, state, groups, data_key, history)
 
 
-def logits_on_test_set(model, params: Any, run: TrainedRun, split: str = "test") -> np.ndarray:
+def logits_on_test_set(
+  model, params: Any, run: TrainedRun, split: str = "test", state: Any = None
+) -> np.ndarray:
   """The model's logits on the run's test set (or ``split="val"``: its validation set),
-  ``[N, classes]``, at full f32 precision."""
+  ``[N, classes]``, at full f32 precision, with the model's ``state`` (None: none)."""
 
   @jax.jit
   def logits(params, images):
-    return model.apply({"params": params}, input_pipeline.normalize(images, run.config.dataset))
+    x = input_pipeline.normalize(images, run.config.dataset)
+    return model.apply({"params": params, **(state or {})}, x)
 
   if split == "val":
     images, labels = run.val_images, run.val_labels
@@ -233,9 +243,11 @@ def write_output(
   params: Any,
   record: dict,
   marker: str,
+  state: Any = None,
   checkpoint: tuple[TrainState, jax.Array, list[dict[str, Any]]] | None = None,
 ) -> None:
-  """Writes ``params/``, ``config.json`` and the record ``marker`` into ``out`` (absent or empty).
+  """Writes ``params/``, ``config.json`` and the record ``marker`` into ``out`` (absent or empty),
+  and ``model_state/`` where the model has ``state`` (its BatchNorms' running statistics).
 
   The folder is written under a temporary name and renamed at the end, so that
   an interrupted write never leaves a folder that looks like a complete output.
@@ -247,7 +259,8 @@ def write_output(
     record: what the command records (``compact.json``'s or ``prune.json``'s content).
     marker: the record's file name (:data:`run_folder.COMPACT_RECORD` or
       :data:`run_folder.PRUNE_RECORD`), which marks the folder as that command's output.
-    checkpoint: ``(state, data_key, history)`` to save as ``checkpoints/<step>``, which makes
+    state: the smaller model's variables besides its params (None or ``{}``: none).
+    checkpoint: ``(training state, data key, history)`` to save as ``checkpoints/<step>``: it makes
       ``out`` a run folder that ``--resume`` goes on with (None: none).
   """
 
@@ -256,6 +269,9 @@ def write_output(
     with ocp.StandardCheckpointer() as checkpointer:
       checkpointer.save(folder.absolute() / "params", params)
       checkpointer.wait_until_finished()
+      if state:
+        checkpointer.save(folder.absolute() / run_folder.MODEL_STATE, state)
+        checkpointer.wait_until_finished()
     if checkpoint is not None:
       saved = checkpointing.Checkpoints(folder / run_folder.CHECKPOINTS)
       try:
@@ -270,15 +286,18 @@ def write_output(
   run_folder.write_atomic(out, write)
 
 
-def benchmark(run: TrainedRun, model: nn.Module, params: Any, repeats: int) -> speed.Benchmark:
-  """:func:`experiments.inference_speed.benchmark` of ``model`` on the run's test images."""
+def benchmark(
+  run: TrainedRun, model: nn.Module, params: Any, repeats: int, state: Any = None
+) -> speed.Benchmark:
+  """:func:`experiments.inference_speed.benchmark` of ``model`` (with its ``state``) on the
+  run's test images."""
   x = input_pipeline.normalize(run.test_images[: max(speed.BENCHMARK_BATCHES)], run.config.dataset)
-  return speed.benchmark(model, params, x, repeats)
+  return speed.benchmark(model, params, x, repeats, state)
 
 
 def compact_run(
   run: TrainedRun, run_dir: Path, how: str, **options: Any
-) -> tuple[Any, dict[int, pp.KeptUnits], ml_collections.ConfigDict]:
+) -> tuple[Any, Any, dict[int, pp.KeptUnits], ml_collections.ConfigDict]:
   """The run's smaller model (:func:`pathprox_jax.compact`), printing what it keeps.
 
   Args:
@@ -288,14 +307,16 @@ def compact_run(
     **options: :func:`pathprox_jax.compact`'s ``atol``, ``path_norm_tol`` or ``keep``.
 
   Returns:
-    ``(smaller params without zero-size arrays, kept units per group, smaller config)``.
+    ``(smaller params without zero-size arrays, smaller model state (the running statistics
+    of the units kept; ``{}``: none), kept units per group, smaller config)``.
   """
   config = run.config
   print(
     f"run {run_dir}: {config.experiment}, {config.method}, "
     f"checkpoint at step {run.step} of {config.total_iter}"
   )
-  small, kept = pp.compact(run.params, run.groups, **options)
+  small, kept = pp.compact({"params": run.params, **run.model_state}, run.groups, **options)
+  small_params, small_state = small["params"], model_state(small)
   print(
     f"kept units ({how}): "
     + ", ".join(f"group {g} {k.width}/{k.original_width}" for g, k in kept.items())
@@ -303,4 +324,4 @@ def compact_run(
   small_config = models.compacted_config(config, kept)
   for key in models.widths_keys(config):
     print(f"{key}: {tuple(config[key])} -> {small_config[key]}")
-  return without_empty_arrays(small), kept, small_config
+  return without_empty_arrays(small_params), without_empty_arrays(small_state), kept, small_config

@@ -13,6 +13,7 @@ from flax.core import meta
 import pathprox_jax as pp
 from configs import ConfigError, load_config
 from experiments import config_checks, family, models
+from experiments.train_step import model_state
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[2] / "experiments"
 # One experiment of each family, made small.
@@ -20,13 +21,17 @@ SMALL = {
   "mlp": ("mnist_subset_mlp", {"features": (8, 6, 5, 10), "relu": (True, False, True, False)}),
   "vgg": ("cifar_vgg", {"channels": (4, 4, 6, 6), "pool_after": (1,)}),
   "vit": ("fashion_mnist_vit", {"num_heads": (2, 1), "mlp_dim": (8, 4), "width": 8, "head_dim": 4}),
+  "resnet": (
+    "fashion_mnist_resnet",
+    {"stage_widths": (4, 8, 8), "blocks": 1, "inner_widths": (4, 8, 8)},
+  ),
 }
 SHAPES = {"mnist": (2, 28, 28, 1), "fashion_mnist": (2, 28, 28, 1), "cifar10": (2, 32, 32, 3)}
 # What testing a config's model or a model's class looks like. Outside the registry and the
 # family modules it is refused: those modules ask the family instead.
 BRANCHES = re.compile(
   r"config\.model\b|config\[[\"']model[\"']\]|\.get\([\"']model[\"']"
-  r"|isinstance\([^)]*\b(MLP|NNXMLP|VGG|ViT)\b|isinstance\(\s*model\b"
+  r"|isinstance\([^)]*\b(MLP|NNXMLP|VGG|ViT|ResNet)\b|isinstance\(\s*model\b"
   r"|\bmodels\.(?!CONFIG_KEYS\b)[A-Z]\w*"
   r"|\bmodel\s*(==|!=|in)\s*[\"'(]"
 )
@@ -60,7 +65,8 @@ def test_every_family_provides_the_whole_interface(name):
 
   model = fam.create(config)
   x = jax.ShapeDtypeStruct(SHAPES[config.dataset], jax.numpy.float32)
-  boxed = jax.eval_shape(model.init, jax.random.key(1), x)["params"]
+  variables = jax.eval_shape(model.init, jax.random.key(1), x)
+  boxed, state = variables["params"], meta.unbox(model_state(variables))
   params = meta.unbox(boxed)
   groups = fam.group_spec(model, boxed)
   widths = pp.unit_counts(params, groups)
@@ -68,11 +74,11 @@ def test_every_family_provides_the_whole_interface(name):
   kept_all = {g: pp.KeptUnits(np.arange(n), n) for g, n in widths.items()}
   assert fam.compacted_widths(config, kept_all) == {k: tuple(config[k]) for k in fam.widths_keys}
 
-  def folded_logits(params, x):
+  def folded_logits(params, state, x):
     net, net_params = fam.fold(model, params)
-    return net.apply({"params": net_params}, x)
+    return net.apply({"params": net_params, **state}, x)
 
-  assert jax.eval_shape(folded_logits, params, x).shape == (x.shape[0], 10)
+  assert jax.eval_shape(folded_logits, params, state, x).shape == (x.shape[0], 10)
 
 
 @pytest.mark.parametrize("name", sorted(models.CONFIG_KEYS))
@@ -88,8 +94,10 @@ def test_a_family_refuses_widths_below_its_least(name):
 
 def test_an_unknown_model_is_refused_by_the_registry():
   config = small_config("mlp")
-  config.model = "resnet"
-  with pytest.raises(ConfigError, match=r"--model must be one of \('mlp', 'vgg', 'vit'\)"):
+  config.model = "transformer"
+  with pytest.raises(
+    ConfigError, match=r"--model must be one of \('mlp', 'vgg', 'vit', 'resnet'\)"
+  ):
     models.family(config)
 
 

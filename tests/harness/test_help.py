@@ -28,9 +28,9 @@ def help_text(*command):
 @pytest.mark.parametrize(
   "experiment, hidden",
   [
-    ("mnist_mlp", ("--channels", "--pool-after", "--train-per-class")),
-    ("mnist_subset_mlp", ("--channels", "--pool-after", "--val-size")),
-    ("cifar_vgg", ("--features", "--relu", "--train-per-class")),
+    ("mnist_mlp", ("--channels", "--pool-after", "--train-per-class", "--scale-l1")),
+    ("mnist_subset_mlp", ("--channels", "--pool-after", "--val-size", "--scale-l1")),
+    ("cifar_vgg", ("--features", "--relu", "--train-per-class", "--scale-l1")),
   ],  # fmt: skip
 )
 def test_help_describes_each_flag_once_without_jax(experiment, hidden):
@@ -55,8 +55,8 @@ def test_compare_help_lists_the_pass_through_flags():
   assert "  --method " not in text and text.rstrip().endswith("NO JAX")
   listed = " ".join(help_text("experiments.compare").split())
   assert (
-    "one of cifar_vgg, fashion_mnist_vit, fashion_mnist_vit_adamw, mnist_mlp, mnist_subset_mlp"
-    in listed
+    "one of cifar_vgg, fashion_mnist_resnet, fashion_mnist_vit, fashion_mnist_vit_adamw, "
+    "mnist_mlp, mnist_subset_mlp" in listed
   )
 
 
