@@ -128,7 +128,7 @@ def toy_flags(raw_dir, tmp_path, steps):
 
 def latest(run):
   """The run's latest checkpointed state."""
-  _, state, _ = trained_run.restore_latest(run)
+  state = trained_run.restore_checkpoint(run).state
   return state
 
 
