@@ -18,16 +18,12 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from experiments import config_checks, distributed, models, run_folder
+from experiments import distributed, run_folder
 from experiments.resume import WorkdirError
 
 
 class NoReadableCheckpointError(ValueError):
   """Every checkpoint of a run failed to restore or to pass the checks."""
-
-
-class InitParamsError(ValueError):
-  """The params a run is asked to start from cannot be restored for its model."""
 
 
 class SaveError(OSError):
@@ -49,7 +45,7 @@ def all_finite(tree: Any) -> bool:
 
 
 @contextlib.contextmanager
-def _quiet_abandoned_coroutines(keep_after: type[Exception] | None = None) -> Iterator[None]:
+def quiet_abandoned_coroutines(keep_after: type[Exception] | None = None) -> Iterator[None]:
   """While open, ``sys.unraisablehook`` drops what a failed Orbax restore or save leaves behind.
 
   When a restore or a save fails, its abandoned coroutines and TensorStore's late callbacks
@@ -81,7 +77,7 @@ def _quiet_abandoned_coroutines(keep_after: type[Exception] | None = None) -> It
       sys.unraisablehook = previous
 
 
-def _first_line(error: Exception, width: int = 100) -> str:
+def first_line(error: Exception, width: int = 100) -> str:
   text = str(error).strip().splitlines()
   return f"{type(error).__name__}: {text[0][:width] if text else ''}"
 
@@ -90,7 +86,7 @@ def _write_error(error: Exception) -> str:
   """The system's reason for a failed write (TensorStore's ``os_error_code``), else the error."""
   code = getattr(error, "errno", None) or re.search(r"os_error_code='(\d+)'", str(error))
   if code is None:
-    return _first_line(error, 160)
+    return first_line(error, 160)
   number = code if isinstance(code, int) else int(code.group(1))
   return f"{os.strerror(number)} (errno {number})"
 
@@ -116,7 +112,7 @@ def orbax_errors_quiet() -> Iterator[None]:
     logging.getLogger(name).addFilter(_not_orbax_error)
   failed = False
   try:
-    with _quiet_abandoned_coroutines(keep_after=SaveError):
+    with quiet_abandoned_coroutines(keep_after=SaveError):
       yield
   except SaveError:
     failed = True
@@ -130,7 +126,7 @@ def _leaf_paths(tree: Any) -> set[str]:
   return {jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def _problem(restored: Any, abstract: Any) -> str | None:
+def fit_problem(restored: Any, abstract: Any) -> str | None:
   """What is wrong with a restored tree against its template (structure, shapes, values)."""
   if jax.tree.structure(restored) != jax.tree.structure(abstract):
     saved, expected = _leaf_paths(restored), _leaf_paths(abstract)
@@ -145,107 +141,6 @@ def _problem(restored: Any, abstract: Any) -> str | None:
   if not all_finite(restored):
     return "it holds non-finite values"
   return None
-
-
-def restore_init_params(directory: str, params: Any, config: Any = None) -> Any:
-  """The params saved in ``directory`` (``init_params``), else ``params`` when it is "".
-
-  Args:
-    directory: an orbax params checkpoint (a compact or prune output's ``params/``), or "".
-    params: the model's freshly initialised params: the structure, shapes and dtypes
-      the saved ones must have.
-    config: the run's config, whose model keys (the model, its widths, activations, ...)
-      must equal those of the ``config.json`` beside ``directory``, where there is one.
-
-  Returns:
-    The params to start the run from.
-
-  Raises:
-    InitParamsError: ``directory`` is no folder, no params checkpoint of this model, or
-      saved from a model of other keys.
-  """
-  if not directory:
-    return params
-  path = Path(directory).absolute()
-  if not path.is_dir():
-    raise InitParamsError(f"--init-params {directory}: no such folder")
-  if config is not None:
-    _check_source_model(directory, config)
-  restored, problem = _restore_fitting(path, params)
-  if problem is not None:
-    raise InitParamsError(f"--init-params {directory} does not fit the model: {problem}")
-  return restored
-
-
-def restore_init_model_state(directory: str, model_state: Any) -> Any:
-  """The model state saved beside the params ``directory`` (a compact or prune output's
-  ``model_state/``: its BatchNorms' running statistics), else ``model_state``.
-
-  A run from a compact output thus starts from the compact model's function, running
-  statistics included.
-
-  Args:
-    directory: ``init_params`` (see :func:`restore_init_params`), or "".
-    model_state: the model's fresh state (``{}``: none): the structure and shapes the
-      saved one must have.
-
-  Raises:
-    InitParamsError: the saved state does not fit the model.
-  """
-  saved = Path(directory).absolute().parent / run_folder.MODEL_STATE
-  if not directory or not model_state or not saved.is_dir():
-    return model_state
-  restored, problem = _restore_fitting(saved, model_state)
-  if problem is not None:
-    raise InitParamsError(
-      f"--init-params {directory}: the {run_folder.MODEL_STATE}/ beside it does not fit the "
-      f"model: {problem}"
-    )
-  return restored
-
-
-def _restore_fitting(path: Path, template: Any) -> tuple[Any, str | None]:
-  """``(the tree saved at path, None)``, or ``(None, why)`` where it does not fit ``template``'s
-  structure, shapes and dtypes, or cannot be read."""
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-  try:
-    with _quiet_abandoned_coroutines(), ocp.StandardCheckpointer() as checkpointer:
-      restored = checkpointer.restore(path)  # as saved: the check below compares shapes
-    return restored, _problem(restored, abstract)
-  except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise many kinds on bad files
-    return None, _first_line(e)
-
-
-def _check_source_model(directory: str, config: Any) -> None:
-  """Raises :class:`InitParamsError` where the source's ``config.json`` has other model keys.
-
-  Shapes alone miss an activation (``--relu``), a pooling or a patch size: params trained
-  with them compute another function in this run's model. A source without ``config.json``
-  (params saved by other means) is checked on shapes only, with a warning.
-  """
-  source = Path(directory).absolute().parent / run_folder.CONFIG
-  if not source.is_file():
-    print(
-      f"warning: --init-params {directory}: no {source.name} beside it; only the shapes of "
-      "its params are checked against this run's model",
-      file=sys.stderr,
-    )
-    return
-  try:
-    saved = run_folder.read_config(source)
-  except run_folder.NotARunError as e:
-    raise InitParamsError(f"--init-params {directory}: {e}") from None
-  shown = config_checks.format_value
-  keys = models.model_keys(config)
-  differing = [k for k in keys if shown(saved[k]) != shown(config[k])]
-  if differing:
-    changes = ", ".join(
-      f"{config_checks.flag(k)} {shown(saved[k])} (here {shown(config[k])})" for k in differing
-    )
-    raise InitParamsError(
-      f"--init-params {directory} was saved from a model with {changes} ({source}); pass "
-      "the source's model flags"
-    )
 
 
 def _split_model_state(state: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -359,7 +254,7 @@ class Checkpoints:
       items["model_state"] = ocp.args.StandardRestore(abstract_model_state)
     key_template = {"key": ocp.utils.to_shape_dtype_struct(jax.random.key_data(data_key))}
     steps = [s for s in self.steps() if at_most is None or s <= at_most]
-    with _quiet_abandoned_coroutines():
+    with quiet_abandoned_coroutines():
       for step in sorted(steps, reverse=True):
         try:
           restored = self.manager.restore(
@@ -371,14 +266,14 @@ class Checkpoints:
               **items,
             ),
           )
-          problem = _problem(
+          problem = fit_problem(
             (restored.state, restored.get("model_state", {}), restored.data_key),
             (abstract, abstract_model_state, key_template),
           )
           if problem is None and not isinstance(restored.history, list):
             problem = "its metrics history is not a list"
         except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise many kinds on bad files
-          problem = _first_line(e)
+          problem = first_line(e)
         if problem is None:
           key = jax.random.wrap_key_data(restored.data_key["key"])
           state = type(template)(**restored.state, model_state=restored.get("model_state", {}))

@@ -245,13 +245,13 @@ def exit_code(run: Callable[[], Any], resume_with: Callable[[], str]) -> int:
   """
   import jax
 
-  from experiments import checkpointing, data, distributed, groups, train
+  from experiments import checkpointing, data, distributed, groups, init_params, train
 
   try:
     run()
   except (
     ConfigError,
-    checkpointing.InitParamsError,
+    init_params.InitParamsError,
     groups.GroupSourceError,
     distributed.LaunchError,
     distributed.DisagreementError,

@@ -23,12 +23,12 @@ import optax
 import pathprox_jax as pp
 from configs import ConfigError
 from experiments import (
-  checkpointing,
   config_checks,
   data,
   dataset_facts,
   distributed,
   evaluation,
+  init_params,
   input_pipeline,
   models,
   parallel,
@@ -272,8 +272,8 @@ class Experiment:
     )
     self.states, self.data_keys = [], []
     for index, (boxed, state, data_key) in zip(self._indices, initial, strict=True):
-      params = checkpointing.restore_init_params(source, nn.meta.unbox(boxed), config)
-      state = checkpointing.restore_init_model_state(source, state)
+      params = init_params.restore_init_params(source, nn.meta.unbox(boxed), config)
+      state = init_params.restore_init_model_state(source, state)
       step = jnp.zeros((), jnp.int32)
       self.states.append(TrainState(step, params, txs[index].init(params), state))
       self.data_keys.append(data_key)

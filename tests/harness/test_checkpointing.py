@@ -10,7 +10,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import load_config
-from experiments import checkpointing, run_folder, trained_run
+from experiments import checkpointing, init_params, run_folder, trained_run
 from experiments.train_step import TrainState
 
 
@@ -78,10 +78,10 @@ def test_the_model_state_beside_init_params_is_restored_where_it_fits(tmp_path):
   trained_run.write_output(tmp_path / "out", config, params, {}, run_folder.COMPACT_RECORD, stats)
   source = str(tmp_path / "out" / "params")
   fresh = jax.tree.map(jnp.zeros_like, stats)
-  restored = checkpointing.restore_init_model_state(source, fresh)
+  restored = init_params.restore_init_model_state(source, fresh)
   jax.tree.map(np.testing.assert_array_equal, restored, stats)
-  assert checkpointing.restore_init_model_state("", fresh) is fresh  # no --init-params
-  assert checkpointing.restore_init_model_state(source, {}) == {}  # a model without state
+  assert init_params.restore_init_model_state("", fresh) is fresh  # no --init-params
+  assert init_params.restore_init_model_state(source, {}) == {}  # a model without state
   wider = {"batch_stats": {"norm": {"mean": jnp.zeros(4), "var": jnp.ones(4)}}}
-  with pytest.raises(checkpointing.InitParamsError, match="model_state/ beside it does not fit"):
-    checkpointing.restore_init_model_state(source, wider)
+  with pytest.raises(init_params.InitParamsError, match="model_state/ beside it does not fit"):
+    init_params.restore_init_model_state(source, wider)

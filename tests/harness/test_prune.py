@@ -13,7 +13,7 @@ import pytest
 from conftest import TOY_VIT, toy_vit_flags
 
 import pathprox_jax as pp
-from experiments import checkpointing, cli, compact, heal, models, prune, trained_run
+from experiments import cli, compact, heal, init_params, models, prune, trained_run
 
 # One xdist worker runs this file (--dist loadgroup): the session's vit_run and pruned are made
 # once.
@@ -156,7 +156,7 @@ def test_init_params_that_do_not_fit_are_a_one_line_error(
 
 def test_init_params_is_the_identity_when_empty():
   params = {"w": np.ones(2)}
-  assert checkpointing.restore_init_params("", params) is params
+  assert init_params.restore_init_params("", params) is params
 
 
 @pytest.mark.slow  # trains a ViT run (vit_run)
