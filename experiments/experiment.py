@@ -57,7 +57,7 @@ def create_optimizer(
   selects the units with the cost-aware prox and its controller, ``"gmp"`` by magnitude
   (under weight decay of every kernel). ``"slimming"`` (Liu et al. 2017): SGD on
   loss + (λ/2)·Σ‖kernels‖² + ``scale_l1``·Σ|γ_i| over the units' BatchNorm scales
-  (:func:`unit_scales`); ``experiments.prune --score scale`` then keeps the largest |γ_i|.
+  (:func:`unit_scale_mask`); ``experiments.prune --score scale`` then keeps the largest |γ_i|.
 
   Args:
     config: the run's config.
@@ -110,7 +110,7 @@ def create_optimizer(
   # The gradient of (λ/2)·‖K‖² is λ·K: the same as adding decayed weights.
   penalties = [optax.add_decayed_weights(config.weight_decay, mask=decayed)]
   if config.method == "slimming":
-    scales = unit_scales(groups)
+    scales = unit_scale_mask(groups)
     if not any(jax.tree.leaves(scales)):
       raise ConfigError(
         "--method slimming penalises the units' BatchNorm scales, and this model has none: "
@@ -120,7 +120,7 @@ def create_optimizer(
   return optax.chain(*penalties, optax.sgd(schedule, momentum=momentum))
 
 
-def unit_scales(groups: Any) -> Any:
+def unit_scale_mask(groups: Any) -> Any:
   """``True`` at the units' BatchNorm scales γ (a group's "in" leaf named ``scale``, see
   :func:`pathprox_jax.batch_norm_inits`), ``False`` elsewhere: network slimming's channel
   factors."""

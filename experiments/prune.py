@@ -37,7 +37,7 @@ import numpy as np
 import pathprox_jax as pp
 from experiments import cli, heal, models, run_folder, trained_run
 from experiments import inference_speed as speed
-from experiments.experiment import unit_scales as is_unit_scale
+from experiments.experiment import unit_scale_mask
 from experiments.trained_run import UsageError
 
 MARKER = run_folder.PRUNE_RECORD
@@ -155,7 +155,9 @@ def unit_scales(params: Any, groups: Any) -> dict[int, np.ndarray]:
     UsageError: a group's units have no BatchNorm scale.
   """
   specs = jax.tree.leaves(groups, is_leaf=lambda s: s is None or isinstance(s, pp.GroupSpec))
-  leaves = zip(jax.tree.leaves(params), specs, jax.tree.leaves(is_unit_scale(groups)), strict=True)
+  leaves = zip(
+    jax.tree.leaves(params), specs, jax.tree.leaves(unit_scale_mask(groups)), strict=True
+  )
   scales = {spec.group: np.abs(np.asarray(leaf)) for leaf, spec, scale in leaves if scale}
   missing = sorted(set(pp.unit_counts(params, groups)) - set(scales))
   if missing:
