@@ -32,11 +32,17 @@ units). Its steps, counted by its own ``count``:
   the units are ranked by :math:`\\|w_i\\|\\|v_i\\|/c_g` before that step's prox and the largest
   kept so that the frozen mask meets the budget to within one unit, from above: the units the
   controller kept beyond the target go, and where it switched off too many, the units just
-  below the threshold come back on, with their out-weights from before the prox. Off units,
-  and their slices of the base optimiser's state (SGD's trace, Adam's moments: every
-  params-shaped part, found with ``optax.tree_utils.tree_map_params``), are zeroed every step;
-  the kept units train with the base optimiser alone, plus ``heal_weight_decay`` on the grouped
-  kernels if given.
+  below the threshold come back on, with their out-weights from before the prox. Off units
+  are zeroed every step, and so are their slices of the base optimiser's state (SGD's trace,
+  Adam's moments: every params-shaped part, found with ``optax.tree_utils.tree_map_params``),
+  before the base's update: a unit off after step t starts step t + 1 with a zero state, and
+  its gradient is zero (its params are), so every state after a step holds zeros for the units
+  off before it. The kept units train with the base optimiser alone, plus
+  ``heal_weight_decay`` on the grouped kernels if given.
+
+Every phase rescales each unit of the base step :math:`p + u` (the prox's scales, one, or
+zero), and the update is computed as :math:`s u + (s - 1) p`: a scale of one (the warm-up,
+GMP's kept units) gives the base's update exactly.
 """
 
 from __future__ import annotations
@@ -207,10 +213,23 @@ def with_budget(
     count = state.count
     layouts = groups_lib.group_layouts(params, groups)
     warm, heal = count < prox_start, count >= heal_start
+    zero_state = heal | (selection == "magnitude")  # the steps that keep off units off
     sparsify, freeze = ~warm & ~heal, count == heal_start - 1
     if heal_weight_decay:
       updates = _add_heal_decay(updates, params, layouts, jnp.where(heal, heal_weight_decay, 0.0))
-    base_updates, base_state = base.update(updates, state.base, params, **extra_args)
+    # Momentum would push switched-off units back on: the units the last step left off (healing,
+    # or GMP's, which stay off) start this step with their slices of the base state zeroed. Zeroed
+    # here, before the base's update, XLA fuses the select into it; zeroed after, a second pass
+    # (or a lax.cond's copy of the untaken branch) would rewrite the whole state every step.
+    # Their params are zero, so their gradient is too, and the state after this step holds zeros
+    # for every unit that was off before it (the units it switches off: from the next step).
+    base_state = optax.tree_utils.tree_map_params(
+      base,
+      lambda x, on: unit_masks.zero_off_units(x, on if on is True else on | ~zero_state),
+      state.base,
+      unit_masks.mask_tree(params, state.masks, layouts),
+    )
+    base_updates, base_state = base.update(updates, base_state, params, **extra_args)
     param_leaves, treedef = jax.tree.flatten(params)
     update_leaves = treedef.flatten_up_to(base_updates)
     grouped = sorted(
@@ -226,8 +245,12 @@ def with_budget(
       state.masks if selection == "magnitude" else {g: jnp.ones_like(state.masks[g]) for g in ids}
     )
     scores = unit_masks.path_norm_scores(stepped, layouts, ranked)
-    # Every phase is computed and selected elementwise (no cond): XLA fuses them into the one
-    # pass over the parameters that the prox makes, and vmap needs no branches.
+    # Every phase is a rescaling of each unit of the base step p + u by a scale s: the prox's
+    # (sparsify), 1 (warm-up, GMP) and 0 where a mask zeroes the unit. Each leaf's update is
+    # s u + (s - 1) p, so a scale of one gives the base's update exactly. Computed and selected
+    # elementwise (no cond), the phases fuse into the one pass over the parameters that the
+    # prox makes, and vmap needs no branches.
+    scales: dict[int, jax.Array] = {}
     if selection == "prox":
       lr = learning_rate(count) if callable(learning_rate) else learning_rate
       wd = weight_decay(count) if callable(weight_decay) else weight_decay
@@ -235,12 +258,12 @@ def with_budget(
       keep = unit_masks.magnitude_masks(scores, layouts, costs, goal)
       boost = jnp.exp(state.log_scale)
       thresholds = {g: costs[g] * tau * jnp.where(keep[g], 1.0, boost) for g in ids}
-      sparse = {**stepped, **prox_lib.prox_leaves(
+      scaled = prox_lib.prox_scales(
         stepped, layouts, thresholds, balance=balance, regularize_bias=regularize_bias, eps=eps
-      )}  # fmt: skip
-      masks = unit_masks.out_masks(sparse, layouts)
+      )
+      masks = {g.group: scaled[g.out_kernel].norms() > 0 for g in layouts}  # v_i != 0
+      scales = {i: jnp.where(sparsify, x.broadcast_scale(), 1.0) for i, x in scaled.items()}
     else:
-      sparse = stepped
       chosen = unit_masks.magnitude_masks(scores, layouts, costs, goal)
       masks = {g: chosen[g] & state.masks[g] for g in ids}  # once off, off
     controlled = unit_masks.kept_fraction(masks, layouts, costs)
@@ -255,10 +278,9 @@ def with_budget(
     if selection == "prox":  # a unit back on restarts from its out-weights before the prox
       for g in layouts:
         back = freeze & frozen[g.group] & ~masks[g.group]
-        sparse[g.out_kernel] = jnp.where(
-          unit_masks.on_axis(back, sparse[g.out_kernel].ndim, g.out_axis),
-          stepped[g.out_kernel],
-          sparse[g.out_kernel],
+        out = param_leaves[g.out_kernel].ndim
+        scales[g.out_kernel] = jnp.where(
+          unit_masks.on_axis(back, out, g.out_axis), 1.0, scales[g.out_kernel]
         )
     masks = {g: jnp.where(heal, state.masks[g], jnp.where(warm, True, frozen[g])) for g in ids}
     # The prox zeroes its units itself (they may come back); masks zero GMP's, and all frozen.
@@ -266,22 +288,14 @@ def with_budget(
     on = jax.tree.leaves(unit_masks.mask_tree(params, masks, layouts))
     deltas = {}
     for i in grouped:
-      new = jnp.where(sparsify, sparse[i], stepped[i])
-      new = jnp.where(zeroed, unit_masks.zero_off_units(new, on[i]), new)
-      delta = (new - param_leaves[i].astype(jnp.float32)).astype(update_leaves[i].dtype)
-      deltas[i] = jnp.where(warm, update_leaves[i], delta)  # warm-up: the base's, exactly
+      scale = scales.get(i, 1.0)
+      if on[i] is not True:
+        scale = jnp.where(zeroed & ~on[i], 0.0, scale)
+      p, u = param_leaves[i].astype(jnp.float32), update_leaves[i].astype(jnp.float32)
+      deltas[i] = (u * scale + p * (scale - 1.0)).astype(update_leaves[i].dtype)
     # masks come from the full (replicated or globally sharded) params, so the kept fraction is
     # already global under jit on several devices or processes: no collective is needed.
     kept = unit_masks.kept_fraction(masks, layouts, costs)
-    # Momentum would push switched-off units back on: zero their base state too.
-    base_state = jax.lax.cond(
-      zeroed,
-      lambda s: optax.tree_utils.tree_map_params(
-        base, unit_masks.zero_off_units, s, unit_masks.mask_tree(params, masks, layouts)
-      ),
-      lambda s: s,
-      base_state,
-    )
     error = jnp.where(sparsify, controlled - goal, 0.0)
     integral = jnp.maximum(0.0, state.integral + k_i * error)
     new_state = BudgetState(

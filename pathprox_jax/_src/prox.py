@@ -103,7 +103,7 @@ def soft_threshold_outputs(
   return new
 
 
-def prox_leaves(
+def prox_scales(
   leaves: Sequence[jax.Array] | Mapping[int, jax.Array],
   layouts: Sequence[groups_lib.GroupLayout],
   threshold: jax.Array | float | Mapping[int, jax.Array | float],
@@ -111,8 +111,9 @@ def prox_leaves(
   balance: bool | balance_lib.Chains = True,
   regularize_bias: bool = False,
   eps: float = EPS,
-) -> dict[int, jax.Array]:
-  """The proximal step on flat leaves: balance, normalise inputs, soft-threshold outputs.
+) -> dict[int, unit_norms.ScaledUnits]:
+  """The proximal step on flat leaves as a scale per unit: balance, normalise inputs,
+  soft-threshold outputs.
 
   Args:
     leaves: the flat parameter leaves (or a mapping holding at least the
@@ -124,7 +125,7 @@ def prox_leaves(
     eps: the clip of every norm (and of path norms, for the balance).
 
   Returns:
-    ``{leaf index: new value}`` (float32) for every leaf the step changes.
+    ``{leaf index: the leaf and its scales}`` for every leaf the step changes.
   """
   stages = [
     lambda scaled: normalize_inputs(scaled, layouts, regularize_bias=regularize_bias, eps=eps),
@@ -133,7 +134,24 @@ def prox_leaves(
   chains = () if regularize_bias else balance_lib.chain_layouts(layouts, balance)
   if chains:
     stages.insert(0, lambda scaled: balance_lib.balance_leaves(scaled, chains, eps))
-  return unit_norms.apply_stages(leaves, layouts, stages)
+  return unit_norms.run_stages(leaves, layouts, stages)
+
+
+def prox_leaves(
+  leaves: Sequence[jax.Array] | Mapping[int, jax.Array],
+  layouts: Sequence[groups_lib.GroupLayout],
+  threshold: jax.Array | float | Mapping[int, jax.Array | float],
+  *,
+  balance: bool | balance_lib.Chains = True,
+  regularize_bias: bool = False,
+  eps: float = EPS,
+) -> dict[int, jax.Array]:
+  """:func:`prox_scales` multiplied out: ``{leaf index: new value}`` (float32) for every
+  leaf the step changes."""
+  scales = prox_scales(
+    leaves, layouts, threshold, balance=balance, regularize_bias=regularize_bias, eps=eps
+  )
+  return {i: scaled.array() for i, scaled in scales.items()}
 
 
 def prox(

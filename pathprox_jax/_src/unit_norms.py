@@ -30,13 +30,6 @@ def unit_norms(x: jax.Array, axis: int) -> jax.Array:
   return jnp.sqrt(jnp.sum(x * x, axis=tuple(a for a in range(x.ndim) if a != axis)))
 
 
-def scale_units(x: jax.Array, scale: jax.Array, axis: int) -> jax.Array:
-  """Multiplies unit ``j``'s slice of ``x`` (on ``axis``) by ``scale[j]``, in f32."""
-  shape = [1] * x.ndim
-  shape[axis] = -1
-  return x.astype(jnp.float32) * scale.reshape(shape)
-
-
 @dataclasses.dataclass(frozen=True)
 class ScaledUnits:
   """A parameter times a scale per unit (or one scale), not yet multiplied out.
@@ -70,12 +63,18 @@ class ScaledUnits:
     """This parameter with every unit's scale multiplied by ``scale`` (per unit, or one)."""
     return dataclasses.replace(self, scale=self.scale * scale)
 
-  def array(self) -> jax.Array:
-    """The scaled parameter, f32."""
+  def broadcast_scale(self) -> jax.Array:
+    """The scale, f32, shaped to broadcast against ``value`` (a scalar stays a scalar)."""
     scale = jnp.asarray(self.scale, jnp.float32)
     if scale.ndim == 0:
-      return self.value.astype(jnp.float32) * scale
-    return scale_units(self.value, scale, self.axis)
+      return scale
+    shape = [1] * self.value.ndim
+    shape[self.axis] = -1
+    return scale.reshape(shape)
+
+  def array(self) -> jax.Array:
+    """The scaled parameter, f32."""
+    return self.value.astype(jnp.float32) * self.broadcast_scale()
 
 
 def scaled_groups(
@@ -93,15 +92,19 @@ def scaled_groups(
   return scaled
 
 
-def apply_stages(
+Stage = Callable[[Mapping[int, ScaledUnits]], Mapping[int, ScaledUnits]]
+
+
+def run_stages(
   leaves: Sequence[jax.Array] | Mapping[int, jax.Array],
   layouts: Sequence[GroupLayout],
-  stages: Sequence[Callable[[Mapping[int, ScaledUnits]], Mapping[int, ScaledUnits]]],
-) -> dict[int, jax.Array]:
-  """Runs rescaling stages one after another; returns the leaves they changed, f32.
+  stages: Sequence[Stage],
+) -> dict[int, ScaledUnits]:
+  """Runs rescaling stages one after another; returns the leaves they changed, with their
+  scales not yet multiplied out.
 
   Each stage maps the current :class:`ScaledUnits` of the grouped leaves to the ones it
-  rescales; the arrays are multiplied out once, at the end.
+  rescales.
   """
   current = scaled_groups(leaves, layouts)
   changed = set()
@@ -109,7 +112,16 @@ def apply_stages(
     new = stage(current)
     current.update(new)
     changed.update(new)
-  return {i: current[i].array() for i in changed}
+  return {i: current[i] for i in changed}
+
+
+def apply_stages(
+  leaves: Sequence[jax.Array] | Mapping[int, jax.Array],
+  layouts: Sequence[GroupLayout],
+  stages: Sequence[Stage],
+) -> dict[int, jax.Array]:
+  """:func:`run_stages` with each changed leaf multiplied out once, at the end (f32)."""
+  return {i: scaled.array() for i, scaled in run_stages(leaves, layouts, stages).items()}
 
 
 def unit_path_norms(leaves: Mapping[int, ScaledUnits], group: GroupLayout) -> jax.Array:
