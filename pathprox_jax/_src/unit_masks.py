@@ -24,23 +24,18 @@ from pathprox_jax._src.groups import GroupLayout
 Masks = dict[int, jax.Array]  # {group: bool[units]}, True where the unit is on
 
 
+def _unit_costs(layouts: Sequence[GroupLayout], costs: Mapping[int, float]) -> jax.Array:
+  """Every unit's cost :math:`c_g`, all groups' units in one vector (f32, group order)."""
+  return jnp.concatenate([jnp.full(g.units, costs[g.group], jnp.float32) for g in layouts])
+
+
 def kept_fraction(
   masks: Mapping[int, jax.Array], layouts: Sequence[GroupLayout], costs: Mapping[int, float]
 ) -> jax.Array:
-  """:math:`\\kappa`, the cost-weighted fraction of units on (f32 scalar)."""
-  kept = sum((costs[g.group] * jnp.sum(masks[g.group]) for g in layouts), jnp.zeros(()))
-  return kept / sum(costs[g.group] * g.units for g in layouts)
-
-
-def out_masks(
-  leaves: Sequence[jax.Array] | Mapping[int, jax.Array], layouts: Sequence[GroupLayout]
-) -> Masks:
-  """``{group: v_i != 0}``: the units that are on (:func:`pathprox_jax.compact`'s rule)."""
-  masks = {}
-  for g in layouts:
-    v = leaves[g.out_kernel]
-    masks[g.group] = jnp.any(v != 0, axis=tuple(a for a in range(v.ndim) if a != g.out_axis))
-  return masks
+  """:math:`\\kappa`, the cost-weighted fraction of units on (f32 scalar): one dot product of
+  all groups' masks with their units' costs."""
+  on = jnp.concatenate([masks[g.group] for g in layouts]).astype(jnp.float32)
+  return jnp.dot(on, _unit_costs(layouts, costs)) / sum(costs[g.group] * g.units for g in layouts)
 
 
 def path_norm_scores(
@@ -70,7 +65,7 @@ def magnitude_masks(
   :math:`\\|v_i\\| \\le c_g \\tau` with :math:`\\|w_i\\| = 1`.
   """
   ranked = jnp.concatenate([scores[g.group] / costs[g.group] for g in layouts])
-  unit_cost = jnp.concatenate([jnp.full(g.units, costs[g.group], jnp.float32) for g in layouts])
+  unit_cost = _unit_costs(layouts, costs)
   order = jnp.argsort(ranked)
   freed = jnp.cumsum(unit_cost[order])
   budget = (1.0 - fraction) * jnp.sum(unit_cost)
