@@ -169,7 +169,7 @@ def test_init_params_is_the_identity_when_empty():
     (["--match", "{tmp}/nowhere"], "--match {tmp}/nowhere is not a compact output"),
     (["--match", "{tmp}/other"], "--match was compacted from a model whose groups have 4,8"),
     (["--keep", "1,1,1,1", "--match", "{tmp}"], "not allowed with argument"),
-    ([], "one of the arguments --match --keep is required"),
+    ([], "one of the arguments --match --keep --target-flops is required"),
   ],
 )
 def test_bad_input_is_a_one_line_error_and_writes_nothing(
