@@ -1,25 +1,37 @@
 """Magnitude pruning of a run: the baseline that PathProx's exact compaction is compared with.
 
-``python -m experiments.prune RUN_DIR (--match COMPACT_DIR | --keep N,N,...) [--out DIR]
-[--score path-norm|scale] [--repeats N]`` restores the run's latest checkpoint (typically a
-weight-decay run), and in every PathProx group keeps the units with the largest
-:math:`\\|w_i\\| \\|v_i\\|` (:func:`pathprox_jax.unit_path_norms`: a neuron's "in" column and
-"out" row, a head's value and output projections; ``--score scale``: the largest
-:math:`|\\gamma_i|`, a BatchNorm unit's scale alone, as network slimming prunes), as many
-as ``--match``'s compact output (of ``experiments.compact``) keeps in that group, or as
-``--keep`` lists in group order. The others are removed (:func:`pathprox_jax.compact` with
-``keep``): the smaller model computes the run's function with their "out" weights set to zero.
+``python -m experiments.prune RUN_DIR (--match COMPACT_DIR | --keep N,N,... | --target-flops F)
+[--out DIR] [--score path-norm|scale] [--repeats N]`` restores the run's latest checkpoint
+(typically a weight-decay run) and keeps the units of largest score: :math:`\\|w_i\\| \\|v_i\\|`
+(:func:`pathprox_jax.unit_path_norms`: a neuron's "in" column and "out" row, a head's value and
+output projections), or with ``--score scale`` :math:`|\\gamma_i|` (a BatchNorm unit's scale
+alone, as network slimming prunes). ``--match`` and ``--keep`` rank the units inside each group
+and keep as many per group as ``--match``'s compact output (of ``experiments.compact``) keeps
+there, or as ``--keep`` lists in group order. ``--target-flops F`` makes one global cut instead
+(:func:`global_cut`): the units of all groups are ranked together by score :math:`/ c_g`, with
+:math:`c_g` the FLOPs per example of one unit of group :math:`g` over the cheapest group's
+(:func:`pathprox_jax.unit_costs`, :func:`pathprox_jax.relative_costs`), and the smallest go
+while the grouped units keep a fraction :math:`\\ge F` of their FLOPs
+(:func:`pathprox_jax.magnitude_masks`, gradual magnitude pruning's rule): at equal costs and
+``--score scale``, network slimming's one threshold on :math:`|\\gamma_i|`. A group that may not
+be empty (an MLP's or VGG's layer) keeps its largest-score unit where the cut would empty it.
+The others are removed (:func:`pathprox_jax.compact` with ``keep``): the smaller model computes
+the run's function with their "out" weights set to zero.
 
 ``DIR`` (default ``RUN_DIR/prune``; an existing ``DIR`` that is not empty is never replaced:
 the command refuses, exit code 2) has the layout of a compact output: ``params/``,
 ``config.json`` (the run's config with the new widths) and ``prune.json`` (the kept units of
-each group, test accuracy before and after pruning, parameters and FLOPs kept, and the
+each group, test accuracy before and after pruning, parameters and FLOPs kept (the model's,
+and ``flops_kept``, the grouped units' :math:`\\sum_g c_g \\mathrm{kept}_g / \\sum_g c_g n_g`
+as :func:`experiments.evaluation.flops_kept` counts it), ``target_flops``, ``unit_costs``
+(:math:`c_g`), ``kept_largest_unit`` (the groups the cut would have emptied), and the
 ``experiments.heal`` command that fine-tunes the pruned model as it fine-tunes a compact
 output: ordinary runs from ``--init-params DIR/params``, for a tenth of the run's steps).
 The command prints it too.
 
 Exit codes: 0 done; 2 bad input (not a run, no compact output to match, counts of the wrong
-length or out of range, an output folder that is not empty, bad flags).
+length or out of range, a target outside (0, 1], an output folder that is not empty, bad
+flags).
 """
 
 from __future__ import annotations
@@ -32,10 +44,12 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import pathprox_jax as pp
-from experiments import cli, heal, models, run_folder, trained_run
+from experiments import cli, evaluation, heal, models, run_folder, trained_run
+from experiments import groups as groups_lib
 from experiments import inference_speed as speed
 from experiments.experiment import unit_scale_mask
 from experiments.trained_run import UsageError
@@ -58,6 +72,27 @@ def parse_keep(text: str) -> list[int]:
   if not re.fullmatch(r"\s*\d+\s*(,\s*\d+\s*)*", text):
     raise cli.ConfigError(f"--keep: {text!r} is not a comma-separated list of unit counts >= 0")
   return [int(t) for t in text.split(",")]
+
+
+def parse_target_flops(text: str) -> float:
+  """``--target-flops``'s fraction of the grouped units' FLOPs.
+
+  Args:
+    text: the flag's value, e.g. ``"0.5"``.
+
+  Returns:
+    The fraction, in (0, 1].
+
+  Raises:
+    cli.ConfigError: ``text`` is not a number in (0, 1] (NaN is not).
+  """
+  try:
+    fraction = float(text)
+  except ValueError:
+    fraction = float("nan")
+  if not 0 < fraction <= 1:
+    raise cli.ConfigError(f"--target-flops: {text!r} is not a fraction of the FLOPs in (0, 1]")
+  return fraction
 
 
 def read_match(folder: Path) -> dict[int, tuple[int, int]]:
@@ -148,6 +183,45 @@ def largest_units(
   }
 
 
+def global_cut(
+  scores: Mapping[int, np.ndarray],
+  costs: Mapping[int, float],
+  fraction: float,
+  may_be_empty: bool,
+) -> tuple[dict[int, np.ndarray], list[int]]:
+  """The units one global, cost-aware cut keeps (``--target-flops``).
+
+  :func:`pathprox_jax.magnitude_masks` on the relative costs: the units of all groups are
+  ranked together by score :math:`/ c_g` and switched off from the smallest up while the
+  grouped units keep a fraction :math:`\\ge` ``fraction`` of their cost. A group that may not
+  be empty and that the cut empties keeps its largest-score unit (the kept fraction then
+  exceeds ``fraction`` by more than one unit's cost).
+
+  Args:
+    scores: ``{group: one score >= 0 per unit}``.
+    costs: ``{group: FLOPs per example of one unit}`` (``pp.unit_costs``; only ratios matter).
+    fraction: the fraction of the grouped units' FLOPs to keep, in (0, 1].
+    may_be_empty: whether a group may keep no unit (the family's ``groups_may_be_empty``).
+
+  Returns:
+    ``({group: kept unit indices (int64, ascending)}, the groups that keep their
+    largest-score unit because the cut would have emptied them)``.
+  """
+  masks = pp.magnitude_masks(scores, pp.relative_costs(costs), fraction)
+  kept = {g: np.flatnonzero(np.asarray(m)) for g, m in masks.items()}
+  emptied = [] if may_be_empty else [g for g, k in kept.items() if not len(k) and len(scores[g])]
+  for g in emptied:
+    kept[g] = np.array([np.argmax(scores[g])])
+  return kept, emptied
+
+
+def run_unit_costs(run: trained_run.TrainedRun) -> dict[int, float]:
+  """``{group: FLOPs per example of one unit}`` of the run's model (``pp.unit_costs``)."""
+  example = jax.ShapeDtypeStruct((1, *run.test_images.shape[1:]), jnp.float32)
+  model = models.create_model(run.config)
+  return groups_lib.unit_costs(model, run.params, example, run.groups, run.model_state)
+
+
 def unit_scales(params: Any, groups: Any) -> dict[int, np.ndarray]:
   """``{group: |γ_i|}``: each unit's BatchNorm scale, network slimming's score.
 
@@ -185,6 +259,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     "--match", metavar="COMPACT_DIR", help="keep as many units per group as this compact output"
   )
   match.add_argument("--keep", metavar="N,N,...", help="units to keep per group, in group order")
+  match.add_argument(
+    "--target-flops",
+    metavar="F",
+    help="one global cut: rank the units of all groups together by score/c_g (c_g: the FLOPs "
+    "of one unit of group g over the cheapest group's) and keep the largest, a fraction >= F "
+    "in (0, 1] of the grouped units' FLOPs; a group of an MLP or VGG keeps at least its best unit",
+  )
   parser.add_argument(
     "--out", help="output folder, absent or empty: never replaced (default: RUN_DIR/prune)"
   )
@@ -193,31 +274,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     choices=tuple(SCORES),
     default="path-norm",
     help="keep the largest ||w_i|| ||v_i|| (path-norm, the default) or |gamma_i| (scale: "
-    "network slimming's, for BatchNorm units)",
+    "network slimming's, for BatchNorm units; with --target-flops, |gamma_i|/c_g over all "
+    "groups, network slimming's global threshold at equal costs)",
   )
   parser.add_argument("--repeats", type=int, default=20, help="timed calls per benchmark")
   try:
     args = parser.parse_args(argv)
     if args.repeats < 1:
       raise cli.ConfigError("--repeats must be >= 1")
-    requested = parse_keep(args.keep) if args.keep is not None else read_match(Path(args.match))
+    if args.target_flops is not None:
+      target = parse_target_flops(args.target_flops)
+    else:
+      requested = parse_keep(args.keep) if args.keep is not None else read_match(Path(args.match))
     run_dir = Path(args.run_dir)
     out = Path(args.out) if args.out else run_dir / "prune"
     trained_run.check_output_folder(out)
     run = trained_run.restore_run(run_dir)
     scores = SCORES[args.score](run.params, run.groups)
     widths = {g: len(s) for g, s in scores.items()}
-    counts = kept_counts(requested, widths, models.family(run.config).groups_may_be_empty)
+    may_be_empty = models.family(run.config).groups_may_be_empty
+    if args.target_flops is None:
+      keep = largest_units(scores, kept_counts(requested, widths, may_be_empty))
   except trained_run.USAGE_ERRORS as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
 
   config = run.config
+  costs = run_unit_costs(run)
   score = "|gamma_i|" if args.score == "scale" else "||w_i|| ||v_i||"
-  how = f"largest {score}, {'--keep' if args.keep is not None else f'--match {args.match}'}"
-  small, small_state, kept, small_config = trained_run.compact_run(
-    run, run_dir, how, keep=largest_units(scores, counts)
-  )
+  if args.target_flops is not None:
+    keep, emptied = global_cut(scores, costs, target, may_be_empty)
+    how, matched = f"largest {score}/c_g over all groups, --target-flops {target}", None
+  elif args.keep is not None:
+    emptied, target = [], None
+    how, matched = f"largest {score}, --keep", args.keep
+  else:
+    emptied, target = [], None
+    how, matched = f"largest {score}, --match {args.match}", str(Path(args.match).absolute())
+  small, small_state, kept, small_config = trained_run.compact_run(run, run_dir, how, keep=keep)
+  flops_kept = float(evaluation.flops_kept({g: len(k) for g, k in keep.items()}, widths, costs))
+  print(f"grouped units' FLOPs kept: {flops_kept:.4f}" + (f" (target {target})" if target else ""))
+  for g in emptied:
+    print(f"group {g} keeps its largest-score unit: the cut would have emptied it")
   keys = models.widths_keys(config)
   model, small_model = models.create_model(config), models.create_model(small_config)
   dense_acc = trained_run.accuracy(
@@ -237,8 +335,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   record = {
     "run_dir": str(run_dir.absolute()),
     "step": run.step,
-    "match": args.keep if args.keep is not None else str(Path(args.match).absolute()),
+    "match": matched,
     "score": args.score,
+    "target_flops": target,
+    "flops_kept": flops_kept,
+    "unit_costs": {str(g): c for g, c in pp.relative_costs(costs).items()},
+    "kept_largest_unit": emptied,
     "original_widths": {key: list(config[key]) for key in keys},
     "widths": {key: list(small_config[key]) for key in keys},
     "kept": {str(g): k.indices.tolist() for g, k in kept.items()},

@@ -44,6 +44,7 @@ _LAZY = {
   "discover_groups": "discovery",
   "explain_groups": "discovery",
   "unit_counts": "groups",
+  "magnitude_masks": "unit_masks",
   "ActiveUnits": "metrics",
   "PathNorm": "metrics",
   "Summary": "metrics",

@@ -255,7 +255,7 @@ def with_budget(
       lr = learning_rate(count) if callable(learning_rate) else learning_rate
       wd = weight_decay(count) if callable(weight_decay) else weight_decay
       tau = jnp.asarray(wd * lr, jnp.float32) / (1.0 - momentum)
-      keep = unit_masks.magnitude_masks(scores, layouts, costs, goal)
+      keep = unit_masks.magnitude_masks(scores, costs, goal)
       boost = jnp.exp(state.log_scale)
       thresholds = {g: costs[g] * tau * jnp.where(keep[g], 1.0, boost) for g in ids}
       scaled = prox_lib.prox_scales(
@@ -264,7 +264,7 @@ def with_budget(
       masks = {g.group: scaled[g.out_kernel].norms() > 0 for g in layouts}  # v_i != 0
       scales = {i: jnp.where(sparsify, x.broadcast_scale(), 1.0) for i, x in scaled.items()}
     else:
-      chosen = unit_masks.magnitude_masks(scores, layouts, costs, goal)
+      chosen = unit_masks.magnitude_masks(scores, costs, goal)
       masks = {g: chosen[g] & state.masks[g] for g in ids}  # once off, off
     controlled = unit_masks.kept_fraction(masks, layouts, costs)
     # The ramp's end: the frozen mask meets the target to within one unit, from above. The
@@ -273,7 +273,7 @@ def with_budget(
     # too much, the units the threshold only just took (the largest below it) come back on.
     # GMP's off units stay off (score 0: they go first).
     frozen = jax.lax.cond(
-      freeze, lambda: unit_masks.magnitude_masks(scores, layouts, costs, target_), lambda: masks
+      freeze, lambda: unit_masks.magnitude_masks(scores, costs, target_), lambda: masks
     )
     if selection == "prox":  # a unit back on restarts from its out-weights before the prox
       for g in layouts:

@@ -24,9 +24,9 @@ from pathprox_jax._src.groups import GroupLayout
 Masks = dict[int, jax.Array]  # {group: bool[units]}, True where the unit is on
 
 
-def _unit_costs(layouts: Sequence[GroupLayout], costs: Mapping[int, float]) -> jax.Array:
-  """Every unit's cost :math:`c_g`, all groups' units in one vector (f32, group order)."""
-  return jnp.concatenate([jnp.full(g.units, costs[g.group], jnp.float32) for g in layouts])
+def _unit_costs(units: Mapping[int, int], costs: Mapping[int, float]) -> jax.Array:
+  """Every unit's cost :math:`c_g`, the groups' units (``{group: count}``) in one f32 vector."""
+  return jnp.concatenate([jnp.full(n, costs[g], jnp.float32) for g, n in units.items()])
 
 
 def kept_fraction(
@@ -35,7 +35,9 @@ def kept_fraction(
   """:math:`\\kappa`, the cost-weighted fraction of units on (f32 scalar): one dot product of
   all groups' masks with their units' costs."""
   on = jnp.concatenate([masks[g.group] for g in layouts]).astype(jnp.float32)
-  return jnp.dot(on, _unit_costs(layouts, costs)) / sum(costs[g.group] * g.units for g in layouts)
+  return jnp.dot(on, _unit_costs({g.group: g.units for g in layouts}, costs)) / sum(
+    costs[g.group] * g.units for g in layouts
+  )
 
 
 def path_norm_scores(
@@ -52,29 +54,53 @@ def path_norm_scores(
 
 def magnitude_masks(
   scores: Mapping[int, jax.Array],
-  layouts: Sequence[GroupLayout],
   costs: Mapping[int, float],
-  fraction: jax.Array,
+  fraction: jax.Array | float,
 ) -> Masks:
-  """Keeps the units of largest score :math:`/ c_g` (e.g. :math:`\\|w_i\\|\\|v_i\\|/c_g`) so
-  that :math:`\\kappa \\ge` ``fraction``: the units are switched off from the smallest up while
-  the cost they free stays within :math:`(1 - \\text{fraction}) \\sum_g c_g n_g`. Units already
-  off (score 0) go first. Traceable (``jit``, ``vmap``): one sort of all units.
+  """Keeps the units of largest score :math:`/ c_g` over all groups, so that
+  :math:`\\kappa \\ge` ``fraction``: one global, cost-aware magnitude cut.
+
+  The units of every group are ranked together by :math:`s_i / c_g` and switched off from the
+  smallest up while the cost they free stays within
+  :math:`(1 - \\text{fraction}) \\sum_g c_g n_g` (to a relative 1e-6): the kept fraction
+  :math:`\\kappa` then exceeds ``fraction`` by less than one unit's cost. Units already off
+  (score 0) go first; at equal ratios, the lower unit (in ``scores``' order of groups) goes
+  first. Traceable (``jit``, ``vmap``; ``fraction`` may be traced): one sort of all units.
 
   Dividing by :math:`c_g` ranks as the cost-aware prox does: it switches unit ``i`` off when
-  :math:`\\|v_i\\| \\le c_g \\tau` with :math:`\\|w_i\\| = 1`.
+  :math:`\\|v_i\\| \\le c_g \\tau` with :math:`\\|w_i\\| = 1`. With the scores
+  :math:`\\|w_i\\|\\|v_i\\|` (:func:`pathprox_jax.unit_path_norms`) it is gradual magnitude
+  pruning's cut; with :math:`|\\gamma_i|` and equal costs, network slimming's global threshold.
+
+  Args:
+    scores: ``{group: one score >= 0 per unit}``.
+    costs: ``{group: c_g > 0}``, the cost of one unit (e.g. :func:`pathprox_jax.relative_costs`
+      of :func:`pathprox_jax.unit_costs`; only ratios matter); the same groups as ``scores``.
+    fraction: the cost-weighted fraction of units to keep, in [0, 1].
+
+  Returns:
+    ``{group: bool[units]}``, True for the units kept.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import pathprox_jax as pp
+    >>> scores = {0: jnp.array([1.0, 2.0]), 1: jnp.array([1.0, 2.0])}  # group 1 costs twice
+    >>> masks = pp.magnitude_masks(scores, {0: 1.0, 1: 2.0}, 2 / 3)
+    >>> {g: m.tolist() for g, m in masks.items()}
+    {0: [True, True], 1: [False, True]}
   """
-  ranked = jnp.concatenate([scores[g.group] / costs[g.group] for g in layouts])
-  unit_cost = _unit_costs(layouts, costs)
+  ranked = jnp.concatenate([jnp.asarray(s, jnp.float32) / costs[g] for g, s in scores.items()])
+  unit_cost = _unit_costs({g: jnp.shape(s)[0] for g, s in scores.items()}, costs)
   order = jnp.argsort(ranked)
   freed = jnp.cumsum(unit_cost[order])
   budget = (1.0 - fraction) * jnp.sum(unit_cost)
   off_sorted = freed <= budget * (1 + 1e-6)
   off = jnp.zeros_like(off_sorted).at[order].set(off_sorted)
   masks, start = {}, 0
-  for g in layouts:
-    masks[g.group] = ~off[start : start + g.units]
-    start += g.units
+  for g, s in scores.items():
+    units = jnp.shape(s)[0]
+    masks[g] = ~off[start : start + units]
+    start += units
   return masks
 
 

@@ -169,7 +169,7 @@ def test_init_params_is_the_identity_when_empty():
     (["--match", "{tmp}/nowhere"], "--match {tmp}/nowhere is not a compact output"),
     (["--match", "{tmp}/other"], "--match was compacted from a model whose groups have 4,8"),
     (["--keep", "1,1,1,1", "--match", "{tmp}"], "not allowed with argument"),
-    ([], "one of the arguments --match --keep is required"),
+    ([], "one of the arguments --match --keep --target-flops is required"),
   ],
 )
 def test_bad_input_is_a_one_line_error_and_writes_nothing(
@@ -242,3 +242,130 @@ def test_mlp_pruning_keeps_the_largest_neurons_and_at_least_one_per_layer(
     dense = jax.jit(models.create_model(run.config).apply)({"params": zeroed}, x)
     small = jax.jit(models.create_model(config).apply)({"params": params}, x)
   np.testing.assert_allclose(small, dense, atol=1e-5 * max(1.0, float(np.abs(dense).max())), rtol=0)
+
+
+def cut_by_hand(scores, costs, fraction):
+  """The units the global cut keeps, in NumPy: ascending score / c_g (ties: the earlier unit of
+  the groups in order), switched off while the cost they free is within (1 - F) of the total."""
+  ratio = np.concatenate([scores[g] / costs[g] for g in scores])
+  cost = np.concatenate([np.full(len(scores[g]), costs[g]) for g in scores])
+  order = np.argsort(ratio, kind="stable")
+  off = np.zeros(len(ratio), bool)
+  off[order] = np.cumsum(cost[order]) <= (1 - fraction) * cost.sum() * (1 + 1e-6)
+  starts = np.cumsum([0, *(len(s) for s in scores.values())])
+  return {
+    g: np.flatnonzero(~off[a:b]) for g, a, b in zip(scores, starts[:-1], starts[1:], strict=True)
+  }
+
+
+def test_the_global_cut_takes_the_expensive_group_s_units_first_at_equal_scores():
+  scores = {0: np.array([1.0, 2.0, 3.0]), 1: np.array([1.0, 2.0, 3.0])}
+  costs = {0: 10.0, 1: 30.0}  # FLOPs of one unit: group 1's cost 3, group 0's 1 (of 12 in all)
+  # score / c_g: group 0 1, 2, 3; group 1 1/3, 2/3, 1. F = 0.5 frees 6: group 1's units 0, 1.
+  kept, emptied = prune.global_cut(scores, costs, 0.5, may_be_empty=False)
+  assert {g: k.tolist() for g, k in kept.items()} == {0: [0, 1, 2], 1: [2]} and emptied == []
+  # F = 0.25 frees 9: then group 0's unit 0 (ratio 1, cost 1) before group 1's unit 2 (1, cost 3).
+  kept, _ = prune.global_cut(scores, costs, 0.25, may_be_empty=False)
+  assert {g: k.tolist() for g, k in kept.items()} == {0: [1, 2], 1: [2]}
+
+
+def test_the_global_cut_keeps_the_best_unit_of_a_group_that_may_not_be_empty():
+  scores = {0: np.array([1.0, 2.0, 3.0]), 1: np.array([5.0, 4.0, 6.0])}
+  costs = {0: 1.0, 1: 10.0}  # group 1's ratios 0.5, 0.4, 0.6 are all below group 0's
+  kept, emptied = prune.global_cut(scores, costs, 0.05, may_be_empty=True)  # frees 31.35 of 33
+  assert {g: k.tolist() for g, k in kept.items()} == {0: [1, 2], 1: []} and emptied == []
+  kept, emptied = prune.global_cut(scores, costs, 0.05, may_be_empty=False)
+  assert {g: k.tolist() for g, k in kept.items()} == {0: [1, 2], 1: [2]} and emptied == [1]
+
+
+def mlp_scores_and_costs(params):
+  """``{group: ||w_i|| ||v_i||}`` and ``{group: FLOPs of one neuron}`` of the tiny MLP run's
+  groups (Dense_2g -> Dense_2g+1; a neuron costs 2 d_in + 2 d_out per example)."""
+  scores, costs = {}, {}
+  for g in range(3):
+    w, v = params[f"Dense_{2 * g}"]["kernel"], params[f"Dense_{2 * g + 1}"]["kernel"]
+    scores[g] = unit_norms(w, 1) * unit_norms(v, 0)
+    costs[g] = 2.0 * (w.shape[0] + v.shape[1])
+  return scores, costs
+
+
+@pytest.mark.slow  # prunes a run (compiling its benchmark)
+def test_target_flops_keeps_the_largest_path_norms_per_flop_over_all_groups(finished_run, tmp_path):
+  run_dir, _ = finished_run  # the 32,32,32,32,32,10 MLP
+  out = tmp_path / "out"
+  printed = io.StringIO()
+  with contextlib.redirect_stdout(printed):
+    argv = [str(run_dir), "--target-flops", "0.5", "--out", str(out), "--repeats", "1"]
+    assert prune.main(argv) == 0
+  config, params, record = read_output(out)
+  run = trained_run.restore_run(run_dir)
+  scores, costs = mlp_scores_and_costs(run.params)
+  cheapest = min(costs.values())
+  assert record["unit_costs"] == pytest.approx({str(g): c / cheapest for g, c in costs.items()})
+  expected = cut_by_hand(scores, costs, 0.5)
+  assert {int(g): k for g, k in record["kept"].items()} == {
+    g: k.tolist() for g, k in expected.items()
+  }
+  ratio = {g: scores[g] / costs[g] for g in scores}
+  kept = np.concatenate([ratio[g][k] for g, k in expected.items()])
+  dropped = np.concatenate([np.delete(ratio[g], k) for g, k in expected.items()])
+  assert kept.min() >= dropped.max()  # one global threshold on score / c_g
+  total = sum(32 * c for c in costs.values())
+  assert record["target_flops"] == 0.5 and record["kept_largest_unit"] == []
+  assert 0.5 <= record["flops_kept"] < 0.5 + max(costs.values()) / total
+  assert record["flops_kept"] == pytest.approx(
+    sum(costs[g] * len(k) for g, k in expected.items()) / total
+  )
+  assert f"grouped units' FLOPs kept: {record['flops_kept']:.4f} (target 0.5)" in printed.getvalue()
+
+  # The pruned model computes the dense one with the dropped neurons' "out" weights zeroed.
+  zeroed = jax.tree.map(np.array, run.params)
+  for g, k in expected.items():
+    zeroed[f"Dense_{2 * g + 1}"]["kernel"][np.setdiff1d(np.arange(32), k)] = 0
+  x = jax.random.normal(jax.random.key(0), (16, 28, 28, 1))
+  with jax.default_matmul_precision("highest"):  # one compiled program each, not op by op
+    dense = jax.jit(models.create_model(run.config).apply)({"params": zeroed}, x)
+    small = jax.jit(models.create_model(config).apply)({"params": params}, x)
+  np.testing.assert_allclose(small, dense, atol=1e-5 * max(1.0, float(np.abs(dense).max())), rtol=0)
+
+
+@pytest.mark.slow  # prunes a run (compiling its benchmark)
+def test_a_target_flops_that_empties_an_mlp_layer_keeps_its_best_neuron(finished_run, tmp_path):
+  run_dir, _ = finished_run
+  out = tmp_path / "out"
+  printed = io.StringIO()
+  with contextlib.redirect_stdout(printed):  # 0.1% of the FLOPs: less than any one neuron costs
+    argv = [str(run_dir), "--target-flops", "0.001", "--out", str(out), "--repeats", "1"]
+    assert prune.main(argv) == 0
+  config, _, record = read_output(out)
+  scores, costs = mlp_scores_and_costs(trained_run.restore_run(run_dir).params)
+  # The cut keeps only the unit of largest score / c_g (the kept FLOPs are >= F); the two other
+  # layers keep their neuron of largest score.
+  best = max(scores, key=lambda g: scores[g].max() / costs[g])
+  assert record["kept_largest_unit"] == [g for g in scores if g != best]
+  assert record["kept"] == {str(g): [int(np.argmax(s))] for g, s in scores.items()}
+  assert tuple(config.features) == (1, 32, 1, 32, 1, 10)
+  assert record["flops_kept"] == pytest.approx(1 / 32)
+  for g in record["kept_largest_unit"]:
+    assert f"group {g} keeps its largest-score unit: the cut would have emptied it" in (
+      printed.getvalue()
+    )
+
+
+@pytest.mark.parametrize("value", ["0", "1.5", "nan", "abc", "-0.5", "inf"])
+def test_a_target_flops_outside_0_1_is_a_one_line_error_and_writes_nothing(tmp_path, capsys, value):
+  out = tmp_path / "out"
+  assert prune.main([str(tmp_path / "run"), "--target-flops", value, "--out", str(out)]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1
+  assert err == f"error: --target-flops: {value!r} is not a fraction of the FLOPs in (0, 1]\n"
+  assert not out.exists()
+
+
+def test_target_flops_and_keep_together_are_a_one_line_error(tmp_path, capsys):
+  out = tmp_path / "out"
+  argv = [str(tmp_path / "run"), "--target-flops", "0.5", "--keep", "1", "--out", str(out)]
+  assert prune.main(argv) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "argument --keep: not allowed with argument --target-flops" in err
+  assert not out.exists()

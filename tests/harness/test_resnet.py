@@ -249,11 +249,23 @@ def test_slimming_without_batch_norm_units_is_a_one_line_error(raw_mnist, tmp_pa
   assert not workdir.exists()
 
 
-@pytest.mark.slow  # trains a ResNet run and prunes it (compiling its benchmark)
-def test_a_slimming_run_prunes_its_smallest_batch_norm_scales(raw_mnist, tmp_path):
-  run = tmp_path / "run"
-  argv = ["--workdir", str(run), *toy_flags(raw_mnist, tmp_path, 2), "--method", "slimming"]
+# The tests that read slimming_run share one xdist worker: it is trained once.
+ON_SLIMMING_RUN = pytest.mark.xdist_group("slimming_run")
+
+
+@pytest.fixture(scope="module")
+def slimming_run(raw_mnist, tmp_path_factory):
+  """A 2-step network-slimming ResNet run."""
+  tmp = tmp_path_factory.mktemp("slimming")
+  argv = ["--workdir", str(tmp / "run"), *toy_flags(raw_mnist, tmp, 2), "--method", "slimming"]
   assert cli.main("fashion_mnist_resnet", argv) == 0
+  return tmp / "run"
+
+
+@ON_SLIMMING_RUN
+@pytest.mark.slow  # trains a ResNet run and prunes it (compiling its benchmark)
+def test_a_slimming_run_prunes_its_smallest_batch_norm_scales(slimming_run, tmp_path):
+  run = slimming_run
   assert json.loads((run / "config.json").read_text())["scale_l1"] == 1e-5
   params = latest(run).params
   out = tmp_path / "pruned"
@@ -273,3 +285,33 @@ def test_a_slimming_run_prunes_its_smallest_batch_norm_scales(raw_mnist, tmp_pat
   kept = np.array(record["kept"]["1"])
   for name in ("mean", "var"):
     np.testing.assert_array_equal(started[name], np.asarray(saved[name])[kept])
+
+
+@ON_SLIMMING_RUN
+@pytest.mark.slow  # trains a ResNet run and prunes it (compiling its benchmark)
+def test_target_flops_prunes_a_slimming_run_by_one_threshold_on_scale_per_flop(
+  slimming_run, tmp_path
+):
+  out = tmp_path / "pruned"
+  argv = [str(slimming_run), "--target-flops", "0.4", "--score", "scale", "--out", str(out),
+          "--repeats", "1"]  # fmt: skip
+  assert prune.main(argv) == 0
+  record = json.loads((out / prune.MARKER).read_text())
+  run = trained_run.restore_run(slimming_run)
+  example = jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32)
+  model = models.create_model(run.config)
+  costs = groups.unit_costs(model, run.params, example, run.groups, run.model_state)
+  assert len(set(costs.values())) == 3  # the blocks' channels cost differently
+  ratio = {
+    b: np.abs(np.asarray(run.params[f"block_{b}"]["norm1"]["scale"])) / costs[b] for b in range(3)
+  }
+  kept = {b: np.array(record["kept"][str(b)], int) for b in range(3)}
+  on = np.concatenate([ratio[b][kept[b]] for b in range(3)])
+  off = np.concatenate([np.delete(ratio[b], kept[b]) for b in range(3)])
+  assert len(on) and len(off) and on.min() >= off.max()  # one threshold on |gamma_i| / c_g
+  widths = {b: len(ratio[b]) for b in range(3)}
+  total = sum(costs[b] * widths[b] for b in range(3))
+  flops_kept = sum(costs[b] * len(kept[b]) for b in range(3)) / total
+  assert record["flops_kept"] == pytest.approx(flops_kept)
+  assert 0.4 <= flops_kept < 0.4 + max(costs.values()) / total  # nothing left to the floor
+  assert record["score"] == "scale" and record["kept_largest_unit"] == []
