@@ -160,6 +160,10 @@ def hand_flops_kept(row):
   return sum(COSTS[g] * active[g] for g in COSTS) / sum(32 * c for c in COSTS.values())
 
 
+# The tests that read budget_run share one xdist worker (--dist loadgroup): each is trained once.
+ON_BUDGET_RUN = pytest.mark.xdist_group("budget_run")
+
+
 @pytest.fixture(scope="module", params=["pathprox", "gmp"])
 def budget_run(request, raw_mnist, tmp_path_factory):
   """An uninterrupted budget run of each method (the reference of the resumed ones)."""
@@ -169,6 +173,7 @@ def budget_run(request, raw_mnist, tmp_path_factory):
   return request.param, tmp / "run", argv
 
 
+@ON_BUDGET_RUN
 @pytest.mark.slow  # two 60-step runs
 def test_a_budget_run_logs_flops_kept_and_holds_its_units_through_the_heal(budget_run):
   method, workdir, _ = budget_run
@@ -185,6 +190,7 @@ def test_a_budget_run_logs_flops_kept_and_holds_its_units_through_the_heal(budge
   assert all(h == healing[HEAL_START] for h in healing[HEAL_START:])
 
 
+@ON_BUDGET_RUN
 @pytest.mark.slow  # the runs of the test above
 def test_a_budget_run_ends_within_three_percent_of_its_target(budget_run):
   method, workdir, _ = budget_run
@@ -212,6 +218,7 @@ def active_units(workdir, step):
   return {g: np.asarray(n) > 0 for g, n in pp.unit_path_norms(params, groups).items()}
 
 
+@ON_BUDGET_RUN
 @pytest.mark.slow  # seven runs of 60 steps in all, for each method
 def test_a_budget_run_resumed_anywhere_equals_the_uninterrupted_one(budget_run, monkeypatch):
   method, reference, argv = budget_run
@@ -231,6 +238,7 @@ def test_a_budget_run_resumed_anywhere_equals_the_uninterrupted_one(budget_run, 
   assert jax.tree.map(np.array_equal, at_heal, at_end) == dict.fromkeys(at_heal, True)
 
 
+@ON_BUDGET_RUN
 @pytest.mark.slow  # a sweep of two members, for each method
 def test_a_budget_sweep_member_is_the_single_run(budget_run):
   method, reference, argv = budget_run

@@ -75,9 +75,13 @@ def http_server(tmp_path):
   server.server_close()
 
 
+# On the notebooks' xdist worker (--dist loadgroup): the session's real MNIST folder is prepared
+# once, here when this test comes first, and the notebooks reuse it.
+@pytest.mark.xdist_group("notebooks")
 @pytest.mark.slow
-def test_real_mnist_prepared_once_then_reused(real_mnist, tmp_path):
-  arrays = data.load_arrays("mnist", data_dir=str(tmp_path / "tfds"), raw_dir=str(real_mnist))
+def test_real_mnist_prepared_once_then_reused(real_mnist, real_mnist_data_dir, tmp_path):
+  prepared = str(real_mnist_data_dir)
+  arrays = data.load_arrays("mnist", data_dir=prepared, raw_dir=str(real_mnist))
   (train_images, train_labels), (test_images, test_labels) = arrays["train"], arrays["test"]
   assert train_images.shape == (60000, 28, 28, 1) and test_images.shape == (10000, 28, 28, 1)
   assert train_labels.shape == (60000,) and test_labels.shape == (10000,)
@@ -90,7 +94,7 @@ def test_real_mnist_prepared_once_then_reused(real_mnist, tmp_path):
   np.testing.assert_array_equal(test_images, idx_test_images)
 
   # No raw files and no network now: only the prepared data can answer.
-  again = data.load_arrays("mnist", data_dir=str(tmp_path / "tfds"), raw_dir=str(tmp_path))
+  again = data.load_arrays("mnist", data_dir=prepared, raw_dir=str(tmp_path))
   assert_arrays_equal(again, arrays)
 
 

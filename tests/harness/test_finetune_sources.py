@@ -14,6 +14,9 @@ from conftest import flags, read_rows
 
 from experiments import cli, compact, prune
 
+# One xdist worker runs this file (--dist loadgroup): the run is compacted once.
+pytestmark = pytest.mark.xdist_group("finetune_sources")
+
 
 def snapshot(folder):
   """Every file under ``folder`` with its bytes."""

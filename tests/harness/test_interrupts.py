@@ -80,7 +80,7 @@ def test_lock_is_per_process_index_and_names_its_holder(tmp_path):
 def test_processes_of_one_job_stop_together_and_a_second_job_is_refused(raw_mnist, tmp_path):
   multihost = pytest.importorskip("test_multihost", reason="needs the multi-process launcher")
   workdir = tmp_path / "run"
-  argv = flags(raw_mnist, tmp_path, total_iter=10**6, log_freq=100, save_freq=10**5)
+  argv = flags(raw_mnist, tmp_path, total_iter=10**6, log_freq=10, save_freq=10**5)
   argv += ["--workdir", workdir]
   job = multihost.start(argv, processes=2, devices_per_process=2)
   wait_for_rows(job[0], workdir, 2)

@@ -23,7 +23,7 @@ from experiments import cli, distributed, input_pipeline
 # One xdist worker runs this file (--dist loadgroup): its runs are made once.
 pytestmark = pytest.mark.xdist_group("multihost")
 
-STEPS = 300
+STEPS = 200  # the loss falls below half its start by step 200 (to about 0.2)
 RUN = {"total_iter": STEPS, "log_freq": 100, "save_freq": 100, "lr": 0.02}
 
 
@@ -113,7 +113,7 @@ def test_two_processes_equal_one_process_with_as_many_devices(one_process, two_p
   assert [r["step"] for r in rows] == list(range(0, STEPS + 1, 100))  # one writer: no repeats
   assert_rows_close(rows, read_rows(one_process), rtol=1e-5)
   assert rows[-1]["train_loss"] < 0.5 * rows[0]["train_loss"]
-  assert sorted(p.name for p in (two_processes / "checkpoints").iterdir()) == ["100", "200", "300"]
+  assert sorted(p.name for p in (two_processes / "checkpoints").iterdir()) == ["100", "200"]
 
 
 @pytest.mark.slow  # several processes

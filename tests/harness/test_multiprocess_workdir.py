@@ -20,6 +20,9 @@ from test_multihost import finish, free_port
 
 from experiments import metrics_writer
 
+# One xdist worker runs this file (--dist loadgroup): its job is started once.
+pytestmark = pytest.mark.xdist_group("multiprocess_workdir")
+
 # The CLI, with this process's clock an hour ahead when its first argument is "ahead".
 CLOCK = """
 import sys, time

@@ -12,6 +12,9 @@ from conftest import flags, read_rows
 
 from experiments import cli
 
+# One xdist worker runs this file (--dist loadgroup): its runs are made once.
+pytestmark = pytest.mark.xdist_group("schedule_resume")
+
 
 def run(argv, capsys):
   """``cli.main`` of mnist_subset_mlp: ``(exit code, stderr)``."""

@@ -115,7 +115,7 @@ def test_a_full_disk_during_a_save_is_one_line_and_keeps_only_complete_checkpoin
 @pytest.mark.slow  # two processes
 def test_a_job_whose_process_is_gone_stops_at_once_with_one_line(raw_mnist, tmp_path):
   workdir = tmp_path / "run"
-  argv = flags(raw_mnist, tmp_path, total_iter=10**6, log_freq=100, save_freq=10**5)
+  argv = flags(raw_mnist, tmp_path, total_iter=10**6, log_freq=10, save_freq=10**5)
   job = start(argv + ["--workdir", workdir], processes=2, devices_per_process=1)
   wait_for(job[0], lambda: (workdir / "metrics.jsonl").exists() and len(read_rows(workdir)) >= 2)
   job[1].kill()

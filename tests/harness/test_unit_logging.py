@@ -10,6 +10,9 @@ from test_evaluation import FEATURES, make_evaluator
 import pathprox_jax as pp
 from experiments import cli, evaluation, models, unit_histogram
 
+# One xdist worker runs this file (--dist loadgroup): its ViT run is trained once.
+pytestmark = pytest.mark.xdist_group("unit_logging")
+
 VIT = ["--num-heads", "4,4", "--mlp-dim", "16,16", "--width", "16", "--head-dim", "4"]
 
 
