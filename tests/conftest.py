@@ -62,6 +62,21 @@ def has_mnist_files(directory: pathlib.Path) -> bool:
 REAL_MNIST = find_real_mnist()
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+  """Under xdist, the slow tests outside any ``xdist_group`` come first.
+
+  ``--dist loadgroup`` hands out the groups first (the most tests first), then the other tests
+  in this order, one at a time to whichever worker is free: with the slow ones first, the quick
+  ones fill the end and both workers finish together. Without xdist the order is kept.
+  """
+
+  def handed_out_late(item: pytest.Item) -> bool:
+    return not item.get_closest_marker("slow") or bool(item.get_closest_marker("xdist_group"))
+
+  if "PYTEST_XDIST_WORKER" in os.environ:
+    items.sort(key=handed_out_late)
+
+
 @pytest.fixture
 def real_mnist() -> pathlib.Path:
   """The real MNIST raw files' folder; skips without it, fails without it under ``CI=true``."""
