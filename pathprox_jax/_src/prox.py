@@ -137,23 +137,6 @@ def prox_scales(
   return unit_norms.run_stages(leaves, layouts, stages)
 
 
-def prox_leaves(
-  leaves: Sequence[jax.Array] | Mapping[int, jax.Array],
-  layouts: Sequence[groups_lib.GroupLayout],
-  threshold: jax.Array | float | Mapping[int, jax.Array | float],
-  *,
-  balance: bool | balance_lib.Chains = True,
-  regularize_bias: bool = False,
-  eps: float = EPS,
-) -> dict[int, jax.Array]:
-  """:func:`prox_scales` multiplied out: ``{leaf index: new value}`` (float32) for every
-  leaf the step changes."""
-  scales = prox_scales(
-    leaves, layouts, threshold, balance=balance, regularize_bias=regularize_bias, eps=eps
-  )
-  return {i: scaled.array() for i, scaled in scales.items()}
-
-
 def prox(
   params: Any,
   groups: GroupSpecTree,
@@ -198,7 +181,9 @@ def prox(
   return groups_lib.update_grouped(
     params,
     groups,
-    lambda leaves, layouts: prox_leaves(
-      leaves, layouts, threshold, balance=balance, regularize_bias=regularize_bias, eps=eps
+    lambda leaves, layouts: unit_norms.multiply_out(
+      prox_scales(
+        leaves, layouts, threshold, balance=balance, regularize_bias=regularize_bias, eps=eps
+      )
     ),
   )

@@ -14,6 +14,7 @@ from pathprox_jax._src import costs as costs_lib
 from pathprox_jax._src import groups as groups_lib
 from pathprox_jax._src import params as params_lib
 from pathprox_jax._src import prox as prox_lib
+from pathprox_jax._src import unit_norms
 from pathprox_jax._src.annotations import GroupSpecTree
 from pathprox_jax._src.checks import check_hyperparameter
 from pathprox_jax._src.threshold_rules import THRESHOLD_RULES, ThresholdRule
@@ -139,13 +140,15 @@ def pathprox(
     stepped = {
       i: param_leaves[i].astype(jnp.float32) + update_leaves[i].astype(jnp.float32) for i in grouped
     }
-    new = prox_lib.prox_leaves(
-      stepped,
-      layouts,
-      costs_lib.group_thresholds(threshold, costs),
-      balance=balance,
-      regularize_bias=regularize_bias,
-      eps=eps,
+    new = unit_norms.multiply_out(
+      prox_lib.prox_scales(
+        stepped,
+        layouts,
+        costs_lib.group_thresholds(threshold, costs),
+        balance=balance,
+        regularize_bias=regularize_bias,
+        eps=eps,
+      )
     )
     out = [
       (new[i] - param_leaves[i].astype(jnp.float32)).astype(param_leaves[i].dtype)

@@ -121,7 +121,12 @@ def apply_stages(
   stages: Sequence[Stage],
 ) -> dict[int, jax.Array]:
   """:func:`run_stages` with each changed leaf multiplied out once, at the end (f32)."""
-  return {i: scaled.array() for i, scaled in run_stages(leaves, layouts, stages).items()}
+  return multiply_out(run_stages(leaves, layouts, stages))
+
+
+def multiply_out(scaled: Mapping[int, ScaledUnits]) -> dict[int, jax.Array]:
+  """``{leaf index: the scaled leaf}`` (f32): each leaf times its scales."""
+  return {i: leaf.array() for i, leaf in scaled.items()}
 
 
 def unit_path_norms(leaves: Mapping[int, ScaledUnits], group: GroupLayout) -> jax.Array:
