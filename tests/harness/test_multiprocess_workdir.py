@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, flags, read_rows
+from conftest import REPO, flags, read_rows, xla_flags
 from tensorboardX.proto.event_pb2 import Event
 from test_multihost import finish, free_port
 
@@ -43,7 +43,7 @@ def start_job(argv, cwd, limit="unlimited"):
   for index, (clock, cwd) in enumerate(zip(("right", "ahead"), cwds, strict=True)):
     env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
            "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(index),
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}  # fmt: skip
+           "XLA_FLAGS": xla_flags(1)}  # fmt: skip
     command = shlex.join([sys.executable, "-c", CLOCK, clock, *map(str, argv)])
     limited = f"trap '' XFSZ; ulimit -f {limit}; exec {command}"  # EFBIG, as on a full disk
     job.append(
