@@ -13,6 +13,9 @@ compact exactly; without ``--pathprox`` and ``--wd``, the front is those models 
 - ``WD_RUN/prune/prune.json``: the weight-decay run pruned by ‖w_i‖‖v_i‖ to the same units;
 - ``WD_RUN/prune-heal/heal.json``: the pruned model healed, by the same command.
 
+``--prune-folder NAME`` reads ``WD_RUN/NAME`` and ``WD_RUN/NAME-heal`` instead: one weight-decay
+run pruned to match each of several PathProx runs (one front per λ, say).
+
 It writes ``DIR/front.md`` (a table of kept FLOPs, kept units per group and test accuracy,
 mean ± sample std over seeds), ``DIR/front.json`` (every seed's figures) and
 ``DIR/front.png`` (test accuracy against kept FLOPs). Exit codes: 0 done; 2 a missing or
@@ -29,13 +32,14 @@ from pathlib import Path
 
 from experiments import cli
 
-# (label, which run of the pair, sub-folder, record file)
+# (label, which run of the pair, sub-folder, record file); {tolerance} and {prune} are the
+# --tolerance-folder and --prune-folder names.
 MODELS = (
   ("PathProx, compacted exactly", "pathprox", "compact", "compact.json"),
-  ("PathProx, compacted with the tolerance", "pathprox", None, "compact.json"),
+  ("PathProx, compacted with the tolerance", "pathprox", "{tolerance}", "compact.json"),
   ("PathProx, compacted exactly + heal", "pathprox", "compact-heal", "heal.json"),
-  ("weight decay, pruned to the same units", "wd", "prune", "prune.json"),
-  ("weight decay, pruned + heal", "wd", "prune-heal", "heal.json"),
+  ("weight decay, pruned to the same units", "wd", "{prune}", "prune.json"),
+  ("weight decay, pruned + heal", "wd", "{prune}-heal", "heal.json"),
 )
 
 
@@ -78,6 +82,7 @@ def front(
   wd: Sequence[Path],
   tolerance_folder: str | None,
   compacted: Sequence[Sequence[str]] = (),
+  prune_folder: str = "prune",
 ) -> dict:
   """``{model label: [one figures dict per seed]}`` for every model whose records exist, then
   one model per ``compacted`` entry ``[label, run, ...]``."""
@@ -85,9 +90,9 @@ def front(
     raise RecordError(f"{len(pathprox)} PathProx runs but {len(wd)} weight-decay runs: pair them")
   rows = {}
   for label, side, sub, kind in MODELS if pathprox else ():
-    sub = sub or tolerance_folder
-    if sub is None:
+    if sub == "{tolerance}" and tolerance_folder is None:
       continue
+    sub = sub.format(tolerance=tolerance_folder, prune=prune_folder)
     runs = pathprox if side == "pathprox" else wd
     rows[label] = [figures(_read(run / sub / kind)) for run in runs]
   for label, *runs in compacted:
@@ -168,11 +173,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     "--tolerance-folder", help="the compact output with --path-norm-tol, inside each PathProx run"
   )
   parser.add_argument(
+    "--prune-folder",
+    default="prune",
+    help="the prune output inside each weight-decay run (its heal: NAME-heal)",
+  )
+  parser.add_argument(
     "--out", type=Path, required=True, help="the folder to write front.md, front.json, front.png"
   )
   args = parser.parse_args(argv)
   try:
-    rows = front(args.pathprox, args.wd, args.tolerance_folder, args.compacted)
+    rows = front(args.pathprox, args.wd, args.tolerance_folder, args.compacted, args.prune_folder)
   except (RecordError, KeyError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

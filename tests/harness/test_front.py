@@ -12,7 +12,7 @@ def _write(path, record):
   path.write_text(json.dumps(record))
 
 
-def _seed(root, seed, acc, pruned_acc, healed):
+def _seed(root, seed, acc, pruned_acc, healed, prune="prune"):
   pp_run, wd_run = root / f"pp{seed}", root / f"wd{seed}"
   kept = {"0": list(range(10 + seed)), "1": list(range(20))}
   units = {"0": 40, "1": 40}
@@ -27,7 +27,7 @@ def _seed(root, seed, acc, pruned_acc, healed):
     },
   )
   _write(
-    wd_run / "prune" / "prune.json",
+    wd_run / prune / "prune.json",
     {
       "match": str(pp_run / "compact"),
       "kept": kept,
@@ -37,7 +37,7 @@ def _seed(root, seed, acc, pruned_acc, healed):
       "step": 100,
     },
   )
-  for run, sub, kind in ((pp_run, "compact", "compact"), (wd_run, "prune", "prune")):
+  for run, sub, kind in ((pp_run, "compact", "compact"), (wd_run, prune, "prune")):
     _write(
       run / f"{sub}-heal" / "heal.json",
       {
@@ -76,6 +76,22 @@ def test_front_table_gives_mean_and_std_over_seeds(tmp_path):
   rows = json.loads((out / "front.json").read_text())
   assert rows["PathProx, compacted exactly + heal"][1]["total_steps"] == 110
   assert (out / "front.png").stat().st_size > 0
+
+
+def test_prune_folder_reads_the_baseline_pruned_to_match_one_of_several_pathprox_runs(tmp_path):
+  pp_run, wd_run = _seed(tmp_path, 0, 0.80, 0.70, 0.85, prune="prune-pp0.002")
+  _seed(tmp_path, 0, 0.80, 0.60, 0.65)  # the same runs' default folders: another match
+  out = tmp_path / "out"
+  argv = ["--pathprox", str(pp_run), "--wd", str(wd_run), "--out", str(out)]
+  assert front.main([*argv, "--prune-folder", "prune-pp0.002"]) == 0
+  rows = json.loads((out / "front.json").read_text())
+  assert rows["weight decay, pruned to the same units"][0]["test_acc"] == 0.70
+  assert rows["weight decay, pruned + heal"][0]["test_acc"] == 0.85
+  assert front.main(argv) == 0
+  assert (
+    json.loads((out / "front.json").read_text())["weight decay, pruned + heal"][0]["test_acc"]
+    == 0.65
+  )
 
 
 @pytest.mark.parametrize("problem", ["unpaired", "missing"])
