@@ -223,11 +223,12 @@ def with_budget(
     # (or a lax.cond's copy of the untaken branch) would rewrite the whole state every step.
     # Their params are zero, so their gradient is too, and the state after this step holds zeros
     # for every unit that was off before it (the units it switches off: from the next step).
+    kept_state = {g: m | ~zero_state for g, m in state.masks.items()}
     base_state = optax.tree_utils.tree_map_params(
       base,
-      lambda x, on: unit_masks.zero_off_units(x, on if on is True else on | ~zero_state),
+      unit_masks.zero_off_units,
       state.base,
-      unit_masks.mask_tree(params, state.masks, layouts),
+      unit_masks.mask_tree(params, kept_state, layouts),
     )
     base_updates, base_state = base.update(updates, base_state, params, **extra_args)
     param_leaves, treedef = jax.tree.flatten(params)
@@ -285,12 +286,12 @@ def with_budget(
     masks = {g: jnp.where(heal, state.masks[g], jnp.where(warm, True, frozen[g])) for g in ids}
     # The prox zeroes its units itself (they may come back); masks zero GMP's, and all frozen.
     zeroed = heal | freeze | (sparsify & (selection == "magnitude"))
-    on = jax.tree.leaves(unit_masks.mask_tree(params, masks, layouts))
+    on = jax.tree.leaves(
+      unit_masks.mask_tree(params, {g: m | ~zeroed for g, m in masks.items()}, layouts)
+    )
     deltas = {}
     for i in grouped:
-      scale = scales.get(i, 1.0)
-      if on[i] is not True:
-        scale = jnp.where(zeroed & ~on[i], 0.0, scale)
+      scale = unit_masks.zero_off_units(jnp.asarray(scales.get(i, 1.0), jnp.float32), on[i])
       p, u = param_leaves[i].astype(jnp.float32), update_leaves[i].astype(jnp.float32)
       deltas[i] = (u * scale + p * (scale - 1.0)).astype(update_leaves[i].dtype)
     # masks come from the full (replicated or globally sharded) params, so the kept fraction is
