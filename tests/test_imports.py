@@ -7,8 +7,8 @@ import ast
 import pathlib
 
 import pytest
+from conftest import REPO as REPO_ROOT
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGES = ("pathprox_jax", "experiments", "configs")
 LINE_CAPS = {"pathprox_jax/_src": 400, "experiments": 450}
 
