@@ -1,20 +1,21 @@
 """The accuracy–FLOPs front of PathProx against weight decay + magnitude pruning, over seeds.
 
-``python -m experiments.front --pathprox PP_RUN ... --wd WD_RUN ... --out DIR``
+``python -m experiments.front --pathprox PP_RUN ... --wd WD_RUN ... [--pair PP WD ...] --out DIR``
 reads, for each seed's pair of runs (the i-th ``--pathprox`` with the i-th ``--wd``), the
 outputs that :mod:`experiments.compact`, :mod:`experiments.prune` and :mod:`experiments.heal`
-wrote next to them (``--compacted LABEL RUN ...``, repeatable, adds one model per label from
-its runs' ``RUN/compact/compact.json`` alone, e.g. budget runs, whose switched-off units
-compact exactly; without ``--pathprox`` and ``--wd``, the front is those models only):
+wrote next to them. Each ``--pair PP [WD]`` (repeatable; default ``compact prune``) names one
+PathProx compaction and, optionally, the weight-decay run's pruning to its units:
 
-- ``PP_RUN/compact/compact.json``: PathProx compacted exactly (``--atol 0``);
-- ``PP_RUN/<--tolerance-folder>/compact.json`` (optional): compacted with ``--path-norm-tol``;
-- ``PP_RUN/compact-heal/heal.json``: the exact compact model healed;
-- ``WD_RUN/prune/prune.json``: the weight-decay run pruned by ‖w_i‖‖v_i‖ to the same units;
-- ``WD_RUN/prune-heal/heal.json``: the pruned model healed, by the same command.
+- ``PP_RUN/PP/compact.json``: PathProx compacted (exactly, or with ``--path-norm-tol``: the
+  record says which, and so does the model's label);
+- ``WD_RUN/WD/prune.json``: the weight-decay run pruned by ‖w_i‖‖v_i‖ to the same units;
+- ``PP_RUN/PP-heal/heal.json`` and ``WD_RUN/WD-heal/heal.json``: both healed by the same
+  command. A pair's heals are read when they exist; one without the other is an error (the
+  front compares methods healed alike or not at all).
 
-``--prune-folder NAME`` reads ``WD_RUN/NAME`` and ``WD_RUN/NAME-heal`` instead: one weight-decay
-run pruned to match each of several PathProx runs (one front per λ, say).
+``--compacted LABEL RUN ...`` (repeatable) adds one model per label from its runs'
+``RUN/compact/compact.json`` alone, e.g. budget runs, whose switched-off units compact exactly;
+without ``--pathprox`` and ``--wd``, the front is those models only.
 
 It writes ``DIR/front.md`` (a table of kept FLOPs, kept units per group and test accuracy,
 mean ± sample std over seeds), ``DIR/front.json`` (every seed's figures) and
@@ -32,15 +33,7 @@ from pathlib import Path
 
 from experiments import cli
 
-# (label, which run of the pair, sub-folder, record file); {tolerance} and {prune} are the
-# --tolerance-folder and --prune-folder names.
-MODELS = (
-  ("PathProx, compacted exactly", "pathprox", "compact", "compact.json"),
-  ("PathProx, compacted with the tolerance", "pathprox", "{tolerance}", "compact.json"),
-  ("PathProx, compacted exactly + heal", "pathprox", "compact-heal", "heal.json"),
-  ("weight decay, pruned to the same units", "wd", "{prune}", "prune.json"),
-  ("weight decay, pruned + heal", "wd", "{prune}-heal", "heal.json"),
-)
+DEFAULT_PAIRS = (("compact", "prune"),)
 
 
 class RecordError(ValueError):
@@ -77,24 +70,48 @@ def _mean_std(values: Sequence[float], digits: int) -> str:
   return f"{statistics.mean(values):.{digits}f} ± {std:.{digits}f}"
 
 
+def _pair_rows(
+  pathprox: Sequence[Path], wd: Sequence[Path], pp_sub: str, wd_sub: str | None
+) -> dict:
+  """One ``--pair``'s models: the compaction, the matched pruning, and their heals."""
+  compacted = [_read(run / pp_sub / "compact.json") for run in pathprox]
+  tol = compacted[0].get("path_norm_tol", 0.0)
+  models = [
+    ("PathProx, compacted " + (f"at path-norm tolerance {tol:g}" if tol else "exactly"),
+     [figures(record) for record in compacted], [run / f"{pp_sub}-heal" for run in pathprox]),
+  ]  # fmt: skip
+  if wd_sub is not None:
+    models.append((
+      "weight decay, pruned to the same units" + (f" (tolerance {tol:g})" if tol else ""),
+      [figures(_read(run / wd_sub / "prune.json")) for run in wd],
+      [run / f"{wd_sub}-heal" for run in wd],
+    ))  # fmt: skip
+  heals = [folder / "heal.json" for _, _, folders in models for folder in folders]
+  missing = [path for path in heals if not path.is_file()]
+  if missing and len(missing) < len(heals):
+    raise RecordError(f"{missing[0]} is missing: heal the pair's models alike, or neither")
+  rows = {label: seeds for label, seeds, _ in models}
+  if not missing:
+    for label, _, folders in models:
+      rows[f"{label} + heal"] = [figures(_read(folder / "heal.json")) for folder in folders]
+  return rows
+
+
 def front(
   pathprox: Sequence[Path],
   wd: Sequence[Path],
-  tolerance_folder: str | None,
+  pairs: Sequence[Sequence[str]] = DEFAULT_PAIRS,
   compacted: Sequence[Sequence[str]] = (),
-  prune_folder: str = "prune",
 ) -> dict:
-  """``{model label: [one figures dict per seed]}`` for every model whose records exist, then
-  one model per ``compacted`` entry ``[label, run, ...]``."""
+  """``{model label: [one figures dict per seed]}``: each pair's models, then one model per
+  ``compacted`` entry ``[label, run, ...]``."""
   if len(pathprox) != len(wd):
     raise RecordError(f"{len(pathprox)} PathProx runs but {len(wd)} weight-decay runs: pair them")
   rows = {}
-  for label, side, sub, kind in MODELS if pathprox else ():
-    if sub == "{tolerance}" and tolerance_folder is None:
-      continue
-    sub = sub.format(tolerance=tolerance_folder, prune=prune_folder)
-    runs = pathprox if side == "pathprox" else wd
-    rows[label] = [figures(_read(run / sub / kind)) for run in runs]
+  for pp_sub, *wd_sub in pairs if pathprox else ():
+    if len(wd_sub) > 1:
+      raise RecordError(f"--pair {pp_sub} {' '.join(wd_sub)}: give one or two folders")
+    rows.update(_pair_rows(pathprox, wd, pp_sub, wd_sub[0] if wd_sub else None))
   for label, *runs in compacted:
     if not runs:
       raise RecordError(f"--compacted {label!r} names no run folder: give LABEL RUN [RUN ...]")
@@ -170,19 +187,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     help="a model's label, then its run folders (each compacted: RUN/compact/compact.json)",
   )
   parser.add_argument(
-    "--tolerance-folder", help="the compact output with --path-norm-tol, inside each PathProx run"
-  )
-  parser.add_argument(
-    "--prune-folder",
-    default="prune",
-    help="the prune output inside each weight-decay run (its heal: NAME-heal)",
+    "--pair",
+    nargs="+",
+    action="append",
+    metavar="PP [WD]",
+    help="a compact output inside each PathProx run, then (optional) the prune output to its "
+    "units inside each weight-decay run; repeatable (default: compact prune)",
   )
   parser.add_argument(
     "--out", type=Path, required=True, help="the folder to write front.md, front.json, front.png"
   )
   args = parser.parse_args(argv)
   try:
-    rows = front(args.pathprox, args.wd, args.tolerance_folder, args.compacted, args.prune_folder)
+    rows = front(args.pathprox, args.wd, args.pair or DEFAULT_PAIRS, args.compacted)
   except (RecordError, KeyError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -70,7 +70,8 @@ def test_front_table_gives_mean_and_std_over_seeds(tmp_path):
     "| 71.00 ± 1.41 |" in table
   )
   assert (
-    "| weight decay, pruned + heal | 2 | 0.400 ± 0.000 | 10.5/40, 20.0/40 | 86.00 ± 1.41 |" in table
+    "| weight decay, pruned to the same units + heal | 2 | 0.400 ± 0.000 | 10.5/40, 20.0/40 "
+    "| 86.00 ± 1.41 |" in table
   )
   assert "tolerance" not in table
   rows = json.loads((out / "front.json").read_text())
@@ -78,26 +79,35 @@ def test_front_table_gives_mean_and_std_over_seeds(tmp_path):
   assert (out / "front.png").stat().st_size > 0
 
 
-def test_prune_folder_reads_the_baseline_pruned_to_match_one_of_several_pathprox_runs(tmp_path):
+def test_pairs_read_the_baseline_pruned_to_match_each_compaction(tmp_path):
   pp_run, wd_run = _seed(tmp_path, 0, 0.80, 0.70, 0.85, prune="prune-pp0.002")
   _seed(tmp_path, 0, 0.80, 0.60, 0.65)  # the same runs' default folders: another match
+  tolerance = json.loads((pp_run / "compact" / "compact.json").read_text())
+  _write(pp_run / "tol" / "compact.json", {**tolerance, "path_norm_tol": 0.01})
   out = tmp_path / "out"
   argv = ["--pathprox", str(pp_run), "--wd", str(wd_run), "--out", str(out)]
-  assert front.main([*argv, "--prune-folder", "prune-pp0.002"]) == 0
+  assert front.main([*argv, "--pair", "compact", "prune-pp0.002", "--pair", "tol"]) == 0
   rows = json.loads((out / "front.json").read_text())
+  assert list(rows) == [
+    "PathProx, compacted exactly",
+    "weight decay, pruned to the same units",
+    "PathProx, compacted exactly + heal",
+    "weight decay, pruned to the same units + heal",
+    "PathProx, compacted at path-norm tolerance 0.01",  # no pruned match, no heal
+  ]
   assert rows["weight decay, pruned to the same units"][0]["test_acc"] == 0.70
-  assert rows["weight decay, pruned + heal"][0]["test_acc"] == 0.85
-  assert front.main(argv) == 0
-  assert (
-    json.loads((out / "front.json").read_text())["weight decay, pruned + heal"][0]["test_acc"]
-    == 0.65
-  )
+  assert rows["weight decay, pruned to the same units + heal"][0]["test_acc"] == 0.85
+  assert front.main(argv) == 0  # the default pair: compact prune
+  rows = json.loads((out / "front.json").read_text())
+  assert rows["weight decay, pruned to the same units + heal"][0]["test_acc"] == 0.65
 
 
-@pytest.mark.parametrize("problem", ["unpaired", "missing"])
+@pytest.mark.parametrize("problem", ["unpaired", "missing", "healed alone"])
 def test_missing_or_unpaired_records_are_one_line_errors(tmp_path, capsys, problem):
   pp_run, wd_run = _seed(tmp_path, 0, 0.8, 0.7, 0.85)
   if problem == "missing":
+    (wd_run / "prune" / "prune.json").unlink()
+  if problem == "healed alone":
     (wd_run / "prune-heal" / "heal.json").unlink()
   wds = [str(wd_run)] * (2 if problem == "unpaired" else 1)
   code = front.main(["--pathprox", str(pp_run), "--wd", *wds, "--out", str(tmp_path / "o")])
