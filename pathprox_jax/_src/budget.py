@@ -223,12 +223,11 @@ def with_budget(
     # (or a lax.cond's copy of the untaken branch) would rewrite the whole state every step.
     # Their params are zero, so their gradient is too, and the state after this step holds zeros
     # for every unit that was off before it (the units it switches off: from the next step).
-    kept_state = {g: m | ~zero_state for g, m in state.masks.items()}
     base_state = optax.tree_utils.tree_map_params(
       base,
       unit_masks.zero_off_units,
       state.base,
-      unit_masks.mask_tree(params, kept_state, layouts),
+      unit_masks.mask_tree(params, state.masks, layouts, active=zero_state),
     )
     base_updates, base_state = base.update(updates, base_state, params, **extra_args)
     param_leaves, treedef = jax.tree.flatten(params)
@@ -286,9 +285,7 @@ def with_budget(
     masks = {g: jnp.where(heal, state.masks[g], jnp.where(warm, True, frozen[g])) for g in ids}
     # The prox zeroes its units itself (they may come back); masks zero GMP's, and all frozen.
     zeroed = heal | freeze | (sparsify & (selection == "magnitude"))
-    on = jax.tree.leaves(
-      unit_masks.mask_tree(params, {g: m | ~zeroed for g, m in masks.items()}, layouts)
-    )
+    on = jax.tree.leaves(unit_masks.mask_tree(params, masks, layouts, active=zeroed))
     deltas = {}
     for i in grouped:
       scale = unit_masks.zero_off_units(jnp.asarray(scales.get(i, 1.0), jnp.float32), on[i])

@@ -123,14 +123,22 @@ def magnitude_masks(
   return masks
 
 
-def mask_tree(params: Any, masks: Mapping[int, jax.Array], layouts: Sequence[GroupLayout]) -> Any:
+def mask_tree(
+  params: Any,
+  masks: Mapping[int, jax.Array],
+  layouts: Sequence[GroupLayout],
+  active: jax.Array | bool = True,
+) -> Any:
   """A tree with the structure of ``params``: each sliced leaf's units masks, shaped to
-  broadcast on their unit axes, and ``True`` (a Python bool) for the leaves no group slices."""
+  broadcast on their unit axes, and ``True`` (a Python bool) for the leaves no group slices.
+
+  Where ``active`` (a traced scalar: a step's phase) is false, every unit is on."""
   leaves, treedef = jax.tree.flatten(params)
   out: list[Any] = [True] * len(leaves)
   for g in layouts:
+    mask = masks[g.group] if active is True else masks[g.group] | ~active
     for i, axis in g.sliced:  # a kernel between two groups of a chain takes both masks
-      out[i] = out[i] & on_axis(masks[g.group], leaves[i].ndim, axis)
+      out[i] = out[i] & on_axis(mask, leaves[i].ndim, axis)
   return treedef.unflatten(out)
 
 
