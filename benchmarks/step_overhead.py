@@ -105,14 +105,35 @@ def paired_ms(net, make_a, make_b, x, y, steps: int, repeats: int):
   return statistics.median(times[0]), statistics.median(times[1]), statistics.median(ratios)
 
 
+def print_costs(name, label, net, make_a, make_b, x, y):
+  """XLA's own count of the two compiled steps' work (b/a), which the machine's load does not
+  change: the FLOPs, and the bytes accessed (the passes over the parameters)."""
+  model, group_spec = net
+  boxed = model.init(jax.random.key(0), x[:1])["params"]
+  params = nn.meta.unbox(boxed)
+  costs = []
+  for make_tx in (make_a, make_b):
+    tx = make_tx(group_spec(boxed))
+    compiled = make_step(model, tx).lower(params, tx.init(params), x, y).compile()
+    costs.append(compiled.cost_analysis())
+  a, b = costs
+  print(
+    f"{name:<38} XLA cost analysis, {label}: flops {b['flops'] / a['flops']:.3f}, "
+    f"bytes accessed {b['bytes accessed'] / a['bytes accessed']:.3f}"
+  )
+
+
 def compare(name, net, x, y, steps, repeats, optimizer="sgd", lr=0.1, wd=1e-4, balance=True):
   base_name, base, prox_name, prox = OPTIMIZERS[optimizer]
-  b, p, ratio = paired_ms(
-    net,
-    lambda groups: base(lr, wd),
-    lambda groups: prox(lr, wd, groups, balance=balance),
-    x, y, steps, repeats,
-  )  # fmt: skip
+
+  def make_base(groups):
+    return base(lr, wd)
+
+  def make_prox(groups):
+    return prox(lr, wd, groups, balance=balance)
+
+  print_costs(name, f"{prox_name}/{base_name}", net, make_base, make_prox, x, y)
+  b, p, ratio = paired_ms(net, make_base, make_prox, x, y, steps, repeats)
   print(f"{name:<38} {base_name:<6} {b:8.3f} ms   {prox_name:<14} {p:8.3f} ms   ratio {ratio:.3f}")
 
 
@@ -133,21 +154,9 @@ def compare_budget(name, net, x, y, steps, repeats, lr=0.1, wd=1e-4, balance=Tru
       prox_start=0, heal_start=10**9,
     )  # fmt: skip
 
-  # XLA's own count of the compiled step's work, which the machine's load does not change. It
-  # counts a lax.cond's branches as if both ran: the budget's zeroing of the base state, which
-  # runs only at the freeze, in the heal and for GMP, is counted in its sparsify step.
-  params = nn.meta.unbox(boxed)
-  analyses = []
-  for make_tx in (plain, budgeted):
-    tx = make_tx(group_spec(boxed))
-    compiled = make_step(model, tx).lower(params, tx.init(params), x, y).compile()
-    analyses.append(compiled.cost_analysis())
-  (p_cost, b_cost) = analyses
-  print(
-    f"{name:<38} XLA cost analysis, budget/plain: flops "
-    f"{b_cost['flops'] / p_cost['flops']:.3f}, bytes accessed "
-    f"{b_cost['bytes accessed'] / p_cost['bytes accessed']:.3f}"
-  )
+  # XLA counts a lax.cond's branches as if both ran: the budget's zeroing of the base state,
+  # which runs only at the freeze, in the heal and for GMP, is counted in its sparsify step.
+  print_costs(name, "budget/plain", net, plain, budgeted, x, y)
   p, b, ratio = paired_ms(net, plain, budgeted, x, y, steps, repeats)
   print(f"{name:<38} {'pathprox_sgd':<12} {p:8.3f} ms   {'budget_sgd':<10} {b:8.3f} ms   "
         f"ratio {ratio:.3f}")  # fmt: skip
