@@ -165,13 +165,6 @@ def main(argv: Sequence[str] | None = None) -> int:
       file=sys.stderr,
     )
     return 1
-  if args.with_state and any(k.width == 0 for k in kept.values()):
-    print(
-      "error: --with-state cannot go on training a model with a group of no units left "
-      "(its optimiser state would hold arrays of no entries); compact without it",
-      file=sys.stderr,
-    )
-    return 2
   keys = models.widths_keys(config)
   model, small_model = models.create_model(config), models.create_model(small_config)
 
@@ -215,7 +208,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   checkpoint = None
   if args.with_state:
     tx = trained_run.create_run_optimizer(config, run.groups)
-    opt_state = pp.compact_state(tx, run.state.opt_state, run.groups, kept)
+    opt_state = trained_run.state_like(
+      trained_run.abstract_state(small_config)[0].opt_state,
+      pp.compact_state(tx, run.state.opt_state, run.groups, kept),
+    )
     state = run.state._replace(params=small, opt_state=opt_state, model_state=small_state)
     checkpoint = (state, run.data_key, run.history)
   trained_run.write_output(out, small_config, small, record, MARKER, small_state, checkpoint)

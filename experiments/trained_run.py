@@ -228,6 +228,33 @@ def without_empty_arrays(tree: Mapping[str, Any]) -> dict[str, Any]:
   return out
 
 
+def state_like(template: Any, state: Any) -> Any:
+  """``state`` rebuilt in ``template``'s structure: the leaf at each of the template's key paths.
+
+  A compacted ViT block with no heads (or no FFN neurons) left has no kernels there, and its
+  budget no mask for that group: an optimiser state sliced to the kept units
+  (:func:`pathprox_jax.compact_state`) holds zero-size arrays at those paths, which the smaller
+  model's state (``template``: :func:`abstract_state` of its config) does not have.
+
+  Raises:
+    ValueError: a template path is not in ``state``, its shape differs, or a leaf of ``state``
+      with entries has no place in the template.
+  """
+  leaves = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(state)}
+  paths, treedef = jax.tree_util.tree_flatten_with_path(template)
+  out = []
+  for path, like in paths:
+    key = jax.tree_util.keystr(path)
+    if key not in leaves or np.shape(leaves[key]) != like.shape:
+      found = np.shape(leaves[key]) if key in leaves else "nothing"
+      raise ValueError(f"the compacted state has {found} at {key}, the smaller model {like.shape}")
+    out.append(leaves.pop(key))
+  extra = [key for key, x in leaves.items() if np.size(x)]
+  if extra:
+    raise ValueError(f"the compacted state's {extra[0]} has no place in the smaller model's state")
+  return treedef.unflatten(out)
+
+
 def check_output_folder(out: Path) -> None:
   """Raises :class:`UsageError` unless ``out`` is absent or an empty folder: an output is never
   replaced (a fine-tune started from it could no longer resume, nor its command reproduce it)."""

@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
-from conftest import flags, read_rows
+from conftest import TOY_VIT, flags, read_rows, toy_vit_flags
 from test_evaluation import make_evaluator
 from test_experiments import assert_rows_close, assert_same_run
 
@@ -277,6 +277,37 @@ def test_the_heal_on_the_compacted_model_is_the_dense_heal(method, raw_mnist, tm
       == kept
     )
     np.testing.assert_allclose([row[k] for k in same], [dense_row[k] for k in same], rtol=2e-4)
+
+
+@pytest.mark.slow  # a toy ViT budget run, its compaction with the training state, the heal on it
+def test_the_heal_goes_on_on_a_vit_with_a_group_of_no_units_left(raw_mnist, tmp_path):
+  workdir, smaller = tmp_path / "run", tmp_path / "smaller"
+  data = toy_vit_flags(raw_mnist, tmp_path)
+  argv = ["--workdir", workdir, *data, *TOY_VIT, "--method", "gmp", "--target-flops", "0.15",
+          "--prox-start", "5", "--heal-start", "20", "--total-iter", "30", "--save-freq", "20",
+          "--log-freq", "1"]  # fmt: skip
+  assert cli.main("fashion_mnist_vit", [str(a) for a in argv]) == 0
+  assert compact.main([str(workdir), "--step", "20", "--with-state", "--out", str(smaller)]) == 0
+  kept = {g: len(k) for g, k in json.loads((smaller / "compact.json").read_text())["kept"].items()}
+  assert 0 in kept.values()  # a block with no heads (or neurons) left: a NoHeads (OutBias) layer
+  assert cli.main("fashion_mnist_vit", ["--workdir", str(smaller), "--resume", *data]) == 0
+  rows, dense = read_rows(smaller), read_rows(workdir)
+  same = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
+  for row, dense_row in zip(rows[21:], dense[21:], strict=True):
+    # The smaller model has no unit of an empty group: it logs the others.
+    assert {g: row.get(f"active_units/g{g}", 0) for g in kept} == kept
+    assert {g: dense_row[f"active_units/g{g}"] for g in kept} == kept
+    np.testing.assert_allclose([row[k] for k in same], [dense_row[k] for k in same], rtol=2e-4)
+
+
+def test_the_state_in_the_smaller_models_structure_drops_only_empty_arrays():
+  template = {"kernel": jax.ShapeDtypeStruct((2, 3), np.float32)}
+  state = {"kernel": np.ones((2, 3)), "empty_heads": np.zeros((2, 0))}
+  assert trained_run.state_like(template, state).keys() == {"kernel"}
+  with pytest.raises(ValueError, match=r"\['heads'\] has no place in the smaller model's state"):
+    trained_run.state_like(template, {**state, "heads": np.ones(1)})
+  with pytest.raises(ValueError, match=r"has \(3, 2\) at \['kernel'\], the smaller model \(2, 3\)"):
+    trained_run.state_like(template, {"kernel": np.ones((3, 2))})
 
 
 def test_with_state_needs_exact_compaction(finished_run, tmp_path, capsys):
