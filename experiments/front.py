@@ -47,13 +47,15 @@ def _read(path: Path) -> dict:
     raise RecordError(f"{path}: {e.__class__.__name__}: {e}") from e
 
 
-def figures(record: dict) -> dict:
+def figures(record: dict, source: Path | None = None) -> dict:
   """One seed's test accuracy, kept FLOPs and kept units per group, from one record.
 
-  A heal record's model is its source's (a compact or prune output), with the healed accuracy.
+  A heal record's model is its source's (a compact or prune output: the folder ``source``, or
+  where the record says it was), with the healed accuracy.
   """
   if "heal_steps" in record:
-    source = figures(_read(Path(record["source"]) / f"{record['kind']}.json"))
+    folder = Path(record["source"]) if source is None else source
+    source = figures(_read(folder / f"{record['kind']}.json"))
     keys = ("test_acc", "val_acc", "chosen_lr", "total_steps")
     return {**source, **{key: record[key] for key in keys}}
   flops = record["flops_per_example"]
@@ -91,9 +93,12 @@ def _pair_rows(
   if missing and len(missing) < len(heals):
     raise RecordError(f"{missing[0]} is missing: heal the pair's models alike, or neither")
   rows = {label: seeds for label, seeds, _ in models}
-  if not missing:
+  if not missing:  # each heal's source is the folder beside it (the records may have moved)
     for label, _, folders in models:
-      rows[f"{label} + heal"] = [figures(_read(folder / "heal.json")) for folder in folders]
+      rows[f"{label} + heal"] = [
+        figures(_read(folder / "heal.json"), folder.with_name(folder.name.removesuffix("-heal")))
+        for folder in folders
+      ]
   return rows
 
 

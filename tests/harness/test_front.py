@@ -134,3 +134,20 @@ def test_a_front_of_nothing_is_a_one_line_error(tmp_path, capsys, argv):
   err = capsys.readouterr().err.strip()
   assert err.startswith("error: ") and "\n" not in err
   assert not (tmp_path / "o").exists()
+
+
+def test_records_moved_elsewhere_still_make_the_front(tmp_path):
+  # Committed records say where their runs were (another machine's folders): a heal's source
+  # is read beside it.
+  pairs = [
+    _seed(tmp_path / "runs", 0, 0.80, 0.70, 0.85),
+    _seed(tmp_path / "runs", 1, 0.82, 0.72, 0.87),
+  ]
+  (tmp_path / "runs").rename(tmp_path / "moved")
+  moved = [(tmp_path / "moved" / p.name, tmp_path / "moved" / w.name) for p, w in pairs]
+  out = tmp_path / "out"
+  argv = ["--pathprox", *(str(p) for p, _ in moved), "--wd", *(str(w) for _, w in moved)]
+  assert front.main([*argv, "--out", str(out)]) == 0
+  assert (
+    "| PathProx, compacted exactly + heal | 2 | 0.400 ± 0.000 |" in (out / "front.md").read_text()
+  )
