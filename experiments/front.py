@@ -47,17 +47,18 @@ def _read(path: Path) -> dict:
     raise RecordError(f"{path}: {e.__class__.__name__}: {e}") from e
 
 
-def figures(record: dict, source: Path | None = None) -> dict:
-  """One seed's test accuracy, kept FLOPs and kept units per group, from one record.
+def healed_figures(heal_folder: Path) -> dict:
+  """A heal's figures: its source's model (the compact or prune output beside it, whatever
+  folder the record names: committed records moved), with the healed accuracy."""
+  record = _read(heal_folder / "heal.json")
+  source = heal_folder.with_name(heal_folder.name.removesuffix("-heal"))
+  keys = ("test_acc", "val_acc", "chosen_lr", "total_steps")
+  return {**figures(_read(source / f"{record['kind']}.json")), **{key: record[key] for key in keys}}
 
-  A heal record's model is its source's (a compact or prune output: the folder ``source``, or
-  where the record says it was), with the healed accuracy.
-  """
-  if "heal_steps" in record:
-    folder = Path(record["source"]) if source is None else source
-    source = figures(_read(folder / f"{record['kind']}.json"))
-    keys = ("test_acc", "val_acc", "chosen_lr", "total_steps")
-    return {**source, **{key: record[key] for key in keys}}
+
+def figures(record: dict) -> dict:
+  """One seed's test accuracy, kept FLOPs and kept units per group, from a compact or prune
+  record."""
   flops = record["flops_per_example"]
   if "match" in record:  # a prune output
     acc, flops_kept = record["test_acc"]["pruned"], flops["ratio"]
@@ -93,12 +94,9 @@ def _pair_rows(
   if missing and len(missing) < len(heals):
     raise RecordError(f"{missing[0]} is missing: heal the pair's models alike, or neither")
   rows = {label: seeds for label, seeds, _ in models}
-  if not missing:  # each heal's source is the folder beside it (the records may have moved)
+  if not missing:
     for label, _, folders in models:
-      rows[f"{label} + heal"] = [
-        figures(_read(folder / "heal.json"), folder.with_name(folder.name.removesuffix("-heal")))
-        for folder in folders
-      ]
+      rows[f"{label} + heal"] = [healed_figures(folder) for folder in folders]
   return rows
 
 
