@@ -11,8 +11,9 @@ there, or as ``--keep`` lists in group order. ``--target-flops F`` makes one glo
 (:func:`global_cut`): the units of all groups are ranked together by score :math:`/ c_g`, with
 :math:`c_g` the FLOPs per example of one unit of group :math:`g` over the cheapest group's
 (:func:`pathprox_jax.unit_costs`, :func:`pathprox_jax.relative_costs`), and the smallest go
-while the grouped units keep a fraction :math:`\\ge F` of their FLOPs
-(:func:`pathprox_jax.magnitude_masks`, gradual magnitude pruning's rule): at equal costs and
+while the grouped units keep a fraction :math:`\\ge F` of their FLOPs, a unit that no longer
+fits being skipped for the next ranks (:func:`pathprox_jax.magnitude_masks`, gradual magnitude
+pruning's rule, filled to the target): at equal costs and
 ``--score scale``, network slimming's one threshold on :math:`|\\gamma_i|`. A group that may not
 be empty (an MLP's or VGG's layer) keeps its largest-score unit where the cut would empty it.
 The others are removed (:func:`pathprox_jax.compact` with ``keep``): the smaller model computes
@@ -193,9 +194,10 @@ def global_cut(
 
   :func:`pathprox_jax.magnitude_masks` on the relative costs: the units of all groups are
   ranked together by score :math:`/ c_g` and switched off from the smallest up while the
-  grouped units keep a fraction :math:`\\ge` ``fraction`` of their cost. A group that may not
-  be empty and that the cut empties keeps its largest-score unit (the kept fraction then
-  exceeds ``fraction`` by more than one unit's cost).
+  grouped units keep a fraction :math:`\\ge` ``fraction`` of their cost, skipping the units that
+  no longer fit (the kept fraction then exceeds ``fraction`` by less than the cheapest unit
+  on). A group that may not be empty and that the cut empties keeps its largest-score unit
+  (the kept fraction then exceeds ``fraction`` by more than that).
 
   Args:
     scores: ``{group: one score >= 0 per unit}``.

@@ -27,10 +27,12 @@ units). Its steps, counted by its own ``count``:
   :math:`\\lambda` can, as at a fixed :math:`\\lambda`).
   ``selection="magnitude"`` (gradual magnitude pruning): after the base step, the units of
   smallest :math:`\\|w_i\\|\\|v_i\\|/c_g` are switched off so that :math:`\\kappa \\ge s_t`;
-  once off they stay off.
+  once off they stay off. The ramp's cuts stop at the first unit that does not fit (a skip
+  would spend each step's increment on cheap units, and starve a dear one at the cut).
 - **heal** (``count >= heal_start``): the mask is frozen at the last sparsify step, where
   the units are ranked by :math:`\\|w_i\\|\\|v_i\\|/c_g` before that step's prox and the largest
-  kept so that the frozen mask meets the budget to within one unit, from above: the units the
+  kept so that the frozen mask meets the budget from above, to within the cheapest unit on
+  (:func:`pathprox_jax.magnitude_masks`: a dear unit that does not fit is skipped): the units the
   controller kept beyond the target go, and where it switched off too many, the units just
   below the threshold come back on, with their out-weights from before the prox. Off units
   are zeroed every step, and so are their slices of the base optimiser's state (SGD's trace,
@@ -255,7 +257,7 @@ def with_budget(
       lr = learning_rate(count) if callable(learning_rate) else learning_rate
       wd = weight_decay(count) if callable(weight_decay) else weight_decay
       tau = jnp.asarray(wd * lr, jnp.float32) / (1.0 - momentum)
-      keep = unit_masks.magnitude_masks(scores, costs, goal)
+      keep = unit_masks.magnitude_masks(scores, costs, goal, fill=False)
       boost = jnp.exp(state.log_scale)
       thresholds = {g: costs[g] * tau * jnp.where(keep[g], 1.0, boost) for g in ids}
       scaled = prox_lib.prox_scales(
@@ -264,10 +266,11 @@ def with_budget(
       masks = {g.group: scaled[g.out_kernel].norms() > 0 for g in layouts}  # v_i != 0
       scales = {i: jnp.where(sparsify, x.broadcast_scale(), 1.0) for i, x in scaled.items()}
     else:
-      chosen = unit_masks.magnitude_masks(scores, costs, goal)
+      chosen = unit_masks.magnitude_masks(scores, costs, goal, fill=False)
       masks = {g: chosen[g] & state.masks[g] for g in ids}  # once off, off
     controlled = unit_masks.kept_fraction(masks, layouts, costs)
-    # The ramp's end: the frozen mask meets the target to within one unit, from above. The
+    # The ramp's end: the frozen mask meets the target from above, to within one unit (the
+    # cheapest on: a head at the cut that does not fit stays, and cheaper units go). The
     # units are ranked by their path norm before the prox, so that PathProx's mask is topped
     # up both ways: what the controller kept beyond the target goes, and where it switched off
     # too much, the units the threshold only just took (the largest below it) come back on.
