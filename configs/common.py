@@ -42,6 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.heal_start = 0  # --target-flops: first heal step (ramp's end; the off units stay off)
   config.scale_l1 = 1e-5  # method="slimming": L1 on the units' BatchNorm scales (Liu et al.)
   config.heal_weight_decay = 0.0  # --target-flops, pathprox: grouped kernels' decay in the heal
+  config.kept_threshold = "cost"  # --target-flops, pathprox: kept units at c_g·τ or "uniform" τ
   config.regularize_bias = False  # penalise biases too (pathprox: ||[w_i, b_i]||; wd: decay them)
   config.batch_size = 200  # global batch, split over all devices
   config.total_iter = 50_000  # training steps (on --resume: only where the lr stays the same)

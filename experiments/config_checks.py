@@ -18,7 +18,7 @@ import ml_collections
 from configs import ConfigError
 from experiments import models
 from experiments.dataset_facts import DATASETS
-from pathprox_jax import THRESHOLD_RULES
+from pathprox_jax import KEPT_THRESHOLDS, THRESHOLD_RULES
 
 METHODS = ("pathprox", "wd", "gmp", "slimming")
 OPTIMIZERS = ("sgd", "adamw")
@@ -328,6 +328,15 @@ def _validate_budget(config: ml_collections.ConfigDict) -> None:
     config.heal_weight_decay == 0 or (has_budget(config) and config.method == "pathprox"),
     "--heal-weight-decay applies only with --target-flops in (0, 1) and --method pathprox "
     f"(GMP heals under --weight-decay), got {config.heal_weight_decay}",
+  )
+  check(
+    config.kept_threshold in KEPT_THRESHOLDS,
+    f"--kept-threshold must be one of {KEPT_THRESHOLDS}, got {config.kept_threshold!r}",
+  )
+  check(
+    config.kept_threshold == "cost" or (has_budget(config) and config.method == "pathprox"),
+    "--kept-threshold applies only with --target-flops in (0, 1) and --method pathprox, got "
+    f"{config.kept_threshold!r}",
   )
   if not has_budget(config):
     check(

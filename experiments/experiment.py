@@ -83,6 +83,7 @@ def create_optimizer(
       selection="magnitude" if config.method == "gmp" else "prox",
       unit_costs=unit_costs,
       heal_weight_decay=config.heal_weight_decay,
+      kept_threshold=config.kept_threshold,
       balance=config.balance,
       regularize_bias=config.regularize_bias,
       **extra,

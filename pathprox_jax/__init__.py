@@ -5,15 +5,17 @@ so they are loaded lazily (PEP 562): the table ``_LAZY`` says which module holds
 the module-level ``__getattr__`` imports that module the first time the name is asked for
 (``pp.X`` or ``from pathprox_jax import X``), then keeps the value in this module's namespace so
 that later lookups are ordinary. ``__all__`` and ``dir()`` list every name. The JAX-free names
-(the threshold rules) are imported at once. Importing a submodule runs this file first, so the
-command lines can read ``pathprox_jax._src.threshold_rules`` without loading JAX, and ``--help``
-stays fast.
+(the threshold rules, and a budget's kept thresholds) are imported at once. Importing a
+submodule runs this file first, so the command lines can read
+``pathprox_jax._src.threshold_rules`` without loading JAX, and ``--help`` stays fast.
 """
 
 import importlib
 from typing import Any
 
+from pathprox_jax._src.threshold_rules import KEPT_THRESHOLDS as KEPT_THRESHOLDS
 from pathprox_jax._src.threshold_rules import THRESHOLD_RULES as THRESHOLD_RULES
+from pathprox_jax._src.threshold_rules import KeptThreshold as KeptThreshold
 from pathprox_jax._src.threshold_rules import ThresholdRule as ThresholdRule
 
 __version__ = "0.1.0"
@@ -66,7 +68,7 @@ _LAZY = {
   "pathprox_sgd": "alias",
 }
 
-__all__ = sorted(["THRESHOLD_RULES", "ThresholdRule", *_LAZY])
+__all__ = sorted(["KEPT_THRESHOLDS", "KeptThreshold", "THRESHOLD_RULES", "ThresholdRule", *_LAZY])
 
 
 def __getattr__(name: str) -> Any:

@@ -224,7 +224,8 @@ def budget_sgd(
     momentum: SGD's momentum :math:`\\beta` (``None``: none).
     nesterov: Nesterov momentum.
     **budget: the other arguments of :func:`pathprox_jax.with_budget` (``unit_costs``,
-      ``gains``, ``heal_weight_decay``, ``balance``, ``regularize_bias``, ``eps``).
+      ``gains``, ``heal_weight_decay``, ``kept_threshold``, ``balance``, ``regularize_bias``,
+      ``eps``).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with a :class:`pathprox_jax.BudgetState`.

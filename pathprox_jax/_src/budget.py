@@ -16,7 +16,9 @@ units). Its steps, counted by its own ``count``:
   OTO's DHSPG penalises only its redundant groups. After the base step the units are ranked by
   :math:`\\|w_i\\|\\|v_i\\|/c_g`; the top ones that meet :math:`s_t` (GMP's choice) are *kept*
   and thresholded at the user's :math:`c_g \\lambda_t \\gamma_t / (1 - \\beta)` (cost-aware,
-  "fixed_point" rule), the others are *candidates*, thresholded at :math:`e^{u_t}` times that.
+  "fixed_point" rule; ``kept_threshold="uniform"``: without :math:`c_g`, plain PathProx's
+  threshold), the others are *candidates*, thresholded at :math:`e^{u_t} c_g \\lambda_t
+  \\gamma_t / (1 - \\beta)`.
   A candidate shrinks towards zero unless its loss gradient holds it up, and one that grows
   past a kept unit swaps with it. The controller sets :math:`u_t \\ge 0` from the error
   :math:`e_t = \\kappa_t - s_t` (positive: candidates not yet off), proportional-integral in
@@ -64,6 +66,7 @@ from pathprox_jax._src import prox as prox_lib
 from pathprox_jax._src import unit_masks
 from pathprox_jax._src.annotations import GroupSpec, GroupSpecTree
 from pathprox_jax._src.checks import check_hyperparameter
+from pathprox_jax._src.threshold_rules import KEPT_THRESHOLDS, KeptThreshold
 from pathprox_jax._src.transform import NO_PARAMS_MSG
 from pathprox_jax._src.unit_norms import EPS
 
@@ -104,7 +107,9 @@ def ramp(target: jax.Array, count: jax.Array, prox_start: int, heal_start: int) 
   return target + (1.0 - target) * (1.0 - progress) ** 3
 
 
-def _check(target, prox_start, heal_start, selection, learning_rate, weight_decay) -> None:
+def _check(
+  target, prox_start, heal_start, selection, learning_rate, weight_decay, kept_threshold
+) -> None:
   check_hyperparameter("target", target, "in (0, 1]", lambda x: 0 < x <= 1, schedule=False)
   if not 0 <= prox_start < heal_start:
     raise ValueError(
@@ -112,6 +117,10 @@ def _check(target, prox_start, heal_start, selection, learning_rate, weight_deca
     )
   if selection not in SELECTIONS:
     raise ValueError(f"PathProx selection must be 'prox' or 'magnitude', got {selection!r}.")
+  if kept_threshold not in KEPT_THRESHOLDS:
+    raise ValueError(
+      f"PathProx kept_threshold must be 'cost' or 'uniform', got {kept_threshold!r}."
+    )
   if selection == "prox":
     if learning_rate is None or weight_decay is None:
       raise ValueError(
@@ -144,6 +153,7 @@ def with_budget(
   unit_costs: Mapping[int, float] | None = None,
   gains: tuple[float, float] = (2.0, 1.0),
   heal_weight_decay: float = 0.0,
+  kept_threshold: KeptThreshold = "cost",
   balance: bool | balance_lib.Chains = True,
   regularize_bias: bool = False,
   eps: float = EPS,
@@ -166,6 +176,10 @@ def with_budget(
     unit_costs: ``{group: cost of one unit}`` (:func:`pathprox_jax.unit_costs`); ``None``: 1.
     gains: the controller's :math:`(k_p, k_i)`.
     heal_weight_decay: ordinary weight decay of the grouped kernels while healing (0: none).
+    kept_threshold: the kept units' threshold while sparsifying ("prox" only): "cost",
+      :math:`c_g \\tau` (the cost-aware objective :math:`L + \\lambda \\sum_g c_g \\sum_i
+      \\|w_i\\|\\|v_i\\|`), or "uniform", :math:`\\tau` (plain PathProx's objective on what
+      stays: the costs only rank the units and scale the candidates' thresholds).
     balance: the layer balance's chains (see :func:`pathprox_jax.balance`).
     regularize_bias: biases are regularised too (see :func:`pathprox_jax.balance`).
     eps: the clip of every norm in the prox.
@@ -175,7 +189,8 @@ def with_budget(
 
   Raises:
     ValueError: a concrete ``target`` outside (0, 1], phases out of order, an unknown
-      ``selection``, or (for "prox") no ``learning_rate``/``weight_decay`` or one <= 0.
+      ``selection`` or ``kept_threshold``, or (for "prox") no ``learning_rate``/``weight_decay``
+      or one <= 0.
 
   Example:
     >>> import jax.numpy as jnp, optax, pathprox_jax as pp
@@ -186,9 +201,10 @@ def with_budget(
     ...                     learning_rate=0.1, weight_decay=1e-3)
     >>> state = tx.init(params)
   """
-  _check(target, prox_start, heal_start, selection, learning_rate, weight_decay)
+  _check(target, prox_start, heal_start, selection, learning_rate, weight_decay, kept_threshold)
   ids = group_ids(groups)
   costs = dict.fromkeys(ids, 1.0) if unit_costs is None else costs_lib.relative_costs(unit_costs)
+  kept_costs = costs if kept_threshold == "cost" else dict.fromkeys(ids, 1.0)
   k_p, k_i = gains
 
   def init_fn(params):
@@ -259,7 +275,7 @@ def with_budget(
       tau = jnp.asarray(wd * lr, jnp.float32) / (1.0 - momentum)
       keep = unit_masks.magnitude_masks(scores, costs, goal, fill=False)
       boost = jnp.exp(state.log_scale)
-      thresholds = {g: costs[g] * tau * jnp.where(keep[g], 1.0, boost) for g in ids}
+      thresholds = {g: tau * jnp.where(keep[g], kept_costs[g], costs[g] * boost) for g in ids}
       scaled = prox_lib.prox_scales(
         stepped, layouts, thresholds, balance=balance, regularize_bias=regularize_bias, eps=eps
       )

@@ -13,6 +13,10 @@ gradient, and AdamW's decoupled decay is the proximal step of :math:`(\\lambda/2
 with step :math:`\\gamma_t`, so :math:`\\tau = \\lambda\\gamma_t` is the same decay with PathProx's
 regulariser in place of the squared norm.
 
+Under a FLOPs budget (:func:`pathprox_jax.with_budget`), the units kept at a step are
+thresholded at :math:`c_g \\tau` (``"cost"``: the cost-aware objective) or :math:`\\tau`
+(``"uniform"``: plain PathProx's objective on what stays; the costs only rank the units).
+
 This module imports nothing, not even JAX, so that command lines can check a rule's name
 without loading the library's numerics.
 """
@@ -21,3 +25,5 @@ from typing import Literal
 
 ThresholdRule = Literal["fixed_point", "paper"]
 THRESHOLD_RULES: tuple[ThresholdRule, ...] = ("fixed_point", "paper")
+KeptThreshold = Literal["cost", "uniform"]
+KEPT_THRESHOLDS: tuple[KeptThreshold, ...] = ("cost", "uniform")

@@ -91,6 +91,11 @@ def run(argv):
       "--heal-weight-decay applies only with --target-flops in (0, 1) and --method pathprox",
     ),
     (["--heal-weight-decay", "-1"], "--heal-weight-decay must be a finite number >= 0, got -1"),
+    (["--kept-threshold", "uniform"], "--kept-threshold applies only with --target-flops in"),
+    (
+      ["--target-flops", "0.5", "--heal-start", "10", "--kept-threshold", "flat"],
+      "--kept-threshold must be one of ('cost', 'uniform'), got 'flat'",
+    ),
   ],  # fmt: skip
 )
 def test_bad_budget_flags_are_one_line_errors(extra, message, raw_mnist, tmp_path, capsys):

@@ -123,10 +123,12 @@ def test_ramp_is_cubic_from_one_to_the_target():
   np.testing.assert_allclose(ramp, [1.0, 1.0, 0.2 + 0.8 * 0.5**3, 0.2, 0.2], rtol=1e-6)
 
 
-def test_the_controller_penalises_only_the_candidates():
+@pytest.mark.parametrize("kept_threshold", ["cost", "uniform"])
+def test_the_controller_penalises_only_the_candidates(kept_threshold):
   """At a sparsify step with a zero gradient, the units beyond the ramp's ranking get the
-  boosted threshold (here e^30 times lambda: they go), the kept ones exactly the user's."""
-  tx = make_tx(0.5, balance=False)
+  boosted threshold (here e^30 times lambda: they go), the kept ones exactly the user's: c_g
+  tau, or tau where the kept threshold is uniform."""
+  tx = make_tx(0.5, balance=False, kept_threshold=kept_threshold)
   count = PROX_START + 50
   state = tx.init(PARAMS)._replace(count=jnp.int32(count), log_scale=jnp.float32(30.0))
   zeros = jax.tree.map(jnp.zeros_like, PARAMS)
@@ -141,7 +143,8 @@ def test_the_controller_penalises_only_the_candidates():
              1: np.linalg.norm(PARAMS["Dense_3"]["kernel"], axis=1)}  # fmt: skip
   for g in costs:
     for i in range(len(new_norms[g])):
-      expected = 0.0 if (g, i) in off else v_norms[g][i] - costs[g] * tau
+      kept_cost = costs[g] if kept_threshold == "cost" else 1.0
+      expected = 0.0 if (g, i) in off else v_norms[g][i] - kept_cost * tau
       np.testing.assert_allclose(float(new_norms[g][i]), expected, rtol=1e-5, atol=1e-7)
 
 
@@ -214,6 +217,7 @@ def test_warm_up_is_the_base_step():
     (dict(target=1.5), r"target must be in \(0, 1\], got 1.5"),
     (dict(prox_start=30, heal_start=30), "0 <= prox_start < heal_start, got 30 and 30"),
     (dict(selection="random"), "selection must be 'prox' or 'magnitude', got 'random'"),
+    (dict(kept_threshold="free"), "kept_threshold must be 'cost' or 'uniform', got 'free'"),
     (dict(weight_decay=0.0), r"weight_decay must be finite and > 0, got 0.0"),
     (dict(learning_rate=None), "selection='prox' needs learning_rate and weight_decay"),
   ],
