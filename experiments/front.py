@@ -25,6 +25,7 @@ malformed record, or unpaired runs.
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 import sys
@@ -150,7 +151,8 @@ def plot(rows: dict, path: Path) -> None:
   import matplotlib.pyplot as plt
 
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
-  for label, seeds in rows.items():
+  colors = plt.get_cmap("tab20").colors  # no two of up to 20 models alike
+  for (label, seeds), color in zip(rows.items(), itertools.cycle(colors)):
     x = [s["flops_kept"] for s in seeds]
     y = [100 * s["test_acc"] for s in seeds]
     ax.errorbar(
@@ -160,14 +162,14 @@ def plot(rows: dict, path: Path) -> None:
       yerr=statistics.stdev(y) if len(y) > 1 else 0,
       fmt="o" if label.startswith("PathProx") else "s",
       capsize=3,
+      color=color,
       label=label,
     )
   ax.set_xlabel("FLOPs kept (compact model / dense model, per example)")
   ax.set_ylabel("test accuracy (%)")
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))  # beside the points
+  fig.savefig(path, dpi=120, bbox_inches="tight")
   plt.close(fig)
 
 
